@@ -50,9 +50,10 @@ fn op() -> impl Strategy<Value = Op> {
 
 const ENVS: [&str; 3] = ["production", "staging", "dev"];
 
-fn config(interval_secs: u64, share: f64, max_wait: Option<u64>) -> CoreConfig {
+/// `interval_secs`: cycle pacing, `None` for the cycle switched off.
+fn config(interval_secs: Option<u64>, share: f64, max_wait: Option<u64>) -> CoreConfig {
     let mut c = CoreConfig {
-        min_cycle_interval: Some(Duration::from_secs(interval_secs)),
+        min_cycle_interval: interval_secs.map(Duration::from_secs),
         ..CoreConfig::default()
     };
     c.backoff.base = Duration::from_secs(5);
@@ -270,7 +271,7 @@ proptest! {
     #[test]
     fn invariants_hold_under_random_inputs(
         ops in prop::collection::vec(op(), 1..300),
-        interval in prop_oneof![Just(0u64), 1u64..200],
+        interval in prop_oneof![Just(None), Just(Some(0u64)), (1u64..200).prop_map(Some)],
         share in 0.0f64..0.5,
         max_wait in prop::option::of(1u64..120),
         load_gate in any::<bool>(),
@@ -288,7 +289,7 @@ proptest! {
     #[test]
     fn same_inputs_same_actions(
         ops in prop::collection::vec(op(), 1..200),
-        interval in 0u64..100,
+        interval in prop::option::of(0u64..100),
         seed in any::<u64>(),
     ) {
         let run = || {
@@ -310,7 +311,7 @@ proptest! {
         share in 0.05f64..0.5,
         slots in 1u8..4,
     ) {
-        let mut c = config(0, share, None);
+        let mut c = config(Some(0), share, None);
         c.lanes.deploy.min_share = 0.0;
         let mut core = Core::new(c, 1).expect("valid");
         let m = core.add_master(Time::ZERO, MasterSpec::new(4, GateConfig {

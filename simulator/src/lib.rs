@@ -1,1 +1,30 @@
+//! `pcq-sim`: a discrete-event simulator of Puppet fleets, comparing Puppet
+//! Server's on-demand compiles with pcq's queue, and a capacity planner.
+//!
+//! The queue policy drives `scheduler::core` unchanged (this crate depends
+//! on it without the `daemon` feature: no tokio, no I/O), so what the
+//! simulator says about the queue is what the daemon does.
+//!
+//! - [`scenario`]: the TOML scenario format;
+//! - [`engine`]: virtual time and the event queue;
+//! - [`run`]: the world both policies share and the event loop;
+//! - [`policy`]: the on-demand model and the queue model;
+//! - [`master`], [`fleet`], [`distribution`]: masters' CPUs, nodes and
+//!   their changes, compile times;
+//! - [`metrics`]: what a run measures ([`metrics::RunResult`]);
+//! - [`plan`], [`report`], [`plot`]: sweeps, confidence intervals, SLOs
+//!   and the written report;
+//! - [`theory`]: the formulas the simulator is checked against.
 
+pub mod distribution;
+pub mod engine;
+pub mod fleet;
+pub mod master;
+pub mod metrics;
+pub mod plan;
+pub mod plot;
+pub mod policy;
+pub mod report;
+pub mod run;
+pub mod scenario;
+pub mod theory;

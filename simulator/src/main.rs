@@ -1,1 +1,306 @@
-fn main() {}
+//! `pcq-sim`: simulate a Puppet fleet under Puppet Server's on-demand
+//! compiles and under pcq's queue, and plan how many masters it needs.
+//!
+//! Thin on purpose: argument parsing and output; the work is in the library.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use simulator::metrics::{Policy, RunResult};
+use simulator::plan::{plan, PlanOptions};
+use simulator::report::{self, human};
+use simulator::run::{run, RunSpec};
+use simulator::scenario::Scenario;
+
+#[derive(Parser)]
+#[command(
+    name = "pcq-sim",
+    version,
+    about = "Simulate Puppet fleets: on-demand compiles against pcq's queue"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PolicyArg {
+    Queue,
+    OnDemand,
+    Both,
+}
+
+impl PolicyArg {
+    fn policies(self) -> Vec<Policy> {
+        match self {
+            PolicyArg::Queue => vec![Policy::Queue],
+            PolicyArg::OnDemand => vec![Policy::OnDemand],
+            PolicyArg::Both => Policy::BOTH.to_vec(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a scenario once per policy and print the results.
+    Run {
+        /// The scenario file (TOML).
+        scenario: PathBuf,
+        /// Seed (default: the scenario's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Which policy to simulate.
+        #[arg(long, value_enum, default_value = "both")]
+        policy: PolicyArg,
+        /// Output format; JSON is one RunResult per policy (an array).
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        /// Masters (default: the scenario's masters.count).
+        #[arg(long)]
+        masters: Option<u32>,
+        /// Nodes (default: the scenario's fleet.nodes).
+        #[arg(long)]
+        nodes: Option<u32>,
+        /// Leave the time series out of the JSON.
+        #[arg(long)]
+        no_series: bool,
+    },
+    /// Sweep master counts with replications and write a capacity report.
+    Plan {
+        /// The scenario file (TOML).
+        scenario: PathBuf,
+        /// Folder for report.md, SVG plots and CSVs.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replications per point (default: the scenario's plan.replications).
+        #[arg(long)]
+        replications: Option<u32>,
+        /// Which policies to sweep.
+        #[arg(long, value_enum, default_value = "both")]
+        policy: PolicyArg,
+        /// Exit with status 1 when the scenario's masters.count misses an SLO
+        /// under the queue policy.
+        #[arg(long)]
+        check: bool,
+        /// Worker threads (default: every core).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
+}
+
+fn main() -> ExitCode {
+    match execute(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pcq-sim: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn execute(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run {
+            scenario,
+            seed,
+            policy,
+            format,
+            masters,
+            nodes,
+            no_series,
+        } => {
+            let s = Scenario::load(&scenario)?;
+            let mut results = Vec::new();
+            for p in policy.policies() {
+                let mut spec = RunSpec::of(&s, p);
+                spec.seed = seed.unwrap_or(s.seed);
+                spec.masters = masters.unwrap_or(spec.masters).max(1);
+                spec.nodes = nodes.unwrap_or(spec.nodes);
+                let mut r = run(&spec).context("running the scenario")?;
+                if no_series {
+                    r.series.clear();
+                }
+                results.push(r);
+            }
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&results)?),
+                Format::Table => print!("{}", table(&results)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan {
+            scenario,
+            out,
+            replications,
+            policy,
+            check,
+            jobs,
+        } => {
+            let s = Scenario::load(&scenario)?;
+            let mut options = PlanOptions::new();
+            options.policies = policy.policies();
+            options.replications = replications;
+            if let Some(j) = jobs {
+                options.jobs = j.max(1);
+            }
+            if check {
+                options.extra_masters = Some(s.masters.count);
+                if !options.policies.contains(&Policy::Queue) {
+                    options.policies.insert(0, Policy::Queue);
+                }
+            }
+            let bar = std::io::stderr().is_terminal().then(|| {
+                let bar = ProgressBar::new(0);
+                bar.set_style(
+                    ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} runs, {eta} left")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
+                );
+                bar.set_message(s.name.clone());
+                bar
+            });
+            let progress = |done: usize, total: usize| {
+                if let Some(bar) = &bar {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                }
+            };
+            let result = plan(&s, &options, &progress).context("running the plan")?;
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            report::write(&out, &s, &result)
+                .with_context(|| format!("writing the report to {}", out.display()))?;
+            for r in &result.recommendations {
+                println!(
+                    "{}: {} nodes, {}: {}",
+                    s.name,
+                    r.nodes,
+                    r.policy.name(),
+                    r.masters
+                        .map_or("no count tried meets the SLOs".into(), |m| format!(
+                            "{m} masters"
+                        ))
+                );
+            }
+            println!("report: {}", out.join("report.md").display());
+            if check {
+                let at = result.point(Policy::Queue, s.fleet.nodes, s.masters.count);
+                let missed: Vec<String> = at
+                    .map(|p| {
+                        p.slos
+                            .iter()
+                            .filter(|c| !c.met)
+                            .map(|c| {
+                                format!(
+                                    "{} (upper 95% bound {:.4} > target {:.4})",
+                                    c.slo,
+                                    c.value.high(),
+                                    c.target
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if !missed.is_empty() {
+                    eprintln!(
+                        "pcq-sim: check failed: {} masters miss: {}",
+                        s.masters.count,
+                        missed.join("; ")
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                println!("check: {} masters meet every SLO (queue)", s.masters.count);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn table(results: &[RunResult]) -> String {
+    let mut out = String::new();
+    let header: Vec<String> = results
+        .iter()
+        .map(|r| r.policy.name().to_string())
+        .collect();
+    let row = |name: &str, f: &dyn Fn(&RunResult) -> String| {
+        let cells: Vec<String> = results.iter().map(f).collect();
+        format!(
+            "{name:<34}{}\n",
+            cells.iter().map(|c| format!("{c:>20}")).collect::<String>()
+        )
+    };
+    out.push_str(&format!(
+        "{:<34}{}\n",
+        results.first().map_or(String::new(), |r| format!(
+            "{} ({} nodes, {} masters)",
+            r.scenario, r.nodes, r.masters
+        )),
+        header
+            .iter()
+            .map(|h| format!("{h:>20}"))
+            .collect::<String>()
+    ));
+    out.push_str(&row("change -> compiled p50/p95", &|r| {
+        format!(
+            "{} / {}",
+            human(r.staleness_compiled.p50),
+            human(r.staleness_compiled.p95)
+        )
+    }));
+    out.push_str(&row("change -> applied p50/p95", &|r| {
+        format!(
+            "{} / {}",
+            human(r.staleness_applied.p50),
+            human(r.staleness_applied.p95)
+        )
+    }));
+    out.push_str(&row("change -> applied p99/max", &|r| {
+        format!(
+            "{} / {}",
+            human(r.staleness_applied.p99),
+            human(r.staleness_applied.max)
+        )
+    }));
+    out.push_str(&row("queue wait mean/p95", &|r| {
+        format!("{} / {}", human(r.queue_wait.mean), human(r.queue_wait.p95))
+    }));
+    out.push_str(&row("agent runs (failed)", &|r| {
+        format!("{} ({})", r.agent_runs, r.failed_runs.total)
+    }));
+    out.push_str(&row("failed: timeouts/503/errors", &|r| {
+        format!(
+            "{}/{}/{}",
+            r.failed_runs.timeouts, r.failed_runs.rejected, r.failed_runs.errors
+        )
+    }));
+    out.push_str(&row("master utilization", &|r| {
+        format!("{:.1}%", r.utilization * 100.0)
+    }));
+    out.push_str(&row("compiles per hour", &|r| {
+        format!("{:.0}", r.compiles.per_hour)
+    }));
+    out.push_str(&row("wasted compiles", &|r| {
+        format!("{:.1}%", r.compiles.wasted_ratio * 100.0)
+    }));
+    out.push_str(&row("oldest queued age max", &|r| human(r.oldest_age.max)));
+    out.push_str(&row("node CPU s per node per day", &|r| {
+        format!("{:.1}", r.node_cpu_per_node_day)
+    }));
+    out.push_str(&row("used share of fact changes", &|r| {
+        format!("{:.1}%", r.churn.used_share * 100.0)
+    }));
+    out.push_str(&row("events", &|r| r.events.to_string()));
+    out
+}

@@ -138,15 +138,25 @@ impl<K: Ord + Copy> KeyedLane<K> {
 }
 
 /// The cycle lane: FIFO of nodes, each with the time it falls due.
+///
+/// Nodes that are never due (the cycle switched off) take no place in the
+/// FIFO at all, only a count: they leave the lane by a bump or a deploy,
+/// never from its head.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct CycleLane {
     queue: VecDeque<Entry<Time>>,
     live: usize,
+    idle: usize,
 }
 
 impl CycleLane {
     pub fn len(&self) -> usize {
-        self.live
+        self.live + self.idle
+    }
+
+    /// Nodes in the lane that are never due.
+    pub fn idle(&self) -> usize {
+        self.idle
     }
 
     /// Queues a node due at `due`. Due times normally arrive in rising order
@@ -154,6 +164,10 @@ impl CycleLane {
     /// O(1) push at the back; anything else (a rebuild from a store) is
     /// inserted in due order so the head stays the first due.
     pub fn push(&mut self, due: Time, node: u32, ticket: u32) {
+        if due == Time::NEVER {
+            self.idle += 1;
+            return;
+        }
         let entry = Entry {
             key: due,
             node,
@@ -169,8 +183,13 @@ impl CycleLane {
         self.live += 1;
     }
 
-    pub fn forget_one(&mut self) {
-        self.live -= 1;
+    /// A node due at `due` left the lane some other way than `pop`.
+    pub fn forget(&mut self, due: Time) {
+        if due == Time::NEVER {
+            self.idle -= 1;
+        } else {
+            self.live -= 1;
+        }
     }
 
     /// The first live entry (due or not).
@@ -265,6 +284,8 @@ mod tests {
         lane.push(Time::from_secs(20), 1, 0);
         lane.push(Time::from_secs(15), 2, 0);
         lane.push(Time::from_secs(20), 3, 0);
+        lane.push(Time::NEVER, 1, 0);
+        assert_eq!((lane.len(), lane.idle()), (5, 1));
         let order: Vec<u32> = std::iter::from_fn(|| lane.pop(&table).map(|e| e.node)).collect();
         assert_eq!(order, vec![0, 2, 1, 3]);
     }
@@ -276,9 +297,9 @@ mod tests {
         for i in 0..5000u32 {
             lane.push(Time::from_secs(u64::from(i)), i, 0);
         }
-        for n in table.iter_mut().take(4000) {
+        for (i, n) in table.iter_mut().take(4000).enumerate() {
             n.ticket += 1;
-            lane.forget_one();
+            lane.forget(Time::from_secs(i as u64));
         }
         lane.compact_if_sparse(&table);
         assert_eq!(lane.raw().count(), 1000);

@@ -305,12 +305,14 @@ impl Core {
             return 0;
         };
         let mut moved = Vec::new();
+        let mut left_cycle = Vec::new();
         let mut marked = 0;
         let table = &mut self.nodes.nodes;
         for &id in self.nodes.envs.members(env) {
             let node = &mut table[id as usize];
             match node.slot {
                 Slot::Cycle => {
+                    left_cycle.push(node.since);
                     node.ticket = node.ticket.wrapping_add(1);
                     node.slot = Slot::Deploy;
                     node.reason = Reason::Deploy;
@@ -330,8 +332,8 @@ impl Core {
                 _ => {}
             }
         }
-        for _ in 0..moved.len() {
-            self.cycle.forget_one();
+        for &due in &left_cycle {
+            self.cycle.forget(due);
         }
         self.cycle.compact_if_sparse(&self.nodes.nodes);
         let count = moved.len() + marked;
@@ -496,6 +498,12 @@ impl Core {
 
     // ----- views -----------------------------------------------------------
 
+    /// Nodes queued per lane, in [`Lane::ALL`] order (cheap; `stats` has
+    /// ages too).
+    pub fn lane_depths(&self) -> [usize; 3] {
+        [self.urgent.len(), self.deploy.len(), self.cycle.len()]
+    }
+
     /// Live nodes.
     pub fn node_count(&self) -> usize {
         self.nodes.count()
@@ -633,6 +641,21 @@ impl Core {
             mark(e.node, e.ticket, Slot::Parked, "parked")?;
             live[3] += usize::from(nodes[e.node as usize].ticket == e.ticket);
         }
+        // nodes never due hold no cycle entry, only a count
+        let mut idle = 0;
+        for (i, n) in nodes.iter().enumerate() {
+            if n.slot == Slot::Cycle && n.since == Time::NEVER {
+                idle += 1;
+                seen[i] += 1;
+            }
+        }
+        if idle != self.cycle.idle() {
+            return Err(format!(
+                "{idle} idle cycle nodes, counted {}",
+                self.cycle.idle()
+            ));
+        }
+        live[2] += idle;
         let counted = [
             self.urgent.len(),
             self.deploy.len(),
@@ -766,7 +789,7 @@ impl Core {
     /// moves on, the entry is skipped later).
     fn leave_queue(&mut self, id: u32) {
         let node = &mut self.nodes.nodes[id as usize];
-        let slot = node.slot;
+        let (slot, due) = (node.slot, node.since);
         node.ticket = node.ticket.wrapping_add(1);
         let nodes = &self.nodes.nodes;
         match slot {
@@ -779,7 +802,7 @@ impl Core {
                 self.deploy.compact_if_sparse(nodes);
             }
             Slot::Cycle => {
-                self.cycle.forget_one();
+                self.cycle.forget(due);
                 self.cycle.compact_if_sparse(nodes);
             }
             Slot::Parked => {

@@ -97,53 +97,65 @@ impl Stats {
     }
 }
 
-/// Finishes per second over a sliding exponential window.
+/// Width of one bucket of the finish counter, in microseconds (10 s).
+const BUCKET: u64 = 10_000_000;
+/// Buckets kept: 30 x 10 s = the last five minutes, long enough to smooth
+/// compile times, short enough to follow an added master.
+const BUCKETS: usize = 30;
+
+/// Finishes per second over a sliding window of the last five minutes,
+/// counted in 10-second buckets (no floating point on the hot path).
 #[derive(Clone, Debug)]
 pub(crate) struct Throughput {
-    window: f64,
-    weight: f64,
-    last: Option<Time>,
+    counts: [u32; BUCKETS],
+    /// Index (time / BUCKET) of the newest bucket.
+    newest: u64,
     first: Option<Time>,
 }
 
 impl Throughput {
-    /// A window of five minutes: long enough to smooth a master's compile
-    /// times, short enough to follow an added master.
-    const WINDOW_SECS: f64 = 300.0;
-
     pub fn new() -> Throughput {
         Throughput {
-            window: Self::WINDOW_SECS,
-            weight: 0.0,
-            last: None,
+            counts: [0; BUCKETS],
+            newest: 0,
             first: None,
         }
     }
 
-    fn decayed(&self, now: Time) -> f64 {
-        match self.last {
-            Some(last) => self.weight * (-now.since(last).as_secs_f64() / self.window).exp(),
-            None => 0.0,
-        }
-    }
-
     pub fn record(&mut self, now: Time) {
-        self.weight = self.decayed(now) + 1.0;
-        self.last = Some(now.max(self.last.unwrap_or(now)));
-        self.first.get_or_insert(now);
+        let b = now.as_micros() / BUCKET;
+        if self.first.is_none() {
+            self.first = Some(now);
+            self.newest = b;
+        }
+        if b > self.newest {
+            let stale = (b - self.newest).min(BUCKETS as u64);
+            for k in 0..stale {
+                self.counts[((b - k) % BUCKETS as u64) as usize] = 0;
+            }
+            self.newest = b;
+        }
+        if b + (BUCKETS as u64) > self.newest {
+            let slot = &mut self.counts[(b % BUCKETS as u64) as usize];
+            *slot = slot.saturating_add(1);
+        }
     }
 
     /// Finishes per second; `None` before there is anything to go on.
     pub fn rate(&self, now: Time) -> Option<f64> {
         let first = self.first?;
-        let elapsed = now.since(first).as_secs_f64();
-        if elapsed <= 0.0 {
+        let b = now.as_micros() / BUCKET;
+        let oldest = (b + 1).saturating_sub(BUCKETS as u64);
+        let window_start = Time::from_micros(oldest * BUCKET).max(first);
+        let covered = now.since(window_start).as_secs_f64();
+        if covered <= 0.0 {
             return None;
         }
-        // Correct for the window not being full yet.
-        let coverage = 1.0 - (-elapsed / self.window).exp();
-        let rate = self.decayed(now) / self.window / coverage;
-        (rate > 0.0).then_some(rate)
+        let lowest_valid = (self.newest + 1).saturating_sub(BUCKETS as u64);
+        let count: u64 = (oldest.max(lowest_valid)..=b.min(self.newest))
+            .map(|i| u64::from(self.counts[(i % BUCKETS as u64) as usize]))
+            .sum();
+        (count > 0).then(|| count as f64 / covered)
     }
 }
 
@@ -160,12 +172,18 @@ mod tests {
         }
         let rate = t.rate(Time::from_secs(1200)).expect("rate");
         assert!((rate - 2.0).abs() < 0.05, "{rate}");
-        // already right after one minute, thanks to the coverage correction
+        // already right after one minute
         let mut t = Throughput::new();
         for i in 0..120u64 {
             t.record(Time::from_micros(i * 500_000));
         }
         let rate = t.rate(Time::from_secs(60)).expect("rate");
         assert!((rate - 2.0).abs() < 0.1, "{rate}");
+        // and it forgets: nothing for ten minutes, then one per second
+        for i in 0..60u64 {
+            t.record(Time::from_secs(660 + i));
+        }
+        let rate = t.rate(Time::from_secs(720)).expect("rate");
+        assert!((rate - 0.2).abs() < 0.01, "{rate}");
     }
 }

@@ -1,0 +1,385 @@
+//! Capacity planning: sweep master counts (and fleet sizes), replicate,
+//! put confidence intervals on the numbers, and pick the smallest count
+//! that meets every SLO.
+//!
+//! A point is one (policy, fleet size, master count). Each runs
+//! `replications` times with seeds `seed, seed + 1, ...`; runs go in
+//! parallel on every core. A metric's 95% confidence interval is the
+//! replications' mean plus or minus Student's t (n - 1 degrees of freedom)
+//! times the standard error. A point meets an SLO when the *upper* end of the
+//! interval is within the target: the recommendation errs on the side of one
+//! master too many, never one too few.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+use statrs::distribution::{ContinuousCDF, StudentsT};
+
+use scheduler::core::CoreError;
+
+use crate::metrics::{Policy, RunResult};
+use crate::run::{run, RunSpec};
+use crate::scenario::Scenario;
+
+/// A mean with its 95% confidence interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Estimate {
+    /// Mean over replications.
+    pub mean: f64,
+    /// Half-width of the 95% interval.
+    pub half_width: f64,
+}
+
+impl Estimate {
+    /// Mean and 95% interval of `values` (Student t).
+    pub fn of(values: &[f64]) -> Estimate {
+        let n = values.len();
+        if n == 0 {
+            return Estimate::default();
+        }
+        let mean = values.iter().sum::<f64>() / n as f64;
+        if n < 2 {
+            return Estimate {
+                mean,
+                half_width: f64::INFINITY,
+            };
+        }
+        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+        let t = StudentsT::new(0.0, 1.0, (n - 1) as f64)
+            .map(|d| d.inverse_cdf(0.975))
+            .unwrap_or(f64::INFINITY);
+        Estimate {
+            mean,
+            half_width: t * (var / n as f64).sqrt(),
+        }
+    }
+
+    /// Upper end of the interval.
+    pub fn high(&self) -> f64 {
+        self.mean + self.half_width
+    }
+
+    /// Lower end of the interval.
+    pub fn low(&self) -> f64 {
+        self.mean - self.half_width
+    }
+}
+
+/// The metrics a plan reports per point, each with its interval.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PointStats {
+    /// p95 change -> applied, seconds.
+    pub staleness_applied_p95: Estimate,
+    /// p99 change -> applied, seconds.
+    pub staleness_applied_p99: Estimate,
+    /// p50 change -> applied, seconds.
+    pub staleness_applied_p50: Estimate,
+    /// p95 change -> compiled, seconds.
+    pub staleness_compiled_p95: Estimate,
+    /// p95 queue wait, seconds.
+    pub queue_wait_p95: Estimate,
+    /// Share of failed agent runs.
+    pub failed_runs: Estimate,
+    /// Largest oldest-queued age, seconds.
+    pub oldest_age_max: Estimate,
+    /// Share of compile slots busy.
+    pub utilization: Estimate,
+    /// Compiles per hour.
+    pub compiles_per_hour: Estimate,
+    /// Share of compiles that were wasted.
+    pub wasted: Estimate,
+    /// Node CPU seconds per node per day.
+    pub node_cpu_per_node_day: Estimate,
+}
+
+impl PointStats {
+    fn of(runs: &[RunResult]) -> PointStats {
+        let est =
+            |f: &dyn Fn(&RunResult) -> f64| Estimate::of(&runs.iter().map(f).collect::<Vec<_>>());
+        PointStats {
+            staleness_applied_p95: est(&|r| r.staleness_applied.p95),
+            staleness_applied_p99: est(&|r| r.staleness_applied.p99),
+            staleness_applied_p50: est(&|r| r.staleness_applied.p50),
+            staleness_compiled_p95: est(&|r| r.staleness_compiled.p95),
+            queue_wait_p95: est(&|r| r.queue_wait.p95),
+            failed_runs: est(&|r| r.failed_runs.ratio),
+            oldest_age_max: est(&|r| r.oldest_age.max),
+            utilization: est(&|r| r.utilization),
+            compiles_per_hour: est(&|r| r.compiles.per_hour),
+            wasted: est(&|r| r.compiles.wasted_ratio),
+            node_cpu_per_node_day: est(&|r| r.node_cpu_per_node_day),
+        }
+    }
+}
+
+/// One SLO checked at one point.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SloCheck {
+    /// The SLO's key in the scenario.
+    pub slo: &'static str,
+    /// Its target.
+    pub target: f64,
+    /// The metric's estimate.
+    pub value: Estimate,
+    /// Upper end of the interval within target.
+    pub met: bool,
+}
+
+/// One (policy, fleet size, master count) with its replications.
+#[derive(Clone, Debug, Serialize)]
+pub struct Point {
+    /// Policy.
+    pub policy: Policy,
+    /// Nodes at the start.
+    pub nodes: u32,
+    /// Masters.
+    pub masters: u32,
+    /// The replications' results.
+    #[serde(skip)]
+    pub runs: Vec<RunResult>,
+    /// Metrics with intervals.
+    pub stats: PointStats,
+    /// Every SLO of the scenario.
+    pub slos: Vec<SloCheck>,
+}
+
+impl Point {
+    /// Meets every SLO.
+    pub fn meets_all(&self) -> bool {
+        self.slos.iter().all(|c| c.met)
+    }
+}
+
+/// The answer for one policy and fleet size.
+#[derive(Clone, Debug, Serialize)]
+pub struct Recommendation {
+    /// Policy.
+    pub policy: Policy,
+    /// Nodes.
+    pub nodes: u32,
+    /// Smallest master count meeting every SLO, if any tried does.
+    pub masters: Option<u32>,
+}
+
+/// A finished plan.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlanResult {
+    /// Scenario name.
+    pub scenario: String,
+    /// Replications per point.
+    pub replications: u32,
+    /// Every point.
+    pub points: Vec<Point>,
+    /// Per policy and fleet size.
+    pub recommendations: Vec<Recommendation>,
+}
+
+impl PlanResult {
+    /// The point for these coordinates.
+    pub fn point(&self, policy: Policy, nodes: u32, masters: u32) -> Option<&Point> {
+        self.points
+            .iter()
+            .find(|p| p.policy == policy && p.nodes == nodes && p.masters == masters)
+    }
+
+    /// The recommended master count.
+    pub fn recommended(&self, policy: Policy, nodes: u32) -> Option<u32> {
+        self.recommendations
+            .iter()
+            .find(|r| r.policy == policy && r.nodes == nodes)
+            .and_then(|r| r.masters)
+    }
+}
+
+/// How to run a plan.
+#[derive(Clone, Debug)]
+pub struct PlanOptions {
+    /// Policies to sweep.
+    pub policies: Vec<Policy>,
+    /// Replications per point (the scenario's unless set).
+    pub replications: Option<u32>,
+    /// Worker threads (at least 1).
+    pub jobs: usize,
+    /// Also run this master count (the scenario's, for `--check`).
+    pub extra_masters: Option<u32>,
+}
+
+impl PlanOptions {
+    /// Both policies, the scenario's replications, every core.
+    pub fn new() -> PlanOptions {
+        PlanOptions {
+            policies: Policy::BOTH.to_vec(),
+            replications: None,
+            jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            extra_masters: None,
+        }
+    }
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions::new()
+    }
+}
+
+/// Runs the sweep. `progress` is called after each finished run with
+/// (done, total).
+pub fn plan(
+    scenario: &Scenario,
+    options: &PlanOptions,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<PlanResult, CoreError> {
+    let reps = options
+        .replications
+        .unwrap_or(scenario.plan.replications)
+        .max(2);
+    let mut masters = scenario.plan.masters.clone();
+    if let Some(extra) = options.extra_masters {
+        masters.push(extra);
+    }
+    masters.sort_unstable();
+    masters.dedup();
+    let sizes = if scenario.plan.nodes.is_empty() {
+        vec![scenario.fleet.nodes]
+    } else {
+        scenario.plan.nodes.clone()
+    };
+
+    let mut jobs = Vec::new();
+    for &policy in &options.policies {
+        for &nodes in &sizes {
+            for &m in &masters {
+                for rep in 0..reps {
+                    jobs.push(RunSpec {
+                        scenario,
+                        policy,
+                        masters: m,
+                        nodes,
+                        seed: scenario.seed.wrapping_add(u64::from(rep)),
+                    });
+                }
+            }
+        }
+    }
+    // Largest fleets first, so the slowest runs do not finish last alone.
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse((jobs[i].nodes, jobs[i].policy == Policy::OnDemand)));
+
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<RunResult, CoreError>>>> =
+        Mutex::new(vec![None; jobs.len()]);
+    std::thread::scope(|scope| {
+        for _ in 0..options.jobs.max(1).min(jobs.len().max(1)) {
+            scope.spawn(|| loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&i) = order.get(k) else { break };
+                let result = run(&jobs[i]);
+                if let Ok(mut slots) = results.lock() {
+                    slots[i] = Some(result);
+                }
+                progress(done.fetch_add(1, Ordering::Relaxed) + 1, jobs.len());
+            });
+        }
+    });
+    let results = results.into_inner().unwrap_or_default();
+
+    let mut points = Vec::new();
+    let mut it = results.into_iter();
+    for &policy in &options.policies {
+        for &nodes in &sizes {
+            for &m in &masters {
+                let mut runs = Vec::with_capacity(reps as usize);
+                for _ in 0..reps {
+                    if let Some(r) = it.next().flatten() {
+                        runs.push(r?);
+                    }
+                }
+                let stats = PointStats::of(&runs);
+                let slos = check_slos(scenario, &stats);
+                points.push(Point {
+                    policy,
+                    nodes,
+                    masters: m,
+                    runs,
+                    stats,
+                    slos,
+                });
+            }
+        }
+    }
+    let mut recommendations = Vec::new();
+    for &policy in &options.policies {
+        for &nodes in &sizes {
+            let masters = points
+                .iter()
+                .filter(|p| p.policy == policy && p.nodes == nodes && p.meets_all())
+                .map(|p| p.masters)
+                .min();
+            recommendations.push(Recommendation {
+                policy,
+                nodes,
+                masters,
+            });
+        }
+    }
+    Ok(PlanResult {
+        scenario: scenario.name.clone(),
+        replications: reps,
+        points,
+        recommendations,
+    })
+}
+
+/// Checks the scenario's SLOs against a point's estimates.
+pub fn check_slos(scenario: &Scenario, stats: &PointStats) -> Vec<SloCheck> {
+    let slo = &scenario.slo;
+    let mut checks = Vec::new();
+    let mut add = |name: &'static str, target: Option<f64>, value: Estimate| {
+        if let Some(target) = target {
+            checks.push(SloCheck {
+                slo: name,
+                target,
+                value,
+                met: value.high() <= target,
+            });
+        }
+    };
+    add(
+        "staleness_applied_p95",
+        slo.staleness_applied_p95.map(|d| d.as_secs_f64()),
+        stats.staleness_applied_p95,
+    );
+    add(
+        "staleness_compiled_p95",
+        slo.staleness_compiled_p95.map(|d| d.as_secs_f64()),
+        stats.staleness_compiled_p95,
+    );
+    add("failed_runs", slo.failed_runs, stats.failed_runs);
+    add(
+        "oldest_age",
+        slo.oldest_age.map(|d| d.as_secs_f64()),
+        stats.oldest_age_max,
+    );
+    checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn student_t_interval() {
+        // mean 2, sd 1, n = 4: t(0.975, 3) = 3.182, se = 0.5
+        let e = Estimate::of(&[1.0, 2.0, 3.0, 2.0]);
+        assert!((e.mean - 2.0).abs() < 1e-12);
+        let sd = (2.0f64 / 3.0).sqrt();
+        assert!(
+            (e.half_width - 3.182_446 * sd / 2.0).abs() < 1e-4,
+            "{}",
+            e.half_width
+        );
+        assert!(Estimate::of(&[5.0]).half_width.is_infinite());
+    }
+}

@@ -1,0 +1,296 @@
+//! Puppet Server's on-demand model.
+//!
+//! Every agent run sends its facts and asks a master (chosen by a
+//! least-connections load balancer) for a catalog. Each master has a pool of
+//! `masters.slots` JRubies and a FIFO borrow queue. An agent waits at most
+//! `agents.timeout` (`http_read_timeout`); past that its run fails, it tries
+//! again at its next interval, and the master still compiles the abandoned
+//! request when its turn comes. With `on_demand.max_queued_requests` a master
+//! answers 503 once that many requests wait, and the agent retries after a
+//! Retry-After drawn from `[0, max_retry_delay]`. A master that dies fails
+//! every request it holds.
+
+use std::collections::VecDeque;
+
+use rand::RngExt;
+use scheduler::core::Time;
+
+use crate::engine::Event;
+use crate::fleet::{move_changes, Change, Changes};
+use crate::policy::Model;
+use crate::run::World;
+use crate::scenario::Scenario;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Waiting,
+    Compiling,
+    Done,
+}
+
+#[derive(Clone, Debug)]
+struct Request {
+    node: u32,
+    issued: Time,
+    included: Changes,
+    phase: Phase,
+    /// The agent gave up (timeout) or the request failed.
+    abandoned: bool,
+    /// Its timeout event has not fired yet (the id must not be reused).
+    timer: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Pool {
+    waiting: VecDeque<u32>,
+    busy: u32,
+}
+
+/// The on-demand model's state.
+pub struct OnDemandModel {
+    pools: Vec<Pool>,
+    jrubies: u32,
+    requests: Vec<Request>,
+    free: Vec<u32>,
+    next_pick: usize,
+    waits: (u64, f64),
+}
+
+impl OnDemandModel {
+    /// A model for the world's masters.
+    pub fn new(w: &World) -> OnDemandModel {
+        OnDemandModel {
+            pools: vec![Pool::default(); w.masters.len()],
+            jrubies: w.scenario.masters.slots,
+            requests: Vec::new(),
+            free: Vec::new(),
+            next_pick: 0,
+            waits: (0, 0.0),
+        }
+    }
+
+    /// Least outstanding requests among reachable masters, ties taken in
+    /// rotation.
+    fn pick_master(&mut self, w: &World) -> Option<usize> {
+        let n = self.pools.len();
+        let mut best: Option<(usize, usize)> = None;
+        for k in 0..n {
+            let m = (self.next_pick + k) % n;
+            if !w.masters[m].up {
+                continue;
+            }
+            let load = self.pools[m].waiting.len() + self.pools[m].busy as usize;
+            if best.is_none_or(|(_, l)| load < l) {
+                best = Some((m, load));
+            }
+        }
+        self.next_pick = (self.next_pick + 1) % n.max(1);
+        best.map(|(m, _)| m)
+    }
+
+    fn new_request(&mut self, node: u32, now: Time) -> u32 {
+        let req = Request {
+            node,
+            issued: now,
+            included: Changes::new(),
+            phase: Phase::Waiting,
+            abandoned: false,
+            timer: true,
+        };
+        match self.free.pop() {
+            Some(id) => {
+                let r = &mut self.requests[id as usize];
+                let mut buffer = std::mem::take(&mut r.included);
+                buffer.clear();
+                *r = Request {
+                    included: buffer,
+                    ..req
+                };
+                id
+            }
+            None => {
+                self.requests.push(req);
+                (self.requests.len() - 1) as u32
+            }
+        }
+    }
+
+    fn release_if_unused(&mut self, id: u32) {
+        let r = &self.requests[id as usize];
+        if r.phase == Phase::Done && !r.timer {
+            self.free.push(id);
+        }
+    }
+
+    fn start(&mut self, w: &mut World, m: usize, id: u32) {
+        self.pools[m].busy += 1;
+        let r = &mut self.requests[id as usize];
+        r.phase = Phase::Compiling;
+        move_changes(&mut r.included, &mut w.nodes[r.node as usize].visible);
+        let issued = r.issued;
+        if w.metrics.counts(w.now) {
+            self.waits.0 += 1;
+            self.waits.1 += w.now.since(issued).as_secs_f64();
+        }
+        w.metrics.waited(issued, w.now);
+        w.start_compile(m as u32, id);
+    }
+
+    /// The agent's run is over without a catalog.
+    fn fail(&mut self, w: &mut World, id: u32) {
+        let r = &mut self.requests[id as usize];
+        if !r.abandoned {
+            r.abandoned = true;
+            w.nodes[r.node as usize].busy = false;
+        }
+    }
+}
+
+impl Model for OnDemandModel {
+    fn unused_facts_matter(&self, _scenario: &Scenario) -> bool {
+        false // every run compiles anyway
+    }
+
+    fn run(&mut self, w: &mut World, node: u32) {
+        let now = w.now;
+        if w.nodes[node as usize].busy {
+            return; // the previous run still waits for its catalog
+        }
+        if w.metrics.counts(now) {
+            w.metrics.runs += 1;
+        }
+        w.metrics.cpu(now, w.scenario.agents.run_cpu.as_secs_f64());
+        let n = &mut w.nodes[node as usize];
+        move_changes(&mut n.visible, &mut n.unseen);
+
+        let Some(m) = self.pick_master(w) else {
+            if w.metrics.counts(now) {
+                w.metrics.failures.errors += 1;
+            }
+            return;
+        };
+        let limit = w.scenario.on_demand.max_queued_requests;
+        if limit > 0 && self.pools[m].waiting.len() >= limit as usize {
+            if w.metrics.counts(now) {
+                w.metrics.failures.rejected += 1;
+            }
+            let delay =
+                w.rng.lb.random::<f64>() * w.scenario.on_demand.max_retry_delay.as_secs_f64();
+            let retry = now.plus(std::time::Duration::from_secs_f64(delay));
+            if retry < w.nodes[node as usize].next_run {
+                w.events.at(retry, Event::Retry(node));
+            }
+            return;
+        }
+        w.nodes[node as usize].busy = true;
+        let id = self.new_request(node, now);
+        w.events
+            .at(now.plus(w.scenario.agents.timeout), Event::Timeout(id));
+        if self.pools[m].busy < self.jrubies {
+            self.start(w, m, id);
+        } else {
+            self.pools[m].waiting.push_back(id);
+        }
+    }
+
+    fn fact_changed(&mut self, w: &mut World, node: u32, change: Option<Change>) {
+        if let Some(c) = change {
+            w.nodes[node as usize].unseen.push(c); // sent with the next run
+        }
+    }
+
+    fn deployed(&mut self, _w: &mut World, _env: usize) {}
+
+    fn node_joined(&mut self, _w: &mut World, _node: u32) {}
+
+    fn master_down(&mut self, w: &mut World, m: u32, keys: Vec<u32>) {
+        let counts = w.metrics.counts(w.now);
+        let pool = &mut self.pools[m as usize];
+        let waiting: Vec<u32> = pool.waiting.drain(..).collect();
+        pool.busy = 0;
+        for id in keys {
+            let r = &mut self.requests[id as usize];
+            r.phase = Phase::Done;
+            move_changes(&mut w.nodes[r.node as usize].visible, &mut r.included);
+            if counts {
+                w.metrics.compiles.total += 1;
+                w.metrics.compiles.lost += 1;
+                if !r.abandoned {
+                    w.metrics.failures.errors += 1;
+                }
+            }
+            self.fail(w, id);
+            self.release_if_unused(id);
+        }
+        for id in waiting {
+            let r = &mut self.requests[id as usize];
+            r.phase = Phase::Done;
+            if counts && !r.abandoned {
+                w.metrics.failures.errors += 1;
+            }
+            self.fail(w, id);
+            self.release_if_unused(id);
+        }
+    }
+
+    fn master_up(&mut self, _w: &mut World, _m: u32) {}
+
+    fn complete(&mut self, w: &mut World, m: u32, id: u32) {
+        let m = m as usize;
+        self.pools[m].busy = self.pools[m].busy.saturating_sub(1);
+        let r = &mut self.requests[id as usize];
+        r.phase = Phase::Done;
+        let node = r.node;
+        if r.abandoned {
+            if w.metrics.counts(w.now) {
+                w.metrics.compiles.total += 1;
+                w.metrics.compiles.abandoned += 1;
+            }
+            move_changes(&mut w.nodes[node as usize].visible, &mut r.included);
+        } else {
+            let mut included = std::mem::take(&mut r.included);
+            w.nodes[node as usize].busy = false;
+            w.delivered(node, &included);
+            // the agent applies what it just received (its CPU is in run_cpu)
+            w.apply(&included, std::time::Duration::ZERO);
+            included.clear();
+            self.requests[id as usize].included = included;
+        }
+        self.release_if_unused(id);
+        if let Some(next) = self.pools[m].waiting.pop_front() {
+            self.start(w, m, next);
+        }
+    }
+
+    fn timeout(&mut self, w: &mut World, id: u32) {
+        let r = &mut self.requests[id as usize];
+        r.timer = false;
+        if r.phase != Phase::Done && !r.abandoned {
+            if w.metrics.counts(w.now) {
+                w.metrics.failures.timeouts += 1;
+            }
+            self.fail(w, id);
+        }
+        self.release_if_unused(id);
+    }
+
+    fn sample(&mut self, w: &World) -> (f64, u64) {
+        let mut oldest = 0.0f64;
+        let mut waiting = 0;
+        for pool in &self.pools {
+            waiting += pool.waiting.len() as u64;
+            if let Some(&id) = pool.waiting.front() {
+                oldest = oldest.max(w.now.since(self.requests[id as usize].issued).as_secs_f64());
+            }
+        }
+        (oldest, waiting)
+    }
+
+    fn urgent_depth(&self) -> usize {
+        self.pools.iter().map(|p| p.waiting.len()).sum()
+    }
+
+    fn urgent_waits(&self) -> Option<(u64, f64)> {
+        Some(self.waits)
+    }
+}

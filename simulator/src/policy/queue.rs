@@ -1,0 +1,315 @@
+//! pcq's queue model: `scheduler::core`, unchanged, in virtual time.
+//!
+//! This is the same code the daemon runs. The simulator is only its driver:
+//! it turns the world's events into core inputs (bumps for used-fact and
+//! export changes, deploys, new nodes, masters lost and added, load
+//! readings), starts whatever [`Core::poll`] says on the simulated masters,
+//! and reports each compile's outcome back with [`Core::finish`]. Nodes
+//! `pcq sync` from cron: they upload facts that matter, and apply a cached
+//! catalog only when it changed (or right away when notified).
+
+use scheduler::core::{
+    BumpReason, Core, CoreError, Lane, LoadSample, MasterId, MasterSpec, NodeId, NodeState,
+    NodeView, Outcome, Pending, Poll, Reason, Time,
+};
+
+use rand::RngExt;
+
+use crate::engine::Event;
+use crate::fleet::{move_changes, Change};
+use crate::policy::Model;
+use crate::run::World;
+use crate::scenario::{FactUpload, Scenario};
+
+/// The queue model's state.
+pub struct QueueModel {
+    core: Core,
+    spec: MasterSpec,
+    /// Sim node -> core node.
+    core_node: Vec<Option<NodeId>>,
+    /// Core node index -> sim node.
+    sim_node: Vec<u32>,
+    /// Sim master -> core master (None while it is away).
+    core_master: Vec<Option<MasterId>>,
+    /// Core master index -> sim master.
+    sim_master: Vec<u32>,
+    wakeup: Option<Time>,
+    /// Something changed in the core since the last poll.
+    dirty: bool,
+    fact_filter: bool,
+    immediate: bool,
+    /// Urgent-lane starts after warm-up and the sum of their waits.
+    urgent_waits: (u64, f64),
+}
+
+impl QueueModel {
+    /// Builds the core with the world's masters and initial nodes, every
+    /// node holding a catalog already and waiting in the cycle lane (a
+    /// fleet in steady state, not one being born).
+    pub fn new(w: &mut World, seed: u64) -> Result<QueueModel, CoreError> {
+        let s = w.scenario;
+        let config = s.queue_core();
+        let spec = MasterSpec::new(s.masters.cores, config.gate.clone());
+        let interval = config.min_cycle_interval;
+        let core = Core::new(config, seed)?;
+        let mut model = QueueModel {
+            core,
+            spec,
+            core_node: vec![None; w.nodes.len()],
+            sim_node: Vec::with_capacity(w.nodes.len()),
+            core_master: Vec::new(),
+            sim_master: Vec::new(),
+            wakeup: None,
+            dirty: true,
+            fact_filter: s.queue.fact_filter,
+            immediate: s.queue.fact_upload == FactUpload::Immediate,
+            urgent_waits: (0, 0.0),
+        };
+        for m in 0..w.masters.len() as u32 {
+            model.add_master(m);
+        }
+        for n in 0..w.initial_nodes {
+            let due = match interval {
+                None => Time::NEVER,
+                Some(i) if i.is_zero() => Time::ZERO,
+                Some(i) => Time::from_secs_f64(w.rng.agents.random::<f64>() * i.as_secs_f64()),
+            };
+            let view = NodeView {
+                id: NodeId::from_index(0),
+                state: NodeState::Queued(Lane::Cycle),
+                environment: s.fleet.environments[usize::from(w.nodes[n as usize].env)].clone(),
+                reason: Reason::Cycle,
+                since: due,
+                pending: Pending::None,
+                pending_since: Time::ZERO,
+                last_compile: Some(Time::ZERO),
+                failures: 0,
+            };
+            let id = model.core.restore_node(&view)?;
+            model.map_node(n, id);
+        }
+        Ok(model)
+    }
+
+    fn map_node(&mut self, sim: u32, id: NodeId) {
+        self.core_node[sim as usize] = Some(id);
+        if self.sim_node.len() <= id.index() {
+            self.sim_node.resize(id.index() + 1, u32::MAX);
+        }
+        self.sim_node[id.index()] = sim;
+    }
+
+    fn add_master(&mut self, m: u32) {
+        if let Ok(id) = self.core.add_master(Time::ZERO, self.spec.clone()) {
+            if self.core_master.len() <= m as usize {
+                self.core_master.resize(m as usize + 1, None);
+            }
+            self.core_master[m as usize] = Some(id);
+            if self.sim_master.len() <= id.index() {
+                self.sim_master.resize(id.index() + 1, u32::MAX);
+            }
+            self.sim_master[id.index()] = m;
+            self.dirty = true;
+        }
+    }
+
+    fn bump(&mut self, w: &World, node: u32, why: BumpReason) {
+        if let Some(id) = self.core_node[node as usize] {
+            let _ = self.core.bump(w.now, id, why);
+            self.dirty = true;
+        }
+    }
+
+    /// Sends a node's facts: pending used changes become visible and bump
+    /// it; a pending unused change bumps it only without fact filtering.
+    fn upload(&mut self, w: &mut World, node: u32) {
+        let n = &mut w.nodes[node as usize];
+        let mut bump = false;
+        if !n.unseen.is_empty() {
+            move_changes(&mut n.visible, &mut n.unseen);
+            bump = true;
+        }
+        if n.unused_dirty {
+            n.unused_dirty = false;
+            bump |= !self.fact_filter;
+        }
+        if bump {
+            self.bump(w, node, BumpReason::Facts);
+        }
+    }
+
+    fn apply_if_changed(&mut self, w: &mut World, node: u32) {
+        if w.nodes[node as usize].compiled.is_empty() {
+            return;
+        }
+        let mut compiled = std::mem::take(&mut w.nodes[node as usize].compiled);
+        w.apply(&compiled, w.scenario.agents.apply_cpu);
+        compiled.clear();
+        w.nodes[node as usize].compiled = compiled;
+    }
+}
+
+impl Model for QueueModel {
+    fn unused_facts_matter(&self, scenario: &Scenario) -> bool {
+        !scenario.queue.fact_filter
+    }
+
+    fn run(&mut self, w: &mut World, node: u32) {
+        if w.metrics.counts(w.now) {
+            w.metrics.runs += 1;
+        }
+        w.metrics
+            .cpu(w.now, w.scenario.agents.sync_cpu.as_secs_f64());
+        if !self.immediate {
+            self.upload(w, node);
+        }
+        self.apply_if_changed(w, node);
+    }
+
+    fn fact_changed(&mut self, w: &mut World, node: u32, change: Option<Change>) {
+        let n = &mut w.nodes[node as usize];
+        match change {
+            Some(c) => n.unseen.push(c),
+            None => n.unused_dirty = true,
+        }
+        if self.immediate {
+            self.upload(w, node);
+        }
+    }
+
+    fn deployed(&mut self, w: &mut World, env: usize) {
+        self.core.deploy(w.now, &w.scenario.fleet.environments[env]);
+        self.dirty = true;
+    }
+
+    fn node_joined(&mut self, w: &mut World, node: u32) {
+        let env = &w.scenario.fleet.environments[usize::from(w.nodes[node as usize].env)];
+        if let Ok(id) = self.core.add_node(w.now, env) {
+            self.map_node(node, id);
+            self.dirty = true;
+        }
+    }
+
+    fn master_down(&mut self, w: &mut World, m: u32, keys: Vec<u32>) {
+        let counts = w.metrics.counts(w.now);
+        for node in keys {
+            let n = &mut w.nodes[node as usize];
+            move_changes(&mut n.visible, &mut n.included);
+            if counts {
+                w.metrics.compiles.total += 1;
+                w.metrics.compiles.lost += 1;
+            }
+        }
+        if let Some(id) = self.core_master[m as usize].take() {
+            let _ = self.core.remove_master(w.now, id);
+            self.dirty = true;
+        }
+    }
+
+    fn master_up(&mut self, _w: &mut World, m: u32) {
+        self.add_master(m);
+    }
+
+    fn complete(&mut self, w: &mut World, m: u32, node: u32) {
+        let mut included = std::mem::take(&mut w.nodes[node as usize].included);
+        let (changed, collectors) = w.delivered(node, &included);
+        if let (Some(id), Some(master)) =
+            (self.core_node[node as usize], self.core_master[m as usize])
+        {
+            let outcome = if changed {
+                Outcome::Changed
+            } else {
+                Outcome::Unchanged
+            };
+            let _ = self.core.finish(w.now, id, master, outcome);
+            self.dirty = true;
+        }
+        move_changes(&mut w.nodes[node as usize].compiled, &mut included);
+        w.nodes[node as usize].included = included;
+        if changed && w.scenario.queue.notify {
+            w.events.at(
+                w.now.plus(w.scenario.queue.notify_delay),
+                Event::Notify(node),
+            );
+        }
+        if let Some(collectors) = collectors {
+            if w.scenario.queue.bump_collectors {
+                for c in collectors {
+                    if w.nodes[c as usize].alive {
+                        self.bump(w, c, BumpReason::Exports);
+                    }
+                }
+            }
+        }
+    }
+
+    fn load_tick(&mut self, w: &mut World) {
+        for (m, sim) in w.masters.iter().enumerate() {
+            if let Some(id) = self.core_master.get(m).copied().flatten() {
+                let sample = LoadSample {
+                    load1: sim.load1,
+                    runnable: Some(sim.runnable()),
+                };
+                let _ = self.core.report_load(w.now, id, sample);
+            }
+        }
+        self.dirty = true;
+    }
+
+    fn wakeup(&mut self, w: &mut World) {
+        if self.wakeup.is_some_and(|t| t <= w.now) {
+            self.wakeup = None;
+        }
+        self.dirty = true;
+    }
+
+    fn notify(&mut self, w: &mut World, node: u32) {
+        self.apply_if_changed(w, node);
+    }
+
+    fn settle(&mut self, w: &mut World) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let now = w.now;
+        while let Poll::Start(start) = self.core.poll(now) {
+            let node = self.sim_node[start.node.index()];
+            let m = self.sim_master[start.master.index()];
+            let n = &mut w.nodes[node as usize];
+            move_changes(&mut n.included, &mut n.visible);
+            if start.lane != Lane::Cycle {
+                let since = Time::from_micros(
+                    now.as_micros()
+                        .saturating_sub(start.waited.as_micros() as u64),
+                );
+                w.metrics.waited(since, now);
+                if start.lane == Lane::Urgent && w.metrics.counts(now) {
+                    self.urgent_waits.0 += 1;
+                    self.urgent_waits.1 += start.waited.as_secs_f64();
+                }
+            }
+            w.start_compile(m, node);
+        }
+        if let Some(t) = self.core.next_wakeup() {
+            if self.wakeup.is_none_or(|w| t < w) {
+                self.wakeup = Some(t);
+                w.events.at(t, Event::Wakeup);
+            }
+        }
+    }
+
+    fn sample(&mut self, w: &World) -> (f64, u64) {
+        let stats = self.core.stats(w.now);
+        let waiting = stats.lane(Lane::Urgent).depth + stats.lane(Lane::Deploy).depth;
+        (stats.oldest_age().as_secs_f64(), waiting as u64)
+    }
+
+    fn urgent_depth(&self) -> usize {
+        self.core.lane_depths()[Lane::Urgent.index()]
+    }
+
+    fn urgent_waits(&self) -> Option<(u64, f64)> {
+        Some(self.urgent_waits)
+    }
+}

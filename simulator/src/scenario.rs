@@ -1,0 +1,745 @@
+//! Scenario files: the fleet, its churn, its herds and its masters.
+//!
+//! A scenario is TOML, documented key by key in `scenarios/README.md`.
+//! Unknown keys are refused and every error names the file, the line and
+//! the key, because a capacity plan built on a silently ignored typo is worse
+//! than no plan.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use scheduler::core::{off_or_duration, CoreConfig};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::distribution::CompileTime;
+
+/// A whole scenario.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short name, used in reports.
+    pub name: String,
+    /// What the scenario is about.
+    #[serde(default)]
+    pub description: String,
+    /// Simulated time, warm-up included.
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+    /// Leading time whose results are not counted (the system fills up).
+    #[serde(default, with = "humantime_serde")]
+    pub warmup: Duration,
+    /// Seed of the first replication; replication k uses `seed + k`.
+    #[serde(default = "one")]
+    pub seed: u64,
+    /// How often the time series (oldest age, depth) are sampled.
+    #[serde(default = "minute", with = "humantime_serde")]
+    pub sample_interval: Duration,
+    /// The nodes.
+    pub fleet: Fleet,
+    /// How agents run.
+    #[serde(default)]
+    pub agents: Agents,
+    /// How long a compile takes.
+    pub compile: CompileTime,
+    /// Fact churn.
+    #[serde(default)]
+    pub facts: Facts,
+    /// Exported-resource churn.
+    #[serde(default)]
+    pub exports: Exports,
+    /// Code deploys.
+    #[serde(default)]
+    pub deploys: Vec<Deploy>,
+    /// Herds: mass cert signing, synchronized cron, master outages.
+    #[serde(default)]
+    pub herds: Vec<Herd>,
+    /// The masters.
+    pub masters: Masters,
+    /// Settings of Puppet Server's on-demand model.
+    #[serde(default)]
+    pub on_demand: OnDemand,
+    /// Settings of the queue model (pcq).
+    #[serde(default)]
+    pub queue: Queue,
+    /// Service-level objectives a master count must meet.
+    #[serde(default)]
+    pub slo: Slo,
+    /// What `pcq-sim plan` sweeps.
+    #[serde(default)]
+    pub plan: Plan,
+}
+
+fn one() -> u64 {
+    1
+}
+fn minute() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// The nodes at the start (herds may add more).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    /// Nodes with a signed certificate at time zero.
+    pub nodes: u32,
+    /// Environments; nodes are spread over them round robin.
+    #[serde(default = "production")]
+    pub environments: Vec<String>,
+}
+
+fn production() -> Vec<String> {
+    vec!["production".into()]
+}
+
+/// Agent behaviour on the nodes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Agents {
+    /// Run interval (on-demand: `runinterval`; queue: the `pcq sync`
+    /// cron, unless `queue.sync_interval` says otherwise). `"off"`: no runs.
+    #[serde(with = "off_or_duration")]
+    pub interval: Option<Duration>,
+    /// Runs of a node are offset by a random phase in `[0, splay)`.
+    #[serde(with = "humantime_serde")]
+    pub splay: Duration,
+    /// On-demand: node CPU of one full agent run (facts, catalog request,
+    /// apply).
+    #[serde(with = "humantime_serde")]
+    pub run_cpu: Duration,
+    /// Queue: node CPU of applying a cached catalog.
+    #[serde(with = "humantime_serde")]
+    pub apply_cpu: Duration,
+    /// Queue: node CPU of a `pcq sync` that finds nothing new.
+    #[serde(with = "humantime_serde")]
+    pub sync_cpu: Duration,
+    /// Wall time from catalog in hand to applied.
+    #[serde(with = "humantime_serde")]
+    pub apply_time: Duration,
+    /// On-demand: how long an agent waits for its catalog
+    /// (`http_read_timeout`) before the run fails.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for Agents {
+    fn default() -> Self {
+        Agents {
+            interval: Some(Duration::from_secs(1800)),
+            splay: Duration::from_secs(1800),
+            run_cpu: Duration::from_secs(4),
+            apply_cpu: Duration::from_secs(2),
+            sync_cpu: Duration::from_millis(50),
+            apply_time: Duration::from_secs(10),
+            timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Fact churn per node, used and unused facts separately.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Facts {
+    /// Changes per node per day of facts the catalog reads (they change
+    /// the catalog).
+    pub used_changes_per_node_day: f64,
+    /// Changes per node per day of facts no catalog reads (uptime, free
+    /// memory): they change nothing.
+    pub unused_changes_per_node_day: f64,
+    /// `open`: changes arrive as one Poisson stream over the fleet.
+    /// `closed`: a node's next used-fact change comes an exponential time
+    /// after its last compile ended (the finite-source queue of textbooks).
+    pub model: ChurnModel,
+}
+
+impl Default for Facts {
+    fn default() -> Self {
+        Facts {
+            used_changes_per_node_day: 0.5,
+            unused_changes_per_node_day: 48.0,
+            model: ChurnModel::Open,
+        }
+    }
+}
+
+/// See [`Facts::model`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChurnModel {
+    /// Poisson over the whole fleet.
+    Open,
+    /// Per node, after its last compile.
+    Closed,
+}
+
+/// Exported resources: exporters change them, collectors collect them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Exports {
+    /// Nodes that export (the first nodes of the fleet).
+    pub exporters: u32,
+    /// Nodes that collect every export (the last nodes of the fleet).
+    pub collectors: u32,
+    /// Export changes per exporter per day. The exporter's catalog changes;
+    /// once it is compiled, every collector's catalog is stale.
+    pub changes_per_exporter_day: f64,
+}
+
+/// A code deploy.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deploy {
+    /// When (from the start of the run).
+    #[serde(with = "humantime_serde")]
+    pub at: Duration,
+    /// Repeat every this long (`"off"`, the default, for once).
+    #[serde(default, with = "off_or_duration")]
+    pub every: Option<Duration>,
+    /// The environment that gets new code.
+    pub environment: String,
+    /// Share (0..=1) of its nodes whose catalog the deploy changes.
+    #[serde(default = "all")]
+    pub affects: f64,
+}
+
+fn all() -> f64 {
+    1.0
+}
+
+/// A herd.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Herd {
+    /// `count` new certificates signed at uniform times within `window`.
+    NewCerts {
+        /// Start of the window.
+        #[serde(with = "humantime_serde")]
+        at: Duration,
+        /// New nodes.
+        count: u32,
+        /// Length of the window.
+        #[serde(with = "humantime_serde")]
+        window: Duration,
+    },
+    /// Every agent runs at `at` and in step from then on (a cron line
+    /// without splay, a fleet rebooted at once).
+    SynchronizedCron {
+        /// When.
+        #[serde(with = "humantime_serde")]
+        at: Duration,
+    },
+    /// A master goes away at `at` (its compiles are lost) and comes back
+    /// after `duration`.
+    MasterOutage {
+        /// When it fails.
+        #[serde(with = "humantime_serde")]
+        at: Duration,
+        /// Which master (0-based).
+        master: u32,
+        /// How long it stays away.
+        #[serde(with = "humantime_serde")]
+        duration: Duration,
+    },
+}
+
+impl Herd {
+    /// When it starts.
+    pub fn at(&self) -> Duration {
+        match self {
+            Herd::NewCerts { at, .. }
+            | Herd::SynchronizedCron { at }
+            | Herd::MasterOutage { at, .. } => *at,
+        }
+    }
+
+    /// A label for reports.
+    pub fn label(&self) -> String {
+        match self {
+            Herd::NewCerts { count, window, .. } => {
+                format!(
+                    "{count} new certs in {}",
+                    humantime::format_duration(*window)
+                )
+            }
+            Herd::SynchronizedCron { .. } => "synchronized cron".into(),
+            Herd::MasterOutage {
+                master, duration, ..
+            } => format!(
+                "master {master} out for {}",
+                humantime::format_duration(*duration)
+            ),
+        }
+    }
+}
+
+/// The masters.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Masters {
+    /// How many (the count `plan --check` checks).
+    pub count: u32,
+    /// Compile slots per master: JRuby instances on demand,
+    /// `max_concurrency` in the queue.
+    pub slots: u32,
+    /// CPU cores per master. Compiles slow down when compiles plus
+    /// background load exceed the cores (processor sharing).
+    #[serde(default = "four")]
+    pub cores: u32,
+    /// Runnable processes besides compiles (file serving, PuppetDB).
+    #[serde(default)]
+    pub background_load: f64,
+}
+
+fn four() -> u32 {
+    4
+}
+
+/// Puppet Server's own knobs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OnDemand {
+    /// `max-queued-requests`: beyond this many waiting requests a master
+    /// answers 503 with Retry-After. 0 = off (Puppet's default).
+    pub max_queued_requests: u32,
+    /// `max-retry-delay`: Retry-After is uniform in `[0, this]`.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_delay: Duration,
+}
+
+impl Default for OnDemand {
+    fn default() -> Self {
+        OnDemand {
+            max_queued_requests: 0,
+            max_retry_delay: Duration::from_secs(1800),
+        }
+    }
+}
+
+/// The queue model's knobs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Queue {
+    /// The scheduling core's configuration, as in `pcq`'s config file.
+    /// `gate.max_concurrency` is taken from `masters.slots`.
+    pub core: CoreConfig,
+    /// `pcq sync` cron interval; `"off"` or absent: `agents.interval`.
+    #[serde(with = "off_or_duration")]
+    pub sync_interval: Option<Duration>,
+    /// Nodes are told when their catalog changed and apply it then.
+    pub notify: bool,
+    /// From a changed catalog to the node applying it, when notified.
+    #[serde(with = "humantime_serde")]
+    pub notify_delay: Duration,
+    /// An export change bumps its collectors.
+    pub bump_collectors: bool,
+    /// Only changes of facts the catalog uses count (pcq's fact analysis);
+    /// off: any fact change bumps the node.
+    pub fact_filter: bool,
+    /// `sync`: facts reach pcq at the node's next sync; `immediate`: as
+    /// they change (a facts watcher, and the theory cross-checks).
+    pub fact_upload: FactUpload,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue {
+            core: CoreConfig::default(),
+            sync_interval: None,
+            notify: true,
+            notify_delay: Duration::from_secs(5),
+            bump_collectors: true,
+            fact_filter: true,
+            fact_upload: FactUpload::Sync,
+        }
+    }
+}
+
+/// See [`Queue::fact_upload`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FactUpload {
+    /// At the node's next sync.
+    Sync,
+    /// As they change.
+    Immediate,
+}
+
+/// Service-level objectives; a master count meets them when the upper end
+/// of each metric's 95% confidence interval is within the target.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Slo {
+    /// p95 of change -> catalog applied on the node.
+    #[serde(with = "off_or_duration")]
+    pub staleness_applied_p95: Option<Duration>,
+    /// p95 of change -> catalog compiled.
+    #[serde(with = "off_or_duration")]
+    pub staleness_compiled_p95: Option<Duration>,
+    /// Share of agent runs that fail (timeouts, 503s, errors).
+    pub failed_runs: Option<f64>,
+    /// The oldest queued job's age, largest sample after warm-up.
+    #[serde(with = "off_or_duration")]
+    pub oldest_age: Option<Duration>,
+}
+
+/// What `pcq-sim plan` sweeps.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Plan {
+    /// Master counts to try.
+    pub masters: Vec<u32>,
+    /// Fleet sizes to try (empty: the scenario's own).
+    pub nodes: Vec<u32>,
+    /// Replications per point (different seeds).
+    pub replications: u32,
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Plan {
+            masters: vec![1, 2, 3, 4],
+            nodes: Vec::new(),
+            replications: 5,
+        }
+    }
+}
+
+/// A scenario that could not be loaded: where and why.
+#[derive(Debug, Error)]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("{file}: {source}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Bad syntax, an unknown key, a value of the wrong type or range.
+    #[error("{file}:{line}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line (0 when unknown).
+        line: usize,
+        /// Dotted key (`herds[1].count`), or what serde named.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Scenario {
+    /// Reads and checks a scenario file. Relative paths inside it (an
+    /// empirical compile-time CSV) are taken from the file's folder.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Scenario::parse(&text, path, base)
+    }
+
+    /// Parses and checks scenario text; `file` names it in errors, `base`
+    /// resolves relative paths.
+    pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Scenario, ScenarioError> {
+        let invalid = |line: usize, key: String, message: String| ScenarioError::Invalid {
+            file: file.to_owned(),
+            line,
+            key,
+            message,
+        };
+        let mut scenario: Scenario = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
+                .unwrap_or(0);
+            let message = e.message().to_string();
+            let key = key_from_message(&message).unwrap_or_else(|| key_at_line(text, line));
+            invalid(line, key, message)
+        })?;
+        if let Err((key, message)) = scenario.check() {
+            return Err(invalid(line_of(text, &key), key, message));
+        }
+        if let Err((key, message)) = scenario.compile.load_samples(base) {
+            return Err(invalid(line_of(text, &key), key, message));
+        }
+        Ok(scenario)
+    }
+
+    /// Checks what serde cannot; the error names the dotted key.
+    fn check(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, m: &str| Err((k.to_string(), m.to_string()));
+        if self.name.trim().is_empty() {
+            return err("name", "must not be empty");
+        }
+        if self.duration.is_zero() {
+            return err("duration", "must be above zero");
+        }
+        if self.warmup >= self.duration {
+            return err("warmup", "must be shorter than duration");
+        }
+        if self.sample_interval.is_zero() {
+            return err("sample_interval", "must be above zero");
+        }
+        if self.fleet.environments.is_empty() {
+            return err("fleet.environments", "needs at least one environment");
+        }
+        if let Some(e) = self
+            .fleet
+            .environments
+            .iter()
+            .find(|e| e.is_empty() || !e.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        {
+            return Err((
+                "fleet.environments".into(),
+                format!("{e:?}: environment names are word characters (Puppet: \\w+)"),
+            ));
+        }
+        if self.agents.interval.is_some_and(|i| i.is_zero()) {
+            return err("agents.interval", "must be above zero, or \"off\"");
+        }
+        if self.agents.timeout.is_zero() {
+            return err("agents.timeout", "must be above zero");
+        }
+        self.compile.check()?;
+        for (key, v) in [
+            (
+                "facts.used_changes_per_node_day",
+                self.facts.used_changes_per_node_day,
+            ),
+            (
+                "facts.unused_changes_per_node_day",
+                self.facts.unused_changes_per_node_day,
+            ),
+            (
+                "exports.changes_per_exporter_day",
+                self.exports.changes_per_exporter_day,
+            ),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return err(key, "must be a number of at least 0");
+            }
+        }
+        if u64::from(self.exports.exporters) + u64::from(self.exports.collectors)
+            > u64::from(self.fleet.nodes)
+        {
+            return err(
+                "exports.collectors",
+                "exporters + collectors must not exceed fleet.nodes",
+            );
+        }
+        for (i, d) in self.deploys.iter().enumerate() {
+            if !self.fleet.environments.contains(&d.environment) {
+                return Err((
+                    format!("deploys[{i}].environment"),
+                    format!("{:?} is not in fleet.environments", d.environment),
+                ));
+            }
+            if !(0.0..=1.0).contains(&d.affects) {
+                return Err((
+                    format!("deploys[{i}].affects"),
+                    "must be between 0 and 1".into(),
+                ));
+            }
+            if d.every.is_some_and(|e| e.is_zero()) {
+                return Err((
+                    format!("deploys[{i}].every"),
+                    "must be above zero, or \"off\"".into(),
+                ));
+            }
+        }
+        for (i, h) in self.herds.iter().enumerate() {
+            if let Herd::MasterOutage { master, .. } = h {
+                if *master >= self.masters.count {
+                    return Err((
+                        format!("herds[{i}].master"),
+                        format!("there are only {} masters (0-based)", self.masters.count),
+                    ));
+                }
+            }
+        }
+        if self.masters.count == 0 {
+            return err("masters.count", "must be at least 1");
+        }
+        if self.masters.slots == 0 {
+            return err("masters.slots", "must be at least 1");
+        }
+        if self.masters.cores == 0 {
+            return err("masters.cores", "must be at least 1");
+        }
+        if !(self.masters.background_load >= 0.0 && self.masters.background_load.is_finite()) {
+            return err("masters.background_load", "must be a number of at least 0");
+        }
+        if let Err(e) = self.queue_core().validate() {
+            return Err((format!("queue.core.{}", e.field), e.message));
+        }
+        if self
+            .slo
+            .failed_runs
+            .is_some_and(|f| !(0.0..=1.0).contains(&f))
+        {
+            return err("slo.failed_runs", "must be between 0 and 1");
+        }
+        if self.plan.replications < 2 {
+            return err(
+                "plan.replications",
+                "must be at least 2 (a confidence interval needs two)",
+            );
+        }
+        if self.plan.masters.is_empty() || self.plan.masters.contains(&0) {
+            return err("plan.masters", "must list master counts of at least 1");
+        }
+        Ok(())
+    }
+
+    /// The core configuration the queue model runs with.
+    pub fn queue_core(&self) -> CoreConfig {
+        let mut core = self.queue.core.clone();
+        core.gate.max_concurrency = self.masters.slots;
+        core
+    }
+
+    /// The `pcq sync` interval of the queue model.
+    pub fn sync_interval(&self) -> Option<Duration> {
+        self.queue.sync_interval.or(self.agents.interval)
+    }
+}
+
+/// The key named in a serde message such as "unknown field `x`".
+fn key_from_message(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(message[start..start + len].to_string())
+}
+
+/// The key written at a line, for errors that name none.
+fn key_at_line(text: &str, line: usize) -> String {
+    text.lines()
+        .nth(line.saturating_sub(1))
+        .and_then(|l| l.split('=').next())
+        .map(|k| k.trim().trim_matches(['[', ']']).to_string())
+        .unwrap_or_default()
+}
+
+/// The line (1-based) where a dotted key such as `herds[1].count` is
+/// written; the closest enclosing table when the key itself is absent
+/// (a default that failed a check), 0 when nothing matches.
+pub fn line_of(text: &str, key: &str) -> usize {
+    let Ok(doc) = text.parse::<toml_edit::Document<String>>() else {
+        return 0;
+    };
+    let mut span = None;
+    let mut item: Option<&toml_edit::Item> = None;
+    let mut table: &dyn toml_edit::TableLike = doc.as_table();
+    for part in key.split('.') {
+        let (name, index) = match part.split_once('[') {
+            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let Some((k, v)) = table.get_key_value(name) else {
+            break;
+        };
+        span = k.span().or(span);
+        item = Some(v);
+        match (v, index) {
+            (toml_edit::Item::ArrayOfTables(a), Some(i)) => match a.get(i) {
+                Some(t) => {
+                    span = t.span().or(span);
+                    table = t;
+                }
+                None => break,
+            },
+            (v, _) => match v.as_table_like() {
+                Some(t) => table = t,
+                None => break,
+            },
+        }
+    }
+    let _ = item;
+    span.map(|s| text[..s.start].lines().count() + 1)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+name = "t"
+duration = "1h"
+
+[fleet]
+nodes = 10
+
+[compile]
+distribution = "constant"
+mean = "2s"
+
+[masters]
+count = 1
+slots = 2
+"#;
+
+    fn parse(text: &str) -> Result<Scenario, ScenarioError> {
+        Scenario::parse(text, Path::new("s.toml"), Path::new("."))
+    }
+
+    fn invalid(text: &str) -> (usize, String, String) {
+        match parse(text) {
+            Err(ScenarioError::Invalid {
+                line, key, message, ..
+            }) => (line, key, message),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_minimal_scenario_gets_defaults() {
+        let s = parse(MINIMAL).expect("valid");
+        assert_eq!(s.fleet.environments, vec!["production"]);
+        assert_eq!(s.agents.interval, Some(Duration::from_secs(1800)));
+        assert_eq!(s.queue_core().gate.max_concurrency, 2);
+        assert_eq!(s.sync_interval(), Some(Duration::from_secs(1800)));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_line_and_key() {
+        let text = MINIMAL.replace("slots = 2", "slots = 2\nslot = 3");
+        let (line, key, message) = invalid(&text);
+        assert_eq!(key, "slot");
+        assert_eq!(line, 15);
+        assert!(message.contains("unknown field"), "{message}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_line_and_key() {
+        let text = MINIMAL.replace("slots = 2", "slots = 0");
+        assert_eq!(
+            invalid(&text),
+            (14, "masters.slots".into(), "must be at least 1".into())
+        );
+
+        let text = format!("{MINIMAL}\n[[herds]]\nkind = \"new_certs\"\nat = \"1m\"\ncount = 5\nwindow = \"1m\"\n\n[[herds]]\nkind = \"master_outage\"\nat = \"2m\"\nmaster = 3\nduration = \"1m\"\n");
+        let (line, key, _) = invalid(&text);
+        assert_eq!(key, "herds[1].master");
+        assert_eq!(line, 26);
+
+        let text = MINIMAL.replace("mean = \"2s\"", "mean = \"soon\"");
+        let (line, _, message) = invalid(&text);
+        assert_eq!(line, 10);
+        assert!(
+            message.contains("soon") || message.contains("invalid"),
+            "{message}"
+        );
+
+        let text = MINIMAL.replace("nodes = 10", "nodes = -10");
+        assert_eq!(invalid(&text).0, 6);
+
+        let text = format!("{MINIMAL}\n[queue.core.lanes.cycle]\nmin_share = 2.0\n");
+        let (line, key, _) = invalid(&text);
+        assert_eq!(key, "queue.core.lanes.cycle.min_share");
+        assert_eq!(line, 18);
+    }
+}
