@@ -21,12 +21,14 @@ pub enum Event {
     UsedFact,
     /// An unused fact changes somewhere in the fleet (open churn).
     UnusedFact,
+    /// Something outside the code and the facts changes a node's catalog.
+    External,
     /// A used fact changes on this node (closed churn).
     NodeFact(u32),
     /// An exporter's exported resource changes.
     Export,
-    /// Code deploy number `.0` of the scenario (repeats reschedule it).
-    Deploy(u32),
+    /// Code deploy number `.0` of the scenario, its `.1`-th time.
+    Deploy(u32, u32),
     /// A new certificate is signed (a node joins).
     NewCert,
     /// Herd number `.0`: every agent runs now.
@@ -35,8 +37,9 @@ pub enum Event {
     MasterDown(u32),
     /// Master `.0` comes back.
     MasterUp(u32),
-    /// Master `.0`'s next compile completes, if its generation is still `.1`.
-    Complete(u32, u32),
+    /// On master `.0`, the compile `.2` completes, if the master's
+    /// generation is still `.1`.
+    Complete(u32, u32, u32),
     /// On demand: request `.0`'s agent gives up.
     Timeout(u32),
     /// Every master's load average is updated (Linux: every 5 s).

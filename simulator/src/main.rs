@@ -55,8 +55,8 @@ enum Format {
 enum Command {
     /// Run a scenario once per policy and print the results.
     Run {
-        /// The scenario file (TOML).
-        scenario: PathBuf,
+        /// The scenario file (TOML); without one, the built-in example.
+        scenario: Option<PathBuf>,
         /// Seed (default: the scenario's).
         #[arg(long)]
         seed: Option<u64>,
@@ -78,10 +78,11 @@ enum Command {
     },
     /// Sweep master counts with replications and write a capacity report.
     Plan {
-        /// The scenario file (TOML).
-        scenario: PathBuf,
+        /// The scenario file (TOML); without one, the built-in example
+        /// (scenarios/example.toml).
+        scenario: Option<PathBuf>,
         /// Folder for report.md, SVG plots and CSVs.
-        #[arg(long)]
+        #[arg(long, default_value = "pcq-sim-report")]
         out: PathBuf,
         /// Replications per point (default: the scenario's plan.replications).
         #[arg(long)]
@@ -120,7 +121,7 @@ fn execute(cli: Cli) -> Result<ExitCode> {
             nodes,
             no_series,
         } => {
-            let s = Scenario::load(&scenario)?;
+            let s = load(scenario.as_deref())?;
             let mut results = Vec::new();
             for p in policy.policies() {
                 let mut spec = RunSpec::of(&s, p);
@@ -147,7 +148,7 @@ fn execute(cli: Cli) -> Result<ExitCode> {
             check,
             jobs,
         } => {
-            let s = Scenario::load(&scenario)?;
+            let s = load(scenario.as_deref())?;
             let mut options = PlanOptions::new();
             options.policies = policy.policies();
             options.replications = replications;
@@ -226,6 +227,20 @@ fn execute(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The built-in scenario: the same text as scenarios/example.toml.
+const EXAMPLE: &str = include_str!("../../scenarios/example.toml");
+
+fn load(path: Option<&std::path::Path>) -> Result<Scenario> {
+    Ok(match path {
+        Some(p) => Scenario::load(p)?,
+        None => Scenario::parse(
+            EXAMPLE,
+            std::path::Path::new("(built-in example.toml)"),
+            std::path::Path::new("."),
+        )?,
+    })
 }
 
 fn table(results: &[RunResult]) -> String {

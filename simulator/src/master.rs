@@ -8,23 +8,19 @@
 //! slows all of them down, as it does on a real master. The load average is
 //! the kernel's: every 5 s, `load = load * e + runnable * (1 - e)` with
 //! `e = exp(-5/60)`.
+//!
+//! Each running compile has one completion event. While the speed stays the
+//! same, starting or finishing a compile schedules nothing else; when the
+//! speed changes, the master's generation moves on (older completion events
+//! become stale) and every running compile is scheduled again.
 
 use scheduler::core::Time;
 
-/// `Time + seconds`, rounded up to the microsecond (a completion never
-/// fires before its work is done).
-trait PlusSecs {
-    fn plus_secs(self, secs: f64) -> Time;
-}
-
-impl PlusSecs for Time {
-    fn plus_secs(self, secs: f64) -> Time {
-        Time::from_micros(self.as_micros().saturating_add((secs * 1e6).ceil() as u64))
-    }
-}
-
 /// Seconds between load-average updates (Linux's LOAD_FREQ).
 pub const LOAD_TICK_SECS: u64 = 5;
+
+/// A completion event to schedule: when, for which generation, which key.
+pub type Completion = (Time, u32, u32);
 
 /// A compile running on a master: who it is for and the CPU work left.
 #[derive(Clone, Copy, Debug)]
@@ -43,15 +39,22 @@ pub struct SimMaster {
     jobs: Vec<Job>,
     /// When `jobs[..].work_left` was last brought up to date.
     last: Time,
-    /// Generation of the pending completion event; older ones are stale.
+    /// Generation of the completion events; older ones are stale.
     pub generation: u32,
-    /// Time of the pending completion event (NEVER: none pending).
-    scheduled: Time,
     /// The one-minute load average.
     pub load1: f64,
     /// Slot-seconds of compiling after `measure_from`.
     busy: f64,
     measure_from: Time,
+}
+
+/// `now + secs`, rounded up to the microsecond (a completion never fires
+/// before its work is done).
+fn after(now: Time, secs: f64) -> Time {
+    Time::from_micros(
+        now.as_micros()
+            .saturating_add((secs.max(0.0) * 1e6).ceil() as u64),
+    )
 }
 
 impl SimMaster {
@@ -64,7 +67,6 @@ impl SimMaster {
             jobs: Vec::new(),
             last: Time::ZERO,
             generation: 0,
-            scheduled: Time::NEVER,
             load1: background,
             busy: 0.0,
             measure_from,
@@ -81,9 +83,9 @@ impl SimMaster {
         self.jobs.len() as f64 + self.background
     }
 
-    /// Speed of each compile, 1.0 on an uncontended master.
-    fn rate(&self) -> f64 {
-        let runnable = self.runnable();
+    /// Speed of each compile with `jobs` running, 1.0 uncontended.
+    fn rate_with(&self, jobs: usize) -> f64 {
+        let runnable = jobs as f64 + self.background;
         if runnable <= self.cores {
             1.0
         } else {
@@ -98,7 +100,7 @@ impl SimMaster {
         }
         let elapsed = now.since(self.last).as_secs_f64();
         if !self.jobs.is_empty() {
-            let done = elapsed * self.rate();
+            let done = elapsed * self.rate_with(self.jobs.len());
             for j in &mut self.jobs {
                 j.work_left -= done;
             }
@@ -108,56 +110,62 @@ impl SimMaster {
         self.last = now;
     }
 
-    /// Starts a compile of `work` CPU seconds for `key`. Returns the time and
-    /// generation of a completion event to schedule, if the pending one no
-    /// longer holds (the new compile ends first, or compiles slowed down).
-    pub fn start(&mut self, now: Time, key: u32, work: f64) -> Option<(Time, u32)> {
+    /// Every running compile's completion, under a new generation.
+    fn reschedule(&mut self, now: Time, out: &mut Vec<Completion>) {
+        self.generation = self.generation.wrapping_add(1);
+        let rate = self.rate_with(self.jobs.len());
+        for j in &self.jobs {
+            out.push((after(now, j.work_left / rate), self.generation, j.key));
+        }
+    }
+
+    /// Starts a compile of `work` CPU seconds for `key`; pushes the
+    /// completion events to schedule onto `out`.
+    pub fn start(&mut self, now: Time, key: u32, work: f64, out: &mut Vec<Completion>) {
         self.advance(now);
-        let rate_before = self.rate();
+        let before = self.rate_with(self.jobs.len());
         self.jobs.push(Job {
             key,
             work_left: work.max(0.0),
         });
-        let ends = now.plus_secs(work.max(0.0) / self.rate());
-        if self.rate() == rate_before && self.scheduled != Time::NEVER && ends >= self.scheduled {
-            return None; // the pending completion is still the next one
+        let rate = self.rate_with(self.jobs.len());
+        if rate == before {
+            out.push((after(now, work / rate), self.generation, key));
+        } else {
+            self.reschedule(now, out);
         }
-        self.next_completion(now)
     }
 
-    /// The compile that completes now (the one with the least work left),
-    /// and the next completion to schedule.
-    pub fn complete(&mut self, now: Time) -> (Option<u32>, Option<(Time, u32)>) {
+    /// The completion event (`generation`, `key`) fired. Returns whether it
+    /// was current (the compile is done); pushes events to schedule again
+    /// if the speed changed.
+    pub fn complete(
+        &mut self,
+        now: Time,
+        generation: u32,
+        key: u32,
+        out: &mut Vec<Completion>,
+    ) -> bool {
+        if generation != self.generation {
+            return false;
+        }
+        let Some(i) = self.jobs.iter().position(|j| j.key == key) else {
+            return false;
+        };
         self.advance(now);
-        let done = self
-            .jobs
-            .iter()
-            .enumerate()
-            .min_by(|a, b| a.1.work_left.total_cmp(&b.1.work_left))
-            .map(|(i, _)| i);
-        let key = done.map(|i| self.jobs.swap_remove(i).key);
-        (key, self.next_completion(now))
+        let before = self.rate_with(self.jobs.len());
+        self.jobs.swap_remove(i);
+        if self.rate_with(self.jobs.len()) != before {
+            self.reschedule(now, out);
+        }
+        true
     }
 
     /// Drops every running compile (the master died); returns their keys.
     pub fn kill_all(&mut self, now: Time) -> Vec<u32> {
         self.advance(now);
         self.generation = self.generation.wrapping_add(1);
-        self.scheduled = Time::NEVER;
         self.jobs.drain(..).map(|j| j.key).collect()
-    }
-
-    fn next_completion(&mut self, now: Time) -> Option<(Time, u32)> {
-        self.generation = self.generation.wrapping_add(1);
-        self.scheduled = Time::NEVER;
-        let least = self
-            .jobs
-            .iter()
-            .map(|j| j.work_left)
-            .min_by(f64::total_cmp)?;
-        let at = now.plus_secs(least.max(0.0) / self.rate());
-        self.scheduled = at;
-        Some((at, self.generation))
     }
 
     /// One load-average update (call every [`LOAD_TICK_SECS`]).
@@ -177,16 +185,37 @@ impl SimMaster {
 mod tests {
     use super::*;
 
+    /// Runs a master to the end: returns (key, finish time) in order.
+    fn drain(m: &mut SimMaster, mut pending: Vec<Completion>) -> Vec<(u32, Time)> {
+        let mut done = Vec::new();
+        while !pending.is_empty() {
+            pending.sort_by_key(|c| std::cmp::Reverse(c.0));
+            let Some((at, g, key)) = pending.pop() else {
+                break;
+            };
+            let mut out = Vec::new();
+            if m.complete(at, g, key, &mut out) {
+                done.push((key, at));
+            }
+            pending.extend(out);
+        }
+        done
+    }
+
     #[test]
     fn uncontended_compiles_take_their_work() {
         let mut m = SimMaster::new(4, 0.0, Time::ZERO);
-        let (at, _) = m.start(Time::ZERO, 7, 3.0).expect("scheduled");
-        assert_eq!(at, Time::from_secs(3));
-        let (at, _) = m.start(Time::from_secs(1), 8, 1.0).expect("scheduled");
-        assert_eq!(at, Time::from_secs(2));
-        let (done, next) = m.complete(Time::from_secs(2));
-        assert_eq!(done, Some(8));
-        assert_eq!(next.map(|n| n.0), Some(Time::from_secs(3)));
+        let mut out = Vec::new();
+        m.start(Time::ZERO, 7, 3.0, &mut out);
+        assert_eq!(out, vec![(Time::from_secs(3), 0, 7)]);
+        m.start(Time::from_secs(1), 8, 1.0, &mut out);
+        assert_eq!(
+            out[1],
+            (Time::from_secs(2), 0, 8),
+            "one event each, same generation"
+        );
+        let done = drain(&mut m, out);
+        assert_eq!(done, vec![(8, Time::from_secs(2)), (7, Time::from_secs(3))]);
         assert_eq!(m.busy_seconds(Time::from_secs(3)), 4.0);
     }
 
@@ -194,22 +223,47 @@ mod tests {
     fn contention_shares_the_cores() {
         // 2 cores, 4 compiles of 2 s each: each runs at half speed -> 4 s
         let mut m = SimMaster::new(2, 0.0, Time::ZERO);
-        let mut last = None;
+        let mut out = Vec::new();
         for k in 0..4 {
-            last = m.start(Time::ZERO, k, 2.0);
+            m.start(Time::ZERO, k, 2.0, &mut out);
         }
-        assert_eq!(last.map(|l| l.0), Some(Time::from_secs(4)));
+        let done = drain(&mut m, out);
+        assert_eq!(done.len(), 4);
+        assert!(
+            done.iter().all(|&(_, t)| t == Time::from_secs(4)),
+            "{done:?}"
+        );
         // background load slows them further
         let mut m = SimMaster::new(2, 2.0, Time::ZERO);
-        let next = m.start(Time::ZERO, 0, 1.0);
-        assert_eq!(next.map(|l| l.0), Some(Time::from_micros(1_500_000)));
+        let mut out = Vec::new();
+        m.start(Time::ZERO, 0, 1.0, &mut out);
+        assert_eq!(out, vec![(Time::from_micros(1_500_000), 1, 0)]);
+        // a compile ending speeds up the rest: 3 compiles on 2 cores
+        let mut m = SimMaster::new(2, 0.0, Time::ZERO);
+        let mut out = Vec::new();
+        m.start(Time::ZERO, 0, 1.0, &mut out);
+        m.start(Time::ZERO, 1, 1.0, &mut out);
+        m.start(Time::ZERO, 2, 2.0, &mut out);
+        // at 2/3 speed, 0 and 1 end at 1.5 s; 2 has 1 s left, at full speed
+        let done = drain(&mut m, out);
+        assert_eq!(done[2], (2, Time::from_micros(2_500_000)), "{done:?}");
+    }
+
+    #[test]
+    fn a_dead_master_fires_nothing() {
+        let mut m = SimMaster::new(4, 0.0, Time::ZERO);
+        let mut out = Vec::new();
+        m.start(Time::ZERO, 1, 5.0, &mut out);
+        assert_eq!(m.kill_all(Time::from_secs(1)), vec![1]);
+        assert!(drain(&mut m, out).is_empty());
     }
 
     #[test]
     fn load_average_follows_the_kernel_formula() {
         let mut m = SimMaster::new(4, 0.0, Time::ZERO);
-        m.start(Time::ZERO, 0, 1e9);
-        m.start(Time::ZERO, 1, 1e9);
+        let mut out = Vec::new();
+        m.start(Time::ZERO, 0, 1e9, &mut out);
+        m.start(Time::ZERO, 1, 1e9, &mut out);
         for _ in 0..12 {
             m.tick_load();
         }

@@ -119,6 +119,8 @@ pub struct Churn {
     pub unused_facts: u64,
     /// Changes of exported resources.
     pub exports: u64,
+    /// Changes pcq cannot observe (see `external` in scenarios).
+    pub external: u64,
     /// Share of fact changes that touch used facts.
     pub used_share: f64,
 }
@@ -225,10 +227,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Collector for a run measured from `from`.
-    pub fn new(from: Time) -> Metrics {
+    /// Collector for a run measured from `from`, with room for about
+    /// `changes` samples.
+    pub fn with_capacity(from: Time, changes: usize) -> Metrics {
         Metrics {
             from,
+            compiled: Vec::with_capacity(changes),
+            applied: Vec::with_capacity(changes),
+            waits: Vec::with_capacity(changes),
             ..Metrics::default()
         }
     }
@@ -249,6 +255,20 @@ impl Metrics {
     pub fn applied(&mut self, changes: &[Change], at: Time) {
         for c in changes.iter().filter(|c| c.at() >= self.from) {
             self.applied.push(at.since(c.at()).as_secs_f64());
+        }
+    }
+
+    /// Changes still waiting at the end of the run (`compiled`: already in
+    /// a compiled catalog, not applied). They count with the age they have
+    /// reached, a lower bound of their staleness: a system that never
+    /// delivers must not look fresh for lack of samples.
+    pub fn censored(&mut self, changes: &[Change], end: Time, compiled: bool) {
+        for c in changes.iter().filter(|c| c.at() >= self.from) {
+            let age = end.since(c.at()).as_secs_f64();
+            if !compiled {
+                self.compiled.push(age);
+            }
+            self.applied.push(age);
         }
     }
 

@@ -33,6 +33,8 @@ pub struct Axes<'a> {
     pub y: &'a str,
     /// Logarithmic y axis.
     pub log_y: bool,
+    /// x values are whole numbers (master counts).
+    pub whole_x: bool,
 }
 
 /// A vertical marker (a herd's start).
@@ -125,10 +127,13 @@ fn fill<'a, Y: Ranged<ValueType = f64> + ValueFormatter<f64>>(
     floor: f64,
     top: f64,
 ) -> PlotResult {
+    let whole = |x: &f64| format!("{x:.0}");
+    let decimal = |x: &f64| format!("{x:.1}");
     chart
         .configure_mesh()
         .x_desc(axes.x)
         .y_desc(axes.y)
+        .x_label_formatter(if axes.whole_x { &whole } else { &decimal })
         .draw()?;
     for m in markers {
         chart.draw_series(DashedLineSeries::new(

@@ -149,8 +149,6 @@ fn verdict(s: &Scenario, plan: &PlanResult, nodes: u32) -> String {
     let mut out = String::new();
     let q = plan.recommended(Policy::Queue, nodes);
     let o = plan.recommended(Policy::OnDemand, nodes);
-    let at = q.or(o).unwrap_or(s.masters.count);
-    let show = |p: Policy| plan.point(p, nodes, at);
     let _ = write!(out, "For {nodes} nodes: ");
     match (q, o) {
         (Some(q), Some(o)) if q < o => {
@@ -182,17 +180,25 @@ fn verdict(s: &Scenario, plan: &PlanResult, nodes: u32) -> String {
             );
         }
     }
-    if let (Some(pq), Some(po)) = (show(Policy::Queue), show(Policy::OnDemand)) {
+    // each policy at the count recommended for it (or the scenario's)
+    let pq = plan.point(Policy::Queue, nodes, q.unwrap_or(s.masters.count));
+    let po = plan.point(Policy::OnDemand, nodes, o.unwrap_or(s.masters.count));
+    if let (Some(pq), Some(po)) = (pq, po) {
         let _ = write!(
             out,
-            "At {at} master(s): change-to-applied p95 {} with the queue against {} on demand; \
-             failed agent runs {:.2}% against {:.2}%; node CPU {:.0} s against {:.0} s per node per day.",
+            "With {} master(s) the queue gives change-to-applied p95 {}, {:.2}% failed agent runs \
+             and {:.0} s of node CPU per node per day; on demand with {} master(s): {}, {:.2}% and {:.0} s. \
+             The queue compiles {:.0} catalogs an hour, on demand {:.0}.",
+            pq.masters,
             human(pq.stats.staleness_applied_p95.mean),
-            human(po.stats.staleness_applied_p95.mean),
             pq.stats.failed_runs.mean * 100.0,
-            po.stats.failed_runs.mean * 100.0,
             pq.stats.node_cpu_per_node_day.mean,
+            po.masters,
+            human(po.stats.staleness_applied_p95.mean),
+            po.stats.failed_runs.mean * 100.0,
             po.stats.node_cpu_per_node_day.mean,
+            pq.stats.compiles_per_hour.mean,
+            po.stats.compiles_per_hour.mean,
         );
     }
     out.push_str("\n\n");
@@ -264,6 +270,13 @@ fn scenario_summary(s: &Scenario) -> String {
         "- facts: {} used and {} unused changes per node per day",
         s.facts.used_changes_per_node_day, s.facts.unused_changes_per_node_day
     );
+    if s.external.changes_per_node_day > 0.0 {
+        let _ = writeln!(
+            out,
+            "- external changes (no bump; the next compile picks them up): {} per node per day",
+            s.external.changes_per_node_day
+        );
+    }
     if s.exports.exporters > 0 {
         let _ = writeln!(
             out,
@@ -387,6 +400,7 @@ fn write_plots(dir: &Path, s: &Scenario, plan: &PlanResult) -> Vec<(String, Stri
                 x: "masters",
                 y: "minutes (log)",
                 log_y: true,
+                whole_x: true,
             },
             &lines,
             &[],
@@ -419,17 +433,17 @@ fn write_plots(dir: &Path, s: &Scenario, plan: &PlanResult) -> Vec<(String, Stri
                 x: "masters",
                 y: "% of compile slots busy",
                 log_y: false,
+                whole_x: true,
             },
             &lines,
             &[],
         ),
     );
 
-    // oldest age over time at the recommended count
-    let at = plan
-        .recommended(Policy::Queue, nodes)
-        .unwrap_or(s.masters.count);
+    // oldest age over time, each policy at the count recommended for it
+    let count = |p: Policy| plan.recommended(p, nodes).unwrap_or(s.masters.count);
     let series = |p: Policy, from: f64, to: f64| -> Option<Line> {
+        let at = count(p);
         let run: &RunResult = plan.point(p, nodes, at)?.runs.first()?;
         Some(Line {
             label: format!("{} ({at} masters)", p.name()),
@@ -457,7 +471,7 @@ fn write_plots(dir: &Path, s: &Scenario, plan: &PlanResult) -> Vec<(String, Stri
         .collect();
     keep(
         "oldest_age.svg",
-        format!("Oldest queued job over time at {at} masters (first replication)"),
+        "Oldest queued job over time, each policy at its recommended master count (first replication)".to_string(),
         plot::lines(
             &dir.join("oldest_age.svg"),
             &Axes {
@@ -465,6 +479,7 @@ fn write_plots(dir: &Path, s: &Scenario, plan: &PlanResult) -> Vec<(String, Stri
                 x: "hours",
                 y: "minutes",
                 log_y: false,
+                whole_x: false,
             },
             &lines,
             &markers,
@@ -489,7 +504,7 @@ fn write_plots(dir: &Path, s: &Scenario, plan: &PlanResult) -> Vec<(String, Stri
         keep(
             &file,
             format!(
-                "Response to herd {}: {} (oldest queued job, {at} masters)",
+                "Response to herd {}: {} (oldest queued job, each policy at its recommended master count)",
                 i + 1,
                 h.label()
             ),
@@ -500,6 +515,7 @@ fn write_plots(dir: &Path, s: &Scenario, plan: &PlanResult) -> Vec<(String, Stri
                     x: "hours",
                     y: "oldest queued job, minutes",
                     log_y: false,
+                    whole_x: false,
                 },
                 &lines,
                 std::slice::from_ref(&marker),

@@ -56,8 +56,12 @@ impl<'a> RunSpec<'a> {
 
 /// Independent random streams, one per source.
 pub struct Streams {
-    /// Fact churn (times and nodes).
+    /// Used-fact churn (times and nodes).
     pub churn: ChaCha8Rng,
+    /// Unused-fact churn (simulated only where it matters).
+    pub noise: ChaCha8Rng,
+    /// External changes.
+    pub external: ChaCha8Rng,
     /// Export churn.
     pub exports: ChaCha8Rng,
     /// Agent phases.
@@ -78,6 +82,8 @@ impl Streams {
             |k: u64| ChaCha8Rng::seed_from_u64(seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         Streams {
             churn: stream(1),
+            noise: stream(8),
+            external: stream(9),
             exports: stream(2),
             agents: stream(3),
             deploys: stream(4),
@@ -116,6 +122,8 @@ pub struct World<'a> {
     pub interval: Option<Duration>,
     /// Closed churn: when each node's next used-fact change is due.
     fact_timer: Vec<Time>,
+    /// Scratch buffer for completion events.
+    completions: Vec<crate::master::Completion>,
 }
 
 impl<'a> World<'a> {
@@ -144,12 +152,13 @@ impl<'a> World<'a> {
                 .collect(),
             rng: Streams::new(spec.seed),
             compile_time: s.compile.sampler(),
-            metrics: Metrics::new(from),
+            metrics: Metrics::with_capacity(from, expected_changes(s, spec.nodes)),
             interval: match spec.policy {
                 Policy::OnDemand => s.agents.interval,
                 Policy::Queue => s.sync_interval(),
             },
             fact_timer: vec![Time::NEVER; capacity as usize],
+            completions: Vec::new(),
         }
     }
 
@@ -166,9 +175,12 @@ impl<'a> World<'a> {
     /// Starts a compile on master `m` for `key`, scheduling its completion.
     pub fn start_compile(&mut self, m: u32, key: u32) {
         let work = self.draw_compile();
-        if let Some((at, generation)) = self.masters[m as usize].start(self.now, key, work) {
-            self.events.at(at, Event::Complete(m, generation));
+        let mut out = std::mem::take(&mut self.completions);
+        self.masters[m as usize].start(self.now, key, work, &mut out);
+        for (at, generation, key) in out.drain(..) {
+            self.events.at(at, Event::Complete(m, generation, key));
         }
+        self.completions = out;
     }
 
     /// Books a finished compile of `node` that included `included` and was
@@ -231,9 +243,21 @@ impl<'a> World<'a> {
         self.next_new
     }
 
-    /// A uniformly chosen node among those alive.
-    fn random_node(&mut self) -> u32 {
-        self.rng.churn.random_range(0..self.alive_count())
+    /// A uniformly chosen node among those alive, drawn from the stream
+    /// of `event`.
+    fn random_node(&mut self, event: Event) -> u32 {
+        let alive = self.alive_count();
+        self.stream(event).random_range(0..alive)
+    }
+
+    /// The random stream that drives `event`'s times and nodes.
+    fn stream(&mut self, event: Event) -> &mut ChaCha8Rng {
+        match event {
+            Event::Export => &mut self.rng.exports,
+            Event::UnusedFact => &mut self.rng.noise,
+            Event::External => &mut self.rng.external,
+            _ => &mut self.rng.churn,
+        }
     }
 
     /// Schedules the next event of a fleet-wide Poisson stream.
@@ -261,6 +285,15 @@ impl<'a> World<'a> {
     }
 }
 
+/// About how many catalog changes a run will see, to size the sample
+/// buffers once instead of growing them (capped: a guess, not a limit).
+fn expected_changes(s: &Scenario, nodes: u32) -> usize {
+    let days = s.duration.saturating_sub(s.warmup).as_secs_f64() / DAY;
+    let per_node_day = s.facts.used_changes_per_node_day + s.external.changes_per_node_day;
+    let n = f64::from(nodes) * per_node_day * days * 1.1;
+    (n as usize).min(4_000_000)
+}
+
 /// Runs one simulation.
 ///
 /// Fails only if the scenario's core configuration is refused by the core
@@ -283,6 +316,14 @@ pub fn run(spec: &RunSpec) -> Result<RunResult, CoreError> {
     }
     little.advance(&w, model.as_ref(), w.end);
     w.now = w.end;
+    model.give_back(&mut w);
+    let end = w.end;
+    for n in &w.nodes {
+        for stage in [&n.unseen, &n.visible, &n.included] {
+            w.metrics.censored(stage, end, false);
+        }
+        w.metrics.censored(&n.compiled, end, true);
+    }
     Ok(finish(w, model.as_ref(), spec, little))
 }
 
@@ -311,6 +352,7 @@ fn schedule_start(w: &mut World, policy: Policy, unused_matter: bool) {
             }
         }
     }
+    w.schedule_stream(s.external.changes_per_node_day, nodes, Event::External);
     if unused_matter {
         w.schedule_stream(
             s.facts.unused_changes_per_node_day,
@@ -324,7 +366,8 @@ fn schedule_start(w: &mut World, policy: Policy, unused_matter: bool) {
         Event::Export,
     );
     for (i, d) in s.deploys.iter().enumerate() {
-        w.events.at(Time::ZERO.plus(d.at), Event::Deploy(i as u32));
+        w.events
+            .at(Time::ZERO.plus(d.at), Event::Deploy(i as u32, 1));
     }
     for (i, h) in s.herds.iter().enumerate() {
         let at = Time::ZERO.plus(h.at());
@@ -373,7 +416,7 @@ fn handle(w: &mut World, model: &mut dyn Model, event: Event) {
         }
         Event::Retry(n) => model.run(w, n),
         Event::UsedFact => {
-            let n = w.random_node();
+            let n = w.random_node(event);
             count_fact(w, true);
             model.fact_changed(w, n, Some(Change::new(now, false)));
             w.schedule_stream(
@@ -383,13 +426,27 @@ fn handle(w: &mut World, model: &mut dyn Model, event: Event) {
             );
         }
         Event::UnusedFact => {
-            let n = w.random_node();
+            let n = w.random_node(event);
             count_fact(w, false);
             model.fact_changed(w, n, None);
             w.schedule_stream(
                 s.facts.unused_changes_per_node_day,
                 w.alive_count(),
                 Event::UnusedFact,
+            );
+        }
+        Event::External => {
+            let n = w.random_node(event);
+            if w.metrics.counts(now) {
+                w.metrics.churn.external += 1;
+            }
+            // on the server side already, but nothing tells pcq: the next
+            // compile of the node, whatever its reason, picks it up
+            w.nodes[n as usize].visible.push(Change::new(now, false));
+            w.schedule_stream(
+                s.external.changes_per_node_day,
+                w.alive_count(),
+                Event::External,
             );
         }
         Event::NodeFact(n) => {
@@ -412,7 +469,7 @@ fn handle(w: &mut World, model: &mut dyn Model, event: Event) {
                 Event::Export,
             );
         }
-        Event::Deploy(i) => {
+        Event::Deploy(i, nth) => {
             let d = &s.deploys[i as usize];
             let env = s
                 .fleet
@@ -431,7 +488,9 @@ fn handle(w: &mut World, model: &mut dyn Model, event: Event) {
             }
             model.deployed(w, env);
             if let Some(every) = d.every {
-                w.events.at(now.plus(every), Event::Deploy(i));
+                if d.times == 0 || nth < d.times {
+                    w.events.at(now.plus(every), Event::Deploy(i, nth + 1));
+                }
             }
         }
         Event::NewCert => {
@@ -463,15 +522,14 @@ fn handle(w: &mut World, model: &mut dyn Model, event: Event) {
             w.masters[m as usize].up = true;
             model.master_up(w, m);
         }
-        Event::Complete(m, generation) => {
-            if w.masters[m as usize].generation != generation {
-                return;
+        Event::Complete(m, generation, key) => {
+            let mut out = std::mem::take(&mut w.completions);
+            let done = w.masters[m as usize].complete(now, generation, key, &mut out);
+            for (at, g, k) in out.drain(..) {
+                w.events.at(at, Event::Complete(m, g, k));
             }
-            let (key, next) = w.masters[m as usize].complete(now);
-            if let Some((at, g)) = next {
-                w.events.at(at, Event::Complete(m, g));
-            }
-            if let Some(key) = key {
+            w.completions = out;
+            if done {
                 model.complete(w, m, key);
             }
         }

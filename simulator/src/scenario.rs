@@ -48,6 +48,9 @@ pub struct Scenario {
     /// Exported-resource churn.
     #[serde(default)]
     pub exports: Exports,
+    /// Changes nobody announces.
+    #[serde(default)]
+    pub external: External,
     /// Code deploys.
     #[serde(default)]
     pub deploys: Vec<Deploy>,
@@ -185,6 +188,19 @@ pub struct Exports {
     pub changes_per_exporter_day: f64,
 }
 
+/// Changes to what a catalog depends on that neither facts, exports nor
+/// deploys announce: Hiera backends outside the control repository (a
+/// database, Vault), `puppetdb_query` beyond collected exports, functions
+/// that read files or the clock. On demand the next agent run picks them up;
+/// the queue only at the node's next compile, whatever its reason, so the
+/// cycle pacing (`queue.core.min_cycle_interval`) bounds their staleness.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct External {
+    /// Such changes per node per day.
+    pub changes_per_node_day: f64,
+}
+
 /// A code deploy.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -195,6 +211,9 @@ pub struct Deploy {
     /// Repeat every this long (`"off"`, the default, for once).
     #[serde(default, with = "off_or_duration")]
     pub every: Option<Duration>,
+    /// With `every`: how many deploys in all (0, the default: no end).
+    #[serde(default)]
+    pub times: u32,
     /// The environment that gets new code.
     pub environment: String,
     /// Share (0..=1) of its nodes whose catalog the deploy changes.
@@ -451,11 +470,21 @@ impl Scenario {
             message,
         };
         let mut scenario: Scenario = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
-                .unwrap_or(0);
             let message = e.message().to_string();
+            let span = e.span().unwrap_or(0..0);
+            // A bad value inside a table that serde reports by its header (an
+            // internally tagged table such as [compile]): find the value.
+            let offset = quoted_value(&message)
+                .and_then(|v| {
+                    let after = text.get(span.start..)?;
+                    Some(span.start + after.find(&format!("\"{v}\""))?)
+                })
+                .unwrap_or(span.start);
+            let line = if e.span().is_some() {
+                line_at(text, offset)
+            } else {
+                0
+            };
             let key = key_from_message(&message).unwrap_or_else(|| key_at_line(text, line));
             invalid(line, key, message)
         })?;
@@ -516,6 +545,10 @@ impl Scenario {
             (
                 "exports.changes_per_exporter_day",
                 self.exports.changes_per_exporter_day,
+            ),
+            (
+                "external.changes_per_node_day",
+                self.external.changes_per_node_day,
             ),
         ] {
             if !(v >= 0.0 && v.is_finite()) {
@@ -614,6 +647,13 @@ fn key_from_message(message: &str) -> Option<String> {
     Some(message[start..start + len].to_string())
 }
 
+/// The string value a serde message quotes: `invalid value: string "x"`.
+fn quoted_value(message: &str) -> Option<&str> {
+    let start = message.find("string \"")? + "string \"".len();
+    let len = message[start..].find('"')?;
+    Some(&message[start..start + len])
+}
+
 /// The key written at a line, for errors that name none.
 fn key_at_line(text: &str, line: usize) -> String {
     text.lines()
@@ -631,7 +671,6 @@ pub fn line_of(text: &str, key: &str) -> usize {
         return 0;
     };
     let mut span = None;
-    let mut item: Option<&toml_edit::Item> = None;
     let mut table: &dyn toml_edit::TableLike = doc.as_table();
     for part in key.split('.') {
         let (name, index) = match part.split_once('[') {
@@ -642,7 +681,6 @@ pub fn line_of(text: &str, key: &str) -> usize {
             break;
         };
         span = k.span().or(span);
-        item = Some(v);
         match (v, index) {
             (toml_edit::Item::ArrayOfTables(a), Some(i)) => match a.get(i) {
                 Some(t) => {
@@ -657,9 +695,16 @@ pub fn line_of(text: &str, key: &str) -> usize {
             },
         }
     }
-    let _ = item;
-    span.map(|s| text[..s.start].lines().count() + 1)
-        .unwrap_or(0)
+    span.map(|s| line_at(text, s.start)).unwrap_or(0)
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_at(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 #[cfg(test)]
@@ -724,7 +769,7 @@ slots = 2
         let text = format!("{MINIMAL}\n[[herds]]\nkind = \"new_certs\"\nat = \"1m\"\ncount = 5\nwindow = \"1m\"\n\n[[herds]]\nkind = \"master_outage\"\nat = \"2m\"\nmaster = 3\nduration = \"1m\"\n");
         let (line, key, _) = invalid(&text);
         assert_eq!(key, "herds[1].master");
-        assert_eq!(line, 26);
+        assert_eq!(line, 25);
 
         let text = MINIMAL.replace("mean = \"2s\"", "mean = \"soon\"");
         let (line, _, message) = invalid(&text);
@@ -740,6 +785,6 @@ slots = 2
         let text = format!("{MINIMAL}\n[queue.core.lanes.cycle]\nmin_share = 2.0\n");
         let (line, key, _) = invalid(&text);
         assert_eq!(key, "queue.core.lanes.cycle.min_share");
-        assert_eq!(line, 18);
+        assert_eq!(line, 17);
     }
 }

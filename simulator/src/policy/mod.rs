@@ -45,6 +45,9 @@ pub trait Model {
     fn notify(&mut self, _w: &mut World, _node: u32) {}
     /// After each event: start what may start.
     fn settle(&mut self, _w: &mut World) {}
+    /// The run is over: give the changes held by compiles still in flight
+    /// back to their nodes (stage 2), so they count as not yet compiled.
+    fn give_back(&mut self, _w: &mut World) {}
     /// (oldest queued age in seconds, jobs waiting) now.
     fn sample(&mut self, w: &World) -> (f64, u64);
     /// Jobs waiting in the queue Little's law is checked on.

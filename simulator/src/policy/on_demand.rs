@@ -274,6 +274,12 @@ impl Model for OnDemandModel {
         self.release_if_unused(id);
     }
 
+    fn give_back(&mut self, w: &mut World) {
+        for r in self.requests.iter_mut().filter(|r| r.phase != Phase::Done) {
+            move_changes(&mut w.nodes[r.node as usize].visible, &mut r.included);
+        }
+    }
+
     fn sample(&mut self, w: &World) -> (f64, u64) {
         let mut oldest = 0.0f64;
         let mut waiting = 0;
