@@ -60,7 +60,10 @@ fn on_demand_herd_past_capacity_times_out_and_still_compiles_the_abandoned() {
     assert!(od.failed_runs.timeouts > 100, "{:?}", od.failed_runs);
     assert!(od.compiles.abandoned > 100, "{:?}", od.compiles);
     let q = go(&s, Policy::Queue);
-    assert_eq!(q.failed_runs.total, 0, "the queue has no agents waiting on compiles");
+    assert_eq!(
+        q.failed_runs.total, 0,
+        "the queue has no agents waiting on compiles"
+    );
     assert!(q.staleness_applied.max < od.staleness_applied.max);
 }
 
@@ -70,12 +73,19 @@ fn max_queued_requests_answers_503_instead_of_timing_out() {
     let plain = scenario(FLEET, &format!("{MASTERS}\n{herd}"));
     let limited = scenario(
         FLEET,
-        &format!("{MASTERS}\n{herd}\n[on_demand]\nmax_queued_requests = 10\nmax_retry_delay = \"5m\"\n"),
+        &format!(
+            "{MASTERS}\n{herd}\n[on_demand]\nmax_queued_requests = 10\nmax_retry_delay = \"5m\"\n"
+        ),
     );
     let a = go(&plain, Policy::OnDemand);
     let b = go(&limited, Policy::OnDemand);
     assert!(b.failed_runs.rejected > 100, "{:?}", b.failed_runs);
-    assert!(b.failed_runs.timeouts < a.failed_runs.timeouts / 2, "{:?} vs {:?}", b.failed_runs, a.failed_runs);
+    assert!(
+        b.failed_runs.timeouts < a.failed_runs.timeouts / 2,
+        "{:?} vs {:?}",
+        b.failed_runs,
+        a.failed_runs
+    );
     assert_eq!(a.failed_runs.rejected, 0);
 }
 
@@ -90,10 +100,18 @@ fn a_master_outage_loses_its_compiles_and_nothing_else() {
         let r = go(&s, policy);
         assert!(r.compiles.lost >= 1, "{policy:?}: {:?}", r.compiles);
         // every change still reaches its node: nothing is stuck for hours
-        assert!(r.staleness_applied.max < 2.0 * 3600.0, "{policy:?}: {:?}", r.staleness_applied);
+        assert!(
+            r.staleness_applied.max < 2.0 * 3600.0,
+            "{policy:?}: {:?}",
+            r.staleness_applied
+        );
         if policy == Policy::OnDemand {
             // the requests on the dead master fail
-            assert!(r.failed_runs.errors >= r.compiles.lost, "{:?}", r.failed_runs);
+            assert!(
+                r.failed_runs.errors >= r.compiles.lost,
+                "{:?}",
+                r.failed_runs
+            );
         }
     }
 }
@@ -115,27 +133,54 @@ fn a_synchronized_cron_is_a_herd_on_demand_and_nothing_for_the_queue() {
 fn fact_filtering_saves_the_compiles_noise_would_cause() {
     let sync = "[queue]\nfact_filter = true\n[queue.core]\nmin_cycle_interval = \"off\"\n";
     let filtered = scenario(FLEET, &format!("{MASTERS}\n{sync}"));
-    let noisy = scenario(FLEET, &format!("{MASTERS}\n{}", sync.replace("true", "false")));
+    let noisy = scenario(
+        FLEET,
+        &format!("{MASTERS}\n{}", sync.replace("true", "false")),
+    );
     let a = go(&filtered, Policy::Queue);
     let b = go(&noisy, Policy::Queue);
     // with the cycle off, every compile of `a` is for a used fact
     assert_eq!(a.compiles.unchanged, 0, "{:?}", a.compiles);
-    assert!(b.compiles.total > 5 * a.compiles.total, "{:?} vs {:?}", b.compiles, a.compiles);
+    assert!(
+        b.compiles.total > 5 * a.compiles.total,
+        "{:?} vs {:?}",
+        b.compiles,
+        a.compiles
+    );
     assert!(b.compiles.unchanged > 0);
-    assert!((a.churn.used_share - 2.0 / 50.0).abs() < 0.01, "{}", a.churn.used_share);
+    assert!(
+        (a.churn.used_share - 2.0 / 50.0).abs() < 0.01,
+        "{}",
+        a.churn.used_share
+    );
 }
 
 #[test]
 fn notification_applies_changed_catalogs_at_once() {
     let base = "[queue]\nnotify = NOTIFY\nnotify_delay = \"5s\"\nfact_upload = \"immediate\"\nsync_interval = \"2h\"\n[queue.core]\nmin_cycle_interval = \"off\"\n";
-    let on = scenario(FLEET, &format!("{MASTERS}\n{}", base.replace("NOTIFY", "true")));
-    let off = scenario(FLEET, &format!("{MASTERS}\n{}", base.replace("NOTIFY", "false")));
+    let on = scenario(
+        FLEET,
+        &format!("{MASTERS}\n{}", base.replace("NOTIFY", "true")),
+    );
+    let off = scenario(
+        FLEET,
+        &format!("{MASTERS}\n{}", base.replace("NOTIFY", "false")),
+    );
     let a = go(&on, Policy::Queue);
     let b = go(&off, Policy::Queue);
     // notified: applied = compiled + 5 s delay + 10 s apply
-    assert!(a.staleness_applied.p95 - a.staleness_compiled.p95 < 20.0, "{:?} {:?}", a.staleness_applied, a.staleness_compiled);
+    assert!(
+        a.staleness_applied.p95 - a.staleness_compiled.p95 < 20.0,
+        "{:?} {:?}",
+        a.staleness_applied,
+        a.staleness_compiled
+    );
     // not notified: the next sync, up to two hours later
-    assert!(b.staleness_applied.p50 > 1800.0, "{:?}", b.staleness_applied);
+    assert!(
+        b.staleness_applied.p50 > 1800.0,
+        "{:?}",
+        b.staleness_applied
+    );
 }
 
 #[test]
@@ -143,8 +188,14 @@ fn the_load_gate_holds_compiles_back_when_the_master_is_busy() {
     // 4 cores with a background load of 3: the gate (1.0 per core) admits
     // about one compile at a time although 4 slots are free
     let masters = "[masters]\ncount = 1\nslots = 4\ncores = 4\nbackground_load = 3.0\n";
-    let gated = scenario(FLEET, &format!("{masters}\n[queue.core.gate]\nmax_load_per_core = 1.0\n"));
-    let open = scenario(FLEET, &format!("{masters}\n[queue.core.gate]\nmax_load_per_core = 0.0\n"));
+    let gated = scenario(
+        FLEET,
+        &format!("{masters}\n[queue.core.gate]\nmax_load_per_core = 1.0\n"),
+    );
+    let open = scenario(
+        FLEET,
+        &format!("{masters}\n[queue.core.gate]\nmax_load_per_core = 0.0\n"),
+    );
     let g = go(&gated, Policy::Queue);
     let o = go(&open, Policy::Queue);
     let peak = |r: &RunResult| r.series.iter().map(|p| p.running).max().unwrap_or(0);
