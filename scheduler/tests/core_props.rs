@@ -138,7 +138,7 @@ impl Harness {
             Op::Deploy(env) => format!("deploy {}", self.core.deploy(now, ENVS[env as usize % 3])),
             Op::Finish(i, o) => match Self::pick(&self.running, i.into()) {
                 Some((id, m)) => {
-                    let outcome = Outcome::ALL[o as usize % 4];
+                    let outcome = Outcome::ALL[o as usize % Outcome::ALL.len()];
                     let r = self
                         .core
                         .finish(now, id, m, outcome)

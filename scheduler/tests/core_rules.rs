@@ -640,6 +640,27 @@ fn jitter_spreads_the_retries_of_nodes_that_failed_together() {
 }
 
 #[test]
+fn an_interrupted_compile_goes_back_to_the_front_without_a_failure() {
+    let mut core = core_with(CoreConfig::default());
+    let m = core.add_master(secs(0), slots(1)).expect("master");
+    let ids = add(&mut core, 3, "production", secs(0));
+    let s = starts(&mut core, secs(1));
+    assert_eq!(s[0].node, ids[0]);
+    core.bump(secs(2), ids[0], BumpReason::Facts)
+        .expect("bump while compiling");
+    let next = core
+        .finish(secs(3), ids[0], m, Outcome::Interrupted)
+        .expect("finish");
+    assert_eq!(next, Finished::Next(NodeState::Queued(Lane::Urgent)));
+    let view = core.view(ids[0]).expect("view");
+    assert_eq!((view.failures, view.last_compile), (0, None));
+    // it goes before ids[1] and ids[2], which have waited since 0
+    let s = starts(&mut core, secs(3));
+    assert_eq!((s[0].node, s[0].reason), (ids[0], Reason::Requeued));
+    assert_eq!(core.stats(secs(3)).finished(Outcome::Interrupted), 1);
+}
+
+#[test]
 fn only_a_manual_bump_cuts_a_backoff_short() {
     let mut core = core_with(CoreConfig::default());
     let m = core.add_master(secs(0), slots(1)).expect("master");

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use scheduler::core::{off_or_duration, CoreConfig};
+use scheduler::toml_file;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -469,30 +470,15 @@ impl Scenario {
             key,
             message,
         };
-        let mut scenario: Scenario = toml::from_str(text).map_err(|e| {
-            let message = e.message().to_string();
-            let span = e.span().unwrap_or(0..0);
-            // A bad value inside a table that serde reports by its header (an
-            // internally tagged table such as [compile]): find the value.
-            let offset = quoted_value(&message)
-                .and_then(|v| {
-                    let after = text.get(span.start..)?;
-                    Some(span.start + after.find(&format!("\"{v}\""))?)
-                })
-                .unwrap_or(span.start);
-            let line = if e.span().is_some() {
-                line_at(text, offset)
-            } else {
-                0
-            };
-            let key = key_from_message(&message).unwrap_or_else(|| key_at_line(text, line));
-            invalid(line, key, message)
-        })?;
+        let mut scenario: Scenario =
+            toml_file::parse(text).map_err(|e| invalid(e.line, e.key, e.message))?;
         if let Err((key, message)) = scenario.check() {
-            return Err(invalid(line_of(text, &key), key, message));
+            let e = toml_file::at_key(text, key, message);
+            return Err(invalid(e.line, e.key, e.message));
         }
         if let Err((key, message)) = scenario.compile.load_samples(base) {
-            return Err(invalid(line_of(text, &key), key, message));
+            let e = toml_file::at_key(text, key, message);
+            return Err(invalid(e.line, e.key, e.message));
         }
         Ok(scenario)
     }
@@ -638,73 +624,6 @@ impl Scenario {
     pub fn sync_interval(&self) -> Option<Duration> {
         self.queue.sync_interval.or(self.agents.interval)
     }
-}
-
-/// The key named in a serde message such as "unknown field `x`".
-fn key_from_message(message: &str) -> Option<String> {
-    let start = message.find('`')? + 1;
-    let len = message[start..].find('`')?;
-    Some(message[start..start + len].to_string())
-}
-
-/// The string value a serde message quotes: `invalid value: string "x"`.
-fn quoted_value(message: &str) -> Option<&str> {
-    let start = message.find("string \"")? + "string \"".len();
-    let len = message[start..].find('"')?;
-    Some(&message[start..start + len])
-}
-
-/// The key written at a line, for errors that name none.
-fn key_at_line(text: &str, line: usize) -> String {
-    text.lines()
-        .nth(line.saturating_sub(1))
-        .and_then(|l| l.split('=').next())
-        .map(|k| k.trim().trim_matches(['[', ']']).to_string())
-        .unwrap_or_default()
-}
-
-/// The line (1-based) where a dotted key such as `herds[1].count` is
-/// written; the closest enclosing table when the key itself is absent
-/// (a default that failed a check), 0 when nothing matches.
-pub fn line_of(text: &str, key: &str) -> usize {
-    let Ok(doc) = text.parse::<toml_edit::Document<String>>() else {
-        return 0;
-    };
-    let mut span = None;
-    let mut table: &dyn toml_edit::TableLike = doc.as_table();
-    for part in key.split('.') {
-        let (name, index) = match part.split_once('[') {
-            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
-            None => (part, None),
-        };
-        let Some((k, v)) = table.get_key_value(name) else {
-            break;
-        };
-        span = k.span().or(span);
-        match (v, index) {
-            (toml_edit::Item::ArrayOfTables(a), Some(i)) => match a.get(i) {
-                Some(t) => {
-                    span = t.span().or(span);
-                    table = t;
-                }
-                None => break,
-            },
-            (v, _) => match v.as_table_like() {
-                Some(t) => table = t,
-                None => break,
-            },
-        }
-    }
-    span.map(|s| line_at(text, s.start)).unwrap_or(0)
-}
-
-/// The 1-based line of byte `offset` in `text`.
-fn line_at(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
 }
 
 #[cfg(test)]

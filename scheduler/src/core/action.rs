@@ -53,15 +53,20 @@ pub enum Outcome {
     Failed,
     /// The compile passed its deadline.
     TimedOut,
+    /// The compile did not happen through no fault of the node (its master
+    /// was unreachable or answered 503): the node goes back to the front of
+    /// the queue, without a failure or a backoff.
+    Interrupted,
 }
 
 impl Outcome {
     /// Every outcome, in order (index = `as usize`).
-    pub const ALL: [Outcome; 4] = [
+    pub const ALL: [Outcome; 5] = [
         Outcome::Changed,
         Outcome::Unchanged,
         Outcome::Failed,
         Outcome::TimedOut,
+        Outcome::Interrupted,
     ];
 
     /// Lower-case name, for metrics and logs.
@@ -71,6 +76,7 @@ impl Outcome {
             Outcome::Unchanged => "unchanged",
             Outcome::Failed => "failed",
             Outcome::TimedOut => "timed_out",
+            Outcome::Interrupted => "interrupted",
         }
     }
 

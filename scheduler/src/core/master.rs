@@ -15,7 +15,9 @@ use super::time::Time;
 
 /// A master's handle. Ids are never reused, so a late finish from a removed
 /// master cannot be mistaken for one from a new master.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct MasterId(pub(crate) u16);
 

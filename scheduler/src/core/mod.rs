@@ -79,7 +79,7 @@ pub struct Core {
     now: Time,
     rng: ChaCha8Rng,
     starts: [u64; 8],
-    finishes: [u64; 4],
+    finishes: [u64; 5],
     throughput: Throughput,
     blocked: Blocked,
 }
@@ -102,7 +102,7 @@ impl Core {
             now: Time::ZERO,
             rng: ChaCha8Rng::seed_from_u64(seed),
             starts: [0; 8],
-            finishes: [0; 4],
+            finishes: [0; 5],
             throughput: Throughput::new(),
             blocked: Blocked::Empty,
         })
@@ -372,6 +372,15 @@ impl Core {
         }
 
         let node = &mut self.nodes.nodes[id.index()];
+        if outcome == Outcome::Interrupted {
+            // Not the node's doing: back to the very front, keeping what
+            // it had pending and its failure count.
+            node.reason = Reason::Requeued;
+            let started = node.since;
+            self.seq += 1;
+            self.enqueue_urgent(id.0, (RANK_FRONT, started, self.seq));
+            return Ok(Finished::Next(NodeState::Queued(Lane::Urgent)));
+        }
         let pending = std::mem::replace(&mut node.pending, Pending::None);
         if !outcome.succeeded() {
             node.failures = node.failures.saturating_add(1);

@@ -1,0 +1,291 @@
+//! The HTTP API.
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `PUT /puppet/v3/facts/{certname}` | facts upload in Puppet's own body shape (`puppet facts upload` can point here) |
+//! | `GET /v1/nodes/{certname}/catalog` | the node's last good catalog; `ETag` is its canonical hash, `If-None-Match` gives 304 |
+//! | `GET /v1/nodes/{certname}/status` | cheap status for polling: state, catalog hash, last change |
+//! | `POST /v1/nodes/{certname}/bump` | move a node to the urgent lane |
+//! | `POST /v1/deploys` | `{"environment": "production"}`: new code, recompile its nodes |
+//! | `GET /v1/queue` | lanes, depths, ages, running compiles, masters |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /healthz` | 200 while the driver answers |
+//!
+//! Bad input gets a 4xx with a JSON `{"error": ...}` that says what is wrong
+//! and changes nothing: a malformed body, a certname that is not one
+//! (`../../etc/passwd`), a body over `api.max_body_bytes` (413).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+use super::catalog::CatalogFiles;
+use super::certname::Certname;
+use super::config::valid_environment;
+use super::driver::{ApiError, Command};
+use super::facts::{Ignore, Upload};
+use super::metrics::Metrics;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The driver.
+    pub driver: mpsc::Sender<Command>,
+    /// The last good catalogs.
+    pub catalogs: CatalogFiles,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Facts that never count as a change.
+    pub ignore: Arc<Ignore>,
+}
+
+/// The API's routes.
+pub fn router(state: ApiState, max_body: usize) -> Router {
+    Router::new()
+        .route("/puppet/v3/facts/{certname}", put(put_facts))
+        .route("/v1/nodes/{certname}/catalog", get(get_catalog))
+        .route("/v1/nodes/{certname}/status", get(get_status))
+        .route("/v1/nodes/{certname}/bump", post(post_bump))
+        .route("/v1/deploys", post(post_deploy))
+        .route("/v1/queue", get(get_queue))
+        .route("/metrics", get(get_metrics))
+        .route("/healthz", get(healthz))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// A refused request: status and a message for `{"error": ...}`.
+#[derive(Debug)]
+pub struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad(message: impl Into<String>) -> Refusal {
+        Refusal::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<ApiError> for Refusal {
+    fn from(e: ApiError) -> Refusal {
+        let status = match &e {
+            ApiError::UnknownNode(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Refusal::new(status, e.to_string())
+    }
+}
+
+type Answer = Result<Response, Refusal>;
+
+fn certname(raw: &str) -> Result<Certname, Refusal> {
+    Certname::parse(raw).map_err(|e| {
+        tracing::warn!("refused: {e}");
+        Refusal::bad(e.to_string())
+    })
+}
+
+/// Sends a command and waits for its answer.
+async fn ask<T>(
+    state: &ApiState,
+    make: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> Result<T, Refusal> {
+    let gone = || Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "pcq is shutting down");
+    let (tx, rx) = oneshot::channel();
+    state.driver.send(make(tx)).await.map_err(|_| gone())?;
+    tokio::time::timeout(Duration::from_secs(30), rx)
+        .await
+        .map_err(|_| {
+            Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the scheduler did not answer",
+            )
+        })?
+        .map_err(|_| gone())
+}
+
+#[derive(Deserialize)]
+struct FactsQuery {
+    environment: Option<String>,
+}
+
+async fn put_facts(
+    State(state): State<ApiState>,
+    Path(raw): Path<String>,
+    Query(query): Query<FactsQuery>,
+    body: Bytes,
+) -> Answer {
+    let certname = certname(&raw)?;
+    if let Some(env) = &query.environment {
+        if !valid_environment(env) {
+            return Err(Refusal::bad(format!(
+                "invalid environment {env:?}: word characters only"
+            )));
+        }
+    }
+    let upload: Upload = serde_json::from_slice(&body).map_err(|e| {
+        Refusal::bad(format!(
+            "facts body: {e} (expected {{\"name\", \"values\", \"timestamp\", \"expiration\"}})"
+        ))
+    })?;
+    if upload.name != certname.as_str() {
+        return Err(Refusal::bad(format!(
+            "facts for {:?} uploaded to the URL of {certname}",
+            upload.name
+        )));
+    }
+    let hash = state.ignore.relevant_hash(&upload.values);
+    let values = serde_json::to_vec(&upload.values).map_err(|e| Refusal::bad(e.to_string()))?;
+    let outcome = ask(&state, |reply| Command::Facts {
+        certname,
+        environment: query.environment,
+        values,
+        hash,
+        reply,
+    })
+    .await??;
+    Ok(Json(json!({ "result": outcome })).into_response())
+}
+
+async fn get_catalog(
+    State(state): State<ApiState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    let certname = certname(&raw)?;
+    let status = ask(&state, |reply| Command::Status {
+        certname: certname.clone(),
+        reply,
+    })
+    .await?
+    .ok_or_else(|| ApiError::UnknownNode(certname.to_string()))?;
+    let hash = status.catalog_hash.ok_or_else(|| {
+        Refusal::new(
+            StatusCode::NOT_FOUND,
+            format!("no catalog compiled for {certname} yet"),
+        )
+    })?;
+    let etag = format!("\"{hash}\"");
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if matches {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    let catalogs = state.catalogs.clone();
+    let c = certname.clone();
+    let internal = |e: String| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e);
+    let bytes = tokio::task::spawn_blocking(move || catalogs.read(&c))
+        .await
+        .map_err(|e| internal(e.to_string()))?
+        .map_err(|e| internal(format!("reading the catalog: {e}")))?
+        .ok_or_else(|| {
+            Refusal::new(
+                StatusCode::NOT_FOUND,
+                format!("no catalog stored for {certname}"),
+            )
+        })?;
+    Ok((
+        StatusCode::OK,
+        [
+            (header::ETAG, etag),
+            (header::CONTENT_TYPE, "application/json".to_string()),
+            (header::CACHE_CONTROL, "private, no-cache".to_string()),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+async fn get_status(State(state): State<ApiState>, Path(raw): Path<String>) -> Answer {
+    let certname = certname(&raw)?;
+    let status = ask(&state, |reply| Command::Status {
+        certname: certname.clone(),
+        reply,
+    })
+    .await?
+    .ok_or_else(|| ApiError::UnknownNode(certname.to_string()))?;
+    Ok(Json(status).into_response())
+}
+
+async fn post_bump(State(state): State<ApiState>, Path(raw): Path<String>) -> Answer {
+    let certname = certname(&raw)?;
+    let bumped = ask(&state, |reply| Command::Bump { certname, reply }).await??;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "result": bumped }))).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployBody {
+    environment: String,
+}
+
+async fn post_deploy(State(state): State<ApiState>, body: Bytes) -> Answer {
+    let deploy: DeployBody = serde_json::from_slice(&body).map_err(|e| {
+        Refusal::bad(format!(
+            "deploy body: {e} (expected {{\"environment\": \"...\"}})"
+        ))
+    })?;
+    if !valid_environment(&deploy.environment) {
+        return Err(Refusal::bad(format!(
+            "invalid environment {:?}",
+            deploy.environment
+        )));
+    }
+    let environment = deploy.environment.clone();
+    let n = ask(&state, |reply| Command::Deploy { environment, reply }).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "environment": deploy.environment, "nodes": n })),
+    )
+        .into_response())
+}
+
+async fn get_queue(State(state): State<ApiState>) -> Answer {
+    let q = ask(&state, |reply| Command::Queue { reply }).await?;
+    Ok(Json(q).into_response())
+}
+
+async fn get_metrics(State(state): State<ApiState>) -> Answer {
+    let stats = ask(&state, |reply| Command::Stats { reply }).await?;
+    state.metrics.update(&stats);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response())
+}
+
+async fn healthz(State(state): State<ApiState>) -> Answer {
+    ask(&state, |reply| Command::Stats { reply }).await?;
+    Ok((StatusCode::OK, "ok\n").into_response())
+}

@@ -1,0 +1,173 @@
+//! Compiles through Puppet Server's `POST /puppet/v4/catalog`.
+//!
+//! The request carries the node's certname, environment, facts and trusted
+//! facts; `persistence` decides whether Puppet Server stores facts and
+//! catalog in PuppetDB. The endpoint is denied to everyone by default:
+//! auth.conf must allow pcq's certificate (README, "Run it on a Puppet
+//! master").
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use super::{agent_facts, facts_map, BoxFuture, Compiler, Failure, Job};
+use crate::daemon::tls::{PuppetSsl, TlsError};
+
+/// A client for one Puppet Server.
+#[derive(Clone, Debug)]
+pub struct PuppetServer {
+    client: reqwest::Client,
+    url: String,
+    persist_facts: bool,
+    persist_catalog: bool,
+}
+
+impl PuppetServer {
+    /// A client for the server at `url` (`https://host:8140`) presenting
+    /// `ssl`'s certificate.
+    pub fn new(
+        url: &str,
+        ssl: &PuppetSsl,
+        persist_facts: bool,
+        persist_catalog: bool,
+    ) -> Result<PuppetServer, TlsError> {
+        let tls = ssl.client_config()?;
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| TlsError::from_client(e.to_string()))?;
+        Ok(PuppetServer {
+            client,
+            url: url.trim_end_matches('/').to_string(),
+            persist_facts,
+            persist_catalog,
+        })
+    }
+
+    /// The raw HTTP client (mutual TLS), for the CA and status endpoints.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// The server's base URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn body(&self, job: &Job) -> Value {
+        let mut values = facts_map(job.facts.as_deref());
+        agent_facts(&mut values, &job.certname, &job.environment);
+        let certname = job.certname.as_str();
+        let (hostname, domain) = certname.split_once('.').unwrap_or((certname, ""));
+        json!({
+            "certname": certname,
+            "environment": job.environment,
+            "persistence": {"facts": self.persist_facts, "catalog": self.persist_catalog},
+            "facts": {"values": values},
+            "trusted_facts": {"values": {
+                "authenticated": "remote",
+                "certname": certname,
+                "hostname": hostname,
+                "domain": domain,
+                "extensions": {},
+            }},
+            "options": {"prefer_requested_environment": true, "capture_logs": false},
+        })
+    }
+}
+
+/// What an HTTP status means for the compile.
+fn classify(status: StatusCode, body: &str) -> Failure {
+    let text = body.trim();
+    let text: String = text.chars().take(2000).collect();
+    match status.as_u16() {
+        400 | 500 => Failure::Node(format!("{status}: {text}")),
+        401 | 403 => Failure::Server(format!(
+            "{status}: Puppet Server refuses pcq's certificate on /puppet/v4/catalog (auth.conf): {text}"
+        )),
+        _ => Failure::Server(format!("{status}: {text}")),
+    }
+}
+
+impl Compiler for PuppetServer {
+    fn compile(&self, job: Job) -> BoxFuture<Result<Vec<u8>, Failure>> {
+        let request = self
+            .client
+            .post(format!("{}/puppet/v4/catalog", self.url))
+            .timeout(job.timeout)
+            .json(&self.body(&job));
+        let timeout = job.timeout;
+        Box::pin(async move {
+            let response = request.send().await.map_err(|e| {
+                if e.is_timeout() {
+                    Failure::Timeout(timeout)
+                } else {
+                    Failure::Server(format!("cannot reach Puppet Server: {e}"))
+                }
+            })?;
+            let status = response.status();
+            let body = response.bytes().await.map_err(|e| {
+                if e.is_timeout() {
+                    Failure::Timeout(timeout)
+                } else {
+                    Failure::Server(format!("reading the answer: {e}"))
+                }
+            })?;
+            if status.is_success() {
+                Ok(body.to_vec())
+            } else {
+                Err(classify(status, &String::from_utf8_lossy(&body)))
+            }
+        })
+    }
+
+    fn probe(&self) -> BoxFuture<bool> {
+        let request = self
+            .client
+            .get(format!("{}/status/v1/simple", self.url))
+            .timeout(Duration::from_secs(5));
+        Box::pin(async move {
+            match request.send().await {
+                Ok(r) => r.status().is_success(),
+                Err(_) => false,
+            }
+        })
+    }
+}
+
+impl TlsError {
+    fn from_client(why: String) -> TlsError {
+        TlsError::new("http client", why)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_blame_the_node_or_the_server() {
+        assert!(matches!(
+            classify(StatusCode::INTERNAL_SERVER_ERROR, "Evaluation Error"),
+            Failure::Node(_)
+        ));
+        assert!(matches!(
+            classify(StatusCode::BAD_REQUEST, "bad env"),
+            Failure::Node(_)
+        ));
+        assert!(matches!(
+            classify(StatusCode::SERVICE_UNAVAILABLE, ""),
+            Failure::Server(_)
+        ));
+        assert!(
+            matches!(classify(StatusCode::FORBIDDEN, "Forbidden"), Failure::Server(m) if m.contains("auth.conf"))
+        );
+        assert!(matches!(
+            classify(StatusCode::BAD_GATEWAY, ""),
+            Failure::Server(_)
+        ));
+    }
+}

@@ -1,0 +1,285 @@
+//! Catalogs: the canonical hash that says whether a catalog changed, the
+//! exported resources in it, and the last good catalog of each node on disk.
+//!
+//! Every compile produces a new `version` and `catalog_uuid`, and Puppet
+//! does not promise the order of resources, edges or classes, so comparing
+//! catalogs byte for byte would call every compile a change. The canonical
+//! hash drops the per-compile noise and sorts what has no meaningful order.
+//!
+//! Catalogs hold secrets: files are written mode 0600 in a 0700 directory,
+//! atomically (a node never reads half a catalog), and only after the
+//! compile succeeded, so the last good catalog survives any failure.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::certname::Certname;
+
+/// A compiled catalog, checked and hashed.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    /// The catalog JSON as Puppet Server returned it (the `catalog` object).
+    pub json: Vec<u8>,
+    /// Canonical hash (hex SHA-256).
+    pub hash: String,
+    /// Resources the node exports.
+    pub exports: Vec<Export>,
+    /// Resources in the catalog.
+    pub resources: usize,
+}
+
+/// An exported resource: type, title and a hash of its parameters.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Export {
+    /// Resource type, e.g. `File`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Title.
+    pub title: String,
+    /// SHA-256 of the canonical parameters.
+    pub parameters_hash: String,
+}
+
+/// Why a compile's output is not a catalog.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// Not JSON at all.
+    #[error("the compile's output is not JSON: {0}")]
+    NotJson(serde_json::Error),
+    /// JSON, but not shaped like a Puppet catalog.
+    #[error("the compile's output is not a Puppet catalog: {0}")]
+    NotACatalog(&'static str),
+}
+
+/// Checks and hashes a catalog. Accepts both the bare catalog and Puppet
+/// Server's v4 answer `{"catalog": {...}}`.
+pub fn read(bytes: &[u8]) -> Result<Compiled, CatalogError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(CatalogError::NotJson)?;
+    let catalog = match value {
+        Value::Object(mut m) if m.contains_key("catalog") => m
+            .remove("catalog")
+            .ok_or(CatalogError::NotACatalog("no catalog"))?,
+        other => other,
+    };
+    let Value::Object(map) = &catalog else {
+        return Err(CatalogError::NotACatalog("not a JSON object"));
+    };
+    let Some(Value::Array(resources)) = map.get("resources") else {
+        return Err(CatalogError::NotACatalog("no resources array"));
+    };
+    if !map.contains_key("name") {
+        return Err(CatalogError::NotACatalog("no name"));
+    }
+    let mut exports: Vec<Export> = resources
+        .iter()
+        .filter(|r| r.get("exported").and_then(Value::as_bool) == Some(true))
+        .map(|r| Export {
+            kind: r
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            title: r.get("title").map(title_text).unwrap_or_default(),
+            parameters_hash: hash_value(r.get("parameters").unwrap_or(&Value::Null)),
+        })
+        .collect();
+    exports.sort();
+    let count = resources.len();
+    let hash = canonical_hash(&catalog);
+    Ok(Compiled {
+        json: serde_json::to_vec(&catalog).unwrap_or_default(),
+        hash,
+        exports,
+        resources: count,
+    })
+}
+
+fn title_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn hash_value(v: &Value) -> String {
+    hex::encode(Sha256::digest(serde_json::to_vec(v).unwrap_or_default()))
+}
+
+/// SHA-256 of the catalog without `version` and `catalog_uuid`, with
+/// resources, edges, classes and tags sorted.
+pub fn canonical_hash(catalog: &Value) -> String {
+    let mut c = catalog.clone();
+    if let Value::Object(map) = &mut c {
+        map.remove("version");
+        map.remove("catalog_uuid");
+        for key in ["resources", "edges", "classes", "tags"] {
+            if let Some(Value::Array(items)) = map.get_mut(key) {
+                if key == "resources" {
+                    for r in items.iter_mut() {
+                        if let Some(Value::Array(tags)) = r.get_mut("tags") {
+                            sort_values(tags);
+                        }
+                    }
+                }
+                sort_values(items);
+            }
+        }
+    }
+    // serde_json's maps are sorted by key, so this text is canonical.
+    hash_value(&c)
+}
+
+fn sort_values(items: &mut [Value]) {
+    items.sort_by_cached_key(|v| serde_json::to_string(v).unwrap_or_default());
+}
+
+/// The last good catalog of each node, one file each.
+#[derive(Clone, Debug)]
+pub struct CatalogFiles {
+    dir: PathBuf,
+}
+
+impl CatalogFiles {
+    /// Opens (creating, mode 0700) `dir`.
+    pub fn open(dir: &Path) -> io::Result<CatalogFiles> {
+        fs::create_dir_all(dir)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        Ok(CatalogFiles {
+            dir: dir.to_owned(),
+        })
+    }
+
+    fn path(&self, certname: &Certname) -> PathBuf {
+        self.dir.join(format!("{certname}.json"))
+    }
+
+    /// Replaces the node's catalog atomically (write a 0600 temp file,
+    /// fsync, rename).
+    pub fn write(&self, certname: &Certname, json: &[u8]) -> io::Result<()> {
+        let tmp = self.dir.join(format!(".{certname}.json.tmp"));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(json)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, self.path(certname))
+    }
+
+    /// The node's catalog, if it has one.
+    pub fn read(&self, certname: &Certname) -> io::Result<Option<Vec<u8>>> {
+        match fs::read(self.path(certname)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes the node's catalog (node removed).
+    pub fn remove(&self, certname: &Certname) -> io::Result<()> {
+        match fs::remove_file(self.path(certname)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = r#"{"catalog":{"name":"n1","version":1,"catalog_uuid":"u1","environment":"production","tags":["a","b"],"classes":["x","y"],
+      "resources":[{"type":"File","title":"/a","tags":["file","a"],"exported":false,"parameters":{"mode":"0644","ensure":"file"}},
+                   {"type":"Host","title":"web","tags":["host"],"exported":true,"parameters":{"ip":"10.0.0.1"}}],
+      "edges":[{"source":"Class[x]","target":"File[/a]"},{"source":"Class[y]","target":"Host[web]"}]}}"#;
+
+    #[test]
+    fn noise_and_order_do_not_change_the_hash() {
+        let a = read(A.as_bytes()).expect("catalog");
+        let b = A
+            .replace("\"version\":1", "\"version\":2")
+            .replace("\"u1\"", "\"u2\"")
+            .replace(r#""classes":["x","y"]"#, r#""classes":["y","x"]"#)
+            .replace(r#""tags":["file","a"]"#, r#""tags":["a","file"]"#)
+            .replace(
+                r#"{"source":"Class[x]","target":"File[/a]"},{"source":"Class[y]","target":"Host[web]"}"#,
+                r#"{"source":"Class[y]","target":"Host[web]"},{"source":"Class[x]","target":"File[/a]"}"#,
+            )
+            .replace(r#""parameters":{"mode":"0644","ensure":"file"}"#, r#""parameters":{"ensure":"file","mode":"0644"}"#);
+        let b = read(b.as_bytes()).expect("catalog");
+        assert_eq!(a.hash, b.hash);
+        let c = read(A.replace("0644", "0600").as_bytes()).expect("catalog");
+        assert_ne!(a.hash, c.hash, "a parameter change is a change");
+    }
+
+    #[test]
+    fn resource_order_does_not_change_the_hash() {
+        let v: Value = serde_json::from_str(A).expect("json");
+        let mut swapped = v.clone();
+        if let Some(Value::Array(r)) = swapped.pointer_mut("/catalog/resources") {
+            r.reverse();
+        }
+        assert_eq!(
+            canonical_hash(&v["catalog"]),
+            canonical_hash(&swapped["catalog"])
+        );
+    }
+
+    #[test]
+    fn exports_are_listed() {
+        let a = read(A.as_bytes()).expect("catalog");
+        assert_eq!(a.exports.len(), 1);
+        assert_eq!(
+            (a.exports[0].kind.as_str(), a.exports[0].title.as_str()),
+            ("Host", "web")
+        );
+        assert_eq!(a.resources, 2);
+    }
+
+    #[test]
+    fn garbage_is_not_a_catalog() {
+        assert!(matches!(
+            read(b"<html>500</html>"),
+            Err(CatalogError::NotJson(_))
+        ));
+        assert!(matches!(
+            read(b"{\"catalog\": 5}"),
+            Err(CatalogError::NotACatalog(_))
+        ));
+        assert!(matches!(read(b"[1,2]"), Err(CatalogError::NotACatalog(_))));
+    }
+
+    #[test]
+    fn files_are_private_and_replaced_atomically() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let files = CatalogFiles::open(&dir.path().join("catalogs")).expect("open");
+        let n = Certname::parse("web01.example.com").expect("certname");
+        files.write(&n, b"{\"a\":1}").expect("write");
+        files.write(&n, b"{\"a\":2}").expect("write");
+        assert_eq!(
+            files.read(&n).expect("read").as_deref(),
+            Some(&b"{\"a\":2}"[..])
+        );
+        let mode = fs::metadata(dir.path().join("catalogs/web01.example.com.json"))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let dmode = fs::metadata(dir.path().join("catalogs"))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(dmode & 0o777, 0o700);
+        files.remove(&n).expect("remove");
+        assert_eq!(files.read(&n).expect("read"), None);
+    }
+}

@@ -1,0 +1,460 @@
+//! The daemon's configuration file.
+//!
+//! One TOML file, every key documented in `pcq.example.toml` at the root of
+//! the repository. Unknown keys are refused, and every error names the key
+//! and its line: a typo must not silently fall back to a default on a
+//! production master.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::core::{off_or_duration, CoreConfig, GateConfig};
+use crate::toml_file;
+
+/// The whole file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where pcq keeps its database and the last good catalogs.
+    pub state_dir: PathBuf,
+    /// Environment of nodes that never said theirs.
+    #[serde(default = "production")]
+    pub default_environment: String,
+    /// The HTTP API.
+    #[serde(default)]
+    pub api: Api,
+    /// The scheduling core.
+    #[serde(default)]
+    pub core: CoreConfig,
+    /// How catalogs are compiled.
+    pub backend: Backend,
+    /// The masters compiles run on; empty: one, this host.
+    #[serde(default)]
+    pub masters: Vec<Master>,
+    /// Certificate authority polling (node intake).
+    #[serde(default)]
+    pub ca: Ca,
+    /// Facts uploads.
+    #[serde(default)]
+    pub facts: Facts,
+    /// Telling nodes their catalog changed.
+    #[serde(default)]
+    pub notify: Notify,
+    /// Stopping.
+    #[serde(default)]
+    pub shutdown: Shutdown,
+}
+
+fn production() -> String {
+    "production".into()
+}
+
+/// The HTTP API.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Api {
+    /// Address to listen on. Loopback by default: until node
+    /// authentication is on, the API must not face the network.
+    pub listen: SocketAddr,
+    /// Largest request body accepted (facts uploads), bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Api {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8143)),
+            max_body_bytes: 4 << 20,
+        }
+    }
+}
+
+/// How catalogs are compiled.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Backend {
+    /// `POST /puppet/v4/catalog` on Puppet Server, over mutual TLS with
+    /// Puppet's own certificates (the production path).
+    Puppetserver(Puppetserver),
+    /// `puppet catalog compile` with the node's stored facts (no server;
+    /// development and tests).
+    Command(CommandBackend),
+}
+
+/// The Puppet Server backend.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Puppetserver {
+    /// Base URL of the server, e.g. `https://puppet.example.com:8140`. Use
+    /// the name in its certificate, not an IP address.
+    pub url: String,
+    /// Puppet's SSL directory (`puppet config print ssldir`).
+    #[serde(default = "ssldir")]
+    pub ssldir: PathBuf,
+    /// Certificate pcq presents: `<ssldir>/certs/<certname>.pem` and
+    /// `<ssldir>/private_keys/<certname>.pem`. Default: this host's name.
+    #[serde(default)]
+    pub certname: Option<String>,
+    /// Let Puppet Server store the node's facts in PuppetDB.
+    #[serde(default)]
+    pub persist_facts: bool,
+    /// Let Puppet Server store the catalog in PuppetDB (needed for exported
+    /// resources to reach collectors).
+    #[serde(default)]
+    pub persist_catalog: bool,
+    /// How often a master that stopped answering is probed.
+    #[serde(default = "five_seconds", with = "humantime_serde")]
+    pub probe_interval: Duration,
+}
+
+fn ssldir() -> PathBuf {
+    PathBuf::from("/var/lib/puppet/ssl")
+}
+
+fn five_seconds() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// The `puppet catalog compile` backend.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandBackend {
+    /// The command, as an argument list. `{certname}`, `{environment}` and
+    /// `{vardir}` are replaced; facts are written to
+    /// `{vardir}/yaml/facts/{certname}.yaml` before each compile.
+    #[serde(default = "compile_command")]
+    pub command: Vec<String>,
+}
+
+fn compile_command() -> Vec<String> {
+    [
+        "puppet",
+        "catalog",
+        "compile",
+        "{certname}",
+        "--environment",
+        "{environment}",
+        "--vardir",
+        "{vardir}",
+        "--facts_terminus",
+        "yaml",
+        "--render-as",
+        "json",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// A master compiles run on.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Master {
+    /// A name for logs and metrics.
+    pub name: String,
+    /// Its Puppet Server URL (puppetserver backend); default: the backend's.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// CPU cores; 0: this host's.
+    #[serde(default)]
+    pub cores: u32,
+    /// Read the load of this host for its gate (the master is this host).
+    #[serde(default = "yes")]
+    pub local: bool,
+    /// Its gate; default: `core.gate`.
+    #[serde(default)]
+    pub gate: Option<GateConfig>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Certificate authority polling.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ca {
+    /// How often to list the CA's certificates; `"off"`: nodes join by
+    /// uploading facts instead.
+    #[serde(with = "off_or_duration")]
+    pub poll_interval: Option<Duration>,
+    /// Certnames never scheduled (the CA's own, service certificates).
+    pub exclude: Vec<String>,
+}
+
+impl Default for Ca {
+    fn default() -> Self {
+        Ca {
+            poll_interval: Some(Duration::from_secs(30)),
+            exclude: Vec::new(),
+        }
+    }
+}
+
+/// Facts uploads.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Facts {
+    /// Fact paths whose changes never cause a compile: volatile facts no
+    /// catalog should read. Glob patterns on dotted paths (`memory.*`).
+    pub ignore: Vec<String>,
+}
+
+impl Default for Facts {
+    fn default() -> Self {
+        let ignore = [
+            "uptime",
+            "uptime_seconds",
+            "uptime_hours",
+            "uptime_days",
+            "system_uptime",
+            "system_uptime.*",
+            "load_averages",
+            "load_averages.*",
+            "memoryfree",
+            "memoryfree_mb",
+            "swapfree",
+            "swapfree_mb",
+            "memory.*.available",
+            "memory.*.available_bytes",
+            "memory.*.used",
+            "memory.*.used_bytes",
+            "memory.*.capacity",
+            "timestamp",
+            "_timestamp",
+            "last_run",
+            "puppet_agent_pid",
+            "processors.speed",
+        ];
+        Facts {
+            ignore: ignore.map(String::from).to_vec(),
+        }
+    }
+}
+
+/// Telling nodes their catalog changed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Notify {
+    /// A command to run, as an argument list; `{certname}` and
+    /// `{environment}` are replaced (no shell is involved).
+    pub command: Vec<String>,
+    /// A URL to POST `{"certname", "environment", "catalog_hash"}` to.
+    pub webhook: Option<String>,
+    /// Attempts per notification.
+    pub attempts: u32,
+    /// Time limit of one attempt.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for Notify {
+    fn default() -> Self {
+        Notify {
+            command: Vec::new(),
+            webhook: None,
+            attempts: 4,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Stopping on SIGTERM.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Shutdown {
+    /// How long running compiles may finish before they are queued again.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown {
+            grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A configuration that cannot be used: the key and line say where.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: {source}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Bad syntax, an unknown key, a bad value.
+    #[error("{file}:{line}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line, 0 if unknown.
+        line: usize,
+        /// The key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and checks configuration text; `file` names it in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let invalid = |line, key: String, message: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            line,
+            key,
+            message,
+        };
+        let config: Config =
+            toml_file::parse(text).map_err(|e| invalid(e.line, e.key, e.message))?;
+        if let Err((key, message)) = config.check() {
+            let e = toml_file::at_key(text, key, message);
+            return Err(invalid(e.line, e.key, e.message));
+        }
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, m: &str| Err((k.to_string(), m.to_string()));
+        if let Err(e) = self.core.validate() {
+            return Err((format!("core.{}", e.field), e.message));
+        }
+        if !valid_environment(&self.default_environment) {
+            return err(
+                "default_environment",
+                "must be word characters (Puppet: \\w+)",
+            );
+        }
+        if self.api.max_body_bytes < 1024 {
+            return err("api.max_body_bytes", "must be at least 1024");
+        }
+        match &self.backend {
+            Backend::Puppetserver(p) => {
+                if !(p.url.starts_with("https://")) {
+                    return err("backend.url", "must be an https:// URL of Puppet Server");
+                }
+                if p.probe_interval.is_zero() {
+                    return err("backend.probe_interval", "must be above zero");
+                }
+            }
+            Backend::Command(c) => {
+                if c.command.is_empty() {
+                    return err("backend.command", "must name a program");
+                }
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, m) in self.masters.iter().enumerate() {
+            if !names.insert(&m.name) {
+                return Err((
+                    format!("masters[{i}].name"),
+                    format!("{:?} is used twice", m.name),
+                ));
+            }
+            if let Some(g) = &m.gate {
+                if let Err(e) = g.validate("gate") {
+                    return Err((format!("masters[{i}].{}", e.field), e.message));
+                }
+            }
+            if m.url.as_ref().is_some_and(|u| !u.starts_with("https://")) {
+                return Err((
+                    format!("masters[{i}].url"),
+                    "must be an https:// URL".into(),
+                ));
+            }
+        }
+        for (i, p) in self.facts.ignore.iter().enumerate() {
+            if let Err(e) = globset::Glob::new(p) {
+                return Err((format!("facts.ignore[{i}]"), e.to_string()));
+            }
+        }
+        if self.notify.attempts == 0 {
+            return err("notify.attempts", "must be at least 1");
+        }
+        if let Some(w) = &self.notify.webhook {
+            if !(w.starts_with("http://") || w.starts_with("https://")) {
+                return err("notify.webhook", "must be an http(s):// URL");
+            }
+        }
+        Ok(())
+    }
+
+    /// The masters, with the default single local master filled in.
+    pub fn masters(&self) -> Vec<Master> {
+        if self.masters.is_empty() {
+            vec![Master {
+                name: "local".into(),
+                url: None,
+                cores: 0,
+                local: true,
+                gate: None,
+            }]
+        } else {
+            self.masters.clone()
+        }
+    }
+}
+
+/// Puppet environment names are word characters.
+pub fn valid_environment(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "state_dir = \"/tmp/pcq\"\n[backend]\nkind = \"puppetserver\"\nurl = \"https://puppet:8140\"\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL, Path::new("pcq.toml")).expect("valid");
+        assert_eq!(c.api.listen.to_string(), "127.0.0.1:8143");
+        assert_eq!(c.masters().len(), 1);
+        assert!(c.facts.ignore.iter().any(|p| p == "uptime_seconds"));
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_line() {
+        let text = format!("{MINIMAL}[ca]\npoll_intervall = \"10s\"\n");
+        let e = Config::parse(&text, Path::new("pcq.toml")).expect_err("typo");
+        let msg = e.to_string();
+        assert!(msg.starts_with("pcq.toml:6: poll_intervall:"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_line() {
+        let text = MINIMAL.replace("https://puppet", "http://puppet");
+        let msg = Config::parse(&text, Path::new("pcq.toml"))
+            .expect_err("http")
+            .to_string();
+        assert!(msg.starts_with("pcq.toml:4: backend.url:"), "{msg}");
+        let text = format!("{MINIMAL}[core.gate]\nmax_concurrency = 0\n");
+        let msg = Config::parse(&text, Path::new("pcq.toml"))
+            .expect_err("zero")
+            .to_string();
+        assert!(
+            msg.starts_with("pcq.toml:6: core.gate.max_concurrency:"),
+            "{msg}"
+        );
+    }
+}

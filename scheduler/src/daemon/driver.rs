@@ -1,0 +1,1080 @@
+//! The real-time driver of the scheduling core.
+//!
+//! One task owns the [`Core`] and everything that must agree with it (which
+//! certname is which node, each node's catalog hash and facts hash). Every
+//! other part of the daemon talks to it through [`Command`]s: the API
+//! (facts, bumps, deploys, queries), the CA poller, the load sampler, and
+//! the compile tasks it spawns. After each batch of commands it polls the
+//! core, starts what the core says on the masters' backends, and queues the
+//! changed nodes' rows for the store; between commands it sleeps until the
+//! core's next wakeup.
+//!
+//! Time is wall-clock microseconds since the Unix epoch, so stored times
+//! mean something after a restart.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::core::{
+    BumpReason, Bumped, Core, CoreError, Finished, Lane, LoadSample, MasterId, MasterSpec, NodeId,
+    NodeState, Outcome, Poll, Start, Stats, Time,
+};
+
+use super::backend::{Compiler, Failure, Job};
+use super::catalog::{self, CatalogFiles, Export};
+use super::certname::Certname;
+use super::metrics::{Metrics, OutcomeLabel, ReasonLabel};
+use super::notify::{Notice, Notifier};
+use super::store::{StoreHandle, StoredNode, Write};
+
+/// Now, as the core's time.
+pub fn now() -> Time {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Time::from_micros(u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// A request to the driver.
+pub enum Command {
+    /// A facts upload that passed the API's checks.
+    Facts {
+        /// The node.
+        certname: Certname,
+        /// `?environment=` of the upload, if given.
+        environment: Option<String>,
+        /// The `values`, as JSON.
+        values: Vec<u8>,
+        /// Their hash without ignored facts.
+        hash: String,
+        /// The answer.
+        reply: oneshot::Sender<Result<FactsOutcome, ApiError>>,
+    },
+    /// Facts were committed to the store.
+    FactsStored {
+        /// The node.
+        certname: Certname,
+        /// Environment of the upload.
+        environment: Option<String>,
+        /// Facts hash.
+        hash: String,
+        /// The commit's result.
+        result: Result<(), String>,
+        /// The answer to the upload.
+        reply: oneshot::Sender<Result<FactsOutcome, ApiError>>,
+    },
+    /// An operator's bump.
+    Bump {
+        /// The node.
+        certname: Certname,
+        /// The answer.
+        reply: oneshot::Sender<Result<Bumped, ApiError>>,
+    },
+    /// New code in an environment.
+    Deploy {
+        /// The environment.
+        environment: String,
+        /// Nodes moved or marked.
+        reply: oneshot::Sender<usize>,
+    },
+    /// The CA's signed and revoked certnames.
+    Ca {
+        /// Signed.
+        signed: Vec<String>,
+        /// Revoked.
+        revoked: Vec<String>,
+    },
+    /// A compile task finished.
+    Compiled(Box<Compiled>),
+    /// A probe found master `.0` answering again.
+    MasterBack(usize),
+    /// A load reading of this host.
+    Load(LoadSample),
+    /// One node's status.
+    Status {
+        /// The node.
+        certname: Certname,
+        /// The answer.
+        reply: oneshot::Sender<Option<NodeStatus>>,
+    },
+    /// The queue.
+    Queue {
+        /// The answer.
+        reply: oneshot::Sender<QueueView>,
+    },
+    /// The core's stats.
+    Stats {
+        /// The answer.
+        reply: oneshot::Sender<Stats>,
+    },
+    /// Stop starting compiles; end when running ones are done or `grace`
+    /// has passed.
+    Shutdown {
+        /// How long running compiles may take.
+        grace: Duration,
+    },
+}
+
+/// A compile task's report.
+pub struct Compiled {
+    node: NodeId,
+    master: usize,
+    certname: Certname,
+    started: Instant,
+    result: Result<Catalog, Failure>,
+}
+
+/// A good catalog, already on disk if it changed.
+struct Catalog {
+    hash: String,
+    changed: bool,
+    exports: Vec<Export>,
+}
+
+/// The answer to a facts upload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FactsOutcome {
+    /// A fact that matters changed: the node was bumped.
+    Changed,
+    /// Nothing that matters changed.
+    Unchanged,
+    /// Stored; the node is not scheduled yet (no signed certificate).
+    Stored,
+}
+
+/// An API-level refusal.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// The node is not known.
+    #[error("unknown node {0}")]
+    UnknownNode(String),
+    /// A bad request.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Something failed inside.
+    #[error("{0}")]
+    Internal(String),
+    /// pcq is stopping.
+    #[error("pcq is shutting down")]
+    ShuttingDown,
+}
+
+/// One node, as `GET /v1/nodes/{certname}/status` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeStatus {
+    /// The node.
+    pub certname: String,
+    /// Its environment.
+    pub environment: String,
+    /// urgent, deploy, cycle, compiling, parked, or waiting_for_facts.
+    pub state: String,
+    /// Why it is queued or compiling.
+    pub reason: Option<String>,
+    /// Queued since (cycle: due since) / compiling since / parked until,
+    /// seconds since the epoch.
+    pub since: Option<f64>,
+    /// Canonical hash of its last good catalog (also the catalog's ETag).
+    pub catalog_hash: Option<String>,
+    /// When that catalog last changed, seconds since the epoch.
+    pub catalog_changed_at: Option<f64>,
+    /// When its last compile succeeded, seconds since the epoch.
+    pub last_compile: Option<f64>,
+    /// Consecutive failed compiles.
+    pub failures: u16,
+    /// The last compile error.
+    pub last_error: Option<String>,
+}
+
+/// The queue, as `GET /v1/queue` and `pcq queue` show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct QueueView {
+    /// Nodes known.
+    pub nodes: usize,
+    /// Per lane.
+    pub lanes: Vec<LaneView>,
+    /// Compiles running.
+    pub in_flight: Vec<RunningView>,
+    /// Why nothing else starts.
+    pub blocked: String,
+    /// Seconds to compile every node once, at the recent rate.
+    pub cycle_time_seconds: Option<f64>,
+    /// The masters.
+    pub masters: Vec<MasterView>,
+    /// Signed nodes waiting for their first facts.
+    pub waiting_for_facts: usize,
+}
+
+/// One lane.
+#[derive(Clone, Debug, Serialize)]
+pub struct LaneView {
+    /// urgent, deploy, cycle.
+    pub lane: String,
+    /// Nodes in it.
+    pub depth: usize,
+    /// How long its oldest ready job has waited.
+    pub oldest_age_seconds: f64,
+}
+
+/// A running compile.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunningView {
+    /// The node.
+    pub certname: String,
+    /// The master's name.
+    pub master: String,
+    /// Seconds it has run.
+    pub seconds: f64,
+}
+
+/// A master.
+#[derive(Clone, Debug, Serialize)]
+pub struct MasterView {
+    /// Its name.
+    pub name: String,
+    /// Reachable.
+    pub up: bool,
+    /// Compiles running.
+    pub in_flight: u32,
+    /// Its concurrency limit.
+    pub max_concurrency: u32,
+    /// Its gate's load estimate per core.
+    pub load_per_core: f64,
+}
+
+/// What the driver knows of a node besides the core's state.
+#[derive(Clone, Debug)]
+struct NodeInfo {
+    certname: Certname,
+    catalog_hash: Option<String>,
+    catalog_changed_at: Option<Time>,
+    facts_hash: Option<String>,
+    last_error: Option<String>,
+}
+
+/// A master as the driver runs it.
+pub struct MasterSlot {
+    /// Its name.
+    pub name: String,
+    /// Its backend.
+    pub compiler: Arc<dyn Compiler>,
+    /// Its core spec.
+    pub spec: MasterSpec,
+    /// It is this host (load samples apply to it).
+    pub local: bool,
+    /// How often to probe it when it is down.
+    pub probe_interval: Duration,
+    id: Option<MasterId>,
+    probing: bool,
+}
+
+impl MasterSlot {
+    /// A master slot, added to the core when the driver starts.
+    pub fn new(
+        name: String,
+        compiler: Arc<dyn Compiler>,
+        spec: MasterSpec,
+        local: bool,
+        probe_interval: Duration,
+    ) -> MasterSlot {
+        MasterSlot {
+            name,
+            compiler,
+            spec,
+            local,
+            probe_interval,
+            id: None,
+            probing: false,
+        }
+    }
+}
+
+/// What the driver needs besides the core.
+pub struct Parts {
+    /// The store.
+    pub store: StoreHandle,
+    /// The last good catalogs.
+    pub catalogs: CatalogFiles,
+    /// Notifications.
+    pub notifier: Notifier,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Nodes join when their facts arrive (no CA polling).
+    pub join_on_facts: bool,
+    /// Certnames never scheduled.
+    pub exclude: HashSet<String>,
+    /// Environment of nodes that never gave one.
+    pub default_environment: String,
+}
+
+/// The driver.
+pub struct Driver {
+    core: Core,
+    ids: HashMap<Certname, NodeId>,
+    info: Vec<Option<NodeInfo>>,
+    masters: Vec<MasterSlot>,
+    parts: Parts,
+    tx: mpsc::Sender<Command>,
+    running: HashMap<NodeId, (usize, Time)>,
+    dirty: BTreeSet<NodeId>,
+    pending_writes: Vec<Write>,
+    /// Signed certificates whose node has sent no facts yet.
+    waiting_for_facts: HashSet<Certname>,
+    /// Certnames with stored facts but no signed certificate (yet).
+    facts_only: HashMap<Certname, String>,
+    draining: Option<Instant>,
+}
+
+impl Driver {
+    /// Rebuilds the core from the stored nodes: every node exactly once,
+    /// compiles that were running queued again at the front.
+    pub fn new(
+        core: Core,
+        masters: Vec<MasterSlot>,
+        stored: Vec<StoredNode>,
+        facts_owners: Vec<String>,
+        parts: Parts,
+        tx: mpsc::Sender<Command>,
+    ) -> Result<Driver, CoreError> {
+        let mut d = Driver {
+            core,
+            ids: HashMap::new(),
+            info: Vec::new(),
+            masters,
+            parts,
+            tx,
+            running: HashMap::new(),
+            dirty: BTreeSet::new(),
+            pending_writes: Vec::new(),
+            waiting_for_facts: HashSet::new(),
+            facts_only: HashMap::new(),
+            draining: None,
+        };
+        let t = now();
+        for m in &mut d.masters {
+            m.id = Some(d.core.add_master(t, m.spec.clone())?);
+            d.parts
+                .metrics
+                .master_up
+                .get_or_create(&super::metrics::MasterLabel {
+                    master: m.name.clone(),
+                })
+                .set(1);
+        }
+        for node in stored {
+            let Ok(certname) = Certname::parse(&node.certname) else {
+                tracing::warn!(
+                    "store: skipping node with invalid certname {:?}",
+                    node.certname
+                );
+                continue;
+            };
+            if d.ids.contains_key(&certname) {
+                continue;
+            }
+            let id = d.core.restore_node(&node.view)?;
+            d.remember(
+                id,
+                NodeInfo {
+                    certname: certname.clone(),
+                    catalog_hash: node.catalog_hash,
+                    catalog_changed_at: node.catalog_changed_at,
+                    facts_hash: node.facts_hash,
+                    last_error: node.last_error,
+                },
+            );
+            if matches!(node.view.state, NodeState::Compiling(_)) {
+                d.dirty.insert(id);
+            }
+        }
+        for owner in facts_owners {
+            if let Ok(c) = Certname::parse(&owner) {
+                if !d.ids.contains_key(&c) {
+                    d.facts_only.insert(c, String::new());
+                }
+            }
+        }
+        if let Err(e) = d.core.audit() {
+            return Err(CoreError::Config(crate::core::ConfigError {
+                field: "store".into(),
+                message: format!("rebuilt queue is inconsistent: {e}"),
+            }));
+        }
+        Ok(d)
+    }
+
+    fn remember(&mut self, id: NodeId, info: NodeInfo) {
+        self.ids.insert(info.certname.clone(), id);
+        if self.info.len() <= id.index() {
+            self.info.resize(id.index() + 1, None);
+        }
+        self.info[id.index()] = Some(info);
+    }
+
+    /// Nodes known to the core.
+    pub fn node_count(&self) -> usize {
+        self.core.node_count()
+    }
+
+    /// Runs until shut down.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        loop {
+            self.pump();
+            self.flush();
+            if let Some(deadline) = self.draining {
+                if self.running.is_empty() || Instant::now() >= deadline {
+                    break;
+                }
+            }
+            let wake = self.sleep_for();
+            let command = tokio::select! {
+                c = rx.recv() => c,
+                _ = tokio::time::sleep(wake) => continue,
+            };
+            let Some(command) = command else { break };
+            self.handle(command);
+            // take whatever else is already queued before polling again
+            while let Ok(c) = rx.try_recv() {
+                self.handle(c);
+            }
+        }
+        let last = self.take_writes();
+        if let Err(e) = self.parts.store.write_durably(last).await {
+            tracing::error!("last writes: {e}");
+        }
+        if !self.running.is_empty() {
+            tracing::info!(
+                "stopping with {} compiles running; they are queued again at the next start",
+                self.running.len()
+            );
+        }
+    }
+
+    fn sleep_for(&mut self) -> Duration {
+        let cap = Duration::from_secs(5);
+        if self.draining.is_some() {
+            return Duration::from_millis(100);
+        }
+        match self.core.next_wakeup() {
+            Some(t) => t.since(now()).min(cap),
+            None => cap,
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Facts {
+                certname,
+                environment,
+                values,
+                hash,
+                reply,
+            } => self.facts(certname, environment, values, hash, reply),
+            Command::FactsStored {
+                certname,
+                environment,
+                hash,
+                result,
+                reply,
+            } => {
+                let answer = match result {
+                    Ok(()) => Ok(self.facts_stored(certname, environment, hash)),
+                    Err(e) => Err(ApiError::Internal(e)),
+                };
+                let _ = reply.send(answer);
+            }
+            Command::Bump { certname, reply } => {
+                let answer = match self.ids.get(&certname).copied() {
+                    Some(id) => self
+                        .core
+                        .bump(now(), id, BumpReason::Manual)
+                        .map_err(|e| ApiError::Internal(e.to_string())),
+                    None => Err(ApiError::UnknownNode(certname.to_string())),
+                };
+                if let Some(&id) = self.ids.get(&certname) {
+                    self.dirty.insert(id);
+                }
+                let _ = reply.send(answer);
+            }
+            Command::Deploy { environment, reply } => {
+                let n = self.core.deploy(now(), &environment);
+                if n > 0 {
+                    let ids: Vec<NodeId> = self.core.node_ids().collect();
+                    for id in ids {
+                        if self
+                            .core
+                            .view(id)
+                            .is_some_and(|v| v.environment == environment)
+                        {
+                            self.dirty.insert(id);
+                        }
+                    }
+                }
+                tracing::info!("deploy to {environment}: {n} nodes to recompile");
+                let _ = reply.send(n);
+            }
+            Command::Ca { signed, revoked } => self.ca(signed, revoked),
+            Command::Compiled(c) => self.compiled(*c),
+            Command::MasterBack(m) => {
+                let slot = &mut self.masters[m];
+                slot.probing = false;
+                if let Some(id) = slot.id {
+                    let _ = self.core.set_master_up(now(), id, true);
+                }
+                tracing::info!("master {} answers again; starts resume", slot.name);
+                self.parts
+                    .metrics
+                    .master_up
+                    .get_or_create(&super::metrics::MasterLabel {
+                        master: slot.name.clone(),
+                    })
+                    .set(1);
+            }
+            Command::Load(sample) => {
+                let t = now();
+                for m in self.masters.iter().filter(|m| m.local) {
+                    if let Some(id) = m.id {
+                        let _ = self.core.report_load(t, id, sample);
+                    }
+                }
+            }
+            Command::Status { certname, reply } => {
+                let _ = reply.send(self.status(&certname));
+            }
+            Command::Queue { reply } => {
+                let _ = reply.send(self.queue());
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(self.core.stats(now()));
+            }
+            Command::Shutdown { grace } => {
+                tracing::info!(
+                    "shutting down: no new compiles; waiting up to {grace:?} for {} running",
+                    self.running.len()
+                );
+                self.draining = Some(Instant::now() + grace);
+            }
+        }
+    }
+
+    fn facts(
+        &mut self,
+        certname: Certname,
+        environment: Option<String>,
+        values: Vec<u8>,
+        hash: String,
+        reply: oneshot::Sender<Result<FactsOutcome, ApiError>>,
+    ) {
+        if self.draining.is_some() {
+            let _ = reply.send(Err(ApiError::ShuttingDown));
+            return;
+        }
+        if self.parts.exclude.contains(certname.as_str()) {
+            let _ = reply.send(Err(ApiError::BadRequest(format!(
+                "{certname} is excluded from scheduling (ca.exclude)"
+            ))));
+            return;
+        }
+        let known = self.ids.get(&certname).copied();
+        if let Some(id) = known {
+            let same_facts =
+                self.info_of(id).and_then(|i| i.facts_hash.as_deref()) == Some(hash.as_str());
+            let same_env = environment
+                .as_ref()
+                .is_none_or(|e| self.core.view(id).is_some_and(|v| &v.environment == e));
+            if same_facts && same_env {
+                Metrics::count(&self.parts.metrics.facts_uploads, "unchanged");
+                let _ = reply.send(Ok(FactsOutcome::Unchanged));
+                return;
+            }
+        }
+        // Store first; bump once the facts are durable, so the compile the
+        // bump starts reads them.
+        let store = self.parts.store.clone();
+        let tx = self.tx.clone();
+        let write = Write::Facts {
+            certname: certname.to_string(),
+            values,
+            hash: hash.clone(),
+            at: now(),
+        };
+        tokio::spawn(async move {
+            let result = store
+                .write_durably(vec![write])
+                .await
+                .map_err(|e| e.to_string());
+            let _ = tx
+                .send(Command::FactsStored {
+                    certname,
+                    environment,
+                    hash,
+                    result,
+                    reply,
+                })
+                .await;
+        });
+    }
+
+    fn facts_stored(
+        &mut self,
+        certname: Certname,
+        environment: Option<String>,
+        hash: String,
+    ) -> FactsOutcome {
+        let t = now();
+        if let Some(id) = self.ids.get(&certname).copied() {
+            let changed =
+                self.info_of(id).and_then(|i| i.facts_hash.as_deref()) != Some(hash.as_str());
+            if let Some(info) = self.info_mut(id) {
+                info.facts_hash = Some(hash.clone());
+            }
+            let mut bump = changed;
+            if let Some(env) = environment {
+                if self.core.view(id).is_some_and(|v| v.environment != env) {
+                    let _ = self.core.set_environment(id, &env);
+                    bump = true;
+                }
+            }
+            // (the facts write already put the hash in the node's row)
+            self.dirty.insert(id);
+            if bump {
+                let _ = self.core.bump(t, id, BumpReason::Facts);
+                Metrics::count(&self.parts.metrics.facts_uploads, "changed");
+                return FactsOutcome::Changed;
+            }
+            Metrics::count(&self.parts.metrics.facts_uploads, "unchanged");
+            return FactsOutcome::Unchanged;
+        }
+        let env = environment.unwrap_or_else(|| self.parts.default_environment.clone());
+        if self.parts.join_on_facts || self.waiting_for_facts.remove(&certname) {
+            self.add_node(certname, &env, Some(hash));
+            Metrics::count(&self.parts.metrics.facts_uploads, "changed");
+            FactsOutcome::Changed
+        } else {
+            self.facts_only.insert(certname, env);
+            FactsOutcome::Stored
+        }
+    }
+
+    fn add_node(&mut self, certname: Certname, environment: &str, facts_hash: Option<String>) {
+        let t = now();
+        match self.core.add_node(t, environment) {
+            Ok(id) => {
+                tracing::info!("node {certname} joins the queue");
+                self.remember(
+                    id,
+                    NodeInfo {
+                        certname,
+                        catalog_hash: None,
+                        catalog_changed_at: None,
+                        facts_hash: facts_hash.clone(),
+                        last_error: None,
+                    },
+                );
+                self.dirty.insert(id);
+                // its row is written at the next flush, before this
+                if let (Some(hash), Some(info)) = (facts_hash, self.info_of(id)) {
+                    self.pending_writes.push(Write::FactsHash {
+                        certname: info.certname.to_string(),
+                        hash,
+                    });
+                }
+            }
+            Err(e) => tracing::error!("cannot add {certname}: {e}"),
+        }
+    }
+
+    fn remove_node(&mut self, certname: &Certname) {
+        self.waiting_for_facts.remove(certname);
+        self.facts_only.remove(certname);
+        let Some(id) = self.ids.remove(certname) else {
+            return;
+        };
+        let _ = self.core.remove_node(now(), id);
+        self.info[id.index()] = None;
+        self.dirty.remove(&id);
+        self.pending_writes.push(Write::Remove {
+            certname: certname.to_string(),
+        });
+        if let Err(e) = self.parts.catalogs.remove(certname) {
+            tracing::warn!("removing the catalog of {certname}: {e}");
+        }
+        tracing::info!("node {certname} removed (certificate revoked)");
+    }
+
+    fn ca(&mut self, signed: Vec<String>, revoked: Vec<String>) {
+        let signed: HashSet<Certname> = signed
+            .iter()
+            .filter(|n| !self.parts.exclude.contains(n.as_str()))
+            .filter_map(|n| Certname::parse(n).ok())
+            .collect();
+        for name in revoked {
+            if let Ok(c) = Certname::parse(&name) {
+                self.remove_node(&c);
+            }
+        }
+        let gone: Vec<Certname> = self
+            .ids
+            .keys()
+            .filter(|c| !signed.contains(*c))
+            .cloned()
+            .collect();
+        for c in gone {
+            self.remove_node(&c);
+        }
+        self.waiting_for_facts.retain(|c| signed.contains(c));
+        for c in signed {
+            if self.ids.contains_key(&c) || self.waiting_for_facts.contains(&c) {
+                continue;
+            }
+            match self.facts_only.remove(&c) {
+                Some(env) => {
+                    let env = if env.is_empty() {
+                        self.parts.default_environment.clone()
+                    } else {
+                        env
+                    };
+                    self.add_node(c, &env, None);
+                }
+                None => {
+                    self.waiting_for_facts.insert(c);
+                }
+            }
+        }
+    }
+
+    fn info_of(&self, id: NodeId) -> Option<&NodeInfo> {
+        self.info.get(id.index()).and_then(Option::as_ref)
+    }
+
+    fn info_mut(&mut self, id: NodeId) -> Option<&mut NodeInfo> {
+        self.info.get_mut(id.index()).and_then(Option::as_mut)
+    }
+
+    /// Starts every compile the core allows.
+    fn pump(&mut self) {
+        if self.draining.is_some() {
+            return;
+        }
+        let t = now();
+        while let Poll::Start(start) = self.core.poll(t) {
+            self.start(start, t);
+        }
+    }
+
+    fn start(&mut self, start: Start, t: Time) {
+        let Some(info) = self.info_of(start.node).cloned() else {
+            // cannot happen: the core only starts nodes the driver added
+            let _ = self
+                .core
+                .finish(t, start.node, start.master, Outcome::Interrupted);
+            return;
+        };
+        let Some(m) = self.masters.iter().position(|m| m.id == Some(start.master)) else {
+            let _ = self
+                .core
+                .finish(t, start.node, start.master, Outcome::Interrupted);
+            return;
+        };
+        self.dirty.insert(start.node);
+        self.running.insert(start.node, (m, t));
+        self.parts
+            .metrics
+            .starts
+            .get_or_create(&ReasonLabel {
+                reason: start.reason.name().into(),
+            })
+            .inc();
+        let environment = self
+            .core
+            .view(start.node)
+            .map(|v| v.environment)
+            .unwrap_or_else(|| self.parts.default_environment.clone());
+        let compiler = self.masters[m].compiler.clone();
+        let store = self.parts.store.clone();
+        let catalogs = self.parts.catalogs.clone();
+        let tx = self.tx.clone();
+        let timeout = start.deadline.since(t).max(Duration::from_secs(1));
+        let node = start.node;
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let certname = info.certname.clone();
+            let facts = match store.facts(certname.as_str()).await {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!("reading facts of {certname}: {e}");
+                    None
+                }
+            };
+            let job = Job {
+                certname: certname.clone(),
+                environment,
+                facts,
+                timeout,
+            };
+            let result = match compiler.compile(job).await {
+                Ok(bytes) => {
+                    let previous = info.catalog_hash.clone();
+                    let c = certname.clone();
+                    tokio::task::spawn_blocking(move || keep(&catalogs, &c, &bytes, previous))
+                        .await
+                        .unwrap_or_else(|e| Err(Failure::Node(format!("catalog task: {e}"))))
+                }
+                Err(f) => Err(f),
+            };
+            let _ = tx
+                .send(Command::Compiled(Box::new(Compiled {
+                    node,
+                    master: m,
+                    certname,
+                    started,
+                    result,
+                })))
+                .await;
+        });
+    }
+
+    fn compiled(&mut self, c: Compiled) {
+        let t = now();
+        self.running.remove(&c.node);
+        let Some(master_id) = self.masters.get(c.master).and_then(|m| m.id) else {
+            return;
+        };
+        let outcome = match &c.result {
+            Ok(cat) if cat.changed => Outcome::Changed,
+            Ok(_) => Outcome::Unchanged,
+            Err(Failure::Node(_)) => Outcome::Failed,
+            Err(Failure::Timeout(_)) => Outcome::TimedOut,
+            Err(Failure::Server(_)) => Outcome::Interrupted,
+        };
+        self.parts
+            .metrics
+            .compile_seconds
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.name().into(),
+            })
+            .observe(c.started.elapsed().as_secs_f64());
+        match self.core.finish(t, c.node, master_id, outcome) {
+            Ok(Finished::Released) | Err(_) => return, // removed meanwhile
+            Ok(Finished::Next(_)) => {}
+        }
+        self.dirty.insert(c.node);
+        let environment = self
+            .core
+            .view(c.node)
+            .map(|v| v.environment)
+            .unwrap_or_default();
+        match c.result {
+            Ok(cat) => {
+                let changed_at = if cat.changed {
+                    t
+                } else {
+                    self.info_of(c.node)
+                        .and_then(|i| i.catalog_changed_at)
+                        .unwrap_or(t)
+                };
+                if let Some(info) = self.info_mut(c.node) {
+                    info.catalog_hash = Some(cat.hash.clone());
+                    info.catalog_changed_at = Some(changed_at);
+                    info.last_error = None;
+                }
+                self.pending_writes.push(Write::Catalog {
+                    certname: c.certname.to_string(),
+                    hash: cat.hash.clone(),
+                    changed_at,
+                    exports: cat.exports,
+                });
+                Metrics::count(
+                    &self.parts.metrics.catalogs,
+                    if cat.changed { "changed" } else { "unchanged" },
+                );
+                if cat.changed {
+                    tracing::info!(certname = %c.certname, hash = %cat.hash, "catalog changed");
+                    self.parts.notifier.send(Notice {
+                        certname: c.certname.to_string(),
+                        environment,
+                        catalog_hash: cat.hash,
+                    });
+                }
+            }
+            Err(Failure::Server(e)) => {
+                self.master_down(c.master, &e);
+            }
+            Err(failure) => {
+                tracing::warn!(certname = %c.certname, "{failure}");
+                let text = failure.to_string();
+                if let Some(info) = self.info_mut(c.node) {
+                    info.last_error = Some(text.clone());
+                }
+                self.pending_writes.push(Write::Error {
+                    certname: c.certname.to_string(),
+                    error: Some(text),
+                });
+            }
+        }
+    }
+
+    /// Pauses starts on a master and probes it until it answers.
+    fn master_down(&mut self, m: usize, why: &str) {
+        let slot = &mut self.masters[m];
+        if let Some(id) = slot.id {
+            let _ = self.core.set_master_up(now(), id, false);
+        }
+        self.parts
+            .metrics
+            .master_up
+            .get_or_create(&super::metrics::MasterLabel {
+                master: slot.name.clone(),
+            })
+            .set(0);
+        if slot.probing {
+            return;
+        }
+        slot.probing = true;
+        tracing::warn!(
+            "master {} unavailable ({why}); pausing its starts and probing every {:?}",
+            slot.name,
+            slot.probe_interval
+        );
+        let compiler = slot.compiler.clone();
+        let every = slot.probe_interval;
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if compiler.probe().await {
+                    let _ = tx.send(Command::MasterBack(m)).await;
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Queues the rows of nodes that changed, and any other writes.
+    fn flush(&mut self) {
+        let batch = self.take_writes();
+        self.parts.store.write(batch);
+    }
+
+    fn take_writes(&mut self) -> Vec<Write> {
+        let mut batch = std::mem::take(&mut self.pending_writes);
+        for id in std::mem::take(&mut self.dirty) {
+            if let (Some(view), Some(info)) = (self.core.view(id), self.info_of(id)) {
+                batch.push(Write::Node {
+                    certname: info.certname.to_string(),
+                    view,
+                });
+            }
+        }
+        // a node's row must exist before its facts hash or catalog update
+        batch.sort_by_key(|w| !matches!(w, Write::Node { .. }));
+        batch
+    }
+
+    fn status(&mut self, certname: &Certname) -> Option<NodeStatus> {
+        let secs = |t: Time| t.as_secs_f64();
+        let Some(&id) = self.ids.get(certname) else {
+            let waiting = self.waiting_for_facts.contains(certname);
+            return waiting.then(|| NodeStatus {
+                certname: certname.to_string(),
+                environment: self.parts.default_environment.clone(),
+                state: "waiting_for_facts".into(),
+                reason: None,
+                since: None,
+                catalog_hash: None,
+                catalog_changed_at: None,
+                last_compile: None,
+                failures: 0,
+                last_error: None,
+            });
+        };
+        let view = self.core.view(id)?;
+        let info = self.info_of(id)?;
+        let state = match view.state {
+            NodeState::Queued(lane) => lane.name(),
+            NodeState::Compiling(_) => "compiling",
+            NodeState::Parked(_) => "parked",
+        };
+        Some(NodeStatus {
+            certname: certname.to_string(),
+            environment: view.environment,
+            state: state.into(),
+            reason: Some(view.reason.name().into()),
+            since: Some(secs(view.since)),
+            catalog_hash: info.catalog_hash.clone(),
+            catalog_changed_at: info.catalog_changed_at.map(secs),
+            last_compile: view.last_compile.map(secs),
+            failures: view.failures,
+            last_error: info.last_error.clone(),
+        })
+    }
+
+    fn queue(&mut self) -> QueueView {
+        let t = now();
+        let stats = self.core.stats(t);
+        QueueView {
+            nodes: stats.nodes,
+            lanes: Lane::ALL
+                .iter()
+                .map(|l| LaneView {
+                    lane: l.name().into(),
+                    depth: stats.lane(*l).depth,
+                    oldest_age_seconds: stats.lane(*l).oldest_age.as_secs_f64(),
+                })
+                .collect(),
+            in_flight: self
+                .running
+                .iter()
+                .filter_map(|(id, (m, started))| {
+                    Some(RunningView {
+                        certname: self.info_of(*id)?.certname.to_string(),
+                        master: self.masters.get(*m)?.name.clone(),
+                        seconds: t.since(*started).as_secs_f64(),
+                    })
+                })
+                .collect(),
+            blocked: stats.blocked.name().into(),
+            cycle_time_seconds: stats.cycle_time.map(|d| d.as_secs_f64()),
+            masters: self
+                .masters
+                .iter()
+                .filter_map(|m| {
+                    let s = stats.masters.iter().find(|s| Some(s.id) == m.id)?;
+                    Some(MasterView {
+                        name: m.name.clone(),
+                        up: s.up,
+                        in_flight: s.in_flight,
+                        max_concurrency: s.max_concurrency,
+                        load_per_core: s.load_per_core,
+                    })
+                })
+                .collect(),
+            waiting_for_facts: self.waiting_for_facts.len(),
+        }
+    }
+}
+
+/// Checks a compile's output, writes the catalog if it changed.
+fn keep(
+    catalogs: &CatalogFiles,
+    certname: &Certname,
+    bytes: &[u8],
+    previous: Option<String>,
+) -> Result<Catalog, Failure> {
+    let compiled = catalog::read(bytes).map_err(|e| Failure::Node(e.to_string()))?;
+    let changed = previous.as_deref() != Some(compiled.hash.as_str());
+    if changed {
+        catalogs
+            .write(certname, &compiled.json)
+            .map_err(|e| Failure::Node(format!("storing the catalog: {e}")))?;
+    }
+    Ok(Catalog {
+        hash: compiled.hash,
+        changed,
+        exports: compiled.exports,
+    })
+}

@@ -1,0 +1,219 @@
+//! Prometheus metrics (`GET /metrics`, text format).
+//!
+//! Queue gauges (depth and oldest age per lane, in flight, the reason the
+//! gate holds starts back, cycle time) are refreshed from the core at each
+//! scrape; counters and the compile-duration histogram are updated as
+//! things happen.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::core::{Blocked, Lane, Stats};
+
+/// Labels `result`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// What happened.
+    pub result: String,
+}
+
+/// Labels `lane`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabel {
+    /// urgent, deploy, cycle.
+    pub lane: String,
+}
+
+/// Labels `reason`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why.
+    pub reason: String,
+}
+
+/// Labels `outcome`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// changed, unchanged, failed, timed_out, interrupted.
+    pub outcome: String,
+}
+
+/// Labels `channel` and `result`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotifyLabel {
+    /// command or webhook.
+    pub channel: String,
+    /// sent or failed.
+    pub result: String,
+}
+
+/// Labels `master`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MasterLabel {
+    /// The master's name.
+    pub master: String,
+}
+
+type FGauge = Gauge<f64, AtomicU64>;
+
+/// Every metric pcq exports.
+pub struct Metrics {
+    registry: Registry,
+    nodes: Gauge,
+    lane_depth: Family<LaneLabel, Gauge>,
+    lane_oldest: Family<LaneLabel, FGauge>,
+    in_flight: Gauge,
+    blocked: Family<ReasonLabel, Gauge>,
+    cycle_time: FGauge,
+    /// Compiles started, by reason.
+    pub starts: Family<ReasonLabel, Counter>,
+    /// Compile durations, by outcome.
+    pub compile_seconds: Family<OutcomeLabel, Histogram>,
+    /// Catalogs compiled: changed or unchanged.
+    pub catalogs: Family<ResultLabel, Counter>,
+    /// Notifications, by channel and result.
+    pub notifications: Family<NotifyLabel, Counter>,
+    /// Facts uploads: changed, unchanged.
+    pub facts_uploads: Family<ResultLabel, Counter>,
+    /// Masters reachable (1) or not (0).
+    pub master_up: Family<MasterLabel, Gauge>,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("pcq");
+        let nodes = Gauge::default();
+        registry.register("nodes", "Nodes known", nodes.clone());
+        let lane_depth = Family::<LaneLabel, Gauge>::default();
+        registry.register("lane_depth", "Nodes queued per lane", lane_depth.clone());
+        let lane_oldest = Family::<LaneLabel, FGauge>::default();
+        registry.register(
+            "lane_oldest_age_seconds",
+            "How long the oldest ready job of each lane has waited",
+            lane_oldest.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register("in_flight", "Compiles running", in_flight.clone());
+        let blocked = Family::<ReasonLabel, Gauge>::default();
+        registry.register(
+            "gate_blocked",
+            "1 for the reason the last poll started nothing (empty, paced, down, concurrency, load, rate)",
+            blocked.clone(),
+        );
+        let cycle_time = FGauge::default();
+        registry.register(
+            "cycle_time_seconds",
+            "Time to compile every node once at the recent finish rate",
+            cycle_time.clone(),
+        );
+        let starts = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "compiles_started",
+            "Compiles started, by reason",
+            starts.clone(),
+        );
+        let compile_seconds = Family::<OutcomeLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.1, 2.0, 14))
+        });
+        registry.register(
+            "compile_duration_seconds",
+            "Compile durations, by outcome",
+            compile_seconds.clone(),
+        );
+        let catalogs = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "catalogs",
+            "Catalogs compiled: result changed or unchanged",
+            catalogs.clone(),
+        );
+        let notifications = Family::<NotifyLabel, Counter>::default();
+        registry.register(
+            "notifications",
+            "Notifications of changed catalogs",
+            notifications.clone(),
+        );
+        let facts_uploads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "facts_uploads",
+            "Facts uploads: result changed (a fact that matters changed) or unchanged",
+            facts_uploads.clone(),
+        );
+        let master_up = Family::<MasterLabel, Gauge>::default();
+        registry.register(
+            "master_up",
+            "1 while a master is reachable",
+            master_up.clone(),
+        );
+        Metrics {
+            registry,
+            nodes,
+            lane_depth,
+            lane_oldest,
+            in_flight,
+            blocked,
+            cycle_time,
+            starts,
+            compile_seconds,
+            catalogs,
+            notifications,
+            facts_uploads,
+            master_up,
+        }
+    }
+
+    /// Copies the core's snapshot into the gauges.
+    pub fn update(&self, stats: &Stats) {
+        self.nodes.set(stats.nodes as i64);
+        for lane in Lane::ALL {
+            let label = LaneLabel {
+                lane: lane.name().into(),
+            };
+            let s = stats.lane(lane);
+            self.lane_depth.get_or_create(&label).set(s.depth as i64);
+            self.lane_oldest
+                .get_or_create(&label)
+                .set(s.oldest_age.as_secs_f64());
+        }
+        self.in_flight.set(stats.in_flight as i64);
+        for b in Blocked::ALL {
+            self.blocked
+                .get_or_create(&ReasonLabel {
+                    reason: b.name().into(),
+                })
+                .set(i64::from(b == stats.blocked));
+        }
+        self.cycle_time
+            .set(stats.cycle_time.map_or(0.0, |d| d.as_secs_f64()));
+    }
+
+    /// The text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!("encoding metrics: {e}");
+        }
+        out
+    }
+
+    /// Counts one of a one-label counter family.
+    pub fn count(family: &Family<ResultLabel, Counter>, label: &str) {
+        family
+            .get_or_create(&ResultLabel {
+                result: label.into(),
+            })
+            .inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

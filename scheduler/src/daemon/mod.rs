@@ -1,0 +1,233 @@
+//! `pcq serve`: the scheduling core driven in real time on a Puppet master.
+//!
+//! What runs (one concern per module):
+//!
+//! - [`driver`]: the task that owns the core; everything else sends it
+//!   commands;
+//! - [`backend`]: compiles (Puppet Server's v4 catalog API, or `puppet
+//!   catalog compile`);
+//! - [`store`]: durable state (SQLite) behind an interface;
+//! - [`catalog`]: canonical hashes, exports, the last good catalog on disk;
+//! - [`api`]: the HTTP API; [`facts`]: facts uploads; [`certname`]:
+//!   certnames from the network;
+//! - [`ca`]: node intake from the CA; [`load`]: this host's load for the
+//!   gate; [`notify`]: changed-catalog notifications; [`metrics`]:
+//!   Prometheus; [`tls`]: Puppet's certificates; [`config`]: the file.
+//!
+//! [`serve`] wires them together and handles SIGTERM: stop starting
+//! compiles, give running ones `shutdown.grace`, then exit; whatever still
+//! ran is queued again at the front on the next start.
+
+pub mod api;
+pub mod backend;
+pub mod ca;
+pub mod catalog;
+pub mod certname;
+pub mod client;
+pub mod config;
+pub mod driver;
+pub mod facts;
+pub mod load;
+pub mod metrics;
+pub mod notify;
+pub mod store;
+pub mod tls;
+
+use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::core::{Core, CoreError, MasterSpec};
+
+use backend::command::CommandCompiler;
+use backend::puppetserver::PuppetServer;
+use backend::Compiler;
+use catalog::CatalogFiles;
+use config::{Backend, Config};
+use driver::{Command, Driver, MasterSlot, Parts};
+use facts::Ignore;
+use metrics::Metrics;
+use notify::Notifier;
+use store::sqlite::SqliteStore;
+use store::{Store, StoreError, StoreHandle};
+use tls::{PuppetSsl, TlsError};
+
+/// Why the daemon could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Puppet's certificates.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The core refused its configuration or the stored state.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// Files, sockets.
+    #[error("{0}")]
+    Io(String),
+    /// The configuration.
+    #[error("{0}")]
+    Config(String),
+}
+
+fn io(what: &str, e: impl std::fmt::Display) -> ServeError {
+    ServeError::Io(format!("{what}: {e}"))
+}
+
+/// This host's name (the default certname).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Builds each master's backend.
+fn masters(config: &Config) -> Result<(Vec<MasterSlot>, Option<PuppetServer>), ServeError> {
+    let mut slots = Vec::new();
+    let mut ca_client = None;
+    for m in config.masters() {
+        let cores = if m.cores == 0 { load::cores() } else { m.cores };
+        let spec = MasterSpec::new(
+            cores,
+            m.gate.clone().unwrap_or_else(|| config.core.gate.clone()),
+        );
+        let (compiler, probe): (Arc<dyn Compiler>, Duration) = match &config.backend {
+            Backend::Puppetserver(p) => {
+                let certname = p.certname.clone().unwrap_or_else(hostname);
+                let ssl = PuppetSsl::new(&p.ssldir, &certname);
+                let url = m.url.clone().unwrap_or_else(|| p.url.clone());
+                let server = PuppetServer::new(&url, &ssl, p.persist_facts, p.persist_catalog)?;
+                if ca_client.is_none() {
+                    ca_client = Some(PuppetServer::new(&p.url, &ssl, false, false)?);
+                }
+                (Arc::new(server), p.probe_interval)
+            }
+            Backend::Command(c) => {
+                let vardir = config.state_dir.join("compile-vardir");
+                let compiler = CommandCompiler::new(c.command.clone(), &vardir)
+                    .map_err(|e| io(&vardir.display().to_string(), e))?;
+                (Arc::new(compiler), Duration::from_secs(5))
+            }
+        };
+        slots.push(MasterSlot::new(
+            m.name.clone(),
+            compiler,
+            spec,
+            m.local,
+            probe,
+        ));
+    }
+    Ok((slots, ca_client))
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = Arc::new(config);
+    let dir = &config.state_dir;
+    std::fs::create_dir_all(dir).map_err(|e| io(&dir.display().to_string(), e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| io(&dir.display().to_string(), e))?;
+
+    let started = std::time::Instant::now();
+    let mut sqlite = SqliteStore::open(dir)?;
+    let stored = sqlite.load()?;
+    let owners = sqlite.facts_owners()?;
+    let store = StoreHandle::spawn(Box::new(sqlite));
+    let catalogs =
+        CatalogFiles::open(&dir.join("catalogs")).map_err(|e| io("catalog directory", e))?;
+    let metrics = Arc::new(Metrics::new());
+    let notifier = Notifier::spawn(config.notify.clone(), metrics.clone());
+    let ignore = Arc::new(
+        Ignore::new(&config.facts.ignore)
+            .map_err(|e| ServeError::Config(format!("facts.ignore: {e}")))?,
+    );
+    let (slots, ca_client) = masters(&config)?;
+
+    let seed = driver::now().as_micros();
+    let core = Core::new(config.core.clone(), seed)?;
+    let (tx, rx) = mpsc::channel::<Command>(1 << 16);
+    let poll_ca = config.ca.poll_interval.filter(|_| ca_client.is_some());
+    let parts = Parts {
+        store,
+        catalogs: catalogs.clone(),
+        notifier,
+        metrics: metrics.clone(),
+        join_on_facts: poll_ca.is_none(),
+        exclude: config.ca.exclude.iter().cloned().collect::<HashSet<_>>(),
+        default_environment: config.default_environment.clone(),
+    };
+    let driver = Driver::new(core, slots, stored, owners, parts, tx.clone())?;
+    tracing::info!(
+        "{} nodes restored from {} in {:.0?}",
+        driver.node_count(),
+        dir.display(),
+        started.elapsed()
+    );
+    let driver_task = tokio::spawn(driver.run(rx));
+
+    if let (Some(every), Some(server)) = (poll_ca, ca_client) {
+        tokio::spawn(ca::poll(server, every, tx.clone()));
+    }
+    let load_tx = tx.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            if load_tx.send(Command::Load(load::sample())).await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .map_err(|e| io(&format!("listening on {}", config.api.listen), e))?;
+    tracing::info!("API on http://{}", config.api.listen);
+    let state = api::ApiState {
+        driver: tx.clone(),
+        catalogs,
+        metrics,
+        ignore,
+    };
+    let app = api::router(state, config.api.max_body_bytes);
+    let grace = config.shutdown.grace;
+    let stop = tx.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        terminated().await;
+        let _ = stop.send(Command::Shutdown { grace }).await;
+    });
+    let server_task = tokio::spawn(async move { server.await });
+    drop(tx);
+    // The driver ends after a shutdown (signal) has drained the compiles
+    // and its last writes are committed.
+    if let Err(e) = driver_task.await {
+        tracing::error!("the scheduler stopped: {e}");
+    }
+    server_task.abort();
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn terminated() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}

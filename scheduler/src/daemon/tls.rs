@@ -1,0 +1,153 @@
+//! TLS with Puppet's own certificates.
+//!
+//! pcq needs no PKI of its own: on a Puppet master it uses the host's
+//! certificate and key from Puppet's SSL directory, and trusts Puppet's CA
+//! (`certs/ca.pem`, a chain of intermediate and root). Keys are PKCS#1 RSA
+//! PEM as Puppet writes them. The crypto provider is ring.
+
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore};
+
+/// Where a certname's files are in a Puppet SSL directory.
+#[derive(Clone, Debug)]
+pub struct PuppetSsl {
+    /// The CA chain.
+    pub ca: PathBuf,
+    /// The certificate.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+}
+
+/// TLS set-up failed; the message names the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {why}")]
+pub struct TlsError {
+    file: String,
+    why: String,
+}
+
+impl TlsError {
+    /// An error about `file`.
+    pub fn new(file: impl Into<String>, why: impl Into<String>) -> TlsError {
+        TlsError {
+            file: file.into(),
+            why: why.into(),
+        }
+    }
+}
+
+impl PuppetSsl {
+    /// The files of `certname` in `ssldir`, laid out as Puppet does.
+    pub fn new(ssldir: &Path, certname: &str) -> PuppetSsl {
+        PuppetSsl {
+            ca: ssldir.join("certs/ca.pem"),
+            cert: ssldir.join(format!("certs/{certname}.pem")),
+            key: ssldir.join(format!("private_keys/{certname}.pem")),
+        }
+    }
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    /// The CA certificates.
+    pub fn roots(&self) -> Result<RootCertStore, TlsError> {
+        let mut roots = RootCertStore::empty();
+        for cert in read_certs(&self.ca)? {
+            roots.add(cert).map_err(|e| TlsError {
+                file: self.ca.display().to_string(),
+                why: e.to_string(),
+            })?;
+        }
+        Ok(roots)
+    }
+
+    /// Certificate chain and key.
+    pub fn identity(
+        &self,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+        let certs = read_certs(&self.cert)?;
+        let key = read_key(&self.key)?;
+        Ok((certs, key))
+    }
+
+    /// A client configuration that trusts Puppet's CA and presents this
+    /// certificate (mutual TLS with Puppet Server).
+    pub fn client_config(&self) -> Result<ClientConfig, TlsError> {
+        let (certs, key) = self.identity()?;
+        let file = self.cert.display().to_string();
+        ClientConfig::builder_with_provider(PuppetSsl::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError {
+                file: file.clone(),
+                why: e.to_string(),
+            })?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| TlsError {
+                file,
+                why: e.to_string(),
+            })
+    }
+
+    /// A server configuration presenting this certificate, without client
+    /// authentication (a stand-in Puppet Server in tests).
+    pub fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
+        let (certs, key) = self.identity()?;
+        let file = self.cert.display().to_string();
+        rustls::ServerConfig::builder_with_provider(PuppetSsl::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError {
+                file: file.clone(),
+                why: e.to_string(),
+            })?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| TlsError {
+                file,
+                why: e.to_string(),
+            })
+    }
+}
+
+fn open(path: &Path) -> Result<BufReader<std::fs::File>, TlsError> {
+    std::fs::File::open(path)
+        .map(BufReader::new)
+        .map_err(|e| TlsError {
+            file: path.display().to_string(),
+            why: e.to_string(),
+        })
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = rustls_pemfile::certs(&mut open(path)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError {
+            file: path.display().to_string(),
+            why: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError {
+            file: path.display().to_string(),
+            why: "no certificate in it".into(),
+        });
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    rustls_pemfile::private_key(&mut open(path)?)
+        .map_err(|e| TlsError {
+            file: path.display().to_string(),
+            why: e.to_string(),
+        })?
+        .ok_or_else(|| TlsError {
+            file: path.display().to_string(),
+            why: "no private key in it".into(),
+        })
+}

@@ -1,0 +1,7 @@
+# pcq end-to-end test code: every node gets NTP (puppetlabs-ntp, which uses
+# stdlib), a motd assembled with puppetlabs-concat, and a file whose
+# content depends on the fact `pcq_role` (so a change of that fact changes
+# the catalog) and nothing on volatile facts such as uptime.
+node default {
+  include pcq_test
+}
