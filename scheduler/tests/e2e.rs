@@ -1,0 +1,784 @@
+//! End-to-end: `pcq serve` against a real Puppet Server (installed and
+//! started by `scripts/puppet-setup`), with code using real modules
+//! (puppetlabs-ntp, -concat, -stdlib), plus a stand-in server for fault
+//! injection. Run by `scripts/test` (`cargo test --features e2e`).
+
+#![cfg(feature = "e2e")]
+
+#[path = "e2e/harness.rs"]
+mod harness;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use harness::{
+    ensure_certs, facts_body, metric, puppetserver_backend, serial, FakeServer, Mode, Pcq,
+};
+use reqwest::Method;
+use serde_json::Value;
+
+fn nodes(prefix: &str, n: usize) -> Vec<String> {
+    (1..=n)
+        .map(|i| format!("{prefix}-{i:02}.example.com"))
+        .collect()
+}
+
+fn epoch() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+const NO_LOAD_GATE: &str = "max_load_per_core = 0.0";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_nodes_compile_on_puppet_server_and_keep_cycling() {
+    let _serial = serial().await;
+    let names = nodes("e2e", 20);
+    ensure_certs(&names);
+    let pcq = Pcq::start(
+        &puppetserver_backend(),
+        &format!("[core]\nmin_cycle_interval = \"0s\"\n[core.gate]\nmax_concurrency = 2\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n"),
+    )
+    .await;
+    // the CA poll lists the signed certificates; nodes wait for their facts
+    let listed = pcq
+        .wait(Duration::from_secs(20), || async {
+            pcq.queue().await["waiting_for_facts"].as_u64().unwrap_or(0) >= 20
+        })
+        .await;
+    assert!(
+        listed,
+        "CA poll did not list the nodes: {}",
+        pcq.queue().await
+    );
+    pcq.upload_all(&names, "web").await;
+    pcq.wait_compiled(&names, Duration::from_secs(180)).await;
+
+    // the catalogs come from the real modules and are private files
+    let dir = pcq.state_dir().join("catalogs");
+    for n in &names {
+        let file = dir.join(format!("{n}.json"));
+        let text = std::fs::read_to_string(&file).expect("catalog file");
+        assert!(
+            text.contains("\"Ntp::Config\"") || text.contains("\"Class\",\"title\":\"Ntp\""),
+            "{n}: no ntp"
+        );
+        assert!(text.contains("Concat::Fragment"), "{n}: no concat");
+        assert!(
+            text.contains(&format!("/tmp/pcq-e2e/{n}.role")),
+            "{n}: no role file"
+        );
+        let mode = std::fs::metadata(&file).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{n}");
+    }
+
+    // and they keep cycling: every node compiles again
+    let mut first = Vec::new();
+    for n in &names {
+        first.push(
+            pcq.status(n).await.expect("status")["last_compile"]
+                .as_f64()
+                .unwrap_or(0.0),
+        );
+    }
+    let cycled = pcq
+        .wait(Duration::from_secs(180), || async {
+            for (n, t0) in names.iter().zip(&first) {
+                let t = pcq
+                    .status(n)
+                    .await
+                    .and_then(|s| s["last_compile"].as_f64())
+                    .unwrap_or(0.0);
+                if t <= *t0 {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+    assert!(cycled, "not every node was recompiled by the cycle");
+    let m = pcq.metrics().await;
+    assert!(
+        metric(&m, "pcq_compiles_started_total{reason=\"cycle\"}") >= 20.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "pcq_compile_duration_seconds_count{outcome=\"failed\"}"),
+        0.0,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_used_fact_change_recompiles_and_notifies_within_two_compile_times() {
+    let _serial = serial().await;
+    let names = nodes("e2e", 3);
+    ensure_certs(&names);
+    let note_dir = tempfile::tempdir().expect("tmp");
+    let notify = format!(
+        "[notify]\ncommand = [\"sh\", \"-c\", \"echo changed >> {}/{{certname}}\"]\n",
+        note_dir.path().display()
+    );
+    let pcq = Pcq::start(
+        &puppetserver_backend(),
+        &format!("[core]\nmin_cycle_interval = \"1h\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n{notify}"),
+    )
+    .await;
+    pcq.wait(Duration::from_secs(20), || async {
+        pcq.queue().await["waiting_for_facts"].as_u64().unwrap_or(0) >= 3
+    })
+    .await;
+    pcq.upload_all(&names, "web").await;
+    let before = pcq.wait_compiled(&names, Duration::from_secs(120)).await;
+    let target = &names[1];
+    let notes = note_dir.path().join(target);
+    let lines = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    assert!(
+        pcq.wait(Duration::from_secs(10), || async { lines(&notes) == 1 })
+            .await,
+        "first catalog notified"
+    );
+    let m = pcq.metrics().await;
+    let compile_time = harness::metric_sum(&m, "pcq_compile_duration_seconds_sum")
+        / harness::metric_sum(&m, "pcq_compile_duration_seconds_count").max(1.0);
+
+    // a fact the catalog uses
+    let t0 = Instant::now();
+    let (status, body) = pcq.put_facts(target, &facts_body(target, "db", 1)).await;
+    assert_eq!((status, body["result"].as_str()), (200, Some("changed")));
+    let notified = pcq
+        .wait(Duration::from_secs(30), || async { lines(&notes) == 2 })
+        .await;
+    let elapsed = t0.elapsed().as_secs_f64();
+    assert!(notified, "no notification");
+    let after = pcq.status(target).await.expect("status");
+    assert_ne!(
+        after["catalog_hash"].as_str(),
+        Some(before[1].as_str()),
+        "the catalog changed"
+    );
+    assert!(
+        elapsed <= 2.0 * compile_time.max(0.25),
+        "recompiled and notified after {elapsed:.2} s; a compile takes {compile_time:.2} s"
+    );
+    assert_eq!(
+        lines(&note_dir.path().join(&names[0])),
+        1,
+        "other nodes not notified again"
+    );
+
+    // only volatile facts change: no compile out of turn
+    let started = metric(
+        &pcq.metrics().await,
+        "pcq_compiles_started_total{reason=\"facts\"}",
+    );
+    let last = after["last_compile"].as_f64();
+    let mut noisy = facts_body(target, "db", 987_654);
+    noisy["values"]["memory"]["system"]["available_bytes"] = Value::from(12345);
+    noisy["values"]["load_averages"] = serde_json::json!({"1m": 9.9, "5m": 1.0, "15m": 0.5});
+    let (status, body) = pcq.put_facts(target, &noisy).await;
+    assert_eq!(
+        (status, body["result"].as_str()),
+        (200, Some("unchanged")),
+        "{body}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        pcq.status(target).await.expect("status")["last_compile"].as_f64(),
+        last
+    );
+    assert_eq!(
+        metric(
+            &pcq.metrics().await,
+            "pcq_compiles_started_total{reason=\"facts\"}"
+        ),
+        started
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_certificate_removes_the_node() {
+    let _serial = serial().await;
+    let name = format!(
+        "e2e-revoked-{}-{}.example.com",
+        std::process::id(),
+        epoch() as u64
+    );
+    ensure_certs(std::slice::from_ref(&name));
+    let pcq = Pcq::start(
+        &puppetserver_backend(),
+        &format!("[core]\nmin_cycle_interval = \"1h\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n"),
+    )
+    .await;
+    let listed = pcq
+        .wait(Duration::from_secs(20), || async {
+            pcq.status(&name)
+                .await
+                .is_some_and(|s| s["state"] == "waiting_for_facts")
+        })
+        .await;
+    assert!(listed, "signed certificate not picked up");
+    pcq.upload_all(std::slice::from_ref(&name), "web").await;
+    pcq.wait_compiled(std::slice::from_ref(&name), Duration::from_secs(60))
+        .await;
+    let file = pcq.state_dir().join(format!("catalogs/{name}.json"));
+    assert!(file.exists());
+    harness::revoke(&name);
+    let gone = pcq
+        .wait(Duration::from_secs(20), || async {
+            pcq.status(&name).await.is_none()
+        })
+        .await;
+    assert!(gone, "revoked node still known");
+    assert!(!file.exists(), "its catalog is deleted");
+    let (status, _) = pcq
+        .raw(
+            Method::GET,
+            &format!("/v1/nodes/{name}/catalog"),
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_compiles_loses_and_duplicates_nothing() {
+    let _serial = serial().await;
+    let names = nodes("e2e", 20);
+    ensure_certs(&names);
+    let mut pcq = Pcq::start(
+        &puppetserver_backend(),
+        &format!("[core]\nmin_cycle_interval = \"0s\"\n[core.gate]\nmax_concurrency = 2\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n"),
+    )
+    .await;
+    pcq.wait(Duration::from_secs(20), || async {
+        pcq.queue().await["waiting_for_facts"].as_u64().unwrap_or(0) >= 20
+    })
+    .await;
+    pcq.upload_all(&names, "web").await;
+    pcq.wait_compiled(&names, Duration::from_secs(180)).await;
+    for round in 0..3 {
+        let busy = pcq
+            .wait(Duration::from_secs(30), || async {
+                !pcq.queue().await["in_flight"]
+                    .as_array()
+                    .is_none_or(Vec::is_empty)
+            })
+            .await;
+        assert!(busy, "round {round}: nothing compiling");
+        pcq.kill9();
+        // the database right after the crash: every node exactly once
+        let db = rusqlite::Connection::open(pcq.state_dir().join("state.db")).expect("db");
+        let (rows, distinct): (i64, i64) = db
+            .query_row(
+                "SELECT count(*), count(DISTINCT certname) FROM nodes",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("count");
+        assert_eq!((rows, distinct), (20, 20), "round {round}");
+        drop(db);
+        pcq.restart().await;
+        let q = pcq.queue().await;
+        assert_eq!(q["nodes"], 20, "round {round}: {q}");
+        for n in &names {
+            let s = pcq.status(n).await.unwrap_or_else(|| panic!("{n} lost"));
+            assert!(!s["catalog_hash"].is_null(), "{n}: last good catalog lost");
+        }
+        // compiles that were running start again, first
+        let requeued = pcq
+            .wait(Duration::from_secs(10), || async {
+                metric(
+                    &pcq.metrics().await,
+                    "pcq_compiles_started_total{reason=\"requeued\"}",
+                ) >= 1.0
+            })
+            .await;
+        assert!(
+            requeued,
+            "round {round}: interrupted compiles not requeued:\n{}",
+            pcq.metrics().await
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn puppet_server_stopped_for_30s_pauses_then_resumes_without_failures() {
+    let _serial = serial().await;
+    let names = nodes("e2e", 5);
+    ensure_certs(&names);
+    let pcq = Pcq::start(
+        &puppetserver_backend(),
+        &format!("[core]\nmin_cycle_interval = \"0s\"\n[core.gate]\nmax_concurrency = 2\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n"),
+    )
+    .await;
+    pcq.wait(Duration::from_secs(20), || async {
+        pcq.queue().await["waiting_for_facts"].as_u64().unwrap_or(0) >= 5
+    })
+    .await;
+    pcq.upload_all(&names, "web").await;
+    pcq.wait_compiled(&names, Duration::from_secs(120)).await;
+
+    harness::puppetserver("stop");
+    let down_at = Instant::now();
+    let mut master_down_seen = false;
+    while down_at.elapsed() < Duration::from_secs(30) {
+        let q = pcq.queue().await; // pcq answers all along
+        if q["masters"][0]["up"] == false {
+            master_down_seen = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(master_down_seen, "the master was never marked down");
+    let m = pcq.metrics().await;
+    let failed = metric(&m, "pcq_compile_duration_seconds_count{outcome=\"failed\"}")
+        + metric(
+            &m,
+            "pcq_compile_duration_seconds_count{outcome=\"timed_out\"}",
+        );
+    assert_eq!(failed, 0.0, "no node blamed for the outage:\n{m}");
+    for n in &names {
+        assert_eq!(pcq.status(n).await.expect("status")["failures"], 0, "{n}");
+    }
+    let compiled_before = metric(&m, "pcq_catalogs_total{result=\"unchanged\"}")
+        + metric(&m, "pcq_catalogs_total{result=\"changed\"}");
+
+    harness::puppetserver("start");
+    let back_at = Instant::now();
+    let resumed = pcq
+        .wait(Duration::from_secs(30), || async {
+            let m = pcq.metrics().await;
+            metric(&m, "pcq_catalogs_total{result=\"unchanged\"}")
+                + metric(&m, "pcq_catalogs_total{result=\"changed\"}")
+                > compiled_before
+        })
+        .await;
+    let resumed_after = back_at.elapsed();
+    assert!(resumed, "compiles did not resume:\n{}", pcq.log_text());
+    assert!(
+        resumed_after < Duration::from_secs(10),
+        "resumed {resumed_after:?} after the server was back"
+    );
+    assert_eq!(pcq.queue().await["masters"][0]["up"], true);
+}
+
+/// `[end - duration, end]` of each v4 catalog request in Puppet Server's
+/// access log after `since` (logback-access stamps a request when it is
+/// logged, at its end; puppet-setup makes the stamps millisecond ones);
+/// returns the most that overlapped.
+fn server_concurrency(since: &str) -> usize {
+    let log = std::fs::read_to_string("/var/log/puppetserver/puppetserver-access.log")
+        .unwrap_or_default();
+    let mut events = Vec::new();
+    for line in log
+        .lines()
+        .filter(|l| l.contains("POST /puppet/v4/catalog"))
+    {
+        let Some(ts) = line.split('[').nth(1).and_then(|r| r.split(']').next()) else {
+            continue;
+        };
+        if ts < since {
+            continue;
+        }
+        let ms = |t: &str| -> Option<i64> {
+            let (_, time) = t.split_once(' ')?;
+            let mut p = time.split([':', '.']);
+            let (h, m, s, f): (i64, i64, i64, i64) = (
+                p.next()?.parse().ok()?,
+                p.next()?.parse().ok()?,
+                p.next()?.parse().ok()?,
+                p.next()?.parse().ok()?,
+            );
+            Some(((h * 60 + m) * 60 + s) * 1000 + f)
+        };
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // ... "%r" %s %b "%i{Referer}" "%i{User-Agent}" %D %i{Content-Length} borrow
+        let Some(duration) = fields
+            .iter()
+            .rev()
+            .nth(2)
+            .and_then(|d| d.parse::<i64>().ok())
+        else {
+            continue;
+        };
+        if let Some(end) = ms(ts) {
+            // an end sorts before a start at the same millisecond
+            events.push((end - duration, 1i32));
+            events.push((end, -1));
+        }
+    }
+    events.sort();
+    let (mut now, mut max) = (0i32, 0i32);
+    for (_, d) in events {
+        now += d;
+        max = max.max(now);
+    }
+    max as usize
+}
+
+fn server_log_time() -> String {
+    let out = std::process::Command::new("date")
+        .arg("+%Y-%m-%d %H:%M:%S.%3N")
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_concurrency_2_is_all_the_server_ever_sees() {
+    let _serial = serial().await;
+    // the real server (it has more JRubies than 2), counted from its access log
+    let names = nodes("e2e", 20);
+    ensure_certs(&names);
+    harness::wait_server_idle().await;
+    let since = server_log_time();
+    let pcq = Pcq::start(
+        &puppetserver_backend(),
+        &format!("[core]\nmin_cycle_interval = \"0s\"\n[core.gate]\nmax_concurrency = 2\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n"),
+    )
+    .await;
+    pcq.wait(Duration::from_secs(20), || async {
+        pcq.queue().await["waiting_for_facts"].as_u64().unwrap_or(0) >= 20
+    })
+    .await;
+    pcq.upload_all(&names, "web").await;
+    pcq.wait_compiled(&names, Duration::from_secs(180)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    drop(pcq);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = server_concurrency(&since);
+    assert_eq!(
+        seen, 2,
+        "Puppet Server saw {seen} concurrent compiles since {since}"
+    );
+
+    // the stand-in server counts requests itself
+    let fake = FakeServer::start(Duration::from_millis(200)).await;
+    let pcq = Pcq::start(
+        &fake.backend(),
+        &format!("[core]\nmin_cycle_interval = \"0s\"\n[core.gate]\nmax_concurrency = 2\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"off\"\n"),
+    )
+    .await;
+    let names = nodes("fake", 10);
+    pcq.upload_all(&names, "web").await;
+    pcq.wait_compiled(&names, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let max = fake.max_in_flight.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(max, 2, "stand-in server saw {max} at once");
+    assert!(fake.requests.load(std::sync::atomic::Ordering::SeqCst) > 20);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_clear_errors_and_changes_nothing() {
+    let _serial = serial().await;
+    let fake = FakeServer::start(Duration::from_millis(10)).await;
+    let pcq = Pcq::start(&fake.backend(), &format!("[core]\nmin_cycle_interval = \"1h\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"off\"\n")).await;
+    let names = nodes("bad", 2);
+    pcq.upload_all(&names, "web").await;
+    let hashes = pcq.wait_compiled(&names, Duration::from_secs(20)).await;
+    let q0 = pcq.queue().await["nodes"].clone();
+
+    let (s, body) = pcq
+        .raw(
+            Method::PUT,
+            "/puppet/v3/facts/bad-01.example.com",
+            b"{\"name\": \"bad-01".to_vec(),
+        )
+        .await;
+    assert_eq!(s, 400, "{body}");
+    assert!(body.contains("facts body"), "{body}");
+    let (s, body) = pcq
+        .raw(
+            Method::PUT,
+            "/puppet/v3/facts/bad-01.example.com",
+            b"{\"name\":\"bad-01.example.com\",\"values\":[1]}".to_vec(),
+        )
+        .await;
+    assert_eq!(s, 400, "{body}");
+    let big = vec![b'a'; 10 << 20];
+    let (s, _) = pcq
+        .raw(Method::PUT, "/puppet/v3/facts/bad-01.example.com", big)
+        .await;
+    assert_eq!(s, 413);
+    for hostile in [
+        "..%2F..%2Fetc%2Fpasswd",
+        "%2e%2e%2fetc",
+        ".hidden",
+        "a%20b",
+        "x%00y",
+    ] {
+        let body = serde_json::to_vec(&facts_body("x", "web", 1)).expect("json");
+        let (s, text) = pcq
+            .raw(Method::PUT, &format!("/puppet/v3/facts/{hostile}"), body)
+            .await;
+        assert_eq!(s, 400, "{hostile}: {text}");
+        let (s, _) = pcq
+            .raw(
+                Method::GET,
+                &format!("/v1/nodes/{hostile}/catalog"),
+                Vec::new(),
+            )
+            .await;
+        assert_eq!(s, 400, "{hostile}");
+    }
+    let (s, text) = pcq
+        .raw(
+            Method::PUT,
+            "/puppet/v3/facts/bad-01.example.com",
+            serde_json::to_vec(&facts_body("bad-02.example.com", "x", 1)).expect("json"),
+        )
+        .await;
+    assert_eq!(s, 400, "name mismatch: {text}");
+    let (s, _) = pcq
+        .raw(
+            Method::POST,
+            "/v1/deploys",
+            b"{\"environment\": \"../prod\"}".to_vec(),
+        )
+        .await;
+    assert_eq!(s, 400);
+    let (s, _) = pcq
+        .raw(
+            Method::POST,
+            "/v1/nodes/nobody.example.com/bump",
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(s, 404);
+    assert!(!std::path::Path::new("/etc/passwd.json").exists());
+
+    // state intact
+    assert_eq!(pcq.queue().await["nodes"], q0);
+    for (n, h) in names.iter().zip(&hashes) {
+        assert_eq!(
+            pcq.status(n).await.expect("status")["catalog_hash"].as_str(),
+            Some(h.as_str())
+        );
+        let (s, _) = pcq
+            .raw(Method::GET, &format!("/v1/nodes/{n}/catalog"), Vec::new())
+            .await;
+        assert_eq!(s, 200);
+    }
+
+    // a config with an unknown key: refused with the key and its line
+    let bad = pcq.dir.path().join("bad.toml");
+    std::fs::write(&bad, "state_dir = \"/tmp/x\"\n[backend]\nkind = \"command\"\n[core]\nmin_cycle_intervall = \"1m\"\n").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pcq"))
+        .args(["serve", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("pcq");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:5: min_cycle_intervall"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_faults_park_the_node_or_pause_the_master_and_keep_the_last_catalog() {
+    let _serial = serial().await;
+    let fake = FakeServer::start(Duration::from_millis(10)).await;
+    let pcq = Pcq::start(
+        &fake.backend(),
+        &format!("[core]\nmin_cycle_interval = \"off\"\ncompile_timeout = \"2s\"\n[core.backoff]\nbase = \"1h\"\nmax = \"2h\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"off\"\n"),
+    )
+    .await;
+    let names = nodes("fault", 4);
+    pcq.upload_all(&names, "web").await;
+    let hashes = pcq.wait_compiled(&names, Duration::from_secs(20)).await;
+    let catalog = |n: &str| {
+        std::fs::read(pcq.state_dir().join(format!("catalogs/{n}.json"))).expect("catalog")
+    };
+
+    // compile error (500) and garbage: the node is parked, its catalog kept
+    for (i, mode, text) in [
+        (0usize, Mode::Error500, "500"),
+        (1, Mode::Garbage, "not JSON"),
+    ] {
+        let n = &names[i];
+        let kept = catalog(n);
+        fake.set(mode);
+        let (s, _) = pcq.put_facts(n, &facts_body(n, "db", 1)).await;
+        assert_eq!(s, 200);
+        let parked = pcq
+            .wait(Duration::from_secs(10), || async {
+                pcq.status(n).await.is_some_and(|s| s["state"] == "parked")
+            })
+            .await;
+        let st = pcq.status(n).await.expect("status");
+        assert!(parked, "{n}: {st}");
+        assert_eq!(st["failures"], 1);
+        assert!(
+            st["last_error"].as_str().is_some_and(|e| e.contains(text)),
+            "{st}"
+        );
+        assert_eq!(st["catalog_hash"].as_str(), Some(hashes[i].as_str()));
+        assert_eq!(catalog(n), kept, "last good catalog survives");
+        fake.set(Mode::Catalog);
+    }
+
+    // a hanging server: the compile times out, the node is parked
+    fake.set(Mode::Hang);
+    let n = &names[2];
+    pcq.put_facts(n, &facts_body(n, "db", 1)).await;
+    let timed_out = pcq
+        .wait(Duration::from_secs(10), || async {
+            pcq.status(n).await.is_some_and(|s| {
+                s["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("timed out"))
+            })
+        })
+        .await;
+    assert!(timed_out, "{:?}", pcq.status(n).await);
+    fake.set(Mode::Catalog);
+
+    // 503: the master is paused and probed; nobody is blamed
+    fake.set(Mode::Unavailable);
+    let n = &names[3];
+    pcq.put_facts(n, &facts_body(n, "db", 1)).await;
+    let paused = pcq
+        .wait(Duration::from_secs(10), || async {
+            pcq.queue().await["masters"][0]["up"] == false
+        })
+        .await;
+    assert!(paused);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(pcq.status(n).await.expect("status")["failures"], 0);
+    fake.set(Mode::Catalog);
+    let resumed = pcq
+        .wait(Duration::from_secs(10), || async {
+            pcq.status(n)
+                .await
+                .is_some_and(|s| s["catalog_hash"].as_str() != Some(hashes[3].as_str()))
+        })
+        .await;
+    assert!(resumed, "{:?}", pcq.status(n).await);
+    assert_eq!(pcq.queue().await["masters"][0]["up"], true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn catalog_api_etags_bumps_deploys_and_the_cli() {
+    let _serial = serial().await;
+    let fake = FakeServer::start(Duration::from_millis(10)).await;
+    let pcq = Pcq::start(&fake.backend(), &format!("[core]\nmin_cycle_interval = \"off\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"off\"\n")).await;
+    let names = nodes("api", 3);
+    pcq.upload_all(&names, "web").await;
+    let hashes = pcq.wait_compiled(&names, Duration::from_secs(20)).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/nodes/{}/catalog", pcq.api, names[0]);
+    let r = http.get(&url).send().await.expect("get");
+    assert_eq!(r.status(), 200);
+    let etag = r.headers()["etag"].to_str().expect("etag").to_string();
+    assert_eq!(etag, format!("\"{}\"", hashes[0]));
+    let body: Value = r.json().await.expect("catalog JSON");
+    assert_eq!(body["name"], names[0].as_str());
+    let r = http
+        .get(&url)
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 304);
+
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pcq"))
+            .args(args)
+            .args(["--api", &pcq.api])
+            .output()
+            .expect("pcq");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = fake.requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(cli(&["bump", &names[1]]).contains("queued"));
+    let deploy = cli(&["deploy", "production"]);
+    assert!(deploy.contains("3 nodes"), "{deploy}");
+    let queue = cli(&["queue"]);
+    assert!(
+        queue.contains("urgent") && queue.contains("deploy") && queue.contains("cycle"),
+        "{queue}"
+    );
+    let status = cli(&["status", &names[2]]);
+    assert!(
+        status.contains(&names[2]) && status.contains("catalog_hash"),
+        "{status}"
+    );
+    let compiled = pcq
+        .wait(Duration::from_secs(10), || async {
+            fake.requests.load(std::sync::atomic::Ordering::SeqCst) >= before + 3
+        })
+        .await;
+    assert!(compiled, "bump and deploy compiled nothing");
+    let m = pcq.metrics().await;
+    assert!(
+        metric(&m, "pcq_compiles_started_total{reason=\"manual\"}") >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "pcq_compiles_started_total{reason=\"deploy\"}") >= 2.0,
+        "{m}"
+    );
+    assert!(m.contains("pcq_lane_oldest_age_seconds{lane=\"urgent\"}"));
+    assert!(m.contains("pcq_gate_blocked{reason=\"empty\"}"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pcq"))
+        .args(["status", "x", "--api", "http://127.0.0.1:1"])
+        .output()
+        .expect("pcq");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is `pcq serve` running"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_then_queues_the_rest_at_the_front() {
+    let _serial = serial().await;
+    let fake = FakeServer::start(Duration::from_secs(4)).await;
+    let mut pcq = Pcq::start(
+        &fake.backend(),
+        &format!("[core]\nmin_cycle_interval = \"0s\"\n[core.gate]\nmax_concurrency = 2\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"off\"\n[shutdown]\ngrace = \"1s\"\n"),
+    )
+    .await;
+    let names = nodes("term", 4);
+    pcq.upload_all(&names, "web").await;
+    let busy = pcq
+        .wait(Duration::from_secs(10), || async {
+            pcq.queue().await["in_flight"]
+                .as_array()
+                .is_some_and(|a| a.len() == 2)
+                && fake.requests.load(std::sync::atomic::Ordering::SeqCst) == 2
+        })
+        .await;
+    assert!(busy);
+    let requests = fake.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let (took, clean) = pcq.terminate(Duration::from_secs(10));
+    assert!(clean, "exit status\n{}", pcq.log_text());
+    assert!(
+        took < Duration::from_secs(3),
+        "took {took:?} with a 1 s grace"
+    );
+    assert_eq!(
+        fake.requests.load(std::sync::atomic::Ordering::SeqCst),
+        requests,
+        "no compile started while stopping"
+    );
+    pcq.restart().await;
+    assert_eq!(pcq.queue().await["nodes"], 4);
+    let requeued = pcq
+        .wait(Duration::from_secs(10), || async {
+            metric(
+                &pcq.metrics().await,
+                "pcq_compiles_started_total{reason=\"requeued\"}",
+            ) >= 2.0
+        })
+        .await;
+    assert!(requeued, "{}", pcq.metrics().await);
+}

@@ -1,0 +1,510 @@
+//! What the end-to-end tests share: the real Puppet Server that
+//! `scripts/puppet-setup` started, its CA, a `pcq serve` process per test,
+//! and a stand-in Puppet Server for fault injection.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const SSL: &str = "/var/lib/puppet/ssl";
+
+/// The tests share one Puppet Server (one test stops it): one at a time.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+pub fn host() -> String {
+    scheduler::daemon::hostname()
+}
+
+pub fn server_url() -> String {
+    format!("https://{}:8140", host())
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Makes sure the CA has signed certificates for `names`.
+pub fn ensure_certs(names: &[String]) {
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| !Path::new(SSL).join(format!("certs/{n}.pem")).exists())
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    let list = missing
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    run(Command::new("puppetserver").args(["ca", "generate", "--certname", &list]));
+}
+
+/// Revokes a certificate.
+pub fn revoke(name: &str) {
+    run(Command::new("puppetserver").args(["ca", "revoke", "--certname", name]));
+}
+
+/// Starts or stops the shared Puppet Server.
+pub fn puppetserver(action: &str) {
+    run(Command::new(repo().join("scripts/puppetserver")).arg(action));
+}
+
+/// Waits until Puppet Server has no JRuby borrowed (compiles a killed pcq
+/// left behind have finished).
+pub async fn wait_server_idle() {
+    let ssl = scheduler::daemon::tls::PuppetSsl::new(Path::new(SSL), &host());
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(ssl.client_config().expect("TLS"))
+        .build()
+        .expect("client");
+    let url = format!(
+        "{}/status/v1/services/jruby-metrics?level=debug",
+        server_url()
+    );
+    for _ in 0..600 {
+        let free = async {
+            let v: Value = client.get(&url).send().await.ok()?.json().await.ok()?;
+            let m = &v["status"]["experimental"]["metrics"];
+            Some(m["num-free-jrubies"] == m["num-jrubies"])
+        };
+        if free.await == Some(true) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("Puppet Server stayed busy");
+}
+
+/// This host's facts (facter), as a base for test nodes.
+pub fn base_facts() -> serde_json::Map<String, Value> {
+    static FACTS: OnceLock<serde_json::Map<String, Value>> = OnceLock::new();
+    FACTS
+        .get_or_init(|| {
+            // facter may exit non-zero for a fact it cannot resolve here;
+            // what it prints is still the facts
+            let out = Command::new("facter")
+                .arg("--json")
+                .output()
+                .expect("facter");
+            match serde_json::from_slice(&out.stdout) {
+                Ok(Value::Object(m)) => m,
+                other => panic!("facter --json: {other:?}"),
+            }
+        })
+        .clone()
+}
+
+/// A facts upload body for `certname` with the custom facts of the test
+/// code (`pcq_role`, `pcq_color`) and a volatile fact.
+pub fn facts_body(certname: &str, role: &str, uptime: u64) -> Value {
+    let mut values = base_facts();
+    values.insert("pcq_role".into(), json!(role));
+    values.insert("uptime_seconds".into(), json!(uptime));
+    values.insert("clientcert".into(), json!(certname));
+    json!({
+        "name": certname,
+        "values": values,
+        "timestamp": "2026-11-25T00:00:00.000000000+00:00",
+        "expiration": "2026-11-26T00:00:00.000000000+00:00",
+    })
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// A `pcq serve` process with its own state directory and port.
+pub struct Pcq {
+    pub dir: tempfile::TempDir,
+    pub api: String,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    http: reqwest::Client,
+}
+
+pub fn puppetserver_backend() -> String {
+    format!(
+        "[backend]\nkind = \"puppetserver\"\nurl = \"{}\"\nprobe_interval = \"1s\"\n",
+        server_url()
+    )
+}
+
+impl Pcq {
+    /// Starts pcq with `backend` (a `[backend]` table) and `extra` config.
+    pub async fn start(backend: &str, extra: &str) -> Pcq {
+        let dir = tempfile::tempdir().expect("tmp dir");
+        let port = free_port();
+        let config = dir.path().join("pcq.toml");
+        let text = format!(
+            "state_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n{backend}\n{extra}\n",
+            dir.path().join("state").display()
+        );
+        std::fs::write(&config, text).expect("config");
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut pcq = Pcq {
+            log: dir.path().join("pcq.log"),
+            dir,
+            api: format!("http://127.0.0.1:{port}"),
+            config,
+            child: None,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+        };
+        pcq.spawn().await;
+        pcq
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_pcq"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info,scheduler=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("pcq starts");
+        self.child = Some(child);
+        let ready = self
+            .wait(Duration::from_secs(20), || async {
+                self.http
+                    .get(format!("{}/healthz", self.api))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            })
+            .await;
+        assert!(ready, "pcq did not become ready:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; returns how long it took to exit, and whether it exited 0.
+    pub fn terminate(&mut self, limit: Duration) -> (Duration, bool) {
+        let Some(mut c) = self.child.take() else {
+            return (Duration::ZERO, false);
+        };
+        let t = Instant::now();
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        while t.elapsed() < limit {
+            if let Ok(Some(status)) = c.try_wait() {
+                return (t.elapsed(), status.success());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        (t.elapsed(), false)
+    }
+
+    pub async fn restart(&mut self) {
+        self.spawn().await;
+    }
+
+    pub async fn wait<F, Fut>(&self, limit: Duration, mut check: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            if check().await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    pub async fn put_facts(&self, certname: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .put(format!("{}/puppet/v3/facts/{certname}", self.api))
+            .json(body)
+            .send()
+            .await
+            .expect("facts upload");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn raw(&self, method: reqwest::Method, path: &str, body: Vec<u8>) -> (u16, String) {
+        let r = self
+            .http
+            .request(method, format!("{}{path}", self.api))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap_or_default())
+    }
+
+    pub async fn status(&self, certname: &str) -> Option<Value> {
+        let r = self
+            .http
+            .get(format!("{}/v1/nodes/{certname}/status", self.api))
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
+    pub async fn queue(&self) -> Value {
+        self.http
+            .get(format!("{}/v1/queue", self.api))
+            .send()
+            .await
+            .expect("queue")
+            .json()
+            .await
+            .expect("queue JSON")
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.api))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// Uploads facts for each node; they all answer 200.
+    pub async fn upload_all(&self, names: &[String], role: &str) {
+        for n in names {
+            let (status, body) = self.put_facts(n, &facts_body(n, role, 1)).await;
+            assert_eq!(status, 200, "{n}: {body}");
+        }
+    }
+
+    /// Waits until every node has a catalog; returns their hashes.
+    pub async fn wait_compiled(&self, names: &[String], limit: Duration) -> Vec<String> {
+        let ok = self
+            .wait(limit, || async {
+                let mut all = true;
+                for n in names {
+                    if self
+                        .status(n)
+                        .await
+                        .is_none_or(|s| s["catalog_hash"].is_null())
+                    {
+                        all = false;
+                        break;
+                    }
+                }
+                all
+            })
+            .await;
+        assert!(
+            ok,
+            "not every node compiled in {limit:?}:\n{}",
+            self.log_text()
+        );
+        let mut hashes = Vec::new();
+        for n in names {
+            let s = self.status(n).await.expect("status");
+            hashes.push(s["catalog_hash"].as_str().unwrap_or("").to_string());
+        }
+        hashes
+    }
+}
+
+impl Drop for Pcq {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A metric's value in Prometheus text (0 when absent).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The sum of a metric over all its label sets.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{' | b' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next())
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum()
+}
+
+/// What the stand-in Puppet Server answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    Catalog = 0,
+    Error500 = 1,
+    Garbage = 2,
+    Hang = 3,
+    Unavailable = 4,
+}
+
+/// A stand-in Puppet Server over TLS with this host's Puppet certificate:
+/// answers v4 catalog requests per [`Mode`], counting concurrent requests.
+pub struct FakeServer {
+    pub url: String,
+    mode: Arc<AtomicU8>,
+    pub max_in_flight: Arc<AtomicUsize>,
+    pub requests: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeServer {
+    pub async fn start(delay: Duration) -> FakeServer {
+        use axum::routing::{get, post};
+        let mode = Arc::new(AtomicU8::new(Mode::Catalog as u8));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let max_in_flight = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (m, f, x, r) = (
+            mode.clone(),
+            in_flight.clone(),
+            max_in_flight.clone(),
+            requests.clone(),
+        );
+        let catalog = move |body: axum::body::Bytes| {
+            let (m, f, x, r) = (m.clone(), f.clone(), x.clone(), r.clone());
+            async move {
+                let now = f.fetch_add(1, Ordering::SeqCst) + 1;
+                x.fetch_max(now, Ordering::SeqCst);
+                r.fetch_add(1, Ordering::SeqCst);
+                let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let certname = req["certname"].as_str().unwrap_or("?").to_string();
+                let role = req["facts"]["values"]["pcq_role"]
+                    .as_str()
+                    .unwrap_or("none")
+                    .to_string();
+                let mode = m.load(Ordering::SeqCst);
+                if mode == Mode::Hang as u8 {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                tokio::time::sleep(delay).await;
+                f.fetch_sub(1, Ordering::SeqCst);
+                use axum::http::StatusCode;
+                match mode {
+                    1 => (StatusCode::INTERNAL_SERVER_ERROR, "Evaluation Error: boom".to_string()),
+                    2 => (StatusCode::OK, "<html>surprise</html>".to_string()),
+                    4 => (StatusCode::SERVICE_UNAVAILABLE, "busy".to_string()),
+                    _ => (
+                        StatusCode::OK,
+                        json!({"catalog": {
+                            "name": certname, "version": r.load(Ordering::SeqCst), "catalog_uuid": format!("{:?}", Instant::now()),
+                            "environment": "production", "tags": [], "classes": ["main"], "edges": [],
+                            "resources": [{"type": "File", "title": "/tmp/x", "exported": false, "tags": [], "parameters": {"content": role}}]
+                        }})
+                        .to_string(),
+                    ),
+                }
+            }
+        };
+        let m2 = mode.clone();
+        let app = axum::Router::new()
+            .route("/puppet/v4/catalog", post(catalog))
+            .route(
+                "/status/v1/simple",
+                get(move || {
+                    let m = m2.clone();
+                    async move {
+                        if m.load(Ordering::SeqCst) == Mode::Unavailable as u8 {
+                            (axum::http::StatusCode::SERVICE_UNAVAILABLE, "down")
+                        } else {
+                            (axum::http::StatusCode::OK, "running")
+                        }
+                    }
+                }),
+            );
+        let ssl = scheduler::daemon::tls::PuppetSsl::new(Path::new(SSL), &host());
+        let config = ssl
+            .server_config()
+            .expect("server TLS from Puppet's host certificate");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let task = tokio::spawn(scheduler::daemon::tls::serve(listener, config, app));
+        FakeServer {
+            url: format!("https://{}:{port}", host()),
+            mode,
+            max_in_flight,
+            requests,
+            task,
+        }
+    }
+
+    pub fn set(&self, mode: Mode) {
+        self.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    pub fn backend(&self) -> String {
+        format!(
+            "[backend]\nkind = \"puppetserver\"\nurl = \"{}\"\nprobe_interval = \"500ms\"\n",
+            self.url
+        )
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
