@@ -844,3 +844,46 @@ fn a_core_rebuilt_from_views_schedules_the_same_and_requeues_compiles_at_the_fro
         .iter()
         .all(|s| s.reason == Reason::Requeued && s.master == m2));
 }
+
+#[test]
+fn a_restored_cycle_node_is_due_by_the_new_cores_pacing() {
+    use scheduler::core::{NodeView, Pending};
+    let view = |last: Option<u64>, since: u64| NodeView {
+        id: NodeId::from_index(0),
+        state: NodeState::Queued(Lane::Cycle),
+        environment: "production".into(),
+        reason: Reason::Cycle,
+        since: secs(since),
+        pending: Pending::None,
+        pending_since: Time::ZERO,
+        last_compile: last.map(secs),
+        failures: 0,
+    };
+    let paced = CoreConfig {
+        min_cycle_interval: Some(Duration::from_secs(100)),
+        ..CoreConfig::default()
+    };
+    let mut core = core_with(paced);
+    core.add_master(secs(0), slots(4)).expect("master");
+    // stored by a core that compiled every 10 s: due at 60; this one waits 100
+    let a = core.restore_node(&view(Some(50), 60)).expect("restore");
+    // never compiled: its stored due time stands
+    let b = core.restore_node(&view(None, 70)).expect("restore");
+    assert_eq!(nodes_of(&starts(&mut core, secs(140))), vec![b]);
+    assert!(
+        starts(&mut core, secs(149)).is_empty(),
+        "a is due at 150, not 60"
+    );
+    assert_eq!(nodes_of(&starts(&mut core, secs(150))), vec![a]);
+    let mut off = core_with(CoreConfig {
+        min_cycle_interval: None,
+        ..CoreConfig::default()
+    });
+    off.add_master(secs(0), slots(4)).expect("master");
+    off.restore_node(&view(Some(50), 60)).expect("restore");
+    assert_eq!(
+        off.poll(secs(100_000)),
+        Poll::Idle(Blocked::Empty),
+        "cycle off: never due"
+    );
+}

@@ -782,3 +782,97 @@ async fn sigterm_drains_then_queues_the_rest_at_the_front() {
         .await;
     assert!(requeued, "{}", pcq.metrics().await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_command_backend_compiles_with_puppet_catalog_compile() {
+    let _serial = serial().await;
+    let pcq = Pcq::start(
+        "[backend]\nkind = \"command\"\n",
+        &format!("[core]\nmin_cycle_interval = \"off\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"off\"\n"),
+    )
+    .await;
+    let name = "cmd-01.example.com".to_string();
+    pcq.upload_all(std::slice::from_ref(&name), "cache").await;
+    pcq.wait_compiled(std::slice::from_ref(&name), Duration::from_secs(60))
+        .await;
+    let text = std::fs::read_to_string(pcq.state_dir().join(format!("catalogs/{name}.json")))
+        .expect("catalog");
+    assert!(
+        text.contains("role=cache"),
+        "the stored facts reached the compile"
+    );
+    assert!(text.contains("Concat::Fragment"), "real modules");
+    // the facts file the YAML terminus read
+    let yaml = std::fs::read_to_string(
+        pcq.state_dir()
+            .join(format!("compile-vardir/yaml/facts/{name}.yaml")),
+    )
+    .expect("facts yaml");
+    assert!(yaml.starts_with("--- !ruby/object:Puppet::Node::Facts\nname: cmd-01.example.com\n"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_notifications_are_retried_until_they_get_through() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let _serial = serial().await;
+    // a webhook that fails its first two calls
+    let calls = Arc::new(AtomicUsize::new(0));
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let (c, b) = (calls.clone(), bodies.clone());
+    let hook = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+            let (c, b) = (c.clone(), b.clone());
+            async move {
+                if c.fetch_add(1, Ordering::SeqCst) < 2 {
+                    return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                if let Ok(mut b) = b.lock() {
+                    b.push(v);
+                }
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, hook).await });
+    let fake = FakeServer::start(Duration::from_millis(10)).await;
+    let pcq = Pcq::start(
+        &fake.backend(),
+        &format!("[core]\nmin_cycle_interval = \"off\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"off\"\n[notify]\nwebhook = \"http://127.0.0.1:{port}/hook\"\nattempts = 4\n"),
+    )
+    .await;
+    let name = "hook-01.example.com".to_string();
+    pcq.upload_all(std::slice::from_ref(&name), "web").await;
+    let hashes = pcq
+        .wait_compiled(std::slice::from_ref(&name), Duration::from_secs(20))
+        .await;
+    let delivered = pcq
+        .wait(Duration::from_secs(15), || async {
+            bodies.lock().is_ok_and(|b| b.len() == 1)
+        })
+        .await;
+    assert!(delivered, "after {} calls", calls.load(Ordering::SeqCst));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "two failures, then success"
+    );
+    let body = bodies.lock().expect("bodies")[0].clone();
+    assert_eq!(body["certname"], name.as_str());
+    assert_eq!(body["catalog_hash"], hashes[0].as_str());
+    assert_eq!(body["environment"], "production");
+    let m = pcq.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "pcq_notifications_total{channel=\"webhook\",result=\"sent\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+}

@@ -232,7 +232,16 @@ impl Core {
                 let last = view.last_compile.unwrap_or(Time::ZERO);
                 self.enqueue_deploy(id, (view.since, last, self.seq))
             }
-            NodeState::Queued(Lane::Cycle) => self.enqueue_cycle(id, view.since),
+            NodeState::Queued(Lane::Cycle) => {
+                // due by this core's pacing (it may differ from the one
+                // that stored the view)
+                let due = match (self.config.min_cycle_interval, view.last_compile) {
+                    (None, _) => Time::NEVER,
+                    (Some(interval), Some(last)) => last.plus(interval),
+                    (Some(_), None) => view.since,
+                };
+                self.enqueue_cycle(id, due)
+            }
             NodeState::Compiling(_) => {
                 self.nodes.nodes[id as usize].reason = Reason::Requeued;
                 self.enqueue_urgent(id, (RANK_FRONT, view.since, self.seq))

@@ -82,7 +82,9 @@ impl QueueModel {
                 since: due,
                 pending: Pending::None,
                 pending_since: Time::ZERO,
-                last_compile: Some(Time::ZERO),
+                // (the compile before would lie before time zero; without
+                // one the core keeps `since` as the due time, the phase)
+                last_compile: None,
                 failures: 0,
             };
             let id = model.core.restore_node(&view)?;

@@ -1,0 +1,133 @@
+//! Facts-upload load generator: C connections PUT facts (a realistic body,
+//! this host's facter output if given, about 5 KB otherwise) for random
+//! certnames among N for T seconds, and reports requests per second.
+//!
+//! `facts-load URL N [--connections C] [--seconds T] [--prefix P] [--change] [--facts FILE]`
+//!
+//! Without `--change` each node uploads the same facts over and over (the
+//! common case: nothing that matters changed); with it every upload changes
+//! a used fact (each one is stored durably and bumps the node).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+struct Args {
+    /// pcq's API, e.g. http://127.0.0.1:8143
+    url: String,
+    /// Nodes to spread uploads over.
+    nodes: usize,
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value = "node")]
+    prefix: String,
+    /// Every upload changes a used fact.
+    #[arg(long)]
+    change: bool,
+    /// A facter JSON file for the values.
+    #[arg(long)]
+    facts: Option<String>,
+}
+
+fn values(file: Option<&str>) -> serde_json::Map<String, Value> {
+    if let Some(f) = file {
+        if let Ok(Value::Object(m)) = std::fs::read(f)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        {
+            return m;
+        }
+    }
+    let mut m = serde_json::Map::new();
+    for i in 0..120 {
+        m.insert(
+            format!("fact_{i}"),
+            json!(format!("value number {i} of a plausible fact")),
+        );
+    }
+    m.insert(
+        "os".into(),
+        json!({"family": "Debian", "name": "Debian", "release": {"major": "12", "full": "12.8"}}),
+    );
+    m.insert(
+        "memory".into(),
+        json!({"system": {"total_bytes": 8_000_000_000u64, "available_bytes": 1}}),
+    );
+    m
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let base = values(args.facts.as_deref());
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(args.connections)
+        .build_http();
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.connections {
+        let (client, ok, failed, base) = (client.clone(), ok.clone(), failed.clone(), base.clone());
+        let (url, prefix, nodes, change) = (
+            args.url.clone(),
+            args.prefix.clone(),
+            args.nodes,
+            args.change,
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut i = c as u64;
+            while Instant::now() < deadline {
+                i = i.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let node = (i >> 33) as usize % nodes;
+                let certname = format!("{prefix}{node:06}.example.com");
+                let mut v = base.clone();
+                v.insert("uptime_seconds".into(), json!(i % 100_000));
+                if change {
+                    v.insert("pcq_role".into(), json!(format!("r{i}")));
+                }
+                let body = json!({"name": certname, "values": v, "timestamp": "2026-11-25T00:00:00Z", "expiration": "2026-11-26T00:00:00Z"});
+                let req = hyper::Request::put(format!("{url}/puppet/v3/facts/{certname}"))
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(body.to_string())));
+                let Ok(req) = req else { continue };
+                match client.request(req).await {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.into_body().collect().await;
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let n = ok.load(Ordering::Relaxed);
+    println!(
+        "{n} uploads in {secs:.1} s over {} connections: {:.0} requests/s ({} failed){}",
+        args.connections,
+        n as f64 / secs,
+        failed.load(Ordering::Relaxed),
+        if args.change {
+            ", every upload a change"
+        } else {
+            ", facts unchanged"
+        }
+    );
+}

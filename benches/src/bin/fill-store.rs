@@ -1,0 +1,66 @@
+//! Fills a pcq state directory with N nodes (as a running fleet leaves it:
+//! cycle lane, a catalog hash, facts hash), for start-up and load
+//! measurements without compiling N catalogs first.
+//!
+//! `cargo run --release -p benches --bin fill-store -- DIR N [PREFIX]`
+
+use std::path::PathBuf;
+
+use scheduler::core::{Lane, NodeId, NodeState, NodeView, Pending, Reason, Time};
+use scheduler::daemon::store::sqlite::SqliteStore;
+use scheduler::daemon::store::{Store, Write};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let dir = PathBuf::from(args.next().unwrap_or_else(|| "pcq-state".into()));
+    let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let prefix = args.next().unwrap_or_else(|| "node".into());
+    let mut store = match SqliteStore::open(&dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("fill-store: {e}");
+            std::process::exit(1);
+        }
+    };
+    let now = scheduler::daemon::driver::now();
+    let t = std::time::Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+        let mut batch = Vec::new();
+        for &i in chunk {
+            let certname = format!("{prefix}{i:06}.example.com");
+            batch.push(Write::Node {
+                certname: certname.clone(),
+                view: NodeView {
+                    id: NodeId::from_index(0),
+                    state: NodeState::Queued(Lane::Cycle),
+                    environment: "production".into(),
+                    reason: Reason::Cycle,
+                    since: Time::from_micros(now.as_micros() + i as u64 * 1_000),
+                    pending: Pending::None,
+                    pending_since: Time::ZERO,
+                    last_compile: Some(now),
+                    failures: 0,
+                },
+            });
+            batch.push(Write::Catalog {
+                certname: certname.clone(),
+                hash: format!("{i:064x}"),
+                changed_at: now,
+                exports: Vec::new(),
+            });
+            batch.push(Write::FactsHash {
+                certname,
+                hash: format!("{:064x}", i + 1),
+            });
+        }
+        if let Err(e) = store.write(&batch) {
+            eprintln!("fill-store: {e}");
+            std::process::exit(1);
+        }
+    }
+    println!(
+        "{n} nodes written to {} in {:.2?}",
+        dir.display(),
+        t.elapsed()
+    );
+}
