@@ -10,6 +10,8 @@ use anyhow::{anyhow, bail, Result};
 use clap::{Parser, Subcommand};
 use reqwest::Method;
 use scheduler::daemon::config::Config;
+use scheduler::daemon::sync::{self, PuppetSettings};
+use scheduler::daemon::tls::PuppetSsl;
 use scheduler::daemon::{client, serve};
 use serde_json::{json, Value};
 
@@ -56,6 +58,9 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// On a node, from cron: upload facts if they changed, fetch the
+    /// catalog if it changed, and apply it with Puppet's agent.
+    Sync(SyncArgs),
     /// Show one node's status, or the daemon's.
     Status {
         /// The node's certname (none: the queue summary).
@@ -66,9 +71,53 @@ enum Command {
 }
 
 #[derive(clap::Args)]
+struct SyncArgs {
+    /// pcq's API, e.g. https://pcq.example.com:8143.
+    #[arg(long)]
+    server: String,
+    /// This node's certname (default: puppet.conf's, else the host name).
+    #[arg(long)]
+    certname: Option<String>,
+    /// Puppet's SSL directory (default: puppet.conf's).
+    #[arg(long)]
+    ssldir: Option<PathBuf>,
+    /// Puppet's client_datadir, where the agent caches its catalog.
+    #[arg(long)]
+    client_datadir: Option<PathBuf>,
+    /// Sync's own state (default: <vardir>/pcq-sync.json).
+    #[arg(long)]
+    state_file: Option<PathBuf>,
+    /// Command printing facts as JSON (split on spaces).
+    #[arg(long, default_value = "facter --json")]
+    facts_command: String,
+    /// Gather facts at most this often ("0s": every sync).
+    #[arg(long, default_value = "30m")]
+    facts_interval: humantime::Duration,
+    /// Command applying the cached catalog (split on spaces); default:
+    /// puppet agent --onetime --no-daemonize --use_cached_catalog
+    /// --detailed-exitcodes --certname <certname>.
+    #[arg(long)]
+    apply_command: Option<String>,
+    /// Environment sent with the facts (default: puppet.conf's).
+    #[arg(long)]
+    environment: Option<String>,
+    /// Apply even if the catalog did not change.
+    #[arg(long)]
+    force: bool,
+    /// Sleep a random time up to this first (spreads a fleet's cron).
+    #[arg(long, default_value = "0s")]
+    splay: humantime::Duration,
+    /// Print nothing when nothing changed.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
 struct ApiArgs {
-    /// The daemon's API.
-    #[arg(long, default_value = "http://127.0.0.1:8143")]
+    /// The daemon's admin API: the plain loopback listener
+    /// (api.admin_listen), or https://... with this host's Puppet
+    /// certificate (it must be on api.admins).
+    #[arg(long, default_value = "http://127.0.0.1:8144")]
     api: String,
     /// Print the raw JSON.
     #[arg(long)]
@@ -77,6 +126,9 @@ struct ApiArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Sync(args) = &cli.command {
+        return run_sync(args);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -142,6 +194,7 @@ async fn run(cli: Cli) -> Result<()> {
             let v = expect_ok(client::call(&api.api, Method::GET, "/v1/queue", None).await)?;
             show(&api, &v, queue_text);
         }
+        Command::Sync(_) => {} // handled in main
         Command::Status {
             node: Some(node),
             api,
@@ -260,4 +313,60 @@ fn status_text(v: &Value) -> String {
         }
     }
     out
+}
+
+fn split(words: &str) -> Vec<String> {
+    words.split_whitespace().map(String::from).collect()
+}
+
+/// `pcq sync`: no logging set-up, one line of output, exit status 0/1/2.
+fn run_sync(args: &SyncArgs) -> ExitCode {
+    let puppet = PuppetSettings::discover();
+    let certname = args
+        .certname
+        .clone()
+        .unwrap_or_else(|| puppet.certname.clone());
+    let ssldir = args.ssldir.clone().unwrap_or_else(|| puppet.ssldir.clone());
+    let apply = match &args.apply_command {
+        Some(c) => split(c),
+        None => split(&format!(
+            "puppet agent --onetime --no-daemonize --use_cached_catalog --detailed-exitcodes --certname {certname}"
+        )),
+    };
+    let options = sync::Options {
+        server: args.server.clone(),
+        ssl: PuppetSsl::new(&ssldir, &certname),
+        certname,
+        client_datadir: args
+            .client_datadir
+            .clone()
+            .unwrap_or_else(|| puppet.client_datadir.clone()),
+        state_file: args
+            .state_file
+            .clone()
+            .unwrap_or_else(|| puppet.vardir.join("pcq-sync.json")),
+        facts_command: split(&args.facts_command),
+        facts_interval: *args.facts_interval,
+        apply_command: apply,
+        environment: args.environment.clone().or(puppet.environment),
+        force: args.force,
+        splay: *args.splay,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pcq sync: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let report = runtime.block_on(sync::sync(&options));
+    if report.status != 0 {
+        eprintln!("{}", report.line);
+    } else if !(args.quiet && !report.applied && report.line.contains("unchanged")) {
+        println!("{}", report.line);
+    }
+    ExitCode::from(report.status)
 }

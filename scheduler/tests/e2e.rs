@@ -485,7 +485,8 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
     let q0 = pcq.queue().await["nodes"].clone();
 
     let (s, body) = pcq
-        .raw(
+        .raw_as(
+            "bad-01.example.com",
             Method::PUT,
             "/puppet/v3/facts/bad-01.example.com",
             b"{\"name\": \"bad-01".to_vec(),
@@ -494,7 +495,8 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
     assert_eq!(s, 400, "{body}");
     assert!(body.contains("facts body"), "{body}");
     let (s, body) = pcq
-        .raw(
+        .raw_as(
+            "bad-01.example.com",
             Method::PUT,
             "/puppet/v3/facts/bad-01.example.com",
             b"{\"name\":\"bad-01.example.com\",\"values\":[1]}".to_vec(),
@@ -503,7 +505,12 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
     assert_eq!(s, 400, "{body}");
     let big = vec![b'a'; 10 << 20];
     let (s, _) = pcq
-        .raw(Method::PUT, "/puppet/v3/facts/bad-01.example.com", big)
+        .raw_as(
+            "bad-01.example.com",
+            Method::PUT,
+            "/puppet/v3/facts/bad-01.example.com",
+            big,
+        )
         .await;
     assert_eq!(s, 413);
     for hostile in [
@@ -528,7 +535,8 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
         assert_eq!(s, 400, "{hostile}");
     }
     let (s, text) = pcq
-        .raw(
+        .raw_as(
+            "bad-01.example.com",
             Method::PUT,
             "/puppet/v3/facts/bad-01.example.com",
             serde_json::to_vec(&facts_body("bad-02.example.com", "x", 1)).expect("json"),
@@ -670,8 +678,9 @@ async fn catalog_api_etags_bumps_deploys_and_the_cli() {
     let names = nodes("api", 3);
     pcq.upload_all(&names, "web").await;
     let hashes = pcq.wait_compiled(&names, Duration::from_secs(20)).await;
-    let http = reqwest::Client::new();
-    let url = format!("{}/v1/nodes/{}/catalog", pcq.api, names[0]);
+    // the node fetches its own catalog over TLS with its certificate
+    let http = pcq.as_node(&names[0]);
+    let url = format!("{}/v1/nodes/{}/catalog", pcq.tls, names[0]);
     let r = http.get(&url).send().await.expect("get");
     assert_eq!(r.status(), 200);
     let etag = r.headers()["etag"].to_str().expect("etag").to_string();
@@ -874,5 +883,303 @@ async fn webhook_notifications_are_retried_until_they_get_through() {
         ),
         1.0,
         "{m}"
+    );
+}
+
+/// A client that trusts Puppet's CA but presents `identity` (or nothing).
+fn client_with(identity: Option<(&std::path::Path, &std::path::Path)>) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ssl = scheduler::daemon::tls::PuppetSsl {
+        ca: std::path::Path::new(harness::SSL).join("certs/ca.pem"),
+        cert: identity.map(|i| i.0.to_path_buf()).unwrap_or_default(),
+        key: identity.map(|i| i.1.to_path_buf()).unwrap_or_default(),
+    };
+    let tls = match identity {
+        Some(_) => ssl.client_config().expect("TLS"),
+        None => rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS")
+        .with_root_certificates(ssl.roots().expect("CA"))
+        .with_no_client_auth(),
+    };
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_sees_only_itself_and_strangers_are_refused_at_tls() {
+    let _serial = serial().await;
+    let (a, b) = (
+        "ident-a.example.com".to_string(),
+        "ident-b.example.com".to_string(),
+    );
+    let revoked = format!(
+        "ident-r-{}-{}.example.com",
+        std::process::id(),
+        epoch() as u64
+    );
+    ensure_certs(&[a.clone(), b.clone(), revoked.clone()]);
+    let pcq = Pcq::start(
+        &puppetserver_backend(),
+        &format!("[core]\nmin_cycle_interval = \"off\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n"),
+    )
+    .await;
+    pcq.wait(Duration::from_secs(20), || async {
+        pcq.status(&b).await.is_some()
+    })
+    .await;
+    pcq.upload_all(&[a.clone(), b.clone()], "web").await;
+    pcq.wait_compiled(&[a.clone(), b.clone()], Duration::from_secs(60))
+        .await;
+
+    // its own catalog, status and facts: yes
+    let (s, _) = pcq
+        .raw_as(
+            &a,
+            Method::GET,
+            &format!("/v1/nodes/{a}/catalog"),
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = pcq
+        .raw_as(
+            &a,
+            Method::GET,
+            &format!("/v1/nodes/{a}/status"),
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(s, 200);
+    // another node's: 403, and logged
+    for path in [
+        format!("/v1/nodes/{b}/catalog"),
+        format!("/v1/nodes/{b}/status"),
+    ] {
+        let (s, body) = pcq.raw_as(&a, Method::GET, &path, Vec::new()).await;
+        assert_eq!(
+            s,
+            403,
+            "{path}: {}\n{}",
+            &body[..body.len().min(100)],
+            pcq.log_text()
+        );
+    }
+    let body = serde_json::to_vec(&facts_body(&b, "evil", 1)).expect("json");
+    let (s, _) = pcq
+        .raw_as(&a, Method::PUT, &format!("/puppet/v3/facts/{b}"), body)
+        .await;
+    assert_eq!(s, 403);
+    assert_eq!(pcq.status(&b).await.expect("status")["failures"], 0);
+    let log = pcq.log_text();
+    assert!(
+        log.contains(&format!("refused: node {a} asked for the catalog of {b}")),
+        "{log}"
+    );
+    // admin endpoints: not for nodes; for the admin certificate, yes
+    let (s, _) = pcq.raw_as(&a, Method::GET, "/v1/queue", Vec::new()).await;
+    assert_eq!(s, 403);
+    let (s, _) = pcq
+        .raw_as(&a, Method::POST, &format!("/v1/nodes/{b}/bump"), Vec::new())
+        .await;
+    assert_eq!(s, 403);
+    let (s, _) = pcq
+        .raw_as(&harness::host(), Method::GET, "/v1/queue", Vec::new())
+        .await;
+    assert_eq!(s, 200, "pcq's own certificate is an admin");
+
+    // no certificate: refused at the handshake
+    let r = client_with(None)
+        .get(format!("{}/v1/nodes/{a}/status", pcq.tls))
+        .send()
+        .await;
+    assert!(r.is_err(), "{r:?}");
+
+    // a certificate from another CA, even with a known certname: refused
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let sh = |args: &str| {
+        let ok = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(args)
+            .current_dir(d)
+            .output()
+            .expect("openssl");
+        assert!(
+            ok.status.success(),
+            "{args}: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -subj '/CN=Other CA' -days 1 2>/dev/null");
+    sh(&format!(
+        "openssl req -newkey rsa:2048 -nodes -keyout n.key -out n.csr -subj '/CN={a}' 2>/dev/null"
+    ));
+    std::fs::write(d.join("ext"), "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n").expect("ext");
+    sh("openssl x509 -req -in n.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out n.pem -days 1 -extfile ext 2>/dev/null");
+    let stranger = client_with(Some((&d.join("n.pem"), &d.join("n.key"))));
+    let r = stranger
+        .get(format!("{}/v1/nodes/{a}/catalog", pcq.tls))
+        .send()
+        .await;
+    assert!(r.is_err(), "another CA's certificate was accepted: {r:?}");
+
+    // a revoked certificate: refused once the CA's CRL says so
+    let fresh = harness::node_client(&revoked);
+    let r = fresh
+        .get(format!("{}/v1/nodes/{revoked}/status", pcq.tls))
+        .send()
+        .await
+        .expect("before revocation");
+    assert_ne!(r.status(), 403);
+    harness::revoke(&revoked);
+    let refused = pcq
+        .wait(Duration::from_secs(20), || async {
+            harness::node_client(&revoked)
+                .get(format!("{}/v1/nodes/{revoked}/status", pcq.tls))
+                .send()
+                .await
+                .is_err()
+        })
+        .await;
+    assert!(
+        refused,
+        "revoked certificate still accepted:\n{}",
+        pcq.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pcq_sync_applies_with_a_real_agent_only_what_changed() {
+    let _serial = serial().await;
+    let node = "sync-a.example.com".to_string();
+    ensure_certs(std::slice::from_ref(&node));
+    let pcq = Pcq::start(
+        &puppetserver_backend(),
+        &format!("[core]\nmin_cycle_interval = \"off\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n"),
+    )
+    .await;
+    pcq.wait(Duration::from_secs(20), || async {
+        pcq.status(&node).await.is_some()
+    })
+    .await;
+    let work = tempfile::tempdir().expect("tmp");
+    let facts_d = work.path().join("facts.d");
+    std::fs::create_dir_all(&facts_d).expect("facts.d");
+    let role_fact = |role: &str| {
+        std::fs::write(facts_d.join("pcq.txt"), format!("pcq_role={role}\n")).expect("fact")
+    };
+    let target = std::path::PathBuf::from(format!("/tmp/pcq-e2e/{node}.role"));
+    let _ = std::fs::remove_file(&target);
+    role_fact("web");
+    let sync = |server: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pcq"))
+            .args([
+                "sync",
+                "--server",
+                server,
+                "--certname",
+                &node,
+                "--facts-interval",
+                "0s",
+            ])
+            .arg("--state-file")
+            .arg(work.path().join("state.json"))
+            .args([
+                "--facts-command",
+                &format!("facter --json --external-dir {}", facts_d.display()),
+            ])
+            .output()
+            .expect("pcq sync");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
+    };
+
+    // first sync: facts go up, the node joins; sync until the catalog is applied
+    let mut applied = false;
+    for _ in 0..30 {
+        let (code, text) = sync(&pcq.tls);
+        assert_eq!(code, 0, "{text}");
+        if text.contains("applied") {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(applied, "never applied:\n{}", pcq.log_text());
+    assert_eq!(
+        std::fs::read_to_string(&target).expect("the agent made the file"),
+        "role=web color=grey\n"
+    );
+    let cached =
+        std::path::PathBuf::from(format!("/var/cache/puppet/client_data/catalog/{node}.json"));
+    // pcq sync writes it 0600; the agent re-saves it after the run with its
+    // own mode (0660): never world-readable either way
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&cached)
+            .expect("cached catalog")
+            .permissions(),
+    );
+    assert_eq!(
+        mode & 0o007,
+        0,
+        "cached catalog is world-readable: {mode:o}"
+    );
+
+    // nothing changed: 304, no apply
+    let mtime = std::fs::metadata(&target)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let (code, text) = sync(&pcq.tls);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("catalog unchanged") && !text.contains("applied"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::metadata(&target)
+            .and_then(|m| m.modified())
+            .expect("mtime"),
+        mtime
+    );
+
+    // a used fact changes: pcq recompiles, the next sync applies it
+    role_fact("db");
+    let mut applied = false;
+    for _ in 0..30 {
+        let (code, text) = sync(&pcq.tls);
+        assert_eq!(code, 0, "{text}");
+        if text.contains("applied") {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(applied);
+    assert_eq!(
+        std::fs::read_to_string(&target).expect("file"),
+        "role=db color=grey\n"
+    );
+
+    // pcq unreachable: a clear message, exit 1, the last catalog stays
+    let (code, text) = sync(&format!("https://{}:1", harness::host()));
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("cannot reach pcq") && text.contains("the last catalog stays in place"),
+        "{text}"
+    );
+    assert!(cached.exists());
+    assert_eq!(
+        std::fs::read_to_string(&target).expect("file"),
+        "role=db color=grey\n"
     );
 }

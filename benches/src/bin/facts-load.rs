@@ -1,8 +1,10 @@
 //! Facts-upload load generator: C connections PUT facts (a realistic body,
 //! this host's facter output if given, about 5 KB otherwise) for random
-//! certnames among N for T seconds, and reports requests per second.
+//! certnames among N for T seconds, and reports requests per second. It
+//! speaks TLS with this host's Puppet certificate (pcq's admin, which may
+//! upload any node's facts).
 //!
-//! `facts-load URL N [--connections C] [--seconds T] [--prefix P] [--change] [--facts FILE]`
+//! `facts-load https://HOST:PORT N [--connections C] [--seconds T] [--prefix P] [--change] [--facts FILE]`
 //!
 //! Without `--change` each node uploads the same facts over and over (the
 //! common case: nothing that matters changed); with it every upload changes
@@ -13,10 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use scheduler::daemon::tls::PuppetSsl;
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -70,9 +69,29 @@ fn values(file: Option<&str>) -> serde_json::Map<String, Value> {
 async fn main() {
     let args = Args::parse();
     let base = values(args.facts.as_deref());
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ssl = PuppetSsl::new(
+        std::path::Path::new("/var/lib/puppet/ssl"),
+        &scheduler::daemon::hostname(),
+    );
+    let tls = match ssl.client_config() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("facts-load: {e}");
+            std::process::exit(1);
+        }
+    };
+    let client = match reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
         .pool_max_idle_per_host(args.connections)
-        .build_http();
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("facts-load: {e}");
+            std::process::exit(1);
+        }
+    };
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
@@ -98,13 +117,13 @@ async fn main() {
                     v.insert("pcq_role".into(), json!(format!("r{i}")));
                 }
                 let body = json!({"name": certname, "values": v, "timestamp": "2026-11-25T00:00:00Z", "expiration": "2026-11-26T00:00:00Z"});
-                let req = hyper::Request::put(format!("{url}/puppet/v3/facts/{certname}"))
+                let req = client
+                    .put(format!("{url}/puppet/v3/facts/{certname}"))
                     .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from(body.to_string())));
-                let Ok(req) = req else { continue };
-                match client.request(req).await {
+                    .body(body.to_string());
+                match req.send().await {
                     Ok(r) if r.status().is_success() => {
-                        let _ = r.into_body().collect().await;
+                        let _ = r.bytes().await;
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
                     _ => {

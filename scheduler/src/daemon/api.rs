@@ -11,6 +11,10 @@
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /healthz` | 200 while the driver answers |
 //!
+//! Every request carries its [`Caller`] (from the client certificate, or the
+//! loopback admin listener): a node may use the first three for itself
+//! only, the rest need an admin (403 otherwise, and logged).
+//!
 //! Bad input gets a 4xx with a JSON `{"error": ...}` that says what is wrong
 //! and changes nothing: a malformed body, a certname that is not one
 //! (`../../etc/passwd`), a body over `api.max_body_bytes` (413).
@@ -19,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -33,6 +37,7 @@ use super::certname::Certname;
 use super::config::valid_environment;
 use super::driver::{ApiError, Command};
 use super::facts::{Ignore, Upload};
+use super::identity::Caller;
 use super::metrics::Metrics;
 
 /// What the handlers share.
@@ -110,6 +115,30 @@ fn certname(raw: &str) -> Result<Certname, Refusal> {
     })
 }
 
+/// The node in the path, if the caller may act for it.
+fn node_for(caller: &Caller, raw: &str, what: &str) -> Result<Certname, Refusal> {
+    let node = certname(raw)?;
+    if !caller.may_act_for(&node) {
+        tracing::warn!("refused: {caller} asked for the {what} of {node}");
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            format!("{caller} may not access the {what} of {node}"),
+        ));
+    }
+    Ok(node)
+}
+
+fn admin(caller: &Caller, what: &str) -> Result<(), Refusal> {
+    if caller.is_admin() {
+        return Ok(());
+    }
+    tracing::warn!("refused: {caller} asked for {what}");
+    Err(Refusal::new(
+        StatusCode::FORBIDDEN,
+        format!("{what} needs an admin certificate (api.admins); {caller} is not one"),
+    ))
+}
+
 /// Sends a command and waits for its answer.
 async fn ask<T>(
     state: &ApiState,
@@ -136,11 +165,12 @@ struct FactsQuery {
 
 async fn put_facts(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
     Query(query): Query<FactsQuery>,
     body: Bytes,
 ) -> Answer {
-    let certname = certname(&raw)?;
+    let certname = node_for(&caller, &raw, "facts")?;
     if let Some(env) = &query.environment {
         if !valid_environment(env) {
             return Err(Refusal::bad(format!(
@@ -174,10 +204,11 @@ async fn put_facts(
 
 async fn get_catalog(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
     headers: HeaderMap,
 ) -> Answer {
-    let certname = certname(&raw)?;
+    let certname = node_for(&caller, &raw, "catalog")?;
     let status = ask(&state, |reply| Command::Status {
         certname: certname.clone(),
         reply,
@@ -223,8 +254,12 @@ async fn get_catalog(
         .into_response())
 }
 
-async fn get_status(State(state): State<ApiState>, Path(raw): Path<String>) -> Answer {
-    let certname = certname(&raw)?;
+async fn get_status(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(raw): Path<String>,
+) -> Answer {
+    let certname = node_for(&caller, &raw, "status")?;
     let status = ask(&state, |reply| Command::Status {
         certname: certname.clone(),
         reply,
@@ -234,7 +269,12 @@ async fn get_status(State(state): State<ApiState>, Path(raw): Path<String>) -> A
     Ok(Json(status).into_response())
 }
 
-async fn post_bump(State(state): State<ApiState>, Path(raw): Path<String>) -> Answer {
+async fn post_bump(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(raw): Path<String>,
+) -> Answer {
+    admin(&caller, "bumping a node")?;
     let certname = certname(&raw)?;
     let bumped = ask(&state, |reply| Command::Bump { certname, reply }).await??;
     Ok((StatusCode::ACCEPTED, Json(json!({ "result": bumped }))).into_response())
@@ -246,7 +286,12 @@ struct DeployBody {
     environment: String,
 }
 
-async fn post_deploy(State(state): State<ApiState>, body: Bytes) -> Answer {
+async fn post_deploy(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Answer {
+    admin(&caller, "announcing a deploy")?;
     let deploy: DeployBody = serde_json::from_slice(&body).map_err(|e| {
         Refusal::bad(format!(
             "deploy body: {e} (expected {{\"environment\": \"...\"}})"
@@ -267,12 +312,17 @@ async fn post_deploy(State(state): State<ApiState>, body: Bytes) -> Answer {
         .into_response())
 }
 
-async fn get_queue(State(state): State<ApiState>) -> Answer {
+async fn get_queue(State(state): State<ApiState>, Extension(caller): Extension<Caller>) -> Answer {
+    admin(&caller, "the queue")?;
     let q = ask(&state, |reply| Command::Queue { reply }).await?;
     Ok(Json(q).into_response())
 }
 
-async fn get_metrics(State(state): State<ApiState>) -> Answer {
+async fn get_metrics(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+) -> Answer {
+    admin(&caller, "metrics")?;
     let stats = ask(&state, |reply| Command::Stats { reply }).await?;
     state.metrics.update(&stats);
     Ok((

@@ -11,8 +11,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use std::sync::Arc;
+
 use super::backend::puppetserver::PuppetServer;
 use super::driver::Command;
+use super::tls::{parse_crls, Acceptor, PuppetSsl};
 
 #[derive(Debug, Deserialize)]
 struct Status {
@@ -52,8 +55,40 @@ pub async fn list(server: &PuppetServer) -> Result<(Vec<String>, Vec<String>), S
     Ok((signed, revoked))
 }
 
-/// Polls forever, sending each successful listing to the driver.
-pub async fn poll(server: PuppetServer, every: Duration, driver: mpsc::Sender<Command>) {
+/// The CA's current CRL (PEM).
+pub async fn crl(server: &PuppetServer) -> Result<Vec<u8>, String> {
+    let url = format!(
+        "{}/puppet-ca/v1/certificate_revocation_list/ca",
+        server.url()
+    );
+    let response = server
+        .client()
+        .get(&url)
+        .header("Accept", "text/plain")
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("{url}: {}", response.status()));
+    }
+    response
+        .bytes()
+        .await
+        .map(|b| b.to_vec())
+        .map_err(|e| format!("{url}: {e}"))
+}
+
+/// Polls forever: each successful listing goes to the driver, and a changed
+/// CRL to the API's TLS acceptor (revoked certificates are refused at the
+/// handshake).
+pub async fn poll(
+    server: PuppetServer,
+    every: Duration,
+    driver: mpsc::Sender<Command>,
+    tls: Option<(Arc<Acceptor>, PuppetSsl)>,
+) {
+    let mut last_crl = Vec::new();
     loop {
         match list(&server).await {
             Ok((signed, revoked)) => {
@@ -62,6 +97,22 @@ pub async fn poll(server: PuppetServer, every: Duration, driver: mpsc::Sender<Co
                 }
             }
             Err(e) => tracing::warn!("CA poll: {e}"),
+        }
+        if let Some((acceptor, ssl)) = &tls {
+            match crl(&server).await {
+                Ok(pem) if pem != last_crl => {
+                    match parse_crls(&pem).and_then(|crls| ssl.mutual_server_config(crls)) {
+                        Ok(config) => {
+                            acceptor.replace(config);
+                            tracing::info!("API: CRL from the CA loaded");
+                            last_crl = pem;
+                        }
+                        Err(e) => tracing::warn!("CA's CRL: {e}"),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("CA's CRL: {e}"),
+            }
         }
         tokio::time::sleep(every).await;
     }

@@ -14,10 +14,15 @@ pub async fn call(
     body: Option<Value>,
 ) -> Result<(u16, Value), String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| e.to_string())?;
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+    if base.starts_with("https://") {
+        // this host's Puppet certificate, which must be on api.admins
+        let puppet = super::sync::PuppetSettings::discover();
+        let ssl = super::tls::PuppetSsl::new(&puppet.ssldir, &puppet.certname);
+        builder =
+            builder.tls_backend_preconfigured(ssl.client_config().map_err(|e| e.to_string())?);
+    }
+    let client = builder.build().map_err(|e| e.to_string())?;
     let url = format!("{}{path}", base.trim_end_matches('/'));
     let mut request = client.request(method, &url);
     if let Some(b) = body {

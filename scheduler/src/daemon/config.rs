@@ -24,6 +24,9 @@ pub struct Config {
     /// Environment of nodes that never said theirs.
     #[serde(default = "production")]
     pub default_environment: String,
+    /// The certificate pcq uses, from Puppet's SSL directory.
+    #[serde(default)]
+    pub puppet: Puppet,
     /// The HTTP API.
     #[serde(default)]
     pub api: Api,
@@ -53,13 +56,41 @@ fn production() -> String {
     "production".into()
 }
 
+/// The certificate pcq presents, to Puppet Server as a client and to nodes
+/// as the API's server certificate.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Puppet {
+    /// Puppet's SSL directory (`puppet config print ssldir`): pcq uses
+    /// `certs/<certname>.pem`, `private_keys/<certname>.pem`, trusts
+    /// `certs/ca.pem` and reads `crl.pem` until the CA gives a fresher CRL.
+    pub ssldir: PathBuf,
+    /// The certname; default: this host's name.
+    pub certname: Option<String>,
+}
+
+impl Default for Puppet {
+    fn default() -> Self {
+        Puppet {
+            ssldir: ssldir(),
+            certname: None,
+        }
+    }
+}
+
 /// The HTTP API.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Api {
-    /// Address to listen on. Loopback by default: until node
-    /// authentication is on, the API must not face the network.
+    /// Address of the API: TLS, and every client must present a
+    /// certificate from Puppet's CA (a node acts only for itself).
     pub listen: SocketAddr,
+    /// Certnames allowed the admin endpoints (bumps, deploys, the queue,
+    /// metrics, any node's catalog). Default: pcq's own certname.
+    pub admins: Vec<String>,
+    /// An extra plain-HTTP address for the admin endpoints (the `pcq`
+    /// CLI, Prometheus). Loopback only; off unless set.
+    pub admin_listen: Option<SocketAddr>,
     /// Largest request body accepted (facts uploads), bytes.
     pub max_body_bytes: usize,
 }
@@ -67,7 +98,9 @@ pub struct Api {
 impl Default for Api {
     fn default() -> Self {
         Api {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8143)),
+            listen: SocketAddr::from(([0, 0, 0, 0], 8143)),
+            admins: Vec::new(),
+            admin_listen: None,
             max_body_bytes: 4 << 20,
         }
     }
@@ -90,15 +123,9 @@ pub enum Backend {
 #[serde(deny_unknown_fields)]
 pub struct Puppetserver {
     /// Base URL of the server, e.g. `https://puppet.example.com:8140`. Use
-    /// the name in its certificate, not an IP address.
+    /// the name in its certificate, not an IP address. pcq presents the
+    /// `[puppet]` certificate.
     pub url: String,
-    /// Puppet's SSL directory (`puppet config print ssldir`).
-    #[serde(default = "ssldir")]
-    pub ssldir: PathBuf,
-    /// Certificate pcq presents: `<ssldir>/certs/<certname>.pem` and
-    /// `<ssldir>/private_keys/<certname>.pem`. Default: this host's name.
-    #[serde(default)]
-    pub certname: Option<String>,
     /// Let Puppet Server store the node's facts in PuppetDB.
     #[serde(default)]
     pub persist_facts: bool,
@@ -345,6 +372,12 @@ impl Config {
         if self.api.max_body_bytes < 1024 {
             return err("api.max_body_bytes", "must be at least 1024");
         }
+        if self.api.admin_listen.is_some_and(|a| !a.ip().is_loopback()) {
+            return err(
+                "api.admin_listen",
+                "plain HTTP is allowed on loopback only (127.0.0.1 or ::1); remote admins use the TLS API with a certificate on api.admins",
+            );
+        }
         match &self.backend {
             Backend::Puppetserver(p) => {
                 if !(p.url.starts_with("https://")) {
@@ -396,6 +429,20 @@ impl Config {
         Ok(())
     }
 
+    /// The certname pcq presents.
+    pub fn certname(&self) -> String {
+        self.puppet.certname.clone().unwrap_or_else(super::hostname)
+    }
+
+    /// Certnames with admin rights.
+    pub fn admins(&self) -> Vec<String> {
+        if self.api.admins.is_empty() {
+            vec![self.certname()]
+        } else {
+            self.api.admins.clone()
+        }
+    }
+
     /// The masters, with the default single local master filled in.
     pub fn masters(&self) -> Vec<Master> {
         if self.masters.is_empty() {
@@ -428,7 +475,8 @@ mod tests {
     #[test]
     fn minimal_config_gets_defaults() {
         let c = Config::parse(MINIMAL, Path::new("pcq.toml")).expect("valid");
-        assert_eq!(c.api.listen.to_string(), "127.0.0.1:8143");
+        assert_eq!(c.api.listen.to_string(), "0.0.0.0:8143");
+        assert_eq!(c.admins(), vec![c.certname()]);
         assert_eq!(c.masters().len(), 1);
         assert!(c.facts.ignore.iter().any(|p| p == "uptime_seconds"));
     }
@@ -439,6 +487,17 @@ mod tests {
         let e = Config::parse(&text, Path::new("pcq.toml")).expect_err("typo");
         let msg = e.to_string();
         assert!(msg.starts_with("pcq.toml:6: poll_intervall:"), "{msg}");
+    }
+
+    #[test]
+    fn plain_http_only_on_loopback() {
+        let text = format!("{MINIMAL}[api]\nadmin_listen = \"0.0.0.0:8144\"\n");
+        let msg = Config::parse(&text, Path::new("pcq.toml"))
+            .expect_err("public")
+            .to_string();
+        assert!(msg.starts_with("pcq.toml:6: api.admin_listen:"), "{msg}");
+        let text = format!("{MINIMAL}[api]\nadmin_listen = \"127.0.0.1:8144\"\n");
+        assert!(Config::parse(&text, Path::new("pcq.toml")).is_ok());
     }
 
     #[test]

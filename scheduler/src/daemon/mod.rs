@@ -27,10 +27,12 @@ pub mod client;
 pub mod config;
 pub mod driver;
 pub mod facts;
+pub mod identity;
 pub mod load;
 pub mod metrics;
 pub mod notify;
 pub mod store;
+pub mod sync;
 pub mod tls;
 
 use std::collections::HashSet;
@@ -101,8 +103,7 @@ fn masters(config: &Config) -> Result<(Vec<MasterSlot>, Option<PuppetServer>), S
         );
         let (compiler, probe): (Arc<dyn Compiler>, Duration) = match &config.backend {
             Backend::Puppetserver(p) => {
-                let certname = p.certname.clone().unwrap_or_else(hostname);
-                let ssl = PuppetSsl::new(&p.ssldir, &certname);
+                let ssl = PuppetSsl::new(&config.puppet.ssldir, &config.certname());
                 let url = m.url.clone().unwrap_or_else(|| p.url.clone());
                 let server = PuppetServer::new(&url, &ssl, p.persist_facts, p.persist_catalog)?;
                 if ca_client.is_none() {
@@ -174,9 +175,6 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     );
     let driver_task = tokio::spawn(driver.run(rx));
 
-    if let (Some(every), Some(server)) = (poll_ca, ca_client) {
-        tokio::spawn(ca::poll(server, every, tx.clone()));
-    }
     let load_tx = tx.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -188,31 +186,74 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         }
     });
 
-    let listener = tokio::net::TcpListener::bind(config.api.listen)
-        .await
-        .map_err(|e| io(&format!("listening on {}", config.api.listen), e))?;
-    tracing::info!("API on http://{}", config.api.listen);
+    // the API: mutual TLS with Puppet's CA (and its CRL), plus an optional
+    // plain admin listener on loopback
+    let ssl = PuppetSsl::new(&config.puppet.ssldir, &config.certname());
+    let crl_file = config.puppet.ssldir.join("crl.pem");
+    let crls = match std::fs::read(&crl_file) {
+        Ok(pem) => tls::parse_crls(&pem)?,
+        Err(e) => {
+            tracing::warn!(
+                "{}: {e}; revoked certificates are refused only once the CA's CRL is fetched",
+                crl_file.display()
+            );
+            Vec::new()
+        }
+    };
+    let acceptor = tls::Acceptor::new(ssl.mutual_server_config(crls)?);
     let state = api::ApiState {
         driver: tx.clone(),
         catalogs,
         metrics,
         ignore,
     };
-    let app = api::router(state, config.api.max_body_bytes);
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .map_err(|e| io(&format!("listening on {}", config.api.listen), e))?;
+    tracing::info!(
+        "API on https://{} (client certificates from Puppet's CA)",
+        config.api.listen
+    );
+    // one router per listener: the admin listener's identity layer must
+    // never reach the TLS listener's routes
+    let nodes_app = api::router(state.clone(), config.api.max_body_bytes);
+    tokio::spawn(tls::serve(
+        listener,
+        acceptor.clone(),
+        nodes_app,
+        Some(Arc::new(config.admins())),
+    ));
+    if let (Some(every), Some(server)) = (poll_ca, ca_client) {
+        tokio::spawn(ca::poll(server, every, tx.clone(), Some((acceptor, ssl))));
+    }
+
     let grace = config.shutdown.grace;
     let stop = tx.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let signalled = async move {
         terminated().await;
         let _ = stop.send(Command::Shutdown { grace }).await;
-    });
-    let server_task = tokio::spawn(async move { server.await });
+    };
+    if let Some(addr) = config.api.admin_listen {
+        let admin = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| io(&format!("listening on {addr}"), e))?;
+        tracing::info!("admin API on http://{addr} (loopback)");
+        let app = api::router(state, config.api.max_body_bytes)
+            .layer(axum::Extension(identity::Caller::Admin("loopback".into())));
+        tokio::spawn(async move {
+            axum::serve(admin, app)
+                .with_graceful_shutdown(signalled)
+                .await
+        });
+    } else {
+        tokio::spawn(signalled);
+    }
     drop(tx);
     // The driver ends after a shutdown (signal) has drained the compiles
     // and its last writes are committed.
     if let Err(e) = driver_task.await {
         tracing::error!("the scheduler stopped: {e}");
     }
-    server_task.abort();
     Ok(())
 }
 

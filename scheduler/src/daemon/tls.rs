@@ -9,7 +9,7 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 
 /// Where a certname's files are in a Puppet SSL directory.
@@ -152,18 +152,85 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         })
 }
 
-/// Serves `router` over TLS on `listener` until the process ends: one task
-/// per connection; a failed handshake is logged and dropped.
+/// A TLS acceptor that can be replaced while serving (a new CRL).
+pub struct Acceptor {
+    current: std::sync::RwLock<Arc<tokio_rustls::TlsAcceptor>>,
+}
+
+impl Acceptor {
+    /// An acceptor for `config`.
+    pub fn new(config: rustls::ServerConfig) -> Arc<Acceptor> {
+        Arc::new(Acceptor {
+            current: std::sync::RwLock::new(Arc::new(tokio_rustls::TlsAcceptor::from(Arc::new(
+                config,
+            )))),
+        })
+    }
+
+    /// Replaces the configuration for new connections.
+    pub fn replace(&self, config: rustls::ServerConfig) {
+        let next = Arc::new(tokio_rustls::TlsAcceptor::from(Arc::new(config)));
+        if let Ok(mut current) = self.current.write() {
+            *current = next;
+        }
+    }
+
+    fn get(&self) -> Option<Arc<tokio_rustls::TlsAcceptor>> {
+        self.current.read().ok().map(|a| a.clone())
+    }
+}
+
+/// CRLs in a PEM text (Puppet's `crl.pem` holds the intermediate's and the
+/// root's).
+pub fn parse_crls(pem: &[u8]) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    rustls_pemfile::crls(&mut &pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::new("CRL", e.to_string()))
+}
+
+impl PuppetSsl {
+    /// A server configuration presenting this certificate and requiring
+    /// every client to present one issued by Puppet's CA and not revoked
+    /// in `crls` (mutual TLS for the API).
+    pub fn mutual_server_config(
+        &self,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+    ) -> Result<rustls::ServerConfig, TlsError> {
+        let (certs, key) = self.identity()?;
+        let file = self.cert.display().to_string();
+        let err = |e: &dyn std::fmt::Display| TlsError::new(file.clone(), e.to_string());
+        let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(self.roots()?),
+            PuppetSsl::provider(),
+        );
+        if !crls.is_empty() {
+            verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
+        }
+        let verifier = verifier.build().map_err(|e| err(&e))?;
+        rustls::ServerConfig::builder_with_provider(PuppetSsl::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| err(&e))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .map_err(|e| err(&e))
+    }
+}
+
+/// Serves `router` over TLS on `listener` until the process ends, one task
+/// per connection. With `admins`, clients must have presented a
+/// certificate (the acceptor's verifier checked it); each request carries
+/// the [`Caller`](super::identity::Caller) it makes as an extension.
+/// Without, no client identity is taken (a stand-in server in tests).
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    config: rustls::ServerConfig,
+    acceptor: Arc<Acceptor>,
     router: axum::Router,
+    admins: Option<Arc<Vec<String>>>,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::service::TowerToHyperService;
 
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -172,16 +239,43 @@ pub async fn serve(
                 continue;
             }
         };
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
+        let Some(acceptor) = acceptor.get() else {
+            continue;
+        };
+        let router = router.clone();
+        let admins = admins.clone();
         tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::debug!("TLS handshake with {peer}: {e}");
+            let tls = match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                acceptor.accept(tcp),
+            )
+            .await
+            {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    tracing::info!("TLS handshake with {peer} refused: {e}");
                     return;
                 }
+                Err(_) => return,
             };
+            let router = match admins {
+                Some(admins) => {
+                    let caller = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|der| super::identity::caller_of(der, &admins));
+                    let Some(caller) = caller else {
+                        tracing::warn!("{peer}: client certificate without a usable certname");
+                        return;
+                    };
+                    tracing::debug!("{peer}: {caller}");
+                    router.layer(axum::Extension(caller))
+                }
+                None => router,
+            };
+            let service = TowerToHyperService::new(router);
             if let Err(e) = Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tls), service)
                 .await

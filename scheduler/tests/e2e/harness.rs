@@ -136,14 +136,33 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
-/// A `pcq serve` process with its own state directory and port.
+/// A `pcq serve` process with its own state directory and ports: the TLS
+/// API (nodes, by certificate) and the plain loopback admin API.
 pub struct Pcq {
     pub dir: tempfile::TempDir,
+    /// The admin API (plain HTTP on loopback).
     pub api: String,
+    /// The TLS API.
+    pub tls: String,
     config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
     http: reqwest::Client,
+    nodes: std::sync::Mutex<std::collections::HashMap<String, reqwest::Client>>,
+}
+
+/// A client presenting `certname`'s Puppet certificate.
+pub fn node_client(certname: &str) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ssl = scheduler::daemon::tls::PuppetSsl::new(Path::new(SSL), certname);
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(
+            ssl.client_config()
+                .unwrap_or_else(|e| panic!("{certname}: {e}")),
+        )
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
 }
 
 pub fn puppetserver_backend() -> String {
@@ -157,10 +176,10 @@ impl Pcq {
     /// Starts pcq with `backend` (a `[backend]` table) and `extra` config.
     pub async fn start(backend: &str, extra: &str) -> Pcq {
         let dir = tempfile::tempdir().expect("tmp dir");
-        let port = free_port();
+        let (port, admin) = (free_port(), free_port());
         let config = dir.path().join("pcq.toml");
         let text = format!(
-            "state_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n{backend}\n{extra}\n",
+            "state_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n{backend}\n{extra}\n",
             dir.path().join("state").display()
         );
         std::fs::write(&config, text).expect("config");
@@ -168,13 +187,15 @@ impl Pcq {
         let mut pcq = Pcq {
             log: dir.path().join("pcq.log"),
             dir,
-            api: format!("http://127.0.0.1:{port}"),
+            api: format!("http://127.0.0.1:{admin}"),
+            tls: format!("https://{}:{port}", host()),
             config,
             child: None,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("client"),
+            nodes: std::sync::Mutex::new(std::collections::HashMap::new()),
         };
         pcq.spawn().await;
         pcq
@@ -262,10 +283,20 @@ impl Pcq {
         false
     }
 
+    /// The TLS client of `certname` (its own Puppet certificate).
+    pub fn as_node(&self, certname: &str) -> reqwest::Client {
+        let mut nodes = self.nodes.lock().expect("clients");
+        nodes
+            .entry(certname.to_string())
+            .or_insert_with(|| node_client(certname))
+            .clone()
+    }
+
+    /// A node uploads its own facts over TLS.
     pub async fn put_facts(&self, certname: &str, body: &Value) -> (u16, Value) {
         let r = self
-            .http
-            .put(format!("{}/puppet/v3/facts/{certname}", self.api))
+            .as_node(certname)
+            .put(format!("{}/puppet/v3/facts/{certname}", self.tls))
             .json(body)
             .send()
             .await
@@ -274,6 +305,27 @@ impl Pcq {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// A request over TLS as node `certname`.
+    pub async fn raw_as(
+        &self,
+        certname: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> (u16, String) {
+        let r = self
+            .as_node(certname)
+            .request(method, format!("{}{path}", self.tls))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap_or_default())
+    }
+
+    /// A request to the admin API.
     pub async fn raw(&self, method: reqwest::Method, path: &str, body: Vec<u8>) -> (u16, String) {
         let r = self
             .http
@@ -322,8 +374,10 @@ impl Pcq {
             .expect("metrics text")
     }
 
-    /// Uploads facts for each node; they all answer 200.
+    /// Uploads facts for each node (certificates are made if missing);
+    /// they all answer 200.
     pub async fn upload_all(&self, names: &[String], role: &str) {
+        ensure_certs(names);
         for n in names {
             let (status, body) = self.put_facts(n, &facts_body(n, role, 1)).await;
             assert_eq!(status, 200, "{n}: {body}");
@@ -481,7 +535,8 @@ impl FakeServer {
             .await
             .expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let task = tokio::spawn(scheduler::daemon::tls::serve(listener, config, app));
+        let acceptor = scheduler::daemon::tls::Acceptor::new(config);
+        let task = tokio::spawn(scheduler::daemon::tls::serve(listener, acceptor, app, None));
         FakeServer {
             url: format!("https://{}:{port}", host()),
             mode,

@@ -5,3 +5,9 @@
 node default {
   include pcq_test
 }
+
+# Nodes whose catalog a real `puppet agent` applies on the test machine:
+# files under /tmp only.
+node /^sync-/ {
+  include pcq_test::files
+}

@@ -4,7 +4,8 @@ class pcq_test (
   String $motd_owner = 'root',
 ) {
   $role = pick($facts['pcq_role'], 'none')
-  $color = pick($facts['pcq_color'], 'grey')
+
+  include pcq_test::files
 
   class { 'ntp':
     servers  => ['0.pool.ntp.org', '1.pool.ntp.org'],
@@ -24,13 +25,5 @@ class pcq_test (
     target  => '/etc/motd.pcq',
     content => epp('pcq_test/role.epp', { 'role' => $role }),
     order   => '10',
-  }
-
-  file { '/tmp/pcq-e2e':
-    ensure => directory,
-  }
-  file { "/tmp/pcq-e2e/${trusted['certname']}.role":
-    ensure  => file,
-    content => "role=${role} color=${color}\n",
   }
 }
