@@ -68,6 +68,54 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Which facts an environment's code can read, with sources, every
+    /// widening and every collector of exported resources; --verify checks
+    /// that against Puppet Server.
+    Analyze(AnalyzeArgs),
+}
+
+#[derive(clap::Args)]
+struct AnalyzeArgs {
+    /// The environment directory.
+    #[arg(default_value = "/etc/puppet/code/environments/production")]
+    envdir: PathBuf,
+    /// Module directories after the environment's `modules` (Puppet's
+    /// basemodulepath); repeat for several.
+    #[arg(long, default_values = ["/etc/puppet/code/modules", "/usr/share/puppet/modules"])]
+    modulepath: Vec<PathBuf>,
+    /// Puppet's global hiera.yaml (read when it exists).
+    #[arg(long, default_value = "/etc/puppet/hiera.yaml")]
+    hiera: PathBuf,
+    /// The Ruby that has Puppet (default: Puppet's own, else `ruby`).
+    #[arg(long)]
+    ruby: Option<String>,
+    /// Print the analyzer's JSON.
+    #[arg(long)]
+    json: bool,
+    /// Print the facts a node with these classes can read (repeat).
+    #[arg(long = "class")]
+    classes: Vec<String>,
+    /// Compile through Puppet Server: with the facts of --facts, then with
+    /// every fact the analysis calls unused changed; report any catalog
+    /// that moved.
+    #[arg(long, requires_all = ["certnames", "facts"])]
+    verify: bool,
+    /// Nodes to verify (repeat).
+    #[arg(long = "certname")]
+    certnames: Vec<String>,
+    /// Their facts: `puppet facts show` or facter JSON, or an upload body
+    /// (`{"values": ...}`).
+    #[arg(long)]
+    facts: Option<PathBuf>,
+    /// Puppet Server (its v4 catalog endpoint must allow --as).
+    #[arg(long, default_value = "https://puppet:8140")]
+    server: String,
+    /// Puppet's SSL directory.
+    #[arg(long, default_value = "/var/lib/puppet/ssl")]
+    ssldir: PathBuf,
+    /// The certificate to present (default: this host's name).
+    #[arg(long = "as")]
+    as_certname: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -195,6 +243,7 @@ async fn run(cli: Cli) -> Result<()> {
             show(&api, &v, queue_text);
         }
         Command::Sync(_) => {} // handled in main
+        Command::Analyze(args) => analyze(args).await?,
         Command::Status {
             node: Some(node),
             api,
@@ -210,6 +259,88 @@ async fn run(cli: Cli) -> Result<()> {
             )?;
             show(&api, &v, status_text);
         }
+    }
+    Ok(())
+}
+
+async fn analyze(args: AnalyzeArgs) -> Result<()> {
+    use scheduler::daemon::analyze::{default_ruby, verify, Analysis};
+    use scheduler::daemon::backend::puppetserver::PuppetServer;
+    use scheduler::daemon::certname::Certname;
+
+    let ruby = args.ruby.clone().unwrap_or_else(default_ruby);
+    let hiera: Vec<PathBuf> = Some(args.hiera.clone())
+        .filter(|h| h.is_file())
+        .into_iter()
+        .collect();
+    let analysis = Analysis::run(&ruby, &args.envdir, &args.modulepath, &hiera)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&analysis.raw)?);
+    } else if args.classes.is_empty() && !args.verify {
+        print!("{}", analysis.report());
+    }
+    if !args.classes.is_empty() {
+        let deps = analysis.for_catalog(&args.classes, &[]);
+        if let Some(why) = &deps.widened_by {
+            println!("any fact, because of {why}");
+        }
+        for p in deps.facts.paths() {
+            println!("{p}");
+        }
+        for c in &deps.unknown_classes {
+            println!("unknown class: {c}");
+        }
+        for (kind, query) in &deps.collects {
+            println!("collects {kind} where {query}");
+        }
+    }
+    if !args.verify {
+        return Ok(());
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let facts_file = args
+        .facts
+        .clone()
+        .ok_or_else(|| anyhow!("--verify needs --facts"))?;
+    let text = std::fs::read(&facts_file).map_err(|e| anyhow!("{}: {e}", facts_file.display()))?;
+    let facts = match serde_json::from_slice::<Value>(&text)? {
+        Value::Object(mut m) => match m.remove("values") {
+            Some(Value::Object(v)) => v,
+            Some(_) => bail!("{}: \"values\" is not an object", facts_file.display()),
+            None => m,
+        },
+        _ => bail!("{}: not a JSON object of facts", facts_file.display()),
+    };
+    let me = args
+        .as_certname
+        .clone()
+        .unwrap_or_else(scheduler::daemon::hostname);
+    let server = PuppetServer::new(
+        &args.server,
+        &PuppetSsl::new(&args.ssldir, &me),
+        false,
+        false,
+    )?;
+    let environment = args
+        .envdir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow!("{}: no environment name", args.envdir.display()))?
+        .to_string();
+    let mut unsound = 0;
+    for name in &args.certnames {
+        let certname = Certname::parse(name).map_err(|e| anyhow!("{name}: {e}"))?;
+        let verdict = verify::verify(&analysis, &server, &certname, &environment, &facts).await?;
+        println!("{verdict}");
+        if !verdict.sound() {
+            unsound += 1;
+        }
+    }
+    if unsound > 0 {
+        bail!(
+            "{unsound} of {} nodes: the analysis missed facts the catalog reads",
+            args.certnames.len()
+        );
     }
     Ok(())
 }

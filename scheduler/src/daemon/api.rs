@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::catalog::CatalogFiles;
 use super::certname::Certname;
 use super::config::valid_environment;
+use super::dependencies::Dependencies;
 use super::driver::{ApiError, Command};
 use super::facts::{Ignore, Upload};
 use super::identity::Caller;
@@ -51,6 +52,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Facts that never count as a change.
     pub ignore: Arc<Ignore>,
+    /// What each node's catalog depends on.
+    pub deps: Arc<Dependencies>,
 }
 
 /// The API's routes.
@@ -190,12 +193,14 @@ async fn put_facts(
         )));
     }
     let hash = state.ignore.relevant_hash(&upload.values);
+    let used = state.deps.used_hash(&certname, &upload.values);
     let values = serde_json::to_vec(&upload.values).map_err(|e| Refusal::bad(e.to_string()))?;
     let outcome = ask(&state, |reply| Command::Facts {
         certname,
         environment: query.environment,
         values,
         hash,
+        used,
         reply,
     })
     .await??;

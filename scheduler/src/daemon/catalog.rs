@@ -30,8 +30,31 @@ pub struct Compiled {
     pub hash: String,
     /// Resources the node exports.
     pub exports: Vec<Export>,
+    /// The same, whole (tags and parameters), for matching collectors.
+    pub exported: Vec<Exported>,
     /// Resources in the catalog.
     pub resources: usize,
+    /// Classes declared (without the node definition's name).
+    pub classes: Vec<String>,
+    /// Resource types used, sorted, once each.
+    pub types: Vec<String>,
+    /// Type and title of every resource that is not exported.
+    pub titles: Vec<(String, String)>,
+}
+
+/// An exported resource, whole: what a collector's query looks at.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Exported {
+    /// Resource type, e.g. `File`.
+    pub kind: String,
+    /// Title.
+    pub title: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Parameters.
+    pub parameters: serde_json::Map<String, Value>,
+    /// SHA-256 of the canonical parameters (as in [`Export`]).
+    pub parameters_hash: String,
 }
 
 /// An exported resource: type, title and a hash of its parameters.
@@ -76,27 +99,72 @@ pub fn read(bytes: &[u8]) -> Result<Compiled, CatalogError> {
     if !map.contains_key("name") {
         return Err(CatalogError::NotACatalog("no name"));
     }
-    let mut exports: Vec<Export> = resources
+    let mut exported = Vec::new();
+    let mut titles = Vec::new();
+    let mut types = std::collections::BTreeSet::new();
+    let mut nodes = std::collections::HashSet::new();
+    for r in resources {
+        let kind = r.get("type").and_then(Value::as_str).unwrap_or("");
+        let title = r.get("title").map(title_text).unwrap_or_default();
+        types.insert(kind.to_string());
+        if kind == "Node" {
+            nodes.insert(title.to_lowercase());
+        }
+        if r.get("exported").and_then(Value::as_bool) == Some(true) {
+            let parameters = match r.get("parameters") {
+                Some(Value::Object(m)) => m.clone(),
+                _ => serde_json::Map::new(),
+            };
+            let tags = match r.get("tags") {
+                Some(Value::Array(t)) => t
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            exported.push(Exported {
+                kind: kind.to_string(),
+                title,
+                tags,
+                parameters_hash: hash_value(r.get("parameters").unwrap_or(&Value::Null)),
+                parameters,
+            });
+        } else {
+            titles.push((kind.to_string(), title));
+        }
+    }
+    exported.sort_by(|a, b| {
+        (&a.kind, &a.title, &a.parameters_hash).cmp(&(&b.kind, &b.title, &b.parameters_hash))
+    });
+    let exports = exported
         .iter()
-        .filter(|r| r.get("exported").and_then(Value::as_bool) == Some(true))
-        .map(|r| Export {
-            kind: r
-                .get("type")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-            title: r.get("title").map(title_text).unwrap_or_default(),
-            parameters_hash: hash_value(r.get("parameters").unwrap_or(&Value::Null)),
+        .map(|e| Export {
+            kind: e.kind.clone(),
+            title: e.title.clone(),
+            parameters_hash: e.parameters_hash.clone(),
         })
         .collect();
-    exports.sort();
+    let classes = match map.get("classes") {
+        Some(Value::Array(c)) => c
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|c| !nodes.contains(&c.to_lowercase()))
+            .map(String::from)
+            .collect(),
+        _ => Vec::new(),
+    };
     let count = resources.len();
     let hash = canonical_hash(&catalog);
     Ok(Compiled {
         json: serde_json::to_vec(&catalog).unwrap_or_default(),
         hash,
         exports,
+        exported,
         resources: count,
+        classes,
+        types: types.into_iter().collect(),
+        titles,
     })
 }
 
@@ -243,6 +311,23 @@ mod tests {
             ("Host", "web")
         );
         assert_eq!(a.resources, 2);
+        assert_eq!(a.exported[0].parameters["ip"], "10.0.0.1");
+        assert_eq!(a.exported[0].tags, vec!["host"]);
+        assert_eq!(a.titles, vec![("File".to_string(), "/a".to_string())]);
+        assert_eq!(a.types, vec!["File", "Host"]);
+        assert_eq!(a.classes, vec!["x", "y"]);
+    }
+
+    #[test]
+    fn the_node_definition_is_not_a_class() {
+        let with_node = A
+            .replace(r#""classes":["x","y"]"#, r#""classes":["settings","web01","x"]"#)
+            .replace(
+                r#""resources":["#,
+                r#""resources":[{"type":"Node","title":"web01","tags":["node"],"exported":false,"parameters":{}},"#,
+            );
+        let a = read(with_node.as_bytes()).expect("catalog");
+        assert_eq!(a.classes, vec!["settings", "x"]);
     }
 
     #[test]

@@ -44,6 +44,12 @@ pub struct Config {
     /// Facts uploads.
     #[serde(default)]
     pub facts: Facts,
+    /// What each catalog depends on (the facts its code reads).
+    #[serde(default)]
+    pub analysis: Analysis,
+    /// Exported resources reaching their collectors.
+    #[serde(default)]
+    pub exports: Exports,
     /// Telling nodes their catalog changed.
     #[serde(default)]
     pub notify: Notify,
@@ -258,6 +264,65 @@ impl Default for Facts {
         ];
         Facts {
             ignore: ignore.map(String::from).to_vec(),
+        }
+    }
+}
+
+/// The static analysis of environments: which facts each catalog can
+/// read, which exported resources it collects.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Analysis {
+    /// Analyse the code; off: every fact change (but `facts.ignore`)
+    /// recompiles, and exports never bump collectors.
+    pub enabled: bool,
+    /// The Ruby that has Puppet (`require 'puppet'`); default:
+    /// `/opt/puppetlabs/puppet/bin/ruby` if present, else `ruby`.
+    pub ruby: Option<String>,
+    /// Puppet's `environmentpath`: environment `E` is `<dir>/E`.
+    pub environments_dir: PathBuf,
+    /// Puppet's `basemodulepath`, after each environment's `modules`.
+    pub modulepath: Vec<PathBuf>,
+    /// Puppet's global `hiera.yaml` (its hierarchy and data are read for
+    /// every node).
+    pub hiera_config: PathBuf,
+}
+
+impl Default for Analysis {
+    fn default() -> Self {
+        Analysis {
+            enabled: true,
+            ruby: None,
+            environments_dir: PathBuf::from("/etc/puppet/code/environments"),
+            modulepath: vec![
+                PathBuf::from("/etc/puppet/code/modules"),
+                PathBuf::from("/usr/share/puppet/modules"),
+            ],
+            hiera_config: PathBuf::from("/etc/puppet/hiera.yaml"),
+        }
+    }
+}
+
+/// Exported resources.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Exports {
+    /// When a node's exported resources change, bump the nodes that
+    /// collect them (needs `analysis`, and `backend.persist_catalog` so
+    /// PuppetDB holds the new exports).
+    pub bump_collectors: bool,
+    /// How long after the exporter's compile the collectors are bumped:
+    /// time for PuppetDB to store the new catalog, and to gather the
+    /// changes of several exporters into one compile.
+    #[serde(with = "humantime_serde")]
+    pub bump_delay: Duration,
+}
+
+impl Default for Exports {
+    fn default() -> Self {
+        Exports {
+            bump_collectors: true,
+            bump_delay: Duration::from_secs(5),
         }
     }
 }

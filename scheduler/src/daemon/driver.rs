@@ -9,6 +9,12 @@
 //! changed nodes' rows for the store; between commands it sleeps until the
 //! core's next wakeup.
 //!
+//! It also keeps what each catalog depends on (see [`super::dependencies`]):
+//! a facts upload bumps a node only when a fact its catalog can read
+//! changed, and when a compile changes a node's exported resources, the
+//! nodes that collect them are bumped (`exports.bump_delay` later, so
+//! PuppetDB has stored the new catalog by then).
+//!
 //! Time is wall-clock microseconds since the Unix epoch, so stored times
 //! mean something after a restart.
 
@@ -24,9 +30,13 @@ use crate::core::{
     NodeState, Outcome, Poll, Start, Stats, Time,
 };
 
-use super::backend::{Compiler, Failure, Job};
-use super::catalog::{self, CatalogFiles, Export};
+use super::analyze::collect::Resource;
+use super::analyze::{Analysis, NodeDeps};
+use super::backend::{facts_map, Compiler, Failure, Job};
+use super::catalog::{self, CatalogFiles, Export, Exported};
 use super::certname::Certname;
+use super::config::Exports as ExportsConfig;
+use super::dependencies::{Dependencies, UsedHash};
 use super::metrics::{Metrics, OutcomeLabel, ReasonLabel};
 use super::notify::{Notice, Notifier};
 use super::store::{StoreHandle, StoredNode, Write};
@@ -51,6 +61,8 @@ pub enum Command {
         values: Vec<u8>,
         /// Their hash without ignored facts.
         hash: String,
+        /// The hash of just the facts the node's catalog reads, if known.
+        used: Option<UsedHash>,
         /// The answer.
         reply: oneshot::Sender<Result<FactsOutcome, ApiError>>,
     },
@@ -62,6 +74,11 @@ pub enum Command {
         environment: Option<String>,
         /// Facts hash.
         hash: String,
+        /// The used-facts hash of the upload.
+        used: Option<UsedHash>,
+        /// The previous facts hashed with the same set (when the node's
+        /// set changed since its last upload).
+        baseline: Option<u64>,
         /// The commit's result.
         result: Result<(), String>,
         /// The answer to the upload.
@@ -90,6 +107,16 @@ pub enum Command {
     },
     /// A compile task finished.
     Compiled(Box<Compiled>),
+    /// An environment's analysis finished.
+    Analyzed {
+        /// The environment.
+        environment: String,
+        /// The analysis, or why there is none.
+        result: Result<Arc<Analysis>, String>,
+    },
+    /// Nodes' dependencies, worked out from their catalog files after an
+    /// analysis.
+    Reloaded(Vec<Reloaded>),
     /// A probe found master `.0` answering again.
     MasterBack(usize),
     /// A load reading of this host.
@@ -133,6 +160,47 @@ struct Catalog {
     hash: String,
     changed: bool,
     exports: Vec<Export>,
+    links: Links,
+}
+
+/// What a catalog says about its node's links to others.
+#[derive(Default)]
+struct Links {
+    /// What it depends on (`None`: no analysis of its environment yet).
+    deps: Option<Arc<NodeDeps>>,
+    /// Its exported resources.
+    exported: Vec<Exported>,
+    /// Its other resources of types some collector collects: (lower-case
+    /// type, title).
+    held: Vec<(String, String)>,
+}
+
+impl Links {
+    fn of(compiled: &mut catalog::Compiled, analysis: Option<&Analysis>) -> Links {
+        let Some(a) = analysis else {
+            return Links {
+                exported: std::mem::take(&mut compiled.exported),
+                ..Links::default()
+            };
+        };
+        let collected = a.collected_types();
+        Links {
+            deps: Some(a.for_catalog(&compiled.classes, &compiled.types)),
+            exported: std::mem::take(&mut compiled.exported),
+            held: std::mem::take(&mut compiled.titles)
+                .into_iter()
+                .map(|(k, t)| (k.to_lowercase(), t))
+                .filter(|(k, _)| collected.contains(k))
+                .collect(),
+        }
+    }
+}
+
+/// A node's links, read back from its catalog file.
+pub struct Reloaded {
+    certname: Certname,
+    catalog_hash: String,
+    links: Links,
 }
 
 /// The answer to a facts upload.
@@ -188,6 +256,9 @@ pub struct NodeStatus {
     pub failures: u16,
     /// The last compile error.
     pub last_error: Option<String>,
+    /// The fact paths its catalog can read; absent when not known or when
+    /// any fact may be read (then every change counts).
+    pub fact_paths: Option<Vec<String>>,
 }
 
 /// The queue, as `GET /v1/queue` and `pcq queue` show it.
@@ -254,6 +325,54 @@ struct NodeInfo {
     catalog_changed_at: Option<Time>,
     facts_hash: Option<String>,
     last_error: Option<String>,
+    /// Fingerprint of its used-facts set and the hash of its last upload
+    /// under it.
+    used: Option<(u64, u64)>,
+    /// What its catalog depends on.
+    deps: Option<Arc<NodeDeps>>,
+    /// Its exported resources; with `exports_whole` false only type, title
+    /// and parameters hash are known (restored from the store).
+    exports: Vec<Exported>,
+    exports_whole: bool,
+    /// Its resources of collected types, (lower-case type, title).
+    held: Vec<(String, String)>,
+}
+
+impl NodeInfo {
+    fn new(certname: Certname) -> NodeInfo {
+        NodeInfo {
+            certname,
+            catalog_hash: None,
+            catalog_changed_at: None,
+            facts_hash: None,
+            last_error: None,
+            used: None,
+            deps: None,
+            exports: Vec::new(),
+            exports_whole: true,
+            held: Vec::new(),
+        }
+    }
+
+    /// Does this node collect `r` (or hold a resource `r` would clash
+    /// with)? Without the whole resource, any collector of its type does.
+    fn collects(&self, r: &Exported, whole: bool) -> bool {
+        let kind = r.kind.to_lowercase();
+        if self.held.iter().any(|(k, t)| *k == kind && *t == r.title) {
+            return true;
+        }
+        let Some(deps) = &self.deps else {
+            return false;
+        };
+        let resource = Resource {
+            title: &r.title,
+            tags: &r.tags,
+            parameters: &r.parameters,
+        };
+        deps.collects
+            .iter()
+            .any(|(k, q)| *k == kind && (!whole || q.matches(&resource)))
+    }
 }
 
 /// A master as the driver runs it.
@@ -309,6 +428,10 @@ pub struct Parts {
     pub exclude: HashSet<String>,
     /// Environment of nodes that never gave one.
     pub default_environment: String,
+    /// What catalogs depend on.
+    pub deps: Arc<Dependencies>,
+    /// Exported resources.
+    pub exports: ExportsConfig,
 }
 
 /// The driver.
@@ -327,6 +450,8 @@ pub struct Driver {
     /// Certnames with stored facts but no signed certificate (yet).
     facts_only: HashMap<Certname, String>,
     draining: Option<Instant>,
+    /// Bumps of collectors, due at their time.
+    delayed: Vec<(Time, NodeId)>,
 }
 
 impl Driver {
@@ -336,6 +461,7 @@ impl Driver {
         core: Core,
         masters: Vec<MasterSlot>,
         stored: Vec<StoredNode>,
+        stored_exports: Vec<(String, Export)>,
         facts_owners: Vec<String>,
         parts: Parts,
         tx: mpsc::Sender<Command>,
@@ -353,6 +479,7 @@ impl Driver {
             waiting_for_facts: HashSet::new(),
             facts_only: HashMap::new(),
             draining: None,
+            delayed: Vec::new(),
         };
         let t = now();
         for m in &mut d.masters {
@@ -380,15 +507,30 @@ impl Driver {
             d.remember(
                 id,
                 NodeInfo {
-                    certname: certname.clone(),
                     catalog_hash: node.catalog_hash,
                     catalog_changed_at: node.catalog_changed_at,
                     facts_hash: node.facts_hash,
                     last_error: node.last_error,
+                    ..NodeInfo::new(certname.clone())
                 },
             );
             if matches!(node.view.state, NodeState::Compiling(_)) {
                 d.dirty.insert(id);
+            }
+        }
+        for (certname, e) in stored_exports {
+            let id = Certname::parse(&certname)
+                .ok()
+                .and_then(|c| d.ids.get(&c).copied());
+            if let Some(info) = id.and_then(|id| d.info_mut(id)) {
+                info.exports_whole = false;
+                info.exports.push(Exported {
+                    kind: e.kind,
+                    title: e.title,
+                    tags: Vec::new(),
+                    parameters: serde_json::Map::new(),
+                    parameters_hash: e.parameters_hash,
+                });
             }
         }
         for owner in facts_owners {
@@ -422,6 +564,15 @@ impl Driver {
 
     /// Runs until shut down.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut environments: BTreeSet<String> = self
+            .core
+            .node_ids()
+            .filter_map(|id| self.core.view(id).map(|v| v.environment))
+            .collect();
+        environments.insert(self.parts.default_environment.clone());
+        for env in environments {
+            self.analyze(&env);
+        }
         loop {
             self.pump();
             self.flush();
@@ -459,9 +610,208 @@ impl Driver {
         if self.draining.is_some() {
             return Duration::from_millis(100);
         }
-        match self.core.next_wakeup() {
-            Some(t) => t.since(now()).min(cap),
-            None => cap,
+        let t = now();
+        let delayed = self.delayed.iter().map(|(due, _)| due.since(t)).min();
+        let core = self.core.next_wakeup().map(|w| w.since(t));
+        [Some(cap), delayed, core]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(cap)
+    }
+
+    /// Analyses `environment` in the background (unless that already runs).
+    fn analyze(&mut self, environment: &str) {
+        if !self.parts.deps.begin(environment) {
+            return;
+        }
+        let deps = self.parts.deps.clone();
+        let tx = self.tx.clone();
+        let env = environment.to_string();
+        tokio::spawn(async move {
+            let run_env = env.clone();
+            let result = tokio::task::spawn_blocking(move || deps.run(&run_env))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map(Arc::new).map_err(|e| e.to_string()));
+            let _ = tx
+                .send(Command::Analyzed {
+                    environment: env,
+                    result,
+                })
+                .await;
+        });
+    }
+
+    fn analyzed(&mut self, environment: String, result: Result<Arc<Analysis>, String>) {
+        let ids: Vec<NodeId> = self
+            .core
+            .node_ids()
+            .filter(|id| {
+                self.core
+                    .view(*id)
+                    .is_some_and(|v| v.environment == environment)
+            })
+            .collect();
+        let analysis = match result {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(
+                    "analysis of environment {environment} failed: {e}; its nodes recompile on any fact change"
+                );
+                self.parts.deps.finish(&environment, Err(e));
+                for id in ids {
+                    self.set_deps(id, None);
+                }
+                return;
+            }
+        };
+        tracing::info!(
+            "environment {environment} analysed: {} files, {} classes, {} collectors, {} unparsable, {:.2} s",
+            analysis.raw.files,
+            analysis.raw.classes.len(),
+            analysis.raw.collectors.len(),
+            analysis.raw.errors.len(),
+            analysis.raw.seconds
+        );
+        self.parts.deps.finish(&environment, Ok(analysis.clone()));
+        // every node of the environment: its links, from its catalog file
+        let nodes: Vec<(Certname, String)> = ids
+            .iter()
+            .filter_map(|id| {
+                let info = self.info_of(*id)?;
+                Some((info.certname.clone(), info.catalog_hash.clone()?))
+            })
+            .collect();
+        let catalogs = self.parts.catalogs.clone();
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut batch = Vec::new();
+            for (certname, hash) in nodes {
+                let Ok(Some(bytes)) = catalogs.read(&certname) else {
+                    continue;
+                };
+                let Ok(mut compiled) = catalog::read(&bytes) else {
+                    continue;
+                };
+                if compiled.hash != hash {
+                    continue; // replaced meanwhile; its compile set its links
+                }
+                let links = Links::of(&mut compiled, Some(&analysis));
+                batch.push(Reloaded {
+                    certname,
+                    catalog_hash: hash,
+                    links,
+                });
+                if batch.len() >= 1000 {
+                    let full = std::mem::take(&mut batch);
+                    if tx.blocking_send(Command::Reloaded(full)).is_err() {
+                        return;
+                    }
+                }
+            }
+            let _ = tx.blocking_send(Command::Reloaded(batch));
+        });
+    }
+
+    fn reloaded(&mut self, batch: Vec<Reloaded>) {
+        for r in batch {
+            let Some(id) = self.ids.get(&r.certname).copied() else {
+                continue;
+            };
+            let Some(info) = self.info_mut(id) else {
+                continue;
+            };
+            if info.catalog_hash.as_deref() != Some(r.catalog_hash.as_str()) {
+                continue;
+            }
+            info.exports = r.links.exported;
+            info.exports_whole = true;
+            info.held = r.links.held;
+            self.set_deps(id, r.links.deps);
+        }
+    }
+
+    /// Records what a node's catalog depends on, for the driver and the API.
+    fn set_deps(&mut self, id: NodeId, deps: Option<Arc<NodeDeps>>) {
+        if let Some(info) = self.info_mut(id) {
+            info.deps = deps.clone();
+            let certname = info.certname.clone();
+            self.parts.deps.set_node(&certname, deps);
+        }
+    }
+
+    /// A compile changed a node's exports: the nodes collecting any old or
+    /// new version of a changed resource are bumped after the delay.
+    fn exports_changed(
+        &mut self,
+        exporter: NodeId,
+        exported: Vec<Exported>,
+        held: Vec<(String, String)>,
+        t: Time,
+    ) {
+        let bump_collectors = self.parts.exports.bump_collectors;
+        let Some(info) = self.info_mut(exporter) else {
+            return;
+        };
+        let old = std::mem::replace(&mut info.exports, exported);
+        let old_whole = std::mem::replace(&mut info.exports_whole, true);
+        info.held = held;
+        let key = |e: &Exported| (e.kind.clone(), e.title.clone(), e.parameters_hash.clone());
+        let new = &info.exports;
+        let old_keys: HashSet<_> = old.iter().map(key).collect();
+        let new_keys: HashSet<_> = new.iter().map(key).collect();
+        let changed: Vec<(Exported, bool)> = old
+            .iter()
+            .filter(|e| !new_keys.contains(&key(e)))
+            .map(|e| (e.clone(), old_whole))
+            .chain(
+                new.iter()
+                    .filter(|e| !old_keys.contains(&key(e)))
+                    .map(|e| (e.clone(), true)),
+            )
+            .collect();
+        let exporter_name = info.certname.clone();
+        if changed.is_empty() || !bump_collectors {
+            return;
+        }
+        let collectors: Vec<NodeId> = self
+            .ids
+            .values()
+            .copied()
+            .filter(|id| *id != exporter)
+            .filter(|id| {
+                self.info_of(*id)
+                    .is_some_and(|i| changed.iter().any(|(r, whole)| i.collects(r, *whole)))
+            })
+            .collect();
+        tracing::info!(
+            certname = %exporter_name,
+            "{} exported resources changed; {} collecting nodes bumped in {:?}",
+            changed.len(),
+            collectors.len(),
+            self.parts.exports.bump_delay
+        );
+        let due = t.plus(self.parts.exports.bump_delay);
+        for id in collectors {
+            if !self.delayed.iter().any(|(_, d)| *d == id) {
+                self.delayed.push((due, id));
+            }
+        }
+    }
+
+    /// Bumps the collectors whose delay is over.
+    fn bump_collectors(&mut self, t: Time) {
+        if self.delayed.iter().all(|(due, _)| *due > t) {
+            return;
+        }
+        let (ready, later): (Vec<_>, Vec<_>) =
+            self.delayed.drain(..).partition(|(due, _)| *due <= t);
+        self.delayed = later;
+        for (_, id) in ready {
+            if self.core.bump(t, id, BumpReason::Exports).is_ok() {
+                self.dirty.insert(id);
+            }
         }
     }
 
@@ -472,17 +822,20 @@ impl Driver {
                 environment,
                 values,
                 hash,
+                used,
                 reply,
-            } => self.facts(certname, environment, values, hash, reply),
+            } => self.facts(certname, environment, values, hash, used, reply),
             Command::FactsStored {
                 certname,
                 environment,
                 hash,
+                used,
+                baseline,
                 result,
                 reply,
             } => {
                 let answer = match result {
-                    Ok(()) => Ok(self.facts_stored(certname, environment, hash)),
+                    Ok(()) => Ok(self.facts_stored(certname, environment, hash, used, baseline)),
                     Err(e) => Err(ApiError::Internal(e)),
                 };
                 let _ = reply.send(answer);
@@ -515,10 +868,16 @@ impl Driver {
                     }
                 }
                 tracing::info!("deploy to {environment}: {n} nodes to recompile");
+                self.analyze(&environment);
                 let _ = reply.send(n);
             }
             Command::Ca { signed, revoked } => self.ca(signed, revoked),
             Command::Compiled(c) => self.compiled(*c),
+            Command::Analyzed {
+                environment,
+                result,
+            } => self.analyzed(environment, result),
+            Command::Reloaded(batch) => self.reloaded(batch),
             Command::MasterBack(m) => {
                 let slot = &mut self.masters[m];
                 slot.probing = false;
@@ -567,6 +926,7 @@ impl Driver {
         environment: Option<String>,
         values: Vec<u8>,
         hash: String,
+        used: Option<UsedHash>,
         reply: oneshot::Sender<Result<FactsOutcome, ApiError>>,
     ) {
         if self.draining.is_some() {
@@ -593,7 +953,17 @@ impl Driver {
             }
         }
         // Store first; bump once the facts are durable, so the compile the
-        // bump starts reads them.
+        // bump starts reads them. When the node's used-facts set changed
+        // since its last upload, its previous facts are hashed with the
+        // new set first, so only a real change of a used fact counts.
+        let known_set = known
+            .and_then(|id| self.info_of(id))
+            .and_then(|i| i.used)
+            .map(|(fingerprint, _)| fingerprint);
+        let needs_baseline = used
+            .as_ref()
+            .is_some_and(|u| Some(u.fingerprint) != known_set);
+        let deps = self.parts.deps.clone();
         let store = self.parts.store.clone();
         let tx = self.tx.clone();
         let write = Write::Facts {
@@ -603,6 +973,12 @@ impl Driver {
             at: now(),
         };
         tokio::spawn(async move {
+            let mut baseline = None;
+            if let (true, Some(u)) = (needs_baseline, &used) {
+                if let Ok(Some(previous)) = store.facts(certname.as_str()).await {
+                    baseline = Some(deps.hash_with(&u.facts, &facts_map(Some(&previous))));
+                }
+            }
             let result = store
                 .write_durably(vec![write])
                 .await
@@ -612,6 +988,8 @@ impl Driver {
                     certname,
                     environment,
                     hash,
+                    used,
+                    baseline,
                     result,
                     reply,
                 })
@@ -624,13 +1002,24 @@ impl Driver {
         certname: Certname,
         environment: Option<String>,
         hash: String,
+        used: Option<UsedHash>,
+        baseline: Option<u64>,
     ) -> FactsOutcome {
         let t = now();
         if let Some(id) = self.ids.get(&certname).copied() {
-            let changed =
+            let relevant_changed =
                 self.info_of(id).and_then(|i| i.facts_hash.as_deref()) != Some(hash.as_str());
+            let mut changed = relevant_changed;
             if let Some(info) = self.info_mut(id) {
                 info.facts_hash = Some(hash.clone());
+                if let Some(u) = &used {
+                    let previous = match info.used {
+                        Some((fingerprint, h)) if fingerprint == u.fingerprint => Some(h),
+                        _ => baseline,
+                    };
+                    changed = previous != Some(u.hash);
+                }
+                info.used = used.map(|u| (u.fingerprint, u.hash));
             }
             let mut bump = changed;
             if let Some(env) = environment {
@@ -646,7 +1035,12 @@ impl Driver {
                 Metrics::count(&self.parts.metrics.facts_uploads, "changed");
                 return FactsOutcome::Changed;
             }
-            Metrics::count(&self.parts.metrics.facts_uploads, "unchanged");
+            let label = if relevant_changed {
+                "unused"
+            } else {
+                "unchanged"
+            };
+            Metrics::count(&self.parts.metrics.facts_uploads, label);
             return FactsOutcome::Unchanged;
         }
         let env = environment.unwrap_or_else(|| self.parts.default_environment.clone());
@@ -668,11 +1062,8 @@ impl Driver {
                 self.remember(
                     id,
                     NodeInfo {
-                        certname,
-                        catalog_hash: None,
-                        catalog_changed_at: None,
                         facts_hash: facts_hash.clone(),
-                        last_error: None,
+                        ..NodeInfo::new(certname)
                     },
                 );
                 self.dirty.insert(id);
@@ -695,7 +1086,9 @@ impl Driver {
             return;
         };
         let _ = self.core.remove_node(now(), id);
+        self.set_deps(id, None);
         self.info[id.index()] = None;
+        self.delayed.retain(|(_, d)| *d != id);
         self.dirty.remove(&id);
         self.pending_writes.push(Write::Remove {
             certname: certname.to_string(),
@@ -761,6 +1154,7 @@ impl Driver {
             return;
         }
         let t = now();
+        self.bump_collectors(t);
         while let Poll::Start(start) = self.core.poll(t) {
             self.start(start, t);
         }
@@ -794,6 +1188,10 @@ impl Driver {
             .view(start.node)
             .map(|v| v.environment)
             .unwrap_or_else(|| self.parts.default_environment.clone());
+        if !self.parts.deps.known(&environment) {
+            self.analyze(&environment);
+        }
+        let analysis = self.parts.deps.analysis(&environment);
         let compiler = self.masters[m].compiler.clone();
         let store = self.parts.store.clone();
         let catalogs = self.parts.catalogs.clone();
@@ -820,9 +1218,11 @@ impl Driver {
                 Ok(bytes) => {
                     let previous = info.catalog_hash.clone();
                     let c = certname.clone();
-                    tokio::task::spawn_blocking(move || keep(&catalogs, &c, &bytes, previous))
-                        .await
-                        .unwrap_or_else(|e| Err(Failure::Node(format!("catalog task: {e}"))))
+                    tokio::task::spawn_blocking(move || {
+                        keep(&catalogs, &c, &bytes, previous, analysis.as_deref())
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(Failure::Node(format!("catalog task: {e}"))))
                 }
                 Err(f) => Err(f),
             };
@@ -888,6 +1288,8 @@ impl Driver {
                     changed_at,
                     exports: cat.exports,
                 });
+                self.set_deps(c.node, cat.links.deps);
+                self.exports_changed(c.node, cat.links.exported, cat.links.held, t);
                 Metrics::count(
                     &self.parts.metrics.catalogs,
                     if cat.changed { "changed" } else { "unchanged" },
@@ -990,6 +1392,7 @@ impl Driver {
                 last_compile: None,
                 failures: 0,
                 last_error: None,
+                fact_paths: None,
             });
         };
         let view = self.core.view(id)?;
@@ -1010,6 +1413,11 @@ impl Driver {
             last_compile: view.last_compile.map(secs),
             failures: view.failures,
             last_error: info.last_error.clone(),
+            fact_paths: info
+                .deps
+                .as_ref()
+                .filter(|d| !d.facts.all)
+                .map(|d| d.facts.paths()),
         })
     }
 
@@ -1064,17 +1472,20 @@ fn keep(
     certname: &Certname,
     bytes: &[u8],
     previous: Option<String>,
+    analysis: Option<&Analysis>,
 ) -> Result<Catalog, Failure> {
-    let compiled = catalog::read(bytes).map_err(|e| Failure::Node(e.to_string()))?;
+    let mut compiled = catalog::read(bytes).map_err(|e| Failure::Node(e.to_string()))?;
     let changed = previous.as_deref() != Some(compiled.hash.as_str());
     if changed {
         catalogs
             .write(certname, &compiled.json)
             .map_err(|e| Failure::Node(format!("storing the catalog: {e}")))?;
     }
+    let links = Links::of(&mut compiled, analysis);
     Ok(Catalog {
         hash: compiled.hash,
         changed,
         exports: compiled.exports,
+        links,
     })
 }

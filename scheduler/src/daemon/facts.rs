@@ -45,7 +45,8 @@ impl Ignore {
         Ok(Ignore { set: b.build()? })
     }
 
-    fn ignores(&self, path: &str) -> bool {
+    /// Whether changes at `path` never count.
+    pub fn ignores(&self, path: &str) -> bool {
         self.set.is_match(path)
     }
 

@@ -18,6 +18,7 @@
 //! compiles, give running ones `shutdown.grace`, then exit; whatever still
 //! ran is queued again at the front on the next start.
 
+pub mod analyze;
 pub mod api;
 pub mod backend;
 pub mod ca;
@@ -25,6 +26,7 @@ pub mod catalog;
 pub mod certname;
 pub mod client;
 pub mod config;
+pub mod dependencies;
 pub mod driver;
 pub mod facts;
 pub mod identity;
@@ -49,6 +51,7 @@ use backend::puppetserver::PuppetServer;
 use backend::Compiler;
 use catalog::CatalogFiles;
 use config::{Backend, Config};
+use dependencies::Dependencies;
 use driver::{Command, Driver, MasterSlot, Parts};
 use facts::Ignore;
 use metrics::Metrics;
@@ -142,6 +145,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let mut sqlite = SqliteStore::open(dir)?;
     let stored = sqlite.load()?;
     let owners = sqlite.facts_owners()?;
+    let stored_exports = sqlite.exports()?;
     let store = StoreHandle::spawn(Box::new(sqlite));
     let catalogs =
         CatalogFiles::open(&dir.join("catalogs")).map_err(|e| io("catalog directory", e))?;
@@ -152,6 +156,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             .map_err(|e| ServeError::Config(format!("facts.ignore: {e}")))?,
     );
     let (slots, ca_client) = masters(&config)?;
+    let deps = Arc::new(Dependencies::new(&config.analysis, ignore.clone()));
 
     let seed = driver::now().as_micros();
     let core = Core::new(config.core.clone(), seed)?;
@@ -165,8 +170,18 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         join_on_facts: poll_ca.is_none(),
         exclude: config.ca.exclude.iter().cloned().collect::<HashSet<_>>(),
         default_environment: config.default_environment.clone(),
+        deps: deps.clone(),
+        exports: config.exports.clone(),
     };
-    let driver = Driver::new(core, slots, stored, owners, parts, tx.clone())?;
+    let driver = Driver::new(
+        core,
+        slots,
+        stored,
+        stored_exports,
+        owners,
+        parts,
+        tx.clone(),
+    )?;
     tracing::info!(
         "{} nodes restored from {} in {:.0?}",
         driver.node_count(),
@@ -206,6 +221,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         catalogs,
         metrics,
         ignore,
+        deps,
     };
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await

@@ -11,3 +11,18 @@ node default {
 node /^sync-/ {
   include pcq_test::files
 }
+
+# The exported-resources test: web nodes export their backend entry, the
+# lb node collects them (through PuppetDB).
+node /^web-/ {
+  include pcq_test::web
+}
+
+node /^lb-/ {
+  include pcq_test::lb
+}
+
+# Nodes `pcq analyze --verify` compiles: several real modules at once.
+node /^verify-/ {
+  include pcq_test::verify
+}

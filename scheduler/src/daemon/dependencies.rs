@@ -1,0 +1,239 @@
+//! What each node's catalog depends on, shared by the driver and the API.
+//!
+//! The driver owns the answers: after each compile it asks the
+//! environment's [`Analysis`] what the new catalog can read and collect,
+//! and records it here. The facts API reads it on every upload to hash
+//! just the facts the node's catalog can read ([`Dependencies::used_hash`]),
+//! so an upload that changes only unread facts does not recompile.
+//!
+//! Analyses run per environment, in the background (Puppet's parser over
+//! the whole module path takes about a second), at start and after each
+//! deploy. While an environment's analysis is pending or failed, its nodes
+//! have no answer and every fact change counts, as it would without pcq.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use serde_json::{Map, Value};
+
+use super::analyze::{default_ruby, Analysis, AnalyzeError, NodeDeps, UsedFacts};
+use super::certname::Certname;
+use super::config;
+use super::facts::Ignore;
+
+/// An environment's analysis.
+#[derive(Clone, Debug)]
+pub enum EnvAnalysis {
+    /// Running.
+    Pending,
+    /// Done.
+    Ready(Arc<Analysis>),
+    /// Failed; nodes of the environment count every fact until the next
+    /// deploy analyses it again.
+    Failed(String),
+}
+
+/// The hash of the facts a node's catalog can read, with the set it used.
+#[derive(Clone, Debug)]
+pub struct UsedHash {
+    /// The set's fingerprint: hashes of different sets do not compare.
+    pub fingerprint: u64,
+    /// The hash.
+    pub hash: u64,
+    /// The set (to hash the previous facts with, when the set changed).
+    pub facts: Arc<UsedFacts>,
+}
+
+/// Every environment's analysis and every node's dependencies.
+#[derive(Debug)]
+pub struct Dependencies {
+    settings: Option<Settings>,
+    ignore: Arc<Ignore>,
+    environments: RwLock<HashMap<String, EnvAnalysis>>,
+    nodes: RwLock<HashMap<Certname, Arc<NodeDeps>>>,
+}
+
+#[derive(Clone, Debug)]
+struct Settings {
+    ruby: String,
+    environments_dir: PathBuf,
+    modulepath: Vec<PathBuf>,
+    hiera_config: PathBuf,
+}
+
+impl Dependencies {
+    /// From the `[analysis]` section (`enabled = false`: nothing is
+    /// analysed and every fact change counts).
+    pub fn new(config: &config::Analysis, ignore: Arc<Ignore>) -> Dependencies {
+        let settings = config.enabled.then(|| Settings {
+            ruby: config.ruby.clone().unwrap_or_else(default_ruby),
+            environments_dir: config.environments_dir.clone(),
+            modulepath: config.modulepath.clone(),
+            hiera_config: config.hiera_config.clone(),
+        });
+        Dependencies {
+            settings,
+            ignore,
+            environments: RwLock::new(HashMap::new()),
+            nodes: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Analysis is on.
+    pub fn enabled(&self) -> bool {
+        self.settings.is_some()
+    }
+
+    /// Marks `environment` as being analysed; false if it already is, or
+    /// analysis is off.
+    pub fn begin(&self, environment: &str) -> bool {
+        if self.settings.is_none() {
+            return false;
+        }
+        let Ok(mut envs) = self.environments.write() else {
+            return false;
+        };
+        if matches!(envs.get(environment), Some(EnvAnalysis::Pending)) {
+            return false;
+        }
+        envs.insert(environment.to_string(), EnvAnalysis::Pending);
+        true
+    }
+
+    /// Whether `environment` was ever analysed (or is being).
+    pub fn known(&self, environment: &str) -> bool {
+        self.environments
+            .read()
+            .map(|e| e.contains_key(environment))
+            .unwrap_or(false)
+    }
+
+    /// Analyses `environment` (blocking: seconds of Ruby).
+    pub fn run(&self, environment: &str) -> Result<Analysis, AnalyzeError> {
+        let Some(s) = &self.settings else {
+            return Err(AnalyzeError::Output("analysis is off".into()));
+        };
+        let dir = s.environments_dir.join(environment);
+        if !dir.is_dir() {
+            return Err(AnalyzeError::Output(format!(
+                "{} is not a directory (analysis.environments_dir)",
+                dir.display()
+            )));
+        }
+        let mut hiera = Vec::new();
+        if s.hiera_config.is_file() {
+            hiera.push(s.hiera_config.clone());
+        }
+        Analysis::run(&s.ruby, &dir, &s.modulepath, &hiera)
+            .map(|a| a.with_ignore(self.ignore.clone()))
+    }
+
+    /// Records the outcome of an analysis.
+    pub fn finish(&self, environment: &str, result: Result<Arc<Analysis>, String>) {
+        if let Ok(mut envs) = self.environments.write() {
+            let state = match result {
+                Ok(a) => EnvAnalysis::Ready(a),
+                Err(e) => EnvAnalysis::Failed(e),
+            };
+            envs.insert(environment.to_string(), state);
+        }
+    }
+
+    /// The analysis of `environment`, when it is ready.
+    pub fn analysis(&self, environment: &str) -> Option<Arc<Analysis>> {
+        match self.environments.read().ok()?.get(environment)? {
+            EnvAnalysis::Ready(a) => Some(a.clone()),
+            _ => None,
+        }
+    }
+
+    /// What `certname`'s catalog depends on, if known.
+    pub fn node(&self, certname: &Certname) -> Option<Arc<NodeDeps>> {
+        self.nodes.read().ok()?.get(certname).cloned()
+    }
+
+    /// Records (or with `None` forgets) what a node's catalog depends on.
+    pub fn set_node(&self, certname: &Certname, deps: Option<Arc<NodeDeps>>) {
+        if let Ok(mut nodes) = self.nodes.write() {
+            match deps {
+                Some(d) => nodes.insert(certname.clone(), d),
+                None => nodes.remove(certname),
+            };
+        }
+    }
+
+    /// The hash of the facts `certname`'s catalog can read; `None` when
+    /// that is not known (every fact counts).
+    pub fn used_hash(&self, certname: &Certname, facts: &Map<String, Value>) -> Option<UsedHash> {
+        let deps = self.node(certname)?;
+        Some(UsedHash {
+            fingerprint: deps.fingerprint,
+            hash: deps.facts.hash(facts, &self.ignore),
+            facts: deps.facts.clone(),
+        })
+    }
+
+    /// The facts hash under `set` (for the previous facts of a node whose
+    /// set changed).
+    pub fn hash_with(&self, set: &UsedFacts, facts: &Map<String, Value>) -> u64 {
+        set.hash(facts, &self.ignore)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::config::Facts;
+    use serde_json::json;
+
+    #[test]
+    fn uploads_hash_only_what_the_catalog_reads() {
+        let ignore = Arc::new(Ignore::new(&Facts::default().ignore).expect("globs"));
+        let d = Dependencies::new(&config::Analysis::default(), ignore);
+        let n = Certname::parse("web01.example.com").expect("certname");
+        let facts = |role: &str, kernel: &str| match json!({"pcq_role": role, "kernel": kernel}) {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        assert!(
+            d.used_hash(&n, &facts("web", "Linux")).is_none(),
+            "unknown: every fact counts"
+        );
+        let set = UsedFacts::from_paths(&["pcq_role"]);
+        let deps = Arc::new(NodeDeps {
+            fingerprint: set.fingerprint(),
+            facts: Arc::new(set),
+            ..NodeDeps::default()
+        });
+        d.set_node(&n, Some(deps));
+        let a = d.used_hash(&n, &facts("web", "Linux")).expect("known");
+        let b = d.used_hash(&n, &facts("web", "SunOS")).expect("known");
+        let c = d.used_hash(&n, &facts("db", "Linux")).expect("known");
+        assert_eq!(a.hash, b.hash);
+        assert_ne!(a.hash, c.hash);
+        assert_eq!(a.fingerprint, c.fingerprint);
+        d.set_node(&n, None);
+        assert!(d.node(&n).is_none());
+    }
+
+    #[test]
+    fn one_analysis_per_environment_at_a_time() {
+        let ignore = Arc::new(Ignore::new(&[]).expect("globs"));
+        let d = Dependencies::new(&config::Analysis::default(), ignore.clone());
+        assert!(d.begin("production"));
+        assert!(!d.begin("production"), "already pending");
+        assert!(d.analysis("production").is_none());
+        d.finish("production", Err("no ruby".into()));
+        assert!(d.analysis("production").is_none());
+        assert!(d.begin("production"), "a failed analysis may run again");
+        let off = Dependencies::new(
+            &config::Analysis {
+                enabled: false,
+                ..config::Analysis::default()
+            },
+            ignore,
+        );
+        assert!(!off.begin("production"));
+    }
+}
