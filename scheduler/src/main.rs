@@ -135,8 +135,10 @@ struct SyncArgs {
     /// Sync's own state (default: <vardir>/pcq-sync.json).
     #[arg(long)]
     state_file: Option<PathBuf>,
-    /// Command printing facts as JSON (split on spaces).
-    #[arg(long, default_value = "facter --json")]
+    /// Command printing facts as JSON (split on spaces). The default
+    /// gathers what Puppet 7's agent sends: Puppet's custom facts
+    /// (pluginsync) and the legacy ones.
+    #[arg(long, default_value = "facter -p --json --show-legacy")]
     facts_command: String,
     /// Gather facts at most this often ("0s": every sync).
     #[arg(long, default_value = "30m")]

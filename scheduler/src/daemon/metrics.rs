@@ -142,7 +142,7 @@ impl Metrics {
         let facts_uploads = Family::<ResultLabel, Counter>::default();
         registry.register(
             "facts_uploads",
-            "Facts uploads: result changed (a fact that matters changed) or unchanged",
+            "Facts uploads by result: changed (a fact the catalog reads changed: bumped), unused (only facts the catalog does not read changed), unchanged",
             facts_uploads.clone(),
         );
         let master_up = Family::<MasterLabel, Gauge>::default();

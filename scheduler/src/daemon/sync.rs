@@ -5,10 +5,12 @@
 //! `--force`) the new one is written atomically where Puppet's agent caches
 //! its catalog (`$client_datadir/catalog/<certname>.json`) and applied with
 //! `puppet agent --onetime --no-daemonize --use_cached_catalog`, which asks
-//! the server for nothing but sends its report. Facts are uploaded only
-//! when they changed (facts that always change, like uptime, do not count),
-//! and at most every `--facts-interval`, since running facter is the
-//! expensive part. Identity is the node's own Puppet certificate; pcq
+//! the server for nothing but sends its report. Facts are gathered at most
+//! every `--facts-interval` (running facter is the expensive part) and
+//! uploaded only when a fact the node's catalog can read changed: pcq's
+//! status endpoint lists those paths (from its analysis of the code); when
+//! it does not know them, any change but volatile facts like uptime counts.
+//! A daily upload is the safety net. Identity is the node's own Puppet certificate; pcq
 //! checks it and serves the node nothing but its own catalog.
 //!
 //! Exit status: 0 (nothing to do, or applied), 1 (pcq unreachable or
@@ -24,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::analyze::UsedFacts;
 use super::config::Facts as FactsConfig;
 use super::facts::Ignore;
 use super::tls::PuppetSsl;
@@ -60,7 +63,8 @@ pub struct Options {
 struct State {
     /// ETag of the last catalog applied successfully.
     etag: Option<String>,
-    /// Hash of the last facts uploaded (without volatile facts).
+    /// Hash of the last facts uploaded: of the facts the catalog reads
+    /// (`used:<set>:<hash>`), or of all but volatile facts.
     facts_hash: Option<String>,
     /// When facts were last gathered (seconds since the epoch).
     facts_at: f64,
@@ -278,7 +282,17 @@ async fn upload_facts(
     };
     state.facts_at = epoch();
     let ignore = Ignore::new(&FactsConfig::default().ignore).map_err(|e| e.to_string())?;
-    let hash = ignore.relevant_hash(&values);
+    let hash = match fact_paths(o, client, base).await {
+        Some(paths) => {
+            let used = UsedFacts::from_paths(&paths);
+            format!(
+                "used:{:016x}:{:016x}",
+                used.fingerprint(),
+                used.hash(&values, &ignore)
+            )
+        }
+        None => ignore.relevant_hash(&values),
+    };
     let day_old = epoch() - state.uploaded_at >= 86_400.0;
     if state.facts_hash.as_deref() == Some(hash.as_str()) && !day_old {
         return Ok("facts unchanged".into());
@@ -305,6 +319,19 @@ async fn upload_facts(
     state.facts_hash = Some(hash);
     state.uploaded_at = epoch();
     Ok("facts uploaded".into())
+}
+
+/// The fact paths this node's catalog can read, as pcq's status says
+/// (`None`: not known, or any fact may be read).
+async fn fact_paths(o: &Options, client: &reqwest::Client, base: &str) -> Option<Vec<String>> {
+    let url = format!("{base}/v1/nodes/{}/status", o.certname);
+    let response = client.get(&url).send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let status: Value = response.json().await.ok()?;
+    let paths = status.get("fact_paths")?.as_array()?;
+    paths.iter().map(|p| p.as_str().map(String::from)).collect()
 }
 
 async fn run(argv: &[String]) -> Result<(), String> {

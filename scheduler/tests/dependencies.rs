@@ -1,0 +1,630 @@
+//! What a catalog depends on, against the real thing: the analysis over
+//! every module of Debian's `puppet-module-*` packages, its soundness
+//! checked by compiling through the real Puppet Server, and exported
+//! resources travelling through a real PuppetDB to their collector.
+//! Run by `scripts/test` (`cargo test --features e2e`).
+
+#![cfg(feature = "e2e")]
+
+#[path = "e2e/harness.rs"]
+mod harness;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use harness::{ensure_certs, facts_body, host, metric, puppetserver_backend, serial, Pcq};
+use reqwest::Method;
+use scheduler::daemon::analyze::{default_ruby, verify, Analysis, Query};
+use scheduler::daemon::backend::puppetserver::PuppetServer;
+use scheduler::daemon::certname::Certname;
+use scheduler::daemon::tls::PuppetSsl;
+use serde_json::{json, Map, Value};
+
+const ENV: &str = "/etc/puppet/code/environments/production";
+
+fn modulepath() -> Vec<PathBuf> {
+    vec![
+        PathBuf::from("/etc/puppet/code/modules"),
+        PathBuf::from("/usr/share/puppet/modules"),
+    ]
+}
+
+fn analysis() -> Analysis {
+    Analysis::run(&default_ruby(), Path::new(ENV), &modulepath(), &[])
+        .unwrap_or_else(|e| panic!("analysis: {e}"))
+}
+
+/// The fact paths a unit reads, with the text of each source line.
+fn reads(a: &Analysis, table: &str, name: &str) -> Vec<(String, String)> {
+    let unit = match table {
+        "classes" => a.raw.classes.get(name),
+        "defines" => a.raw.defines.get(name),
+        _ => a.raw.module_hiera.get(name),
+    }
+    .unwrap_or_else(|| panic!("{table} {name} not in the analysis"));
+    unit.facts
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(&f.file).unwrap_or_default();
+            let line = text
+                .lines()
+                .nth((f.line as usize).saturating_sub(1))
+                .unwrap_or("")
+                .to_string();
+            (f.path.clone(), line)
+        })
+        .collect()
+}
+
+/// `name` reads `path`, and the source line it names shows the read.
+fn assert_reads(a: &Analysis, table: &str, name: &str, path: &str, shown_as: &str) {
+    let found = reads(a, table, name);
+    let hit = found.iter().find(|(p, _)| p == path);
+    let Some((_, line)) = hit else {
+        panic!("{table} {name}: {path} not found in {found:?}");
+    };
+    assert!(
+        line.contains(shown_as),
+        "{table} {name}: {path} points at a line without {shown_as:?}: {line:?}"
+    );
+}
+
+#[test]
+fn every_installed_module_is_analysed_and_known_reads_are_found() {
+    let packages = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Package} ${Status}\n", "puppet-module-*"])
+        .output()
+        .expect("dpkg-query");
+    let installed = String::from_utf8_lossy(&packages.stdout)
+        .lines()
+        .filter(|l| l.ends_with("install ok installed"))
+        .count();
+    assert!(
+        installed >= 20,
+        "only {installed} puppet-module-* packages installed"
+    );
+
+    let a = analysis();
+    assert!(a.raw.errors.is_empty(), "unparsable: {:?}", a.raw.errors);
+    assert!(
+        a.raw.modules.len() > installed,
+        "{} modules analysed for {installed} packages",
+        a.raw.modules.len()
+    );
+    assert!(a.raw.files > 1000, "{} files", a.raw.files);
+
+    // hand-verified against the sources of six modules: `$facts[...]`,
+    // `$::x`, a class parameter's default, an unqualified top-scope
+    // variable in a defined type, an interpolation, a nested path
+    assert_reads(
+        &a,
+        "classes",
+        "ntp::config",
+        "operatingsystem",
+        "$facts['operatingsystem']",
+    );
+    assert_reads(
+        &a,
+        "classes",
+        "ntp::config",
+        "operatingsystemmajrelease",
+        "$facts['operatingsystemmajrelease']",
+    );
+    assert_reads(&a, "classes", "apache::params", "fqdn", "$::fqdn");
+    assert_reads(&a, "classes", "apache::params", "hostname", "$::hostname");
+    assert_reads(
+        &a,
+        "classes",
+        "memcached",
+        "processorcount",
+        "$::processorcount",
+    );
+    assert_reads(
+        &a,
+        "defines",
+        "concat::fragment",
+        "clientversion",
+        "$clientversion",
+    );
+    assert_reads(
+        &a,
+        "classes",
+        "haproxy::params",
+        "ipaddress",
+        "${::ipaddress}",
+    );
+    assert_reads(
+        &a,
+        "classes",
+        "systemd",
+        "systemd_internal_services.systemd-resolved.service",
+        "['systemd-resolved.service']",
+    );
+    assert_reads(
+        &a,
+        "classes",
+        "collectd",
+        "collectd_version",
+        "$facts['collectd_version']",
+    );
+    // a module's Hiera layer (ntp's hiera.yaml interpolates facts)
+    assert_reads(&a, "module_hiera", "ntp", "os.name", "%{facts.os.name}");
+    // every way the test code reads a fact
+    let tricky = a.for_catalog(&["pcq_test::tricky".into()], &[]);
+    for path in [
+        "pcq_site.zone",
+        "pcq_legacy",
+        "pcq_getvar",
+        "pcq_erb",
+        "pcq_scope",
+        "pcq_tier",
+        "pcq_role",
+    ] {
+        assert!(
+            tricky.facts.paths().contains(&path.to_string()),
+            "{path} missing: {:?}",
+            tricky.facts.paths()
+        );
+    }
+    assert!(!tricky.facts.all);
+    // what a node of ntp alone reads: its code, its templates, its Hiera
+    let ntp = a.for_catalog(&["ntp".into(), "ntp::config".into()], &[]);
+    assert!(!ntp.facts.all);
+    assert!(ntp.facts.touches("operatingsystem") && ntp.facts.touches("os.release.full"));
+    assert!(!ntp.facts.touches("uptime_seconds") && !ntp.facts.touches("networking.mac"));
+
+    // widenings: a name computed at run time reads any fact
+    let getvar = &a.raw.functions["postgresql::default"];
+    assert!(
+        getvar.all.iter().any(|w| w.cause.contains("getvar")),
+        "postgresql::default's getvar($x) widens: {:?}",
+        getvar.all
+    );
+    // collectors, with their queries
+    let knownhosts = a
+        .raw
+        .collectors
+        .iter()
+        .find(|c| c.name == "ssh::knownhosts")
+        .expect("ssh::knownhosts collects");
+    assert_eq!(knownhosts.kind_of_resource, "Sshkey");
+    assert!(matches!(knownhosts.query, Query::All { .. }));
+    let haproxy = a
+        .raw
+        .collectors
+        .iter()
+        .find(|c| c.name == "haproxy::balancermember::collect_exported")
+        .expect("haproxy collects");
+    assert_eq!(haproxy.kind_of_resource, "Haproxy::Balancermember");
+    assert!(
+        matches!(haproxy.query, Query::Unknown { .. }),
+        "its query uses a variable"
+    );
+    let lb = a
+        .raw
+        .collectors
+        .iter()
+        .find(|c| c.name == "pcq_test::lb")
+        .expect("pcq_test::lb collects");
+    assert_eq!(lb.query.to_string(), "tag == 'pcq_backend'");
+    // the CLI prints the same, with sources
+    let out = Command::new(env!("CARGO_BIN_EXE_pcq"))
+        .args(["analyze", ENV])
+        .output()
+        .expect("pcq analyze");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("class ntp::config:"), "{report}");
+    assert!(report.contains("ntp/manifests/config.pp:9"), "{report}");
+    assert!(
+        report.contains("getvar() of a name computed at run time"),
+        "{report}"
+    );
+    assert!(report.contains("class pcq_test::lb collects File where tag == 'pcq_backend'"));
+}
+
+/// This host's facts as Puppet 7's agent sends them, with the test code's
+/// custom facts.
+fn agent_facts() -> Map<String, Value> {
+    let out = Command::new("facter")
+        .args(["-p", "--json", "--show-legacy"])
+        .output()
+        .expect("facter");
+    let mut facts = match serde_json::from_slice(&out.stdout) {
+        Ok(Value::Object(m)) => m,
+        other => panic!("facter: {other:?}"),
+    };
+    for (k, v) in [
+        ("pcq_role", json!("web")),
+        ("pcq_color", json!("blue")),
+        ("pcq_address", json!("10.1.2.3")),
+        ("pcq_tier", json!("gold")),
+        ("pcq_legacy", json!("yes")),
+        ("pcq_getvar", json!("by-name")),
+        ("pcq_erb", json!("from-erb")),
+        ("pcq_scope", json!("from-scope")),
+        ("pcq_site", json!({"zone": "z1", "rack": "r7"})),
+        ("clientversion", json!("7.23.0")),
+    ] {
+        facts.insert(k.into(), v);
+    }
+    facts
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn perturbing_every_unused_fact_never_moves_a_real_catalog() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let facts_file = dir.path().join("facts.json");
+    let facts = agent_facts();
+    std::fs::write(&facts_file, serde_json::to_vec(&facts).expect("json")).expect("facts");
+    // verify-*: ntp, apache + vhost, ssh, memcached, haproxy, concat,
+    // stdlib and pcq_test::tricky; web-/lb-: exports and a collector;
+    // e2e-: the default node (ntp, concat)
+    let names = [
+        "verify-01.example.com",
+        "web-01.example.com",
+        "lb-01.example.com",
+        "e2e-01.example.com",
+    ];
+    let mut args = vec![
+        "analyze".to_string(),
+        ENV.into(),
+        "--verify".into(),
+        "--facts".into(),
+        facts_file.display().to_string(),
+        "--server".into(),
+        harness::server_url(),
+        "--as".into(),
+        host(),
+    ];
+    for n in names {
+        args.extend(["--certname".into(), n.into()]);
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_pcq"))
+        .args(&args)
+        .output()
+        .expect("pcq analyze --verify");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for n in names {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(n))
+            .unwrap_or_else(|| panic!("no verdict for {n}: {text}"));
+        assert!(line.contains("catalog unchanged (sound"), "{line}");
+    }
+    let verify_line = text
+        .lines()
+        .find(|l| l.starts_with("verify-01"))
+        .unwrap_or("");
+    let classes: usize = verify_line
+        .split(": ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        classes >= 40,
+        "the verify node uses the real modules: {verify_line}"
+    );
+
+    // and the check does catch a missing fact: an analysis that forgets
+    // the Hiera interpolation of pcq_tier is called unsound, by name
+    let mut raw = analysis().raw;
+    raw.global.facts.retain(|f| f.path != "pcq_tier");
+    let blind = Analysis::from_json(&serde_json::to_vec(&raw).expect("json")).expect("analysis");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let server = PuppetServer::new(
+        &harness::server_url(),
+        &PuppetSsl::new(Path::new(harness::SSL), &host()),
+        false,
+        false,
+    )
+    .expect("client");
+    let certname = Certname::parse("verify-01.example.com").expect("certname");
+    let verdict = verify::verify(&blind, &server, &certname, "production", &facts)
+        .await
+        .expect("verify");
+    assert_eq!(verdict.unsound, vec!["pcq_tier".to_string()], "{verdict}");
+}
+
+fn web_facts(certname: &str, address: &str, uptime: u64) -> Value {
+    let mut body = facts_body(certname, "web", uptime);
+    body["values"]["pcq_address"] = json!(address);
+    body
+}
+
+/// The collected backend lines in the lb node's catalog.
+async fn backends(pcq: &Pcq, lb: &str) -> Vec<String> {
+    let (status, text) = pcq
+        .raw(Method::GET, &format!("/v1/nodes/{lb}/catalog"), Vec::new())
+        .await;
+    if status != 200 {
+        return Vec::new();
+    }
+    let catalog: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let mut lines: Vec<String> = catalog["resources"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter(|r| r["title"].as_str().is_some_and(|t| t.contains("/backend-")))
+                .filter_map(|r| r["parameters"]["content"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    lines.sort();
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_export_reaches_its_collector_through_puppetdb() {
+    let _serial = serial().await;
+    let (web1, web2, lb) = (
+        "web-01.example.com",
+        "web-02.example.com",
+        "lb-01.example.com",
+    );
+    let names = vec![web1.to_string(), web2.to_string(), lb.to_string()];
+    ensure_certs(&names);
+    let notes = tempfile::tempdir().expect("tmp");
+    let backend = puppetserver_backend().replace(
+        "probe_interval",
+        "persist_facts = true\npersist_catalog = true\nprobe_interval",
+    );
+    let pcq = Pcq::start(
+        &backend,
+        &format!(
+            "[core]\nmin_cycle_interval = \"1h\"\n[core.gate]\nmax_load_per_core = 0.0\n[ca]\npoll_interval = \"1s\"\n[exports]\nbump_delay = \"2s\"\n[notify]\ncommand = [\"sh\", \"-c\", \"echo changed >> {}/{{certname}}\"]\n",
+            notes.path().display()
+        ),
+    )
+    .await;
+    pcq.wait(Duration::from_secs(20), || async {
+        pcq.queue().await["waiting_for_facts"].as_u64().unwrap_or(0) >= 3
+    })
+    .await;
+    for (n, body) in [
+        (web1, web_facts(web1, "10.0.0.1", 1)),
+        (web2, web_facts(web2, "10.0.0.2", 1)),
+        (lb, facts_body(lb, "lb", 1)),
+    ] {
+        let (status, answer) = pcq.put_facts(n, &body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    pcq.wait_compiled(&names, Duration::from_secs(120)).await;
+    // whatever order they compiled in, the web nodes' exports reach lb
+    let both = vec![
+        format!("server {web1} 10.0.0.1:80\n"),
+        format!("server {web2} 10.0.0.2:80\n"),
+    ];
+    assert!(
+        pcq.wait(Duration::from_secs(60), || async {
+            backends(&pcq, lb).await == both
+        })
+        .await,
+        "lb collected {:?}\n{}",
+        backends(&pcq, lb).await,
+        pcq.log_text()
+    );
+    // the analysis is in use: the web node's catalog reads these facts
+    let status = pcq.status(web1).await.expect("status");
+    let paths: Vec<&str> = status["fact_paths"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        paths,
+        vec!["pcq_address", "pcq_color", "pcq_role", "pcq_tier"],
+        "{status}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await; // bumps of the first round done
+    let lines = |n: &str| {
+        std::fs::read_to_string(notes.path().join(n))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let lb_notes = lines(lb);
+    let m = pcq.metrics().await;
+    let export_bumps = metric(&m, "pcq_compiles_started_total{reason=\"exports\"}");
+    let lb_hash = pcq.status(lb).await.expect("status")["catalog_hash"].clone();
+
+    // web-01's address changes: web-01 recompiles, its export changed,
+    // lb is bumped, recompiles, its catalog changed, it is notified
+    let (status, answer) = pcq.put_facts(web1, &web_facts(web1, "10.9.9.9", 2)).await;
+    assert_eq!((status, answer["result"].as_str()), (200, Some("changed")));
+    let moved = vec![
+        format!("server {web1} 10.9.9.9:80\n"),
+        format!("server {web2} 10.0.0.2:80\n"),
+    ];
+    assert!(
+        pcq.wait(Duration::from_secs(60), || async {
+            backends(&pcq, lb).await == moved
+        })
+        .await,
+        "lb collected {:?}\n{}",
+        backends(&pcq, lb).await,
+        pcq.log_text()
+    );
+    assert!(
+        pcq.wait(Duration::from_secs(10), || async {
+            lines(lb) == lb_notes + 1
+        })
+        .await,
+        "lb notified"
+    );
+    assert_ne!(
+        pcq.status(lb).await.expect("status")["catalog_hash"],
+        lb_hash
+    );
+    let m = pcq.metrics().await;
+    assert_eq!(
+        metric(&m, "pcq_compiles_started_total{reason=\"exports\"}"),
+        export_bumps + 1.0,
+        "lb alone bumped for the export"
+    );
+    assert_eq!(lines(web2), 1, "web-02 untouched");
+
+    // an uptime-only change, and a change of a fact no catalog reads:
+    // nothing compiles out of turn
+    let before: Vec<Value> = {
+        let mut v = Vec::new();
+        for n in &names {
+            v.push(pcq.status(n).await.expect("status")["last_compile"].clone());
+        }
+        v
+    };
+    let starts = harness::metric_sum(&pcq.metrics().await, "pcq_compiles_started_total");
+    let (status, answer) = pcq.put_facts(web1, &web_facts(web1, "10.9.9.9", 999)).await;
+    assert_eq!(
+        (status, answer["result"].as_str()),
+        (200, Some("unchanged"))
+    );
+    let mut unused = web_facts(web1, "10.9.9.9", 1000);
+    unused["values"]["timezone"] = json!("Mars/Olympus_Mons");
+    unused["values"]["kernelrelease"] = json!("9.9.9-pcq");
+    let (status, answer) = pcq.put_facts(web1, &unused).await;
+    assert_eq!(
+        (status, answer["result"].as_str()),
+        (200, Some("unchanged")),
+        "unused facts"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await; // past the bump delay
+    for (n, last) in names.iter().zip(&before) {
+        assert_eq!(
+            &pcq.status(n).await.expect("status")["last_compile"],
+            last,
+            "{n} compiled"
+        );
+    }
+    let m = pcq.metrics().await;
+    assert_eq!(
+        harness::metric_sum(&m, "pcq_compiles_started_total"),
+        starts
+    );
+    assert_eq!(
+        metric(&m, "pcq_facts_uploads_total{result=\"unused\"}"),
+        1.0
+    );
+}
+
+/// Copies the test environment to a new one the test may change.
+struct ScratchEnvironment {
+    dir: PathBuf,
+}
+
+impl ScratchEnvironment {
+    fn new(name: &str) -> ScratchEnvironment {
+        let dir = Path::new("/etc/puppet/code/environments").join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        let status = Command::new("cp")
+            .args(["-r", ENV])
+            .arg(&dir)
+            .status()
+            .expect("cp");
+        assert!(status.success());
+        ScratchEnvironment { dir }
+    }
+}
+
+impl Drop for ScratchEnvironment {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_reanalyses_the_code() {
+    let _serial = serial().await;
+    let env = ScratchEnvironment::new("pcq_deploy_test");
+    let node = "sync-deploy.example.com".to_string();
+    ensure_certs(std::slice::from_ref(&node));
+    let pcq = Pcq::start(
+        &puppetserver_backend(),
+        "[core]\nmin_cycle_interval = \"1h\"\n[core.gate]\nmax_load_per_core = 0.0\n[ca]\npoll_interval = \"1s\"\n",
+    )
+    .await;
+    pcq.wait(Duration::from_secs(20), || async {
+        pcq.queue().await["waiting_for_facts"].as_u64().unwrap_or(0) >= 1
+    })
+    .await;
+    let upload = |extra: &str| {
+        let mut body = facts_body(&node, "web", 1);
+        body["values"]["pcq_extra"] = json!(extra);
+        body
+    };
+    let put = |body: Value| {
+        let pcq = &pcq;
+        let node = node.clone();
+        async move {
+            let r = pcq
+                .as_node(&node)
+                .put(format!(
+                    "{}/puppet/v3/facts/{node}?environment=pcq_deploy_test",
+                    pcq.tls
+                ))
+                .json(&body)
+                .send()
+                .await
+                .expect("upload");
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            v["result"].as_str().unwrap_or("").to_string()
+        }
+    };
+    assert_eq!(put(upload("a")).await, "changed");
+    pcq.wait_compiled(std::slice::from_ref(&node), Duration::from_secs(60))
+        .await;
+    // the code does not read pcq_extra: a change of it is no change
+    assert!(
+        pcq.wait(Duration::from_secs(20), || async {
+            pcq.status(&node)
+                .await
+                .is_some_and(|s| s["fact_paths"].is_array())
+        })
+        .await,
+        "analysis done"
+    );
+    assert_eq!(put(upload("b")).await, "unchanged");
+    // new code reads it; after the deploy, a change of it recompiles
+    let files = env.dir.join("modules/pcq_test/manifests/files.pp");
+    let code = std::fs::read_to_string(&files).expect("files.pp");
+    std::fs::write(
+        &files,
+        code.replace(
+            "$color = pick($facts['pcq_color'], 'grey')",
+            "$color = pick($facts['pcq_color'], 'grey')\n  $extra = pick($facts['pcq_extra'], 'none')\n  notify { \"extra ${extra}\": }",
+        ),
+    )
+    .expect("new code");
+    let (status, _) = pcq
+        .raw(
+            Method::POST,
+            "/v1/deploys",
+            serde_json::to_vec(&json!({"environment": "pcq_deploy_test"})).expect("json"),
+        )
+        .await;
+    assert_eq!(status, 202, "deploy accepted");
+    assert!(
+        pcq.wait(Duration::from_secs(60), || async {
+            pcq.status(&node).await.is_some_and(|s| {
+                s["fact_paths"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|x| x == "pcq_extra"))
+            })
+        })
+        .await,
+        "re-analysed after the deploy: {:?}\n{}",
+        pcq.status(&node).await,
+        pcq.log_text()
+    );
+    assert_eq!(put(upload("c")).await, "changed");
+}
