@@ -276,26 +276,29 @@ async fn analyze(args: AnalyzeArgs) -> Result<()> {
         .into_iter()
         .collect();
     let analysis = Analysis::run(&ruby, &args.envdir, &args.modulepath, &hiera)?;
+    let mut out = String::new();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&analysis.raw)?);
+        out += &serde_json::to_string_pretty(&analysis.raw)?;
+        out.push('\n');
     } else if args.classes.is_empty() && !args.verify {
-        print!("{}", analysis.report());
+        out += &analysis.report();
     }
     if !args.classes.is_empty() {
         let deps = analysis.for_catalog(&args.classes, &[]);
         if let Some(why) = &deps.widened_by {
-            println!("any fact, because of {why}");
+            out += &format!("any fact, because of {why}\n");
         }
         for p in deps.facts.paths() {
-            println!("{p}");
+            out += &format!("{p}\n");
         }
         for c in &deps.unknown_classes {
-            println!("unknown class: {c}");
+            out += &format!("unknown class: {c}\n");
         }
         for (kind, query) in &deps.collects {
-            println!("collects {kind} where {query}");
+            out += &format!("collects {kind} where {query}\n");
         }
     }
+    emit(&out);
     if !args.verify {
         return Ok(());
     }
@@ -333,7 +336,7 @@ async fn analyze(args: AnalyzeArgs) -> Result<()> {
     for name in &args.certnames {
         let certname = Certname::parse(name).map_err(|e| anyhow!("{name}: {e}"))?;
         let verdict = verify::verify(&analysis, &server, &certname, &environment, &facts).await?;
-        println!("{verdict}");
+        emit(&format!("{verdict}\n"));
         if !verdict.sound() {
             unsound += 1;
         }
@@ -423,6 +426,15 @@ fn queue_text(v: &Value) -> String {
     out
 }
 
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+fn emit(text: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
+}
+
 fn status_text(v: &Value) -> String {
     let mut out = String::new();
     for key in [
@@ -443,6 +455,23 @@ fn status_text(v: &Value) -> String {
                 .map(String::from)
                 .unwrap_or_else(|| value.to_string());
             out += &format!("{key:<20}{shown}\n");
+        }
+    }
+    match v["fact_paths"].as_array() {
+        Some(paths) => {
+            let names: Vec<&str> = paths.iter().filter_map(Value::as_str).collect();
+            out += &format!(
+                "{:<20}{} read by its catalog: {}\n",
+                "fact_paths",
+                names.len(),
+                names.join(" ")
+            );
+        }
+        None => {
+            out += &format!(
+                "{:<20}any (not known yet, or the code may read any fact)\n",
+                "fact_paths"
+            )
         }
     }
     out

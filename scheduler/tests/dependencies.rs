@@ -7,6 +7,7 @@
 #![cfg(feature = "e2e")]
 
 #[path = "e2e/harness.rs"]
+#[allow(dead_code)] // each test binary uses part of it
 mod harness;
 
 use std::path::{Path, PathBuf};
@@ -416,16 +417,27 @@ async fn a_changed_export_reaches_its_collector_through_puppetdb() {
         backends(&pcq, lb).await,
         pcq.log_text()
     );
-    // the analysis is in use: the web node's catalog reads these facts
-    let status = pcq.status(web1).await.expect("status");
-    let paths: Vec<&str> = status["fact_paths"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    assert_eq!(
-        paths,
-        vec!["pcq_address", "pcq_color", "pcq_role", "pcq_tier"],
-        "{status}"
+    // the analysis is in use (it runs in the background from the start):
+    // the web node's catalog reads these facts
+    let want = vec!["pcq_address", "pcq_color", "pcq_role", "pcq_tier"];
+    let fact_paths = |status: Option<Value>| -> Vec<String> {
+        status
+            .and_then(|s| s["fact_paths"].as_array().cloned())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        pcq.wait(Duration::from_secs(30), || async {
+            fact_paths(pcq.status(web1).await) == want
+        })
+        .await,
+        "{:?}\n{}",
+        pcq.status(web1).await,
+        pcq.log_text()
     );
     tokio::time::sleep(Duration::from_secs(3)).await; // bumps of the first round done
     let lines = |n: &str| {

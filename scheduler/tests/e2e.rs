@@ -1170,6 +1170,24 @@ async fn pcq_sync_applies_with_a_real_agent_only_what_changed() {
         "role=db color=grey\n"
     );
 
+    // a fact the catalog does not read changes: sync does not even
+    // upload (pcq's status lists the paths the catalog reads)
+    assert!(
+        pcq.wait(Duration::from_secs(30), || async {
+            pcq.status(&node)
+                .await
+                .is_some_and(|s| s["fact_paths"].is_array())
+        })
+        .await,
+        "the analysis never reached the node's status"
+    );
+    let (code, text) = sync(&pcq.tls);
+    assert_eq!(code, 0, "{text}");
+    std::fs::write(facts_d.join("pcq.txt"), "pcq_role=db\npcq_unused=1\n").expect("fact");
+    let (code, text) = sync(&pcq.tls);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("facts unchanged"), "{text}");
+
     // pcq unreachable: a clear message, exit 1, the last catalog stays
     let (code, text) = sync(&format!("https://{}:1", harness::host()));
     assert_eq!(code, 1, "{text}");
@@ -1182,4 +1200,9 @@ async fn pcq_sync_applies_with_a_real_agent_only_what_changed() {
         std::fs::read_to_string(&target).expect("file"),
         "role=db color=grey\n"
     );
+
+    // and a fact it reads does go up
+    std::fs::write(facts_d.join("pcq.txt"), "pcq_role=db\npcq_color=red\n").expect("fact");
+    let (code, text) = sync(&pcq.tls);
+    assert!(code == 0 && text.contains("facts uploaded"), "{text}");
 }

@@ -91,6 +91,8 @@ pub struct PointStats {
     pub wasted: Estimate,
     /// Node CPU seconds per node per day.
     pub node_cpu_per_node_day: Estimate,
+    /// Share of fact changes that touch facts a catalog reads.
+    pub used_share: Estimate,
 }
 
 impl PointStats {
@@ -109,6 +111,7 @@ impl PointStats {
             compiles_per_hour: est(&|r| r.compiles.per_hour),
             wasted: est(&|r| r.compiles.wasted_ratio),
             node_cpu_per_node_day: est(&|r| r.node_cpu_per_node_day),
+            used_share: est(&|r| r.churn.used_share),
         }
     }
 }
@@ -173,6 +176,26 @@ pub struct PlanResult {
     pub points: Vec<Point>,
     /// Per policy and fleet size.
     pub recommendations: Vec<Recommendation>,
+    /// What fact filtering saves, per fleet size (queue with filtering on).
+    pub filtering: Vec<Filtering>,
+}
+
+/// The queue with and without fact filtering, at one master count (the
+/// recommended one, else the scenario's), same seeds.
+#[derive(Clone, Debug, Serialize)]
+pub struct Filtering {
+    /// Nodes.
+    pub nodes: u32,
+    /// Masters.
+    pub masters: u32,
+    /// Share of fact changes that touch facts a catalog reads.
+    pub used_share: Estimate,
+    /// Compiles an hour with filtering (only used facts bump).
+    pub with: Estimate,
+    /// Compiles an hour without (any fact change bumps).
+    pub without: Estimate,
+    /// Change -> applied p95 without filtering, seconds.
+    pub applied_p95_without: Estimate,
 }
 
 impl PlanResult {
@@ -262,28 +285,7 @@ pub fn plan(
             }
         }
     }
-    // Largest fleets first, so the slowest runs do not finish last alone.
-    let mut order: Vec<usize> = (0..jobs.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse((jobs[i].nodes, jobs[i].policy == Policy::OnDemand)));
-
-    let next = AtomicUsize::new(0);
-    let done = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<RunResult, CoreError>>>> =
-        Mutex::new(vec![None; jobs.len()]);
-    std::thread::scope(|scope| {
-        for _ in 0..options.jobs.max(1).min(jobs.len().max(1)) {
-            scope.spawn(|| loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                let Some(&i) = order.get(k) else { break };
-                let result = run(&jobs[i]);
-                if let Ok(mut slots) = results.lock() {
-                    slots[i] = Some(result);
-                }
-                progress(done.fetch_add(1, Ordering::Relaxed) + 1, jobs.len());
-            });
-        }
-    });
-    let results = results.into_inner().unwrap_or_default();
+    let results = run_all(&jobs, options.jobs, progress);
 
     let mut points = Vec::new();
     let mut it = results.into_iter();
@@ -324,12 +326,117 @@ pub fn plan(
             });
         }
     }
+    let filtering = if options.policies.contains(&Policy::Queue) && scenario.queue.fact_filter {
+        filtering(
+            scenario,
+            &sizes,
+            reps,
+            &points,
+            &recommendations,
+            options,
+            progress,
+        )?
+    } else {
+        Vec::new()
+    };
     Ok(PlanResult {
         scenario: scenario.name.clone(),
         replications: reps,
         points,
         recommendations,
+        filtering,
     })
+}
+
+/// Runs the queue without fact filtering where the plan recommends (same
+/// seeds), to state what filtering saves.
+fn filtering(
+    scenario: &Scenario,
+    sizes: &[u32],
+    reps: u32,
+    points: &[Point],
+    recommendations: &[Recommendation],
+    options: &PlanOptions,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Vec<Filtering>, CoreError> {
+    let mut unfiltered = scenario.clone();
+    unfiltered.queue.fact_filter = false;
+    let mut at = Vec::new();
+    let mut jobs = Vec::new();
+    for &nodes in sizes {
+        let masters = recommendations
+            .iter()
+            .find(|r| r.policy == Policy::Queue && r.nodes == nodes)
+            .and_then(|r| r.masters)
+            .unwrap_or(scenario.masters.count);
+        let Some(with) = points
+            .iter()
+            .find(|p| p.policy == Policy::Queue && p.nodes == nodes && p.masters == masters)
+        else {
+            continue;
+        };
+        at.push(with);
+        for rep in 0..reps {
+            jobs.push(RunSpec {
+                scenario: &unfiltered,
+                policy: Policy::Queue,
+                masters,
+                nodes,
+                seed: scenario.seed.wrapping_add(u64::from(rep)),
+            });
+        }
+    }
+    let results = run_all(&jobs, options.jobs, progress);
+    let mut it = results.into_iter();
+    let mut out = Vec::new();
+    for with in at {
+        let mut runs = Vec::with_capacity(reps as usize);
+        for _ in 0..reps {
+            if let Some(r) = it.next().flatten() {
+                runs.push(r?);
+            }
+        }
+        let without = PointStats::of(&runs);
+        out.push(Filtering {
+            nodes: with.nodes,
+            masters: with.masters,
+            used_share: with.stats.used_share,
+            with: with.stats.compiles_per_hour,
+            without: without.compiles_per_hour,
+            applied_p95_without: without.staleness_applied_p95,
+        });
+    }
+    Ok(out)
+}
+
+/// Runs `jobs` on `threads` threads; results by job index, so thread
+/// timing never changes a report.
+fn run_all(
+    jobs: &[RunSpec],
+    threads: usize,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Vec<Option<Result<RunResult, CoreError>>> {
+    // Largest fleets first, so the slowest runs do not finish last alone.
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse((jobs[i].nodes, jobs[i].policy == Policy::OnDemand)));
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<RunResult, CoreError>>>> =
+        Mutex::new(vec![None; jobs.len()]);
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1).min(jobs.len().max(1)) {
+            scope.spawn(|| loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&i) = order.get(k) else { break };
+                let result = run(&jobs[i]);
+                if let Ok(mut slots) = results.lock() {
+                    slots[i] = Some(result);
+                }
+                progress(done.fetch_add(1, Ordering::Relaxed) + 1, jobs.len());
+            });
+        }
+    });
+    results.into_inner().unwrap_or_default()
 }
 
 /// Checks the scenario's SLOs against a point's estimates.

@@ -201,6 +201,23 @@ fn verdict(s: &Scenario, plan: &PlanResult, nodes: u32) -> String {
             po.stats.compiles_per_hour.mean,
         );
     }
+    if let Some(f) = plan.filtering.iter().find(|f| f.nodes == nodes) {
+        let saved = f.without.mean - f.with.mean;
+        let _ = write!(
+            out,
+            " {:.1}% of fact changes touch a fact some catalog reads; filtering out the rest \
+             (pcq's analysis of the code), the queue with {} master(s) compiles {:.0} catalogs an \
+             hour, against {:.0} when any fact change recompiles: {:.0} compiles an hour saved \
+             ({:.0}%), change-to-applied p95 {} without filtering.",
+            f.used_share.mean * 100.0,
+            f.masters,
+            f.with.mean,
+            f.without.mean,
+            saved,
+            100.0 * saved / f.without.mean.max(1e-9),
+            human(f.applied_p95_without.mean),
+        );
+    }
     out.push_str("\n\n");
     out
 }

@@ -113,6 +113,11 @@ fn plan_writes_the_report_and_check_fails_on_a_missed_slo() {
         recommendation < report.find("## The scenario").expect("scenario"),
         "recommendation first"
     );
+    assert!(
+        report.contains("of fact changes touch a fact some catalog reads")
+            && report.contains("compiles an hour saved"),
+        "the report states what fact filtering saves"
+    );
     let points = std::fs::read_to_string(out.join("points.csv")).expect("csv");
     // header + 3 master counts x 2 policies
     assert_eq!(points.lines().count(), 7, "{points}");

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use simulator::metrics::{Policy, RunResult};
+use simulator::plan::{plan, PlanOptions};
 use simulator::run::{run, RunSpec};
 use simulator::scenario::Scenario;
 
@@ -153,6 +154,37 @@ fn fact_filtering_saves_the_compiles_noise_would_cause() {
         "{}",
         a.churn.used_share
     );
+}
+
+#[test]
+fn a_plan_states_the_compiles_fact_filtering_saves() {
+    let s = scenario(
+        FLEET,
+        &format!(
+            "{MASTERS}\n[queue]\nfact_filter = true\n[queue.core]\nmin_cycle_interval = \"off\"\n[plan]\nmasters = [2]\nreplications = 2\n"
+        ),
+    );
+    let options = PlanOptions {
+        policies: vec![Policy::Queue],
+        jobs: 2,
+        ..PlanOptions::new()
+    };
+    let result = plan(&s, &options, &|_, _| {}).expect("plan");
+    let f = &result.filtering[0];
+    assert_eq!((f.nodes, f.masters), (600, 2));
+    assert!(
+        (f.used_share.mean - 2.0 / 50.0).abs() < 0.01,
+        "{}",
+        f.used_share.mean
+    );
+    // the same runs without filtering compile for every noisy upload
+    assert!(
+        f.without.mean > 5.0 * f.with.mean,
+        "{} vs {}",
+        f.without.mean,
+        f.with.mean
+    );
+    assert_eq!(f.with.mean, result.points[0].stats.compiles_per_hour.mean);
 }
 
 #[test]

@@ -547,6 +547,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_valid() {
+        let text = include_str!("../../../pcq.example.toml");
+        if let Err(e) = Config::parse(text, Path::new("pcq.example.toml")) {
+            panic!("{e}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_name_the_key_and_line() {
         let text = format!("{MINIMAL}[ca]\npoll_intervall = \"10s\"\n");
         let e = Config::parse(&text, Path::new("pcq.toml")).expect_err("typo");

@@ -115,8 +115,13 @@ pub enum Command {
         result: Result<Arc<Analysis>, String>,
     },
     /// Nodes' dependencies, worked out from their catalog files after an
-    /// analysis.
-    Reloaded(Vec<Reloaded>),
+    /// analysis; `done` names the environment whose reload this ends.
+    Reloaded {
+        /// The nodes.
+        batch: Vec<Reloaded>,
+        /// The last batch of this environment's reload.
+        done: Option<String>,
+    },
     /// A probe found master `.0` answering again.
     MasterBack(usize),
     /// A load reading of this host.
@@ -452,6 +457,12 @@ pub struct Driver {
     draining: Option<Instant>,
     /// Bumps of collectors, due at their time.
     delayed: Vec<(Time, NodeId)>,
+    /// Nodes whose exports changed while their environment's collectors
+    /// were not known (analysis pending, or its reload running): routed
+    /// once they are.
+    unrouted: HashSet<NodeId>,
+    /// Environments whose nodes' links are being read back.
+    reloading: HashSet<String>,
 }
 
 impl Driver {
@@ -480,6 +491,8 @@ impl Driver {
             facts_only: HashMap::new(),
             draining: None,
             delayed: Vec::new(),
+            unrouted: HashSet::new(),
+            reloading: HashSet::new(),
         };
         let t = now();
         for m in &mut d.masters {
@@ -675,6 +688,7 @@ impl Driver {
             analysis.raw.seconds
         );
         self.parts.deps.finish(&environment, Ok(analysis.clone()));
+        self.reloading.insert(environment.clone());
         // every node of the environment: its links, from its catalog file
         let nodes: Vec<(Certname, String)> = ids
             .iter()
@@ -683,6 +697,17 @@ impl Driver {
                 Some((info.certname.clone(), info.catalog_hash.clone()?))
             })
             .collect();
+        self.reload(analysis, nodes, Some(environment));
+    }
+
+    /// Works out the links of `nodes` from their catalog files, in the
+    /// background; the answers come back as [`Command::Reloaded`].
+    fn reload(
+        &self,
+        analysis: Arc<Analysis>,
+        nodes: Vec<(Certname, String)>,
+        environment: Option<String>,
+    ) {
         let catalogs = self.parts.catalogs.clone();
         let tx = self.tx.clone();
         tokio::task::spawn_blocking(move || {
@@ -705,16 +730,24 @@ impl Driver {
                 });
                 if batch.len() >= 1000 {
                     let full = std::mem::take(&mut batch);
-                    if tx.blocking_send(Command::Reloaded(full)).is_err() {
+                    let more = Command::Reloaded {
+                        batch: full,
+                        done: None,
+                    };
+                    if tx.blocking_send(more).is_err() {
                         return;
                     }
                 }
             }
-            let _ = tx.blocking_send(Command::Reloaded(batch));
+            let _ = tx.blocking_send(Command::Reloaded {
+                batch,
+                done: environment,
+            });
         });
     }
 
-    fn reloaded(&mut self, batch: Vec<Reloaded>) {
+    fn reloaded(&mut self, batch: Vec<Reloaded>, done: Option<String>) {
+        let t = now();
         for r in batch {
             let Some(id) = self.ids.get(&r.certname).copied() else {
                 continue;
@@ -729,7 +762,46 @@ impl Driver {
             info.exports_whole = true;
             info.held = r.links.held;
             self.set_deps(id, r.links.deps);
+            if done.is_none()
+                && self.unrouted.contains(&id)
+                && !self.reloading.contains(&self.environment_of(id))
+            {
+                self.route_all(id, t);
+            }
         }
+        if let Some(env) = done {
+            // every collector of the environment is known now: route the
+            // export changes that happened before
+            self.reloading.remove(&env);
+            let waiting: Vec<NodeId> = self
+                .unrouted
+                .iter()
+                .copied()
+                .filter(|id| self.environment_of(*id) == env)
+                .collect();
+            for id in waiting {
+                self.route_all(id, t);
+            }
+        }
+    }
+
+    fn environment_of(&self, id: NodeId) -> String {
+        self.core
+            .view(id)
+            .map(|v| v.environment)
+            .unwrap_or_default()
+    }
+
+    /// Routes every export of `exporter` (their changes were not routed
+    /// when they happened).
+    fn route_all(&mut self, exporter: NodeId, t: Time) {
+        self.unrouted.remove(&exporter);
+        let Some(info) = self.info_of(exporter) else {
+            return;
+        };
+        let changed: Vec<(Exported, bool)> =
+            info.exports.iter().map(|e| (e.clone(), true)).collect();
+        self.route(exporter, &changed, t);
     }
 
     /// Records what a node's catalog depends on, for the driver and the API.
@@ -771,8 +843,23 @@ impl Driver {
                     .map(|e| (e.clone(), true)),
             )
             .collect();
-        let exporter_name = info.certname.clone();
         if changed.is_empty() || !bump_collectors {
+            return;
+        }
+        let environment = self.environment_of(exporter);
+        if self.parts.deps.analysis(&environment).is_none() || self.reloading.contains(&environment)
+        {
+            // who collects is not known yet: once it is
+            self.unrouted.insert(exporter);
+            return;
+        }
+        self.route(exporter, &changed, t);
+    }
+
+    /// Bumps, after the delay, every node collecting one of `changed` (or
+    /// holding a resource of the same type and title).
+    fn route(&mut self, exporter: NodeId, changed: &[(Exported, bool)], t: Time) {
+        if changed.is_empty() {
             return;
         }
         let collectors: Vec<NodeId> = self
@@ -786,7 +873,7 @@ impl Driver {
             })
             .collect();
         tracing::info!(
-            certname = %exporter_name,
+            certname = %self.info_of(exporter).map(|i| i.certname.to_string()).unwrap_or_default(),
             "{} exported resources changed; {} collecting nodes bumped in {:?}",
             changed.len(),
             collectors.len(),
@@ -877,7 +964,7 @@ impl Driver {
                 environment,
                 result,
             } => self.analyzed(environment, result),
-            Command::Reloaded(batch) => self.reloaded(batch),
+            Command::Reloaded { batch, done } => self.reloaded(batch, done),
             Command::MasterBack(m) => {
                 let slot = &mut self.masters[m];
                 slot.probing = false;
@@ -1089,6 +1176,7 @@ impl Driver {
         self.set_deps(id, None);
         self.info[id.index()] = None;
         self.delayed.retain(|(_, d)| *d != id);
+        self.unrouted.remove(&id);
         self.dirty.remove(&id);
         self.pending_writes.push(Write::Remove {
             certname: certname.to_string(),
@@ -1191,7 +1279,7 @@ impl Driver {
         if !self.parts.deps.known(&environment) {
             self.analyze(&environment);
         }
-        let analysis = self.parts.deps.analysis(&environment);
+        let deps = self.parts.deps.clone();
         let compiler = self.masters[m].compiler.clone();
         let store = self.parts.store.clone();
         let catalogs = self.parts.catalogs.clone();
@@ -1210,7 +1298,7 @@ impl Driver {
             };
             let job = Job {
                 certname: certname.clone(),
-                environment,
+                environment: environment.clone(),
                 facts,
                 timeout,
             };
@@ -1218,6 +1306,9 @@ impl Driver {
                 Ok(bytes) => {
                     let previous = info.catalog_hash.clone();
                     let c = certname.clone();
+                    // the analysis as of now: one that finished during the
+                    // compile applies to its catalog
+                    let analysis = deps.analysis(&environment);
                     tokio::task::spawn_blocking(move || {
                         keep(&catalogs, &c, &bytes, previous, analysis.as_deref())
                     })
@@ -1288,6 +1379,13 @@ impl Driver {
                     changed_at,
                     exports: cat.exports,
                 });
+                if cat.links.deps.is_none() {
+                    // an analysis that finished after this compile's
+                    // links were worked out: read them from the file
+                    if let Some(a) = self.parts.deps.analysis(&environment) {
+                        self.reload(a, vec![(c.certname.clone(), cat.hash.clone())], None);
+                    }
+                }
                 self.set_deps(c.node, cat.links.deps);
                 self.exports_changed(c.node, cat.links.exported, cat.links.held, t);
                 Metrics::count(
