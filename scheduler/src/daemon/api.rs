@@ -193,7 +193,7 @@ async fn put_facts(
         )));
     }
     let hash = state.ignore.relevant_hash(&upload.values);
-    let used = state.deps.used_hash(&certname, &upload.values);
+    let used = state.deps.used_hash(&certname, &upload.values, &hash);
     let values = serde_json::to_vec(&upload.values).map_err(|e| Refusal::bad(e.to_string()))?;
     let outcome = ask(&state, |reply| Command::Facts {
         certname,

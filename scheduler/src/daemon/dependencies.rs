@@ -164,12 +164,23 @@ impl Dependencies {
     }
 
     /// The hash of the facts `certname`'s catalog can read; `None` when
-    /// that is not known (every fact counts).
-    pub fn used_hash(&self, certname: &Certname, facts: &Map<String, Value>) -> Option<UsedHash> {
+    /// that is not known (every fact counts). `relevant` is the upload's
+    /// ignore-list hash, reused when the catalog can read every fact.
+    pub fn used_hash(
+        &self,
+        certname: &Certname,
+        facts: &Map<String, Value>,
+        relevant: &str,
+    ) -> Option<UsedHash> {
         let deps = self.node(certname)?;
+        let hash = if deps.facts.all {
+            UsedFacts::hash_relevant(relevant)
+        } else {
+            deps.facts.hash(facts, &self.ignore)
+        };
         Some(UsedHash {
             fingerprint: deps.fingerprint,
-            hash: deps.facts.hash(facts, &self.ignore),
+            hash,
             facts: deps.facts.clone(),
         })
     }
@@ -197,7 +208,7 @@ mod tests {
             _ => Map::new(),
         };
         assert!(
-            d.used_hash(&n, &facts("web", "Linux")).is_none(),
+            d.used_hash(&n, &facts("web", "Linux"), "").is_none(),
             "unknown: every fact counts"
         );
         let set = UsedFacts::from_paths(&["pcq_role"]);
@@ -207,9 +218,9 @@ mod tests {
             ..NodeDeps::default()
         });
         d.set_node(&n, Some(deps));
-        let a = d.used_hash(&n, &facts("web", "Linux")).expect("known");
-        let b = d.used_hash(&n, &facts("web", "SunOS")).expect("known");
-        let c = d.used_hash(&n, &facts("db", "Linux")).expect("known");
+        let a = d.used_hash(&n, &facts("web", "Linux"), "").expect("known");
+        let b = d.used_hash(&n, &facts("web", "SunOS"), "").expect("known");
+        let c = d.used_hash(&n, &facts("db", "Linux"), "").expect("known");
         assert_eq!(a.hash, b.hash);
         assert_ne!(a.hash, c.hash);
         assert_eq!(a.fingerprint, c.fingerprint);
@@ -235,5 +246,28 @@ mod tests {
             ignore,
         );
         assert!(!off.begin("production"));
+    }
+
+    #[test]
+    fn a_catalog_that_reads_everything_reuses_the_uploads_hash() {
+        let ignore = Arc::new(Ignore::new(&Facts::default().ignore).expect("globs"));
+        let d = Dependencies::new(&config::Analysis::default(), ignore.clone());
+        let n = Certname::parse("web01.example.com").expect("certname");
+        let everything = Arc::new(UsedFacts::everything());
+        d.set_node(
+            &n,
+            Some(Arc::new(NodeDeps {
+                fingerprint: everything.fingerprint(),
+                facts: everything.clone(),
+                ..NodeDeps::default()
+            })),
+        );
+        let facts = match json!({"pcq_role": "web", "uptime_seconds": 5}) {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        let relevant = ignore.relevant_hash(&facts);
+        let used = d.used_hash(&n, &facts, &relevant).expect("known");
+        assert_eq!(used.hash, d.hash_with(&everything, &facts));
     }
 }

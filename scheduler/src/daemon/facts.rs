@@ -7,7 +7,7 @@
 //! on every upload; pcq compares a hash of the facts *without* those, so only
 //! a real change bumps the node.
 
-use std::collections::BTreeMap;
+use std::collections::HashSet;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
@@ -33,54 +33,131 @@ pub struct Upload {
 #[derive(Clone, Debug)]
 pub struct Ignore {
     set: GlobSet,
+    /// The top-level facts the patterns can match, when every pattern
+    /// starts with a literal name: paths under any other fact skip the
+    /// glob match (most of an upload).
+    heads: Option<HashSet<String>>,
 }
 
 impl Ignore {
     /// Builds the matcher from glob patterns on dotted fact paths.
     pub fn new(patterns: &[String]) -> Result<Ignore, globset::Error> {
         let mut b = GlobSetBuilder::new();
+        let mut heads = Some(HashSet::new());
         for p in patterns {
             b.add(Glob::new(p)?);
+            let head = p.split('.').next().unwrap_or_default();
+            if head.contains(['*', '?', '[', '{', '\\']) {
+                heads = None;
+            } else if let Some(h) = heads.as_mut() {
+                h.insert(head.to_string());
+            }
         }
-        Ok(Ignore { set: b.build()? })
+        Ok(Ignore {
+            set: b.build()?,
+            heads,
+        })
     }
 
     /// Whether changes at `path` never count.
     pub fn ignores(&self, path: &str) -> bool {
-        self.set.is_match(path)
+        let head = path.split('.').next().unwrap_or_default();
+        self.may_match_below(head) && self.set.is_match(path)
     }
 
     /// SHA-256 over the facts without the ignored paths, in a canonical
     /// form (object keys sorted, so the order nodes send them in does not
-    /// matter).
+    /// matter; every string and key length-prefixed, so no two fact sets
+    /// share an encoding).
+    ///
+    /// It streams: no copy of the facts is built, one path buffer is
+    /// reused for the ignore checks (an upload has about a thousand paths).
     pub fn relevant_hash(&self, values: &serde_json::Map<String, Value>) -> String {
-        let mut kept = BTreeMap::new();
-        for (k, v) in values {
-            if let Some(v) = self.filter(k, v) {
-                kept.insert(k.as_str(), v);
-            }
-        }
-        let canonical = serde_json::to_vec(&kept).unwrap_or_default();
-        hex::encode(Sha256::digest(&canonical))
+        let mut hasher = Sha256::new();
+        let mut path = String::with_capacity(128);
+        self.feed_object(values, &mut path, None, &mut hasher);
+        hex::encode(hasher.finalize())
     }
 
-    fn filter(&self, path: &str, value: &Value) -> Option<Value> {
-        if self.ignores(path) {
-            return None;
-        }
-        match value {
-            Value::Object(map) => {
-                let mut out = serde_json::Map::new();
-                for (k, v) in map {
-                    if let Some(v) = self.filter(&format!("{path}.{k}"), v) {
-                        out.insert(k.clone(), v);
-                    }
-                }
-                Some(Value::Object(out))
+    /// `check`: whether paths below may match a pattern (`None` at the top
+    /// level, where each fact's name decides it).
+    fn feed_object(
+        &self,
+        map: &serde_json::Map<String, Value>,
+        path: &mut String,
+        check: Option<bool>,
+        h: &mut Sha256,
+    ) {
+        let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        h.update(b"{");
+        for (k, v) in entries {
+            let len = path.len();
+            if len > 0 {
+                path.push('.');
             }
-            other => Some(other.clone()),
+            path.push_str(k);
+            let check = check.unwrap_or_else(|| self.may_match_below(k));
+            if !(check && self.set.is_match(path.as_str())) {
+                h.update(b"k");
+                feed_str(k, h);
+                match v {
+                    Value::Object(inner) => self.feed_object(inner, path, Some(check), h),
+                    // Values inside arrays are hashed whole: ignore
+                    // patterns name object paths only.
+                    other => feed_whole(other, h),
+                }
+            }
+            path.truncate(len);
+        }
+        h.update(b"}");
+    }
+
+    /// Whether a pattern can match the top-level fact `name` or a path
+    /// under it.
+    fn may_match_below(&self, name: &str) -> bool {
+        self.heads.as_ref().is_none_or(|heads| heads.contains(name))
+    }
+}
+
+fn feed_whole(value: &Value, h: &mut Sha256) {
+    match value {
+        Value::Null => h.update(b"n"),
+        Value::Bool(true) => h.update(b"t"),
+        Value::Bool(false) => h.update(b"f"),
+        Value::Number(n) => {
+            h.update(b"#");
+            feed_str(&n.to_string(), h);
+        }
+        Value::String(s) => {
+            h.update(b"s");
+            feed_str(s, h);
+        }
+        Value::Array(items) => {
+            h.update(b"[");
+            h.update((items.len() as u64).to_le_bytes());
+            for v in items {
+                feed_whole(v, h);
+            }
+        }
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_unstable();
+            h.update(b"{");
+            h.update((keys.len() as u64).to_le_bytes());
+            for k in keys {
+                feed_str(k, h);
+                if let Some(v) = map.get(k.as_str()) {
+                    feed_whole(v, h);
+                }
+            }
         }
     }
+}
+
+fn feed_str(s: &str, h: &mut Sha256) {
+    h.update((s.len() as u64).to_le_bytes());
+    h.update(s.as_bytes());
 }
 
 #[cfg(test)]
@@ -116,6 +193,43 @@ mod tests {
             ignore.relevant_hash(&a),
             ignore.relevant_hash(&d),
             "total memory is not volatile"
+        );
+    }
+
+    #[test]
+    fn patterns_starting_with_a_wildcard_still_match_every_fact() {
+        let ignore = Ignore::new(&["*_free".to_string(), "os.release.minor".to_string()])
+            .expect("valid globs");
+        assert!(ignore.ignores("swap_free"));
+        assert!(ignore.ignores("memory.swap_free"));
+        assert!(ignore.ignores("os.release.minor"));
+        assert!(!ignore.ignores("os.release.major"));
+        let literal = Ignore::new(&["os.release.minor".to_string()]).expect("valid globs");
+        assert!(literal.ignores("os.release.minor"));
+        assert!(!literal.ignores("swap_free"));
+    }
+
+    #[test]
+    fn the_encoding_tells_apart_what_json_would_not_confuse() {
+        let ignore = Ignore::new(&[]).expect("valid globs");
+        let pairs = [
+            (r#"{"a":"1"}"#, r#"{"a":1}"#),
+            (r#"{"a":["x","y"]}"#, r#"{"a":["xy"]}"#),
+            (r#"{"a":{"b":1},"c":2}"#, r#"{"a":{"b":1,"c":2}}"#),
+            (r#"{"a":null}"#, r#"{"a":false}"#),
+            (r#"{"ab":"c"}"#, r#"{"a":"bc"}"#),
+            (r#"{"a":[{"b":1}]}"#, r#"{"a":[{"b":2}]}"#),
+        ];
+        for (x, y) in pairs {
+            assert_ne!(
+                ignore.relevant_hash(&values(x)),
+                ignore.relevant_hash(&values(y)),
+                "{x} vs {y}"
+            );
+        }
+        assert_eq!(
+            ignore.relevant_hash(&values(r#"{"a":[{"b":1,"c":2}],"d":3}"#)),
+            ignore.relevant_hash(&values(r#"{"d":3,"a":[{"c":2,"b":1}]}"#)),
         );
     }
 }

@@ -133,6 +133,14 @@ impl UsedFacts {
         true // a prefix of a used path: the change may reach it
     }
 
+    /// What [`UsedFacts::hash`] gives for a set with `all`, from the
+    /// ignore-list hash the caller already has.
+    pub fn hash_relevant(relevant: &str) -> u64 {
+        let mut h = Fnv::default();
+        h.write(relevant.as_bytes());
+        h.finish()
+    }
+
     /// A 64-bit hash of the values at the used paths of `facts` (a used
     /// fact appearing or disappearing changes it too); with `all`, of
     /// every fact but the ignored.
@@ -143,9 +151,7 @@ impl UsedFacts {
     /// hashes are summed, so the upload's key order does not matter.
     pub fn hash(&self, facts: &Map<String, Value>, ignore: &Ignore) -> u64 {
         if self.all {
-            let mut h = Fnv::default();
-            h.write(ignore.relevant_hash(facts).as_bytes());
-            return h.finish();
+            return UsedFacts::hash_relevant(&ignore.relevant_hash(facts));
         }
         fn walk(n: &Node, value: Option<&Value>, h: &mut Fnv) {
             for (k, c) in &n.children {
