@@ -202,6 +202,62 @@ async fn a_used_fact_change_recompiles_and_notifies_within_two_compile_times() {
     );
 }
 
+/// The content of `path`'s File resource in `certname`'s catalog.
+async fn file_content(pcq: &Pcq, certname: &str, path: &str) -> Option<String> {
+    let (status, text) = pcq
+        .raw(
+            Method::GET,
+            &format!("/v1/nodes/{certname}/catalog"),
+            Vec::new(),
+        )
+        .await;
+    if status != 200 {
+        return None;
+    }
+    let catalog: Value = serde_json::from_str(&text).ok()?;
+    catalog["resources"]
+        .as_array()?
+        .iter()
+        .find(|r| r["type"] == "File" && r["title"] == path)
+        .and_then(|r| r["parameters"]["content"].as_str().map(String::from))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trusted_extensions_of_the_nodes_certificate_reach_the_compile() {
+    let _serial = serial().await;
+    // signed like a provisioned agent's: pp_role and a private extension
+    let name = "trusted-01.example.com";
+    harness::ensure_cert_with_extensions(
+        name,
+        "extension_requests:\n  pp_role: pcq_trusted\n  1.3.6.1.4.1.34380.1.2.1: private-value\n",
+    );
+    let plain = "trusted-02.example.com";
+    ensure_certs(&[plain.to_string()]);
+    let pcq = Pcq::start(
+        &puppetserver_backend(),
+        &format!("[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n"),
+    )
+    .await;
+    let names = vec![name.to_string(), plain.to_string()];
+    pcq.wait(Duration::from_secs(20), || async {
+        pcq.queue().await["waiting_for_facts"].as_u64().unwrap_or(0) >= 2
+    })
+    .await;
+    pcq.upload_all(&names, "web").await;
+    pcq.wait_compiled(&names, Duration::from_secs(120)).await;
+    assert_eq!(
+        file_content(&pcq, name, &format!("/tmp/pcq-e2e/{name}.trusted")).await,
+        Some("role=pcq_trusted private=private-value host=trusted-01\n".to_string()),
+        "{}",
+        pcq.log_text()
+    );
+    // a certificate without extensions: none, and no failure
+    assert_eq!(
+        file_content(&pcq, plain, &format!("/tmp/pcq-e2e/{plain}.trusted")).await,
+        Some("role= private= host=trusted-02\n".to_string())
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revoked_certificate_removes_the_node() {
     let _serial = serial().await;

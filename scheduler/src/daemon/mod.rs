@@ -36,6 +36,7 @@ pub mod notify;
 pub mod store;
 pub mod sync;
 pub mod tls;
+pub mod trusted;
 
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
@@ -108,7 +109,8 @@ fn masters(config: &Config) -> Result<(Vec<MasterSlot>, Option<PuppetServer>), S
             Backend::Puppetserver(p) => {
                 let ssl = PuppetSsl::new(&config.puppet.ssldir, &config.certname());
                 let url = m.url.clone().unwrap_or_else(|| p.url.clone());
-                let server = PuppetServer::new(&url, &ssl, p.persist_facts, p.persist_catalog)?;
+                let server = PuppetServer::new(&url, &ssl, p.persist_facts, p.persist_catalog)?
+                    .with_ca(&p.url);
                 if ca_client.is_none() {
                     ca_client = Some(PuppetServer::new(&p.url, &ssl, false, false)?);
                 }

@@ -58,6 +58,28 @@ pub fn ensure_certs(names: &[String]) {
     run(Command::new("puppetserver").args(["ca", "generate", "--certname", &list]));
 }
 
+/// Makes sure the CA has signed a certificate for `name` carrying the
+/// extensions of `csr_attributes` (YAML, as in `csr_attributes.yaml`): the
+/// way a provisioned agent gets one (`puppet ssl submit_request`, then the
+/// CA signs, then the agent downloads it).
+pub fn ensure_cert_with_extensions(name: &str, csr_attributes: &str) {
+    if Path::new(SSL).join(format!("certs/{name}.pem")).exists() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp dir");
+    let attributes = dir.path().join("csr_attributes.yaml");
+    std::fs::write(&attributes, csr_attributes).expect("csr attributes");
+    let server = ["--server", &host(), "--certname", name];
+    run(Command::new("puppet")
+        .args(["ssl", "submit_request", "--csr_attributes"])
+        .arg(&attributes)
+        .args(server));
+    run(Command::new("puppetserver").args(["ca", "sign", "--certname", name]));
+    run(Command::new("puppet")
+        .args(["ssl", "download_cert"])
+        .args(server));
+}
+
 /// Revokes a certificate.
 pub fn revoke(name: &str) {
     run(Command::new("puppetserver").args(["ca", "revoke", "--certname", name]));

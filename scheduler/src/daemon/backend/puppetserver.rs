@@ -13,12 +13,16 @@ use serde_json::{json, Value};
 
 use super::{agent_facts, facts_map, BoxFuture, Compiler, Failure, Job};
 use crate::daemon::tls::{PuppetSsl, TlsError};
+use crate::daemon::trusted::trusted_facts;
 
 /// A client for one Puppet Server.
 #[derive(Clone, Debug)]
 pub struct PuppetServer {
     client: reqwest::Client,
     url: String,
+    /// Where nodes' certificates are read (their trusted extensions): the
+    /// CA's base URL.
+    ca_url: String,
     persist_facts: bool,
     persist_catalog: bool,
 }
@@ -39,12 +43,21 @@ impl PuppetServer {
             .pool_max_idle_per_host(64)
             .build()
             .map_err(|e| TlsError::from_client(e.to_string()))?;
+        let url = url.trim_end_matches('/').to_string();
         Ok(PuppetServer {
             client,
-            url: url.trim_end_matches('/').to_string(),
+            ca_url: url.clone(),
+            url,
             persist_facts,
             persist_catalog,
         })
+    }
+
+    /// Reads nodes' certificates from the CA at `url` rather than this
+    /// server (a compile master whose CA service is off).
+    pub fn with_ca(mut self, url: &str) -> PuppetServer {
+        self.ca_url = url.trim_end_matches('/').to_string();
+        self
     }
 
     /// The raw HTTP client (mutual TLS), for the CA and status endpoints.
@@ -57,26 +70,58 @@ impl PuppetServer {
         &self.url
     }
 
-    fn body(&self, job: &Job) -> Value {
+    fn body(&self, job: &Job, trusted: Value) -> Value {
         let mut values = facts_map(job.facts.as_deref());
         agent_facts(&mut values, &job.certname, &job.environment);
-        let certname = job.certname.as_str();
-        let (hostname, domain) = certname.split_once('.').unwrap_or((certname, ""));
         json!({
-            "certname": certname,
+            "certname": job.certname.as_str(),
             "environment": job.environment,
             "persistence": {"facts": self.persist_facts, "catalog": self.persist_catalog},
             "facts": {"values": values},
-            "trusted_facts": {"values": {
-                "authenticated": "remote",
-                "certname": certname,
-                "hostname": hostname,
-                "domain": domain,
-                "extensions": {},
-            }},
+            "trusted_facts": {"values": trusted},
             "options": {"prefer_requested_environment": true, "capture_logs": false},
         })
     }
+}
+
+/// The node's certificate from the CA (PEM); `None` when the CA has none
+/// by that name.
+async fn certificate(
+    client: &reqwest::Client,
+    ca_url: &str,
+    certname: &str,
+    timeout: Duration,
+) -> Result<Option<Vec<u8>>, Failure> {
+    let url = format!("{ca_url}/puppet-ca/v1/certificate/{certname}");
+    let response = client
+        .get(&url)
+        .header("Accept", "text/plain")
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| {
+            if e.is_timeout() {
+                Failure::Timeout(timeout)
+            } else {
+                Failure::Server(format!(
+                    "cannot reach the CA for {certname}'s certificate: {e}"
+                ))
+            }
+        })?;
+    let status = response.status();
+    if status == StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    if !status.is_success() {
+        return Err(Failure::Server(format!(
+            "{url}: {status} (the node's trusted extensions are unknown)"
+        )));
+    }
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| Failure::Server(format!("{url}: {e}")))?;
+    Ok(Some(body.to_vec()))
 }
 
 /// What an HTTP status means for the compile.
@@ -94,24 +139,41 @@ fn classify(status: StatusCode, body: &str) -> Failure {
 
 impl Compiler for PuppetServer {
     fn compile(&self, job: Job) -> BoxFuture<Result<Vec<u8>, Failure>> {
-        let request = self
-            .client
-            .post(format!("{}/puppet/v4/catalog", self.url))
-            .timeout(job.timeout)
-            .json(&self.body(&job));
-        let timeout = job.timeout;
+        let server = self.clone();
+        let deadline = job.timeout;
         Box::pin(async move {
-            let response = request.send().await.map_err(|e| {
-                if e.is_timeout() {
-                    Failure::Timeout(timeout)
-                } else {
-                    Failure::Server(format!("cannot reach Puppet Server: {e}"))
-                }
-            })?;
+            // The certificate first: compiling without its extensions would
+            // give a node whose code reads `$trusted['extensions']` another
+            // node's catalog.
+            let started = std::time::Instant::now();
+            let pem = certificate(
+                &server.client,
+                &server.ca_url,
+                job.certname.as_str(),
+                deadline.min(Duration::from_secs(30)),
+            )
+            .await?;
+            let timeout = deadline.saturating_sub(started.elapsed());
+            let trusted = trusted_facts(&job.certname, pem.as_deref())
+                .map_err(|e| Failure::Node(format!("{}'s certificate: {e}", job.certname)))?;
+            let response = server
+                .client
+                .post(format!("{}/puppet/v4/catalog", server.url))
+                .timeout(timeout)
+                .json(&server.body(&job, trusted))
+                .send()
+                .await
+                .map_err(|e| {
+                    if e.is_timeout() {
+                        Failure::Timeout(deadline)
+                    } else {
+                        Failure::Server(format!("cannot reach Puppet Server: {e}"))
+                    }
+                })?;
             let status = response.status();
             let body = response.bytes().await.map_err(|e| {
                 if e.is_timeout() {
-                    Failure::Timeout(timeout)
+                    Failure::Timeout(deadline)
                 } else {
                     Failure::Server(format!("reading the answer: {e}"))
                 }

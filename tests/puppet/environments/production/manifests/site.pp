@@ -26,3 +26,12 @@ node /^lb-/ {
 node /^verify-/ {
   include pcq_test::verify
 }
+
+# Trusted certificate extensions (csr_attributes.yaml, signed by the CA):
+# pcq must compile what the agent's own request would get.
+node /^trusted-/ {
+  $ext = $trusted['extensions']
+  file { "/tmp/pcq-e2e/${trusted['certname']}.trusted":
+    content => "role=${ext['pp_role']} private=${ext['1.3.6.1.4.1.34380.1.2.1']} host=${trusted['hostname']}\n",
+  }
+}
