@@ -9,6 +9,7 @@
 require 'json'
 require 'puppet'
 require 'yaml'
+require 'etc'
 
 begin
   Puppet.initialize_settings(['--confdir', Dir.mktmpdir('pcq-analyze'), '--vardir', Dir.mktmpdir('pcq-analyze')])
@@ -405,7 +406,9 @@ end
 
 def parse_pp(file, target, module_name)
   $out['files'] += 1
-  program = Puppet::Pops::Parser::EvaluatingParser.new.parse_file(file)
+  # Puppet's parser without the evaluating parser's validation pass (a
+  # third of the time): the analysis reads the model, it does not judge it.
+  program = Puppet::Pops::Parser::Parser.new.parse_file(file).model
   Walker.new(file, program, target, module_name).walk
 rescue StandardError, SyntaxError => e
   $out['errors'] << { 'file' => file, 'message' => e.message.lines.first.to_s.strip }
@@ -555,7 +558,94 @@ end
 Dir.glob(File.join(env_dir, 'manifests', '**', '*.pp')).sort.each { |f| parse_pp(f, global, nil) }
 global_hiera.each { |f| scan_hiera(f, global) }
 scan_hiera(File.join(env_dir, 'hiera.yaml'), global)
-mods.each { |dir, name| scan_module(dir, name) }
+
+# --- modules, on every core --------------------------------------------------
+#
+# Parsing is most of the time, and modules are independent: forked workers
+# (Puppet already loaded) each scan a share of them and hand back their
+# part, merged here in worker order, so the output does not depend on
+# timing. The ERB texts pending on class variables refer to their unit by
+# kind and name across the pipe.
+
+UNIT_KINDS = %w[classes defines templates functions module_hiera].freeze
+
+def unit_locator
+  ids = { $out['global'].object_id => ['global'] }
+  UNIT_KINDS.each { |k| $out[k].each { |name, u| ids[u.object_id] = [k, name] } }
+  ids
+end
+
+def locate_unit(where)
+  where == ['global'] ? $out['global'] : ($out[where[0]][where[1]] ||= new_unit)
+end
+
+# Lists concatenate; a scalar (`any_template`: a cause) is kept as the
+# serial scan would keep it, the last one.
+def merge_unit(into, from)
+  from.each do |field, value|
+    if value.is_a?(Array)
+      (into[field] ||= []).concat(value)
+    else
+      into[field] = value
+    end
+  end
+end
+
+def merge_part(part)
+  out = part[:out]
+  merge_unit($out['global'], out['global'])
+  UNIT_KINDS.each { |k| out[k].each { |name, u| merge_unit($out[k][name] ||= new_unit, u) } }
+  $out['collectors'].concat(out['collectors'])
+  $out['errors'].concat(out['errors'])
+  $out['files'] += out['files']
+  part[:class_vars].each { |var, values| $class_vars[var].concat(values) }
+  part[:pending].each { |where, var, file, line| $pending_erb << [locate_unit(where), var, file, line] }
+end
+
+def scan_modules(mods)
+  workers = [Etc.nprocessors, 4, mods.size].min
+  return mods.each { |dir, name| scan_module(dir, name) } if workers < 2 || !Process.respond_to?(:fork)
+  # shares balanced by file count, largest modules first
+  sizes = mods.map { |dir, name| [dir, name, Dir.glob(File.join(dir, '{manifests,templates}', '**', '*')).size] }
+  shares = Array.new(workers) { [] }
+  loads = Array.new(workers, 0)
+  sizes.sort_by { |dir, _, n| [-n, dir] }.each do |dir, name, n|
+    i = loads.index(loads.min)
+    shares[i] << [dir, name]
+    loads[i] += n
+  end
+  children = shares.map do |share|
+    reader, writer = IO.pipe
+    pid = fork do
+      reader.close
+      $out = { 'global' => new_unit, 'collectors' => [], 'errors' => [], 'files' => 0 }
+      UNIT_KINDS.each { |k| $out[k] = {} }
+      $class_vars = Hash.new { |h, k| h[k] = [] }
+      $pending_erb = []
+      # sorted back into the serial order of modules within the share
+      share.sort_by { |dir, _| mods.index { |d, _| d == dir } }.each { |dir, name| scan_module(dir, name) }
+      ids = unit_locator
+      writer.write(Marshal.dump({
+        out: $out,
+        class_vars: Hash[$class_vars],
+        pending: $pending_erb.map { |t, var, file, line| [ids.fetch(t.object_id), var, file, line] },
+      }))
+      writer.close
+      exit!(0)
+    end
+    writer.close
+    [pid, reader]
+  end
+  children.each do |pid, reader|
+    data = reader.read
+    reader.close
+    _, status = Process.wait2(pid)
+    raise "module worker #{pid} failed: #{status}" unless status.success?
+    merge_part(Marshal.load(data))
+  end
+end
+
+scan_modules(mods)
 # ERB texts held in class variables: every literal the variable may hold
 # is scanned; one that is not a literal (or a parameter) widens
 # Every text a class variable may hold, or nil when that is not bounded.
