@@ -1587,3 +1587,60 @@ fn keep(
         links,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::analyze::Query;
+
+    fn export(kind: &str, title: &str, tag: &str) -> Exported {
+        Exported {
+            kind: kind.to_string(),
+            title: title.to_string(),
+            tags: vec![tag.to_string()],
+            parameters: serde_json::Map::new(),
+            parameters_hash: String::new(),
+        }
+    }
+
+    fn node(collects: Vec<(String, Query)>, held: Vec<(String, String)>) -> NodeInfo {
+        let mut n = NodeInfo::new(Certname::parse("lb-01.example.com").expect("certname"));
+        n.deps = Some(Arc::new(NodeDeps {
+            collects,
+            ..NodeDeps::default()
+        }));
+        n.held = held;
+        n
+    }
+
+    #[test]
+    fn collectors_are_found_by_type_and_query_or_by_a_clashing_title() {
+        let by_tag = node(
+            vec![(
+                "file".to_string(),
+                Query::Compare {
+                    op: "==".to_string(),
+                    attr: "tag".to_string(),
+                    value: "pcq_backend".to_string(),
+                },
+            )],
+            Vec::new(),
+        );
+        let backend = export("File", "/etc/haproxy/web-01", "pcq_backend");
+        let other = export("File", "/etc/motd", "motd");
+        assert!(by_tag.collects(&backend, true));
+        assert!(!by_tag.collects(&other, true), "the query is evaluated");
+        assert!(
+            by_tag.collects(&other, false),
+            "without the whole resource (restored), any collector of its type"
+        );
+        assert!(!by_tag.collects(&export("Sshkey", "web-01", "pcq_backend"), true));
+
+        let holder = node(
+            Vec::new(),
+            vec![("file".to_string(), "/etc/motd".to_string())],
+        );
+        assert!(holder.collects(&other, true), "same type and title");
+        assert!(!holder.collects(&backend, true));
+    }
+}
