@@ -4,12 +4,28 @@
 //!   I/O. The daemon and the simulator both drive it.
 //! - [`toml_file`]: TOML files whose errors name the line and key (the
 //!   daemon's config, the simulator's scenarios).
-//! - `daemon` (feature `daemon`, on by default): everything that does I/O:
-//!   the store, the Puppet clients, the HTTP API, the real-time driver of
-//!   the core, and the `pcq` binary.
+//!
+//! Behind the feature `daemon` (on by default), everything that does I/O:
+//!
+//! - `daemon`: `pcq serve`, the real-time driver of the core with its
+//!   store, Puppet clients and HTTP API;
+//! - `sync`: `pcq sync`, what a node runs from cron instead of the agent;
+//! - `cli`: the `pcq` command line (argument definitions, the admin API
+//!   client, what `pcq queue` and `pcq status` print);
+//! - `puppet_conf`: what Puppet's own configuration says (ssldir,
+//!   certname, the host name), for all three.
+//!
+//! Arrows only run downward: `cli` -> `sync` -> `daemon` -> `puppet_conf`,
+//! `toml_file`, `core`; `scripts/check-module-graph` checks it.
 
 pub mod core;
 pub mod toml_file;
 
 #[cfg(feature = "daemon")]
+pub mod cli;
+#[cfg(feature = "daemon")]
 pub mod daemon;
+#[cfg(feature = "daemon")]
+pub mod puppet_conf;
+#[cfg(feature = "daemon")]
+pub mod sync;

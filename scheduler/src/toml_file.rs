@@ -3,9 +3,64 @@
 //! Both `pcq`'s configuration and `pcq-sim`'s scenarios are TOML with
 //! unknown keys refused. serde reports what is wrong; this module adds where:
 //! the 1-based line and the dotted key (`masters[1].gate.max_concurrency`),
-//! for parse errors and for the checks that run after parsing.
+//! for parse errors and for the checks that run after parsing. One error
+//! type, [`FileError`], says it for every file either program reads.
+
+use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
+
+/// A TOML file that cannot be used: which file, and where in it.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The file could not be read.
+    #[error("{file}: {source}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Bad syntax, an unknown key, a value of the wrong type or range.
+    #[error("{file}:{line}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line (0 when unknown).
+        line: usize,
+        /// Dotted key (`herds[1].count`), or what serde named.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Reads a whole file, naming it in the error.
+pub fn read(path: &Path) -> Result<String, FileError> {
+    std::fs::read_to_string(path).map_err(|source| FileError::Read {
+        file: path.to_owned(),
+        source,
+    })
+}
+
+/// Parses `text` (the contents of `file`) into `T`, then runs `check`,
+/// which names a dotted key and what is wrong with its value; either
+/// failure comes back located at its line.
+pub fn load<T: DeserializeOwned>(
+    text: &str,
+    file: &Path,
+    check: impl FnOnce(&mut T) -> Result<(), (String, String)>,
+) -> Result<T, FileError> {
+    let invalid = |e: TomlError| FileError::Invalid {
+        file: file.to_owned(),
+        line: e.line,
+        key: e.key,
+        message: e.message,
+    };
+    let mut value: T = parse(text).map_err(invalid)?;
+    check(&mut value).map_err(|(key, message)| invalid(at_key(text, key, message)))?;
+    Ok(value)
+}
 
 /// What is wrong and where.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,13 +5,12 @@
 //! the key, because a capacity plan built on a silently ignored typo is worse
 //! than no plan.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use scheduler::core::{off_or_duration, CoreConfig};
-use scheduler::toml_file;
+use scheduler::toml_file::{self, FileError};
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
 use crate::distribution::CompileTime;
 
@@ -424,63 +423,21 @@ impl Default for Plan {
     }
 }
 
-/// A scenario that could not be loaded: where and why.
-#[derive(Debug, Error)]
-pub enum ScenarioError {
-    /// The file could not be read.
-    #[error("{file}: {source}")]
-    Read {
-        /// The file.
-        file: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// Bad syntax, an unknown key, a value of the wrong type or range.
-    #[error("{file}:{line}: {key}: {message}")]
-    Invalid {
-        /// The file.
-        file: PathBuf,
-        /// 1-based line (0 when unknown).
-        line: usize,
-        /// Dotted key (`herds[1].count`), or what serde named.
-        key: String,
-        /// What is wrong.
-        message: String,
-    },
-}
-
 impl Scenario {
     /// Reads and checks a scenario file. Relative paths inside it (an
     /// empirical compile-time CSV) are taken from the file's folder.
-    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
-            file: path.to_owned(),
-            source,
-        })?;
+    pub fn load(path: &Path) -> Result<Scenario, FileError> {
         let base = path.parent().unwrap_or(Path::new("."));
-        Scenario::parse(&text, path, base)
+        Scenario::parse(&toml_file::read(path)?, path, base)
     }
 
     /// Parses and checks scenario text; `file` names it in errors, `base`
     /// resolves relative paths.
-    pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Scenario, ScenarioError> {
-        let invalid = |line: usize, key: String, message: String| ScenarioError::Invalid {
-            file: file.to_owned(),
-            line,
-            key,
-            message,
-        };
-        let mut scenario: Scenario =
-            toml_file::parse(text).map_err(|e| invalid(e.line, e.key, e.message))?;
-        if let Err((key, message)) = scenario.check() {
-            let e = toml_file::at_key(text, key, message);
-            return Err(invalid(e.line, e.key, e.message));
-        }
-        if let Err((key, message)) = scenario.compile.load_samples(base) {
-            let e = toml_file::at_key(text, key, message);
-            return Err(invalid(e.line, e.key, e.message));
-        }
-        Ok(scenario)
+    pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Scenario, FileError> {
+        toml_file::load(text, file, |s: &mut Scenario| {
+            s.check()?;
+            s.compile.load_samples(base)
+        })
     }
 
     /// Checks what serde cannot; the error names the dotted key.
@@ -646,13 +603,13 @@ count = 1
 slots = 2
 "#;
 
-    fn parse(text: &str) -> Result<Scenario, ScenarioError> {
+    fn parse(text: &str) -> Result<Scenario, FileError> {
         Scenario::parse(text, Path::new("s.toml"), Path::new("."))
     }
 
     fn invalid(text: &str) -> (usize, String, String) {
         match parse(text) {
-            Err(ScenarioError::Invalid {
+            Err(FileError::Invalid {
                 line, key, message, ..
             }) => (line, key, message),
             other => panic!("expected an error, got {other:?}"),

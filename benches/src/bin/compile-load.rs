@@ -28,7 +28,7 @@ async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let ssl = PuppetSsl::new(
         Path::new("/var/lib/puppet/ssl"),
-        &scheduler::daemon::hostname(),
+        &scheduler::puppet_conf::hostname(),
     );
     let server = match PuppetServer::new(&url, &ssl, false, false) {
         Ok(s) => Arc::new(s),

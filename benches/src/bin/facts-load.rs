@@ -72,7 +72,7 @@ async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let ssl = PuppetSsl::new(
         std::path::Path::new("/var/lib/puppet/ssl"),
-        &scheduler::daemon::hostname(),
+        &scheduler::puppet_conf::hostname(),
     );
     let tls = match ssl.client_config() {
         Ok(t) => t,

@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::gate::Blocked;
-use super::master::MasterId;
-use super::node::{Lane, NodeId, NodeState, Reason};
+use super::id::{MasterId, NodeId};
+use super::node::{Lane, NodeState, Reason};
 use super::time::Time;
 
 /// The answer to [`crate::core::Core::poll`].

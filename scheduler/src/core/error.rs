@@ -8,8 +8,7 @@
 
 use thiserror::Error;
 
-use super::master::MasterId;
-use super::node::NodeId;
+use super::id::{MasterId, NodeId};
 
 /// A call the core refused. The core's state is unchanged.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]

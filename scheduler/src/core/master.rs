@@ -5,34 +5,9 @@
 //! running compiles may still finish) or removed (gone: its running compiles
 //! go back to the front of the queue) while the core runs.
 
-use std::fmt;
-
-use serde::{Deserialize, Serialize};
-
 use super::config::MasterSpec;
 use super::gate::Gate;
 use super::time::Time;
-
-/// A master's handle. Ids are never reused, so a late finish from a removed
-/// master cannot be mistaken for one from a new master.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-#[serde(transparent)]
-pub struct MasterId(pub(crate) u16);
-
-impl MasterId {
-    /// The id as an index, for drivers that keep per-master arrays.
-    pub fn index(self) -> usize {
-        self.0 as usize
-    }
-}
-
-impl fmt::Display for MasterId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "m{}", self.0)
-    }
-}
 
 /// A compile in flight on a master.
 #[derive(Clone, Copy, Debug)]

@@ -29,6 +29,7 @@ mod backoff;
 mod config;
 mod error;
 mod gate;
+mod id;
 mod lane;
 mod master;
 mod node;
@@ -47,8 +48,8 @@ pub use config::{
 };
 pub use error::{ConfigError, CoreError};
 pub use gate::{Blocked, LoadSample};
-pub use master::MasterId;
-pub use node::{BumpReason, Lane, NodeId, NodeState, NodeView, Pending, Reason};
+pub use id::{MasterId, NodeId};
+pub use node::{BumpReason, Lane, NodeState, NodeView, Pending, Reason};
 pub use stats::{LaneStats, MasterStats, Stats};
 pub use time::Time;
 

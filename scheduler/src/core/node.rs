@@ -1,4 +1,4 @@
-//! Nodes: their ids, the one state each is in, and the table that holds them.
+//! Nodes: the one state each is in, and the table that holds them.
 //!
 //! A node is in exactly one state: queued in one lane, compiling, parked, or
 //! gone. The table stores that as a single [`Slot`] byte per node, so "in two
@@ -13,36 +13,11 @@
 //! hashing.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::master::MasterId;
+use super::id::{MasterId, NodeId};
 use super::time::Time;
-
-/// A node's handle in the core. Ids of removed nodes are reused once nothing
-/// refers to them any more (no compile of theirs is still running).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct NodeId(pub(crate) u32);
-
-impl NodeId {
-    /// The id as an index, for drivers that keep per-node arrays.
-    pub fn index(self) -> usize {
-        self.0 as usize
-    }
-
-    /// The id for an index; only ids the core handed out mean anything.
-    pub fn from_index(index: u32) -> NodeId {
-        NodeId(index)
-    }
-}
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "#{}", self.0)
-    }
-}
 
 /// The queue lanes, in the order they are served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::action::Outcome;
 use super::gate::Blocked;
-use super::master::MasterId;
+use super::id::MasterId;
 use super::node::{Lane, Reason};
 use super::time::Time;
 

@@ -10,10 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
 use crate::core::{off_or_duration, CoreConfig, GateConfig};
-use crate::toml_file;
+use crate::toml_file::{self, FileError};
 
 /// The whole file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -371,56 +370,15 @@ impl Default for Shutdown {
     }
 }
 
-/// A configuration that cannot be used: the key and line say where.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{file}: {source}")]
-    Read {
-        /// The file.
-        file: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// Bad syntax, an unknown key, a bad value.
-    #[error("{file}:{line}: {key}: {message}")]
-    Invalid {
-        /// The file.
-        file: PathBuf,
-        /// 1-based line, 0 if unknown.
-        line: usize,
-        /// The key.
-        key: String,
-        /// What is wrong.
-        message: String,
-    },
-}
-
 impl Config {
     /// Reads and checks a configuration file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: path.to_owned(),
-            source,
-        })?;
-        Config::parse(&text, path)
+    pub fn load(path: &Path) -> Result<Config, FileError> {
+        Config::parse(&toml_file::read(path)?, path)
     }
 
     /// Parses and checks configuration text; `file` names it in errors.
-    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        let invalid = |line, key: String, message: String| ConfigError::Invalid {
-            file: file.to_owned(),
-            line,
-            key,
-            message,
-        };
-        let config: Config =
-            toml_file::parse(text).map_err(|e| invalid(e.line, e.key, e.message))?;
-        if let Err((key, message)) = config.check() {
-            let e = toml_file::at_key(text, key, message);
-            return Err(invalid(e.line, e.key, e.message));
-        }
-        Ok(config)
+    pub fn parse(text: &str, file: &Path) -> Result<Config, FileError> {
+        toml_file::load(text, file, |c: &mut Config| c.check())
     }
 
     fn check(&self) -> Result<(), (String, String)> {
@@ -496,7 +454,10 @@ impl Config {
 
     /// The certname pcq presents.
     pub fn certname(&self) -> String {
-        self.puppet.certname.clone().unwrap_or_else(super::hostname)
+        self.puppet
+            .certname
+            .clone()
+            .unwrap_or_else(crate::puppet_conf::hostname)
     }
 
     /// Certnames with admin rights.

@@ -22,7 +22,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::{
@@ -238,7 +238,7 @@ pub enum ApiError {
 }
 
 /// One node, as `GET /v1/nodes/{certname}/status` shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NodeStatus {
     /// The node.
     pub certname: String,
@@ -267,7 +267,7 @@ pub struct NodeStatus {
 }
 
 /// The queue, as `GET /v1/queue` and `pcq queue` show it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct QueueView {
     /// Nodes known.
     pub nodes: usize,
@@ -286,7 +286,7 @@ pub struct QueueView {
 }
 
 /// One lane.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LaneView {
     /// urgent, deploy, cycle.
     pub lane: String,
@@ -297,7 +297,7 @@ pub struct LaneView {
 }
 
 /// A running compile.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunningView {
     /// The node.
     pub certname: String,
@@ -308,7 +308,7 @@ pub struct RunningView {
 }
 
 /// A master.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MasterView {
     /// Its name.
     pub name: String,

@@ -24,7 +24,7 @@ pub mod backend;
 pub mod ca;
 pub mod catalog;
 pub mod certname;
-pub mod client;
+
 pub mod config;
 pub mod dependencies;
 pub mod driver;
@@ -34,7 +34,7 @@ pub mod load;
 pub mod metrics;
 pub mod notify;
 pub mod store;
-pub mod sync;
+
 pub mod tls;
 pub mod trusted;
 
@@ -83,16 +83,6 @@ pub enum ServeError {
 
 fn io(what: &str, e: impl std::fmt::Display) -> ServeError {
     ServeError::Io(format!("{what}: {e}"))
-}
-
-/// This host's name (the default certname).
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Builds each master's backend.

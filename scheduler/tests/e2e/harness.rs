@@ -19,7 +19,7 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 }
 
 pub fn host() -> String {
-    scheduler::daemon::hostname()
+    scheduler::puppet_conf::hostname()
 }
 
 pub fn server_url() -> String {

@@ -277,10 +277,35 @@ pub fn unused(facts: &Map<String, Value>, used: &UsedFacts) -> Vec<String> {
         .collect()
 }
 
+/// The facts in a file given to `--verify`: `puppet facts show` or
+/// facter's JSON (the facts themselves), or an upload body (`{"values":
+/// ...}`).
+pub fn facts_of(json: &[u8]) -> Result<Map<String, Value>, String> {
+    match serde_json::from_slice::<Value>(json).map_err(|e| e.to_string())? {
+        Value::Object(mut m) => match m.remove("values") {
+            Some(Value::Object(v)) => Ok(v),
+            Some(_) => Err("\"values\" is not an object".into()),
+            None => Ok(m),
+        },
+        _ => Err("not a JSON object of facts".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn facts_files_are_facter_output_or_an_upload_body() {
+        let plain = facts_of(br#"{"os": {"family": "Debian"}}"#).expect("facter");
+        assert_eq!(plain["os"]["family"], "Debian");
+        let upload = facts_of(br#"{"name": "a", "values": {"role": "web"}}"#).expect("body");
+        assert_eq!(upload["role"], "web");
+        assert!(facts_of(br#"{"values": 3}"#).is_err());
+        assert!(facts_of(b"[1]").is_err());
+        assert!(facts_of(b"{").is_err());
+    }
 
     #[test]
     fn perturbs_exactly_the_given_leaves() {

@@ -1,0 +1,96 @@
+//! `pcq analyze`: what an environment's code can read, and `--verify`,
+//! which checks that against Puppet Server.
+
+use anyhow::{anyhow, bail, Result};
+
+use super::args::AnalyzeArgs;
+use super::render::emit;
+use crate::daemon::analyze::{default_ruby, verify, Analysis};
+use crate::daemon::backend::puppetserver::PuppetServer;
+use crate::daemon::certname::Certname;
+use crate::daemon::tls::PuppetSsl;
+use crate::puppet_conf::hostname;
+
+/// Runs the analysis, prints what was asked, then verifies the given nodes.
+pub async fn analyze(args: AnalyzeArgs) -> Result<()> {
+    let ruby = args.ruby.clone().unwrap_or_else(default_ruby);
+    let hiera: Vec<_> = Some(args.hiera.clone())
+        .filter(|h| h.is_file())
+        .into_iter()
+        .collect();
+    let analysis = Analysis::run(&ruby, &args.envdir, &args.modulepath, &hiera)?;
+    emit(&report(&args, &analysis)?);
+    if args.verify {
+        verify_nodes(&args, &analysis).await?;
+    }
+    Ok(())
+}
+
+/// The analyzer's JSON, the whole report, or what a node with the given
+/// classes can read.
+fn report(args: &AnalyzeArgs, analysis: &Analysis) -> Result<String> {
+    let mut out = String::new();
+    if args.json {
+        out += &serde_json::to_string_pretty(&analysis.raw)?;
+        out.push('\n');
+    } else if args.classes.is_empty() && !args.verify {
+        out += &analysis.report();
+    }
+    if !args.classes.is_empty() {
+        let deps = analysis.for_catalog(&args.classes, &[]);
+        if let Some(why) = &deps.widened_by {
+            out += &format!("any fact, because of {why}\n");
+        }
+        for p in deps.facts.paths() {
+            out += &format!("{p}\n");
+        }
+        for c in &deps.unknown_classes {
+            out += &format!("unknown class: {c}\n");
+        }
+        for (kind, query) in &deps.collects {
+            out += &format!("collects {kind} where {query}\n");
+        }
+    }
+    Ok(out)
+}
+
+/// Compiles each `--certname` through Puppet Server (see
+/// [`verify::verify`]); fails when the analysis missed a fact of any.
+async fn verify_nodes(args: &AnalyzeArgs, analysis: &Analysis) -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let facts_file = args
+        .facts
+        .as_ref()
+        .ok_or_else(|| anyhow!("--verify needs --facts"))?;
+    let text = std::fs::read(facts_file).map_err(|e| anyhow!("{}: {e}", facts_file.display()))?;
+    let facts = verify::facts_of(&text).map_err(|e| anyhow!("{}: {e}", facts_file.display()))?;
+    let me = args.as_certname.clone().unwrap_or_else(hostname);
+    let server = PuppetServer::new(
+        &args.server,
+        &PuppetSsl::new(&args.ssldir, &me),
+        false,
+        false,
+    )?;
+    let environment = args
+        .envdir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow!("{}: no environment name", args.envdir.display()))?
+        .to_string();
+    let mut unsound = 0;
+    for name in &args.certnames {
+        let certname = Certname::parse(name).map_err(|e| anyhow!("{name}: {e}"))?;
+        let verdict = verify::verify(analysis, &server, &certname, &environment, &facts).await?;
+        emit(&format!("{verdict}\n"));
+        if !verdict.sound() {
+            unsound += 1;
+        }
+    }
+    if unsound > 0 {
+        bail!(
+            "{unsound} of {} nodes: the analysis missed facts the catalog reads",
+            args.certnames.len()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! The `pcq` command line: what each subcommand takes.
+//!
+//! Only definitions live here (clap derives them, and the man pages and
+//! completions can be generated from them); [`super`] runs them.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "pcq",
+    version,
+    about = "Puppet catalogs compiled out of a queue"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    /// What to do.
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the daemon: compile out of the queue, serve the API.
+    Serve {
+        /// The configuration file (see pcq.example.toml).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a configuration file and print it with every default filled in.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Move a node to the front of the queue.
+    Bump {
+        /// The node's certname.
+        node: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Tell pcq an environment got new code: its nodes are recompiled.
+    Deploy {
+        /// The environment.
+        environment: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show the lanes with their depths and ages, and the running compiles.
+    Queue {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// On a node, from cron: upload facts if they changed, fetch the
+    /// catalog if it changed, and apply it with Puppet's agent.
+    Sync(SyncArgs),
+    /// Show one node's status, or the daemon's.
+    Status {
+        /// The node's certname (none: the queue summary).
+        node: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Which facts an environment's code can read, with sources, every
+    /// widening and every collector of exported resources; --verify checks
+    /// that against Puppet Server.
+    Analyze(AnalyzeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct AnalyzeArgs {
+    /// The environment directory.
+    #[arg(default_value = "/etc/puppet/code/environments/production")]
+    pub envdir: PathBuf,
+    /// Module directories after the environment's `modules` (Puppet's
+    /// basemodulepath); repeat for several.
+    #[arg(long, default_values = ["/etc/puppet/code/modules", "/usr/share/puppet/modules"])]
+    pub modulepath: Vec<PathBuf>,
+    /// Puppet's global hiera.yaml (read when it exists).
+    #[arg(long, default_value = "/etc/puppet/hiera.yaml")]
+    pub hiera: PathBuf,
+    /// The Ruby that has Puppet (default: Puppet's own, else `ruby`).
+    #[arg(long)]
+    pub ruby: Option<String>,
+    /// Print the analyzer's JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the facts a node with these classes can read (repeat).
+    #[arg(long = "class")]
+    pub classes: Vec<String>,
+    /// Compile through Puppet Server: with the facts of --facts, then with
+    /// every fact the analysis calls unused changed; report any catalog
+    /// that moved.
+    #[arg(long, requires_all = ["certnames", "facts"])]
+    pub verify: bool,
+    /// Nodes to verify (repeat).
+    #[arg(long = "certname")]
+    pub certnames: Vec<String>,
+    /// Their facts: `puppet facts show` or facter JSON, or an upload body
+    /// (`{"values": ...}`).
+    #[arg(long)]
+    pub facts: Option<PathBuf>,
+    /// Puppet Server (its v4 catalog endpoint must allow --as).
+    #[arg(long, default_value = "https://puppet:8140")]
+    pub server: String,
+    /// Puppet's SSL directory.
+    #[arg(long, default_value = "/var/lib/puppet/ssl")]
+    pub ssldir: PathBuf,
+    /// The certificate to present (default: this host's name).
+    #[arg(long = "as")]
+    pub as_certname: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct SyncArgs {
+    /// pcq's API, e.g. https://pcq.example.com:8143.
+    #[arg(long)]
+    pub server: String,
+    /// This node's certname (default: puppet.conf's, else the host name).
+    #[arg(long)]
+    pub certname: Option<String>,
+    /// Puppet's SSL directory (default: puppet.conf's).
+    #[arg(long)]
+    pub ssldir: Option<PathBuf>,
+    /// Puppet's client_datadir, where the agent caches its catalog.
+    #[arg(long)]
+    pub client_datadir: Option<PathBuf>,
+    /// Sync's own state (default: <vardir>/pcq-sync.json).
+    #[arg(long)]
+    pub state_file: Option<PathBuf>,
+    /// Command printing facts as JSON (split on spaces). The default
+    /// gathers what Puppet 7's agent sends: Puppet's custom facts
+    /// (pluginsync) and the legacy ones.
+    #[arg(long, default_value = "facter -p --json --show-legacy")]
+    pub facts_command: String,
+    /// Gather facts at most this often ("0s": every sync).
+    #[arg(long, default_value = "30m")]
+    pub facts_interval: humantime::Duration,
+    /// Command applying the cached catalog (split on spaces); default:
+    /// puppet agent --onetime --no-daemonize --use_cached_catalog
+    /// --detailed-exitcodes --certname <certname>.
+    #[arg(long)]
+    pub apply_command: Option<String>,
+    /// Environment sent with the facts (default: puppet.conf's).
+    #[arg(long)]
+    pub environment: Option<String>,
+    /// Apply even if the catalog did not change.
+    #[arg(long)]
+    pub force: bool,
+    /// Sleep a random time up to this first (spreads a fleet's cron).
+    #[arg(long, default_value = "0s")]
+    pub splay: humantime::Duration,
+    /// Print nothing when nothing changed.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ApiArgs {
+    /// The daemon's admin API: the plain loopback listener
+    /// (api.admin_listen), or https://... with this host's Puppet
+    /// certificate (it must be on api.admins).
+    #[arg(long, default_value = "http://127.0.0.1:8144")]
+    pub api: String,
+    /// Print the raw JSON.
+    #[arg(long)]
+    pub json: bool,
+}

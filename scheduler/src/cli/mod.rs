@@ -1,0 +1,175 @@
+//! The `pcq` command line, run by the thin `main.rs`.
+//!
+//! - [`args`]: what each subcommand takes (clap definitions);
+//! - [`client`]: the admin API client of `bump`, `deploy`, `queue`,
+//!   `status`; [`render`]: what those print, from the API's typed views;
+//! - [`analyze`]: `pcq analyze` and its `--verify`.
+//!
+//! `serve` hands over to [`crate::daemon`], `sync` to [`crate::sync`].
+
+pub mod analyze;
+pub mod args;
+pub mod client;
+pub mod render;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+use crate::daemon::config::Config;
+use crate::daemon::driver::{NodeStatus, QueueView};
+use crate::daemon::serve;
+use crate::daemon::tls::PuppetSsl;
+use crate::puppet_conf::PuppetSettings;
+use crate::sync;
+use args::{ApiArgs, Command, SyncArgs};
+use render::emit;
+
+/// Runs one subcommand; the exit status says how it went.
+pub fn run(command: Command) -> ExitCode {
+    if let Command::Sync(args) = &command {
+        return node_sync(args);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pcq: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(dispatch(command));
+    // Do not wait for blocking work still running (an analysis of the
+    // code at shutdown): the driver has committed its last writes, and
+    // catalog files are replaced atomically.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pcq: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Serve { config } => serve(Config::load(&config)?).await?,
+        Command::CheckConfig { file } => {
+            let config = Config::load(&file)?;
+            print!("{}", toml::to_string(&config)?);
+        }
+        Command::Bump { node, api } => {
+            let path = format!("/v1/nodes/{node}/bump");
+            let v = call(&api, Method::POST, &path, None).await?;
+            show(&api, &v, |v: &Value| {
+                format!("{node}: {}\n", v["result"].as_str().unwrap_or("?"))
+            })?;
+        }
+        Command::Deploy { environment, api } => {
+            let body = json!({ "environment": environment });
+            let v = call(&api, Method::POST, "/v1/deploys", Some(body)).await?;
+            show(&api, &v, |v: &Value| {
+                format!("{environment}: {} nodes to recompile\n", v["nodes"])
+            })?;
+        }
+        Command::Queue { api } | Command::Status { node: None, api } => {
+            let v = call(&api, Method::GET, "/v1/queue", None).await?;
+            show(&api, &v, |q: &QueueView| render::queue(q))?;
+        }
+        Command::Status {
+            node: Some(node),
+            api,
+        } => {
+            let path = format!("/v1/nodes/{node}/status");
+            let v = call(&api, Method::GET, &path, None).await?;
+            show(&api, &v, |s: &NodeStatus| render::status(s))?;
+        }
+        Command::Analyze(args) => analyze::analyze(args).await?,
+        Command::Sync(_) => {} // handled in run, without a runtime for the daemon
+    }
+    Ok(())
+}
+
+async fn call(api: &ApiArgs, method: Method, path: &str, body: Option<Value>) -> Result<Value> {
+    client::call(&api.api, method, path, body)
+        .await
+        .map_err(anyhow::Error::msg)
+}
+
+/// Prints the raw JSON (`--json`) or the answer read as `T` and rendered.
+fn show<T: DeserializeOwned>(api: &ApiArgs, v: &Value, text: impl Fn(&T) -> String) -> Result<()> {
+    if api.json {
+        emit(&format!("{}\n", serde_json::to_string_pretty(v)?));
+        return Ok(());
+    }
+    let typed: T = serde_json::from_value(v.clone())
+        .map_err(|e| anyhow::anyhow!("pcq answered something this version cannot read: {e}"))?;
+    emit(&text(&typed));
+    Ok(())
+}
+
+fn split(words: &str) -> Vec<String> {
+    words.split_whitespace().map(String::from).collect()
+}
+
+/// `pcq sync`: no logging set-up, one line of output, exit status 0/1/2.
+fn node_sync(args: &SyncArgs) -> ExitCode {
+    let puppet = PuppetSettings::discover();
+    let certname = args
+        .certname
+        .clone()
+        .unwrap_or_else(|| puppet.certname.clone());
+    let ssldir = args.ssldir.clone().unwrap_or_else(|| puppet.ssldir.clone());
+    let apply = match &args.apply_command {
+        Some(c) => split(c),
+        None => split(&format!(
+            "puppet agent --onetime --no-daemonize --use_cached_catalog --detailed-exitcodes --certname {certname}"
+        )),
+    };
+    let options = sync::Options {
+        server: args.server.clone(),
+        ssl: PuppetSsl::new(&ssldir, &certname),
+        certname,
+        client_datadir: args
+            .client_datadir
+            .clone()
+            .unwrap_or_else(|| puppet.client_datadir.clone()),
+        state_file: args
+            .state_file
+            .clone()
+            .unwrap_or_else(|| puppet.vardir.join("pcq-sync.json")),
+        facts_command: split(&args.facts_command),
+        facts_interval: *args.facts_interval,
+        apply_command: apply,
+        environment: args.environment.clone().or(puppet.environment),
+        force: args.force,
+        splay: *args.splay,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pcq sync: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let report = runtime.block_on(sync::sync(&options));
+    if report.status != 0 {
+        eprintln!("{}", report.line);
+    } else if !(args.quiet && !report.applied && report.line.contains("unchanged")) {
+        println!("{}", report.line);
+    }
+    ExitCode::from(report.status)
+}

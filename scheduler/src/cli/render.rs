@@ -1,0 +1,166 @@
+//! What the CLI prints: `pcq queue` and `pcq status NODE` from the API's
+//! typed views, to a stdout that may be a closed pipe.
+
+use crate::daemon::driver::{NodeStatus, QueueView};
+
+/// A duration for people: seconds, minutes or hours.
+pub fn age(secs: f64) -> String {
+    if secs < 120.0 {
+        format!("{secs:.0}s")
+    } else if secs < 7200.0 {
+        format!("{:.1}m", secs / 60.0)
+    } else {
+        format!("{:.1}h", secs / 3600.0)
+    }
+}
+
+/// The lanes with their depth and oldest job, the masters, the compiles.
+pub fn queue(q: &QueueView) -> String {
+    let mut out = format!(
+        "{} nodes, {} waiting for facts; blocked: {}; cycle time: {}\n\nlane      depth  oldest\n",
+        q.nodes,
+        q.waiting_for_facts,
+        q.blocked,
+        q.cycle_time_seconds.map_or("-".into(), age)
+    );
+    for l in &q.lanes {
+        out += &format!(
+            "{:<8} {:>6}  {}\n",
+            l.lane,
+            l.depth,
+            age(l.oldest_age_seconds)
+        );
+    }
+    out += "\nmaster    up   running  load/core\n";
+    for m in &q.masters {
+        out += &format!(
+            "{:<8} {:<4} {:>3}/{:<3}  {:.2}\n",
+            m.name,
+            if m.up { "yes" } else { "NO" },
+            m.in_flight,
+            m.max_concurrency,
+            m.load_per_core
+        );
+    }
+    if !q.in_flight.is_empty() {
+        out += "\ncompiling\n";
+        for r in &q.in_flight {
+            out += &format!("  {} on {} for {}\n", r.certname, r.master, age(r.seconds));
+        }
+    }
+    out
+}
+
+/// One node: a `key value` line per known field, then the fact paths.
+pub fn status(s: &NodeStatus) -> String {
+    let mut out = String::new();
+    let mut line = |key: &str, value: Option<String>| {
+        if let Some(v) = value {
+            out += &format!("{key:<20}{v}\n");
+        }
+    };
+    let epoch = |t: f64| t.to_string();
+    line("certname", Some(s.certname.clone()));
+    line("environment", Some(s.environment.clone()));
+    line("state", Some(s.state.clone()));
+    line("reason", s.reason.clone());
+    line("catalog_hash", s.catalog_hash.clone());
+    line("catalog_changed_at", s.catalog_changed_at.map(epoch));
+    line("last_compile", s.last_compile.map(epoch));
+    line("failures", Some(s.failures.to_string()));
+    line("last_error", s.last_error.clone());
+    match &s.fact_paths {
+        Some(paths) => {
+            out += &format!(
+                "{:<20}{} read by its catalog: {}\n",
+                "fact_paths",
+                paths.len(),
+                paths.join(" ")
+            );
+        }
+        None => {
+            out += &format!(
+                "{:<20}any (not known yet, or the code may read any fact)\n",
+                "fact_paths"
+            );
+        }
+    }
+    out
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+pub fn emit(text: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::driver::{LaneView, MasterView, RunningView};
+
+    #[test]
+    fn the_queue_shows_lanes_masters_and_compiles() {
+        let q = QueueView {
+            nodes: 20,
+            lanes: vec![LaneView {
+                lane: "urgent".into(),
+                depth: 3,
+                oldest_age_seconds: 600.0,
+            }],
+            in_flight: vec![RunningView {
+                certname: "web-01.example.com".into(),
+                master: "local".into(),
+                seconds: 1.4,
+            }],
+            blocked: "concurrency".into(),
+            cycle_time_seconds: None,
+            masters: vec![MasterView {
+                name: "local".into(),
+                up: false,
+                in_flight: 1,
+                max_concurrency: 2,
+                load_per_core: 0.5,
+            }],
+            waiting_for_facts: 4,
+        };
+        let text = queue(&q);
+        assert!(text
+            .starts_with("20 nodes, 4 waiting for facts; blocked: concurrency; cycle time: -\n"));
+        assert!(text.contains("urgent        3  10.0m\n"), "{text}");
+        assert!(text.contains("local    NO     1/2    0.50\n"), "{text}");
+        assert!(
+            text.contains("  web-01.example.com on local for 1s\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_status_shows_known_fields_and_the_fact_paths() {
+        let mut s = NodeStatus {
+            certname: "web-01.example.com".into(),
+            environment: "production".into(),
+            state: "cycle".into(),
+            reason: Some("cycle".into()),
+            since: None,
+            catalog_hash: Some("abc".into()),
+            catalog_changed_at: None,
+            last_compile: Some(12.5),
+            failures: 0,
+            last_error: None,
+            fact_paths: Some(vec!["os.family".into(), "networking.fqdn".into()]),
+        };
+        let text = status(&s);
+        assert!(text.contains("catalog_hash        abc\n"), "{text}");
+        assert!(text.contains("last_compile        12.5\n"), "{text}");
+        assert!(!text.contains("last_error"), "unknown fields are left out");
+        assert!(
+            text.contains("fact_paths          2 read by its catalog: os.family networking.fqdn\n")
+        );
+        s.fact_paths = None;
+        assert!(status(&s).contains("fact_paths          any"));
+    }
+}
