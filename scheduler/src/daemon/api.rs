@@ -36,7 +36,7 @@ use super::catalog::CatalogFiles;
 use super::certname::Certname;
 use super::config::valid_environment;
 use super::dependencies::Dependencies;
-use super::driver::{ApiError, Command};
+use super::driver::{ApiError, Command, FactsUpload};
 use super::facts::{Ignore, Upload};
 use super::identity::Caller;
 use super::metrics::Metrics;
@@ -195,12 +195,15 @@ async fn put_facts(
     let hash = state.ignore.relevant_hash(&upload.values);
     let used = state.deps.used_hash(&certname, &upload.values, &hash);
     let values = serde_json::to_vec(&upload.values).map_err(|e| Refusal::bad(e.to_string()))?;
-    let outcome = ask(&state, |reply| Command::Facts {
+    let upload = FactsUpload {
         certname,
         environment: query.environment,
-        values,
         hash,
         used,
+    };
+    let outcome = ask(&state, |reply| Command::Facts {
+        upload,
+        values,
         reply,
     })
     .await??;

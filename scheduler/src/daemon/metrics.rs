@@ -202,6 +202,15 @@ impl Metrics {
         out
     }
 
+    /// Says whether a master answers (`pcq_master_up`).
+    pub fn set_master_up(&self, master: &str, up: bool) {
+        self.master_up
+            .get_or_create(&MasterLabel {
+                master: master.to_string(),
+            })
+            .set(i64::from(up));
+    }
+
     /// Counts one of a one-label counter family.
     pub fn count(family: &Family<ResultLabel, Counter>, label: &str) {
         family

@@ -70,9 +70,12 @@ pub enum ServeError {
     /// Puppet's certificates.
     #[error(transparent)]
     Tls(#[from] TlsError),
-    /// The core refused its configuration or the stored state.
+    /// The core refused its configuration.
     #[error(transparent)]
     Core(#[from] CoreError),
+    /// The stored state does not make a queue.
+    #[error(transparent)]
+    Restore(#[from] driver::RestoreError),
     /// Files, sockets.
     #[error("{0}")]
     Io(String),

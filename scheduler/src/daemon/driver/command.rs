@@ -1,0 +1,155 @@
+//! The messages the driver takes, and the answers it gives.
+//!
+//! Every part of the daemon that needs the queue (the API, the CA poller,
+//! the load sampler, the compile and analysis tasks, the signal handler)
+//! sends one of these over the driver's channel; questions carry a
+//! oneshot sender for the answer. Nothing else reaches the core.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::core::{Bumped, LoadSample, Stats};
+use crate::daemon::analyze::Analysis;
+use crate::daemon::certname::Certname;
+use crate::daemon::dependencies::UsedHash;
+
+use super::compile::Compiled;
+use super::links::Reloaded;
+use super::view::{NodeStatus, QueueView};
+
+/// Where the answer to a request goes.
+pub type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
+
+/// A facts upload, as the driver decides on it.
+pub struct FactsUpload {
+    /// The node.
+    pub certname: Certname,
+    /// `?environment=` of the upload, if given.
+    pub environment: Option<String>,
+    /// The facts' hash without ignored facts.
+    pub hash: String,
+    /// The hash of just the facts the node's catalog reads, if known.
+    pub used: Option<UsedHash>,
+}
+
+/// A request to the driver.
+pub enum Command {
+    /// A facts upload that passed the API's checks.
+    Facts {
+        /// The upload.
+        upload: FactsUpload,
+        /// The `values`, as JSON.
+        values: Vec<u8>,
+        /// The answer.
+        reply: Reply<FactsOutcome>,
+    },
+    /// An upload's facts were committed to the store (or not).
+    FactsStored {
+        /// The upload.
+        upload: FactsUpload,
+        /// The previous facts hashed with the upload's used-facts set
+        /// (when the node's set changed since its last upload).
+        baseline: Option<u64>,
+        /// The commit's result.
+        result: Result<(), String>,
+        /// The answer to the upload.
+        reply: Reply<FactsOutcome>,
+    },
+    /// An operator's bump.
+    Bump {
+        /// The node.
+        certname: Certname,
+        /// The answer.
+        reply: Reply<Bumped>,
+    },
+    /// New code in an environment.
+    Deploy {
+        /// The environment.
+        environment: String,
+        /// Nodes moved or marked.
+        reply: oneshot::Sender<usize>,
+    },
+    /// The CA's signed and revoked certnames.
+    Ca {
+        /// Signed.
+        signed: Vec<String>,
+        /// Revoked.
+        revoked: Vec<String>,
+    },
+    /// A compile task finished.
+    Compiled(Box<Compiled>),
+    /// An environment's analysis finished.
+    Analyzed {
+        /// The environment.
+        environment: String,
+        /// The analysis, or why there is none.
+        result: Result<Arc<Analysis>, String>,
+    },
+    /// Nodes' dependencies, worked out from their catalog files after an
+    /// analysis; `done` names the environment whose reload this ends.
+    Reloaded {
+        /// The nodes.
+        batch: Vec<Reloaded>,
+        /// The last batch of this environment's reload.
+        done: Option<String>,
+    },
+    /// A probe found master `.0` answering again.
+    MasterBack(usize),
+    /// A load reading of this host.
+    Load(LoadSample),
+    /// One node's status.
+    Status {
+        /// The node.
+        certname: Certname,
+        /// The answer.
+        reply: oneshot::Sender<Option<NodeStatus>>,
+    },
+    /// The queue.
+    Queue {
+        /// The answer.
+        reply: oneshot::Sender<QueueView>,
+    },
+    /// The core's stats.
+    Stats {
+        /// The answer.
+        reply: oneshot::Sender<Stats>,
+    },
+    /// Stop starting compiles; end when running ones are done or `grace`
+    /// has passed.
+    Shutdown {
+        /// How long running compiles may take.
+        grace: Duration,
+    },
+}
+
+/// The answer to a facts upload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FactsOutcome {
+    /// A fact that matters changed: the node was bumped.
+    Changed,
+    /// Nothing that matters changed.
+    Unchanged,
+    /// Stored; the node is not scheduled yet (no signed certificate).
+    Stored,
+}
+
+/// An API-level refusal.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// The node is not known.
+    #[error("unknown node {0}")]
+    UnknownNode(String),
+    /// A bad request.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Something failed inside.
+    #[error("{0}")]
+    Internal(String),
+    /// pcq is stopping.
+    #[error("pcq is shutting down")]
+    ShuttingDown,
+}

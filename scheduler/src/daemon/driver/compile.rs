@@ -1,0 +1,201 @@
+//! The compile lifecycle outside the core: a master's backend, one
+//! compile from facts to a kept catalog, and what its result means to the
+//! core.
+//!
+//! A compile reads the node's stored facts, asks the master's backend for
+//! a catalog, checks it, writes it to disk only when its canonical hash
+//! changed (so the last good catalog survives any failure) and works out
+//! its links. Whose fault a failure is decides the core's outcome: a node's
+//! own failure parks it, a master's (refused, 503) interrupts the compile
+//! without blame (see [`super::masters`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::core::{NodeId, Outcome};
+use crate::daemon::analyze::Analysis;
+use crate::daemon::backend::{Compiler, Failure, Job};
+use crate::daemon::catalog::{self, CatalogFiles, Export};
+use crate::daemon::certname::Certname;
+use crate::daemon::dependencies::Dependencies;
+use crate::daemon::store::StoreHandle;
+
+use super::links::Links;
+
+/// Everything one compile needs, taken from the driver when it starts.
+pub struct CompileJob {
+    /// The core's node.
+    pub node: NodeId,
+    /// The master's index in the driver.
+    pub master: usize,
+    /// The node.
+    pub certname: Certname,
+    /// Its environment.
+    pub environment: String,
+    /// Its last good catalog's hash.
+    pub previous: Option<String>,
+    /// The core's deadline, from now.
+    pub timeout: Duration,
+    /// The master's backend.
+    pub compiler: Arc<dyn Compiler>,
+    /// Where its facts are.
+    pub store: StoreHandle,
+    /// Where its catalog goes.
+    pub catalogs: CatalogFiles,
+    /// The environment's analysis (read when the compile ends).
+    pub deps: Arc<Dependencies>,
+}
+
+/// A compile's report to the driver.
+pub struct Compiled {
+    /// The core's node.
+    pub node: NodeId,
+    /// The master's index in the driver.
+    pub master: usize,
+    /// The node.
+    pub certname: Certname,
+    /// When the compile started.
+    pub started: Instant,
+    /// A good catalog, or whose fault it is that there is none.
+    pub result: Result<Catalog, Failure>,
+}
+
+/// A good catalog, already on disk if it changed.
+pub struct Catalog {
+    /// Its canonical hash.
+    pub hash: String,
+    /// It differs from the node's last good one.
+    pub changed: bool,
+    /// Its exported resources, for the store.
+    pub exports: Vec<Export>,
+    /// What it says about the node's links to others.
+    pub links: Links,
+}
+
+/// Runs one compile to its end.
+pub async fn run(job: CompileJob) -> Compiled {
+    let started = Instant::now();
+    let certname = job.certname.clone();
+    let facts = match job.store.facts(certname.as_str()).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("reading facts of {certname}: {e}");
+            None
+        }
+    };
+    let request = Job {
+        certname: certname.clone(),
+        environment: job.environment.clone(),
+        facts,
+        timeout: job.timeout,
+    };
+    let result = match job.compiler.compile(request).await {
+        Ok(bytes) => {
+            let c = certname.clone();
+            let catalogs = job.catalogs;
+            let previous = job.previous;
+            // the analysis as of now: one that finished during the compile
+            // applies to its catalog
+            let analysis = job.deps.analysis(&job.environment);
+            tokio::task::spawn_blocking(move || {
+                keep(&catalogs, &c, &bytes, previous, analysis.as_deref())
+            })
+            .await
+            .unwrap_or_else(|e| Err(Failure::Node(format!("catalog task: {e}"))))
+        }
+        Err(f) => Err(f),
+    };
+    Compiled {
+        node: job.node,
+        master: job.master,
+        certname,
+        started,
+        result,
+    }
+}
+
+/// Checks a compile's output, writes the catalog if it changed.
+pub fn keep(
+    catalogs: &CatalogFiles,
+    certname: &Certname,
+    bytes: &[u8],
+    previous: Option<String>,
+    analysis: Option<&Analysis>,
+) -> Result<Catalog, Failure> {
+    let mut compiled = catalog::read(bytes).map_err(|e| Failure::Node(e.to_string()))?;
+    let changed = previous.as_deref() != Some(compiled.hash.as_str());
+    if changed {
+        catalogs
+            .write(certname, &compiled.json)
+            .map_err(|e| Failure::Node(format!("storing the catalog: {e}")))?;
+    }
+    let links = Links::of(&mut compiled, analysis);
+    Ok(Catalog {
+        hash: compiled.hash,
+        changed,
+        exports: compiled.exports,
+        links,
+    })
+}
+
+/// What a compile's result means to the core: a node's own failure is
+/// its failure or timeout; a master's interrupts it without blame.
+pub fn outcome_of(result: &Result<Catalog, Failure>) -> Outcome {
+    match result {
+        Ok(cat) if cat.changed => Outcome::Changed,
+        Ok(_) => Outcome::Unchanged,
+        Err(Failure::Node(_)) => Outcome::Failed,
+        Err(Failure::Timeout(_)) => Outcome::TimedOut,
+        Err(Failure::Server(_)) => Outcome::Interrupted,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_say_whose_fault_a_failure_is() {
+        let ok = |changed| {
+            Ok(Catalog {
+                hash: "h".into(),
+                changed,
+                exports: Vec::new(),
+                links: Links::default(),
+            })
+        };
+        assert_eq!(outcome_of(&ok(true)), Outcome::Changed);
+        assert_eq!(outcome_of(&ok(false)), Outcome::Unchanged);
+        let failed = |f| outcome_of(&Err(f));
+        assert_eq!(failed(Failure::Node("500".into())), Outcome::Failed);
+        assert_eq!(
+            failed(Failure::Timeout(Duration::from_secs(9))),
+            Outcome::TimedOut
+        );
+        assert_eq!(failed(Failure::Server("503".into())), Outcome::Interrupted);
+    }
+
+    #[test]
+    fn only_a_changed_catalog_is_written_and_garbage_is_the_nodes_failure() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let catalogs = CatalogFiles::open(&dir.path().join("catalogs")).expect("dir");
+        let certname = Certname::parse("web-01.example.com").expect("certname");
+        let json =
+            br#"{"name":"web-01.example.com","version":1,"resources":[],"edges":[],"classes":[]}"#;
+        let first = keep(&catalogs, &certname, json, None, None).expect("a catalog");
+        assert!(first.changed);
+        assert!(catalogs.read(&certname).expect("read").is_some());
+        catalogs.remove(&certname).expect("remove");
+        let again =
+            keep(&catalogs, &certname, json, Some(first.hash.clone()), None).expect("a catalog");
+        assert!(!again.changed);
+        assert!(
+            catalogs.read(&certname).expect("read").is_none(),
+            "an unchanged catalog is not rewritten"
+        );
+        assert!(matches!(
+            keep(&catalogs, &certname, b"<html>", None, None),
+            Err(Failure::Node(_))
+        ));
+    }
+}

@@ -1,0 +1,653 @@
+//! The real-time driver of the scheduling core.
+//!
+//! One task owns the [`Core`] and everything that must agree with it (which
+//! certname is which node, each node's catalog hash and facts hash). Every
+//! other part of the daemon talks to it through [`Command`]s. After each
+//! batch of commands it polls the core, starts what the core says on the
+//! masters' backends, and queues the changed nodes' rows for the store;
+//! between commands it sleeps until the core's next wakeup.
+//!
+//! This file is the loop, the restore at start-up and the glue; the
+//! decisions live beside it, each testable without tokio:
+//!
+//! - [`command`]: the messages and their answers;
+//! - [`nodes`]: what the driver knows of each node;
+//! - [`restore`]: the queue rebuilt from the store at start-up;
+//! - [`intake`]: who joins and leaves, what a facts upload does;
+//!   [`upload`]: its way to the store;
+//! - [`compile`]: one compile from facts to a kept catalog, and whose
+//!   fault a failure is; [`masters`]: where compiles run, down or up;
+//! - [`links`]: what catalogs depend on, and who collects a changed export;
+//!   [`router`] keeps that current in the background and routes changes;
+//! - [`view`]: what `pcq queue` and `pcq status` show.
+//!
+//! Time is wall-clock microseconds since the Unix epoch, so stored times
+//! mean something after a restart.
+
+pub mod command;
+pub mod compile;
+pub mod intake;
+pub mod links;
+pub mod masters;
+pub mod nodes;
+pub mod restore;
+pub mod router;
+pub mod upload;
+pub mod view;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+
+use crate::core::{BumpReason, Core, Finished, NodeId, Outcome, Poll, Start, Time};
+use crate::daemon::backend::Failure;
+use crate::daemon::catalog::{CatalogFiles, Export};
+use crate::daemon::certname::Certname;
+use crate::daemon::config::Exports as ExportsConfig;
+use crate::daemon::dependencies::Dependencies;
+use crate::daemon::metrics::{Metrics, OutcomeLabel, ReasonLabel};
+use crate::daemon::notify::{Notice, Notifier};
+use crate::daemon::store::{StoreHandle, StoredNode, Write};
+
+pub use command::{ApiError, Command, FactsOutcome, FactsUpload, Reply};
+pub use masters::MasterSlot;
+pub use restore::RestoreError;
+pub use view::{LaneView, MasterView, NodeStatus, QueueView, RunningView};
+
+use compile::{CompileJob, Compiled};
+use intake::{BeforeStore, Intake, Known, Newcomer};
+use masters::Masters;
+use nodes::{NodeInfo, Nodes};
+use router::{environment_of, Router};
+
+/// Now, as the core's time.
+pub fn now() -> Time {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Time::from_micros(u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// What the driver needs besides the core.
+pub struct Parts {
+    /// The store.
+    pub store: StoreHandle,
+    /// The last good catalogs.
+    pub catalogs: CatalogFiles,
+    /// Notifications.
+    pub notifier: Notifier,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Nodes join when their facts arrive (no CA polling).
+    pub join_on_facts: bool,
+    /// Certnames never scheduled.
+    pub exclude: HashSet<String>,
+    /// Environment of nodes that never gave one.
+    pub default_environment: String,
+    /// What catalogs depend on.
+    pub deps: Arc<Dependencies>,
+    /// Exported resources.
+    pub exports: ExportsConfig,
+}
+
+/// The driver.
+pub struct Driver {
+    core: Core,
+    nodes: Nodes,
+    intake: Intake,
+    router: Router,
+    masters: Masters,
+    parts: Parts,
+    tx: mpsc::Sender<Command>,
+    running: HashMap<NodeId, (usize, Time)>,
+    dirty: BTreeSet<NodeId>,
+    pending_writes: Vec<Write>,
+    draining: Option<Instant>,
+}
+
+impl Driver {
+    /// Rebuilds the core from the stored nodes: every node exactly once,
+    /// compiles that were running queued again at the front.
+    pub fn new(
+        core: Core,
+        masters: Vec<MasterSlot>,
+        stored: Vec<StoredNode>,
+        stored_exports: Vec<(String, Export)>,
+        facts_owners: Vec<String>,
+        parts: Parts,
+        tx: mpsc::Sender<Command>,
+    ) -> Result<Driver, RestoreError> {
+        let mut core = core;
+        let masters = Masters::add(masters, &mut core, parts.metrics.clone(), now())?;
+        let restored = restore::restore(&mut core, stored, stored_exports, facts_owners)?;
+        core.audit().map_err(RestoreError::Inconsistent)?;
+        let mut intake = Intake::new(
+            parts.exclude.clone(),
+            parts.join_on_facts,
+            parts.default_environment.clone(),
+        );
+        for c in restored.facts_only {
+            intake.restore_facts_owner(c);
+        }
+        Ok(Driver {
+            core,
+            nodes: restored.nodes,
+            intake,
+            router: Router::new(
+                parts.deps.clone(),
+                parts.exports.clone(),
+                parts.catalogs.clone(),
+                tx.clone(),
+            ),
+            masters,
+            parts,
+            tx,
+            running: HashMap::new(),
+            dirty: restored.requeued.into_iter().collect(),
+            pending_writes: Vec::new(),
+            draining: None,
+        })
+    }
+
+    /// Nodes known to the core.
+    pub fn node_count(&self) -> usize {
+        self.core.node_count()
+    }
+
+    /// Runs until shut down.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut environments: BTreeSet<String> = self
+            .core
+            .node_ids()
+            .filter_map(|id| self.core.view(id).map(|v| v.environment))
+            .collect();
+        environments.insert(self.parts.default_environment.clone());
+        for env in environments {
+            self.router.analyze(&env);
+        }
+        loop {
+            self.pump();
+            self.flush();
+            if let Some(deadline) = self.draining {
+                if self.running.is_empty() || Instant::now() >= deadline {
+                    break;
+                }
+            }
+            let wake = self.sleep_for();
+            let command = tokio::select! {
+                c = rx.recv() => c,
+                _ = tokio::time::sleep(wake) => continue,
+            };
+            let Some(command) = command else { break };
+            self.handle(command);
+            // take whatever else is already queued before polling again
+            while let Ok(c) = rx.try_recv() {
+                self.handle(c);
+            }
+        }
+        let last = self.take_writes();
+        if let Err(e) = self.parts.store.write_durably(last).await {
+            tracing::error!("last writes: {e}");
+        }
+        if !self.running.is_empty() {
+            tracing::info!(
+                "stopping with {} compiles running; they are queued again at the next start",
+                self.running.len()
+            );
+        }
+    }
+
+    fn sleep_for(&mut self) -> Duration {
+        let cap = Duration::from_secs(5);
+        if self.draining.is_some() {
+            return Duration::from_millis(100);
+        }
+        let t = now();
+        let delayed = self.router.next_due().map(|due| due.since(t));
+        let core = self.core.next_wakeup().map(|w| w.since(t));
+        [Some(cap), delayed, core]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(cap)
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Facts {
+                upload,
+                values,
+                reply,
+            } => self.facts(upload, values, reply),
+            Command::FactsStored {
+                upload,
+                baseline,
+                result,
+                reply,
+            } => {
+                let answer = result
+                    .map(|()| self.facts_stored(upload, baseline))
+                    .map_err(ApiError::Internal);
+                let _ = reply.send(answer);
+            }
+            Command::Bump { certname, reply } => {
+                let answer = match self.nodes.id(&certname) {
+                    Some(id) => {
+                        self.dirty.insert(id);
+                        self.core
+                            .bump(now(), id, BumpReason::Manual)
+                            .map_err(|e| ApiError::Internal(e.to_string()))
+                    }
+                    None => Err(ApiError::UnknownNode(certname.to_string())),
+                };
+                let _ = reply.send(answer);
+            }
+            Command::Deploy { environment, reply } => {
+                let n = self.core.deploy(now(), &environment);
+                if n > 0 {
+                    let ids: Vec<NodeId> = self.core.node_ids().collect();
+                    for id in ids {
+                        if self.environment_of(id) == environment {
+                            self.dirty.insert(id);
+                        }
+                    }
+                }
+                tracing::info!("deploy to {environment}: {n} nodes to recompile");
+                self.router.analyze(&environment);
+                let _ = reply.send(n);
+            }
+            Command::Ca { signed, revoked } => {
+                let plan = self.intake.ca(&signed, &revoked, &self.nodes);
+                for c in plan.remove {
+                    self.remove_node(&c);
+                }
+                for (c, env) in plan.add {
+                    self.add_node(c, &env, None);
+                }
+            }
+            Command::Compiled(c) => self.compiled(*c),
+            Command::Analyzed {
+                environment,
+                result,
+            } => self
+                .router
+                .analyzed(&self.core, &mut self.nodes, environment, result),
+            Command::Reloaded { batch, done } => {
+                self.router
+                    .reloaded(&self.core, &mut self.nodes, batch, done, now());
+            }
+            Command::MasterBack(m) => self.masters.back(&mut self.core, now(), m),
+            Command::Load(sample) => self.masters.report_load(&mut self.core, now(), sample),
+            Command::Status { certname, reply } => {
+                let _ = reply.send(self.status(&certname));
+            }
+            Command::Queue { reply } => {
+                let _ = reply.send(self.queue());
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(self.core.stats(now()));
+            }
+            Command::Shutdown { grace } => {
+                tracing::info!(
+                    "shutting down: no new compiles; waiting up to {grace:?} for {} running",
+                    self.running.len()
+                );
+                self.draining = Some(Instant::now() + grace);
+            }
+        }
+    }
+
+    fn environment_of(&self, id: NodeId) -> String {
+        environment_of(&self.core, id)
+    }
+
+    // --- intake ---------------------------------------------------------
+
+    fn facts(&mut self, upload: FactsUpload, values: Vec<u8>, reply: Reply<FactsOutcome>) {
+        if self.draining.is_some() {
+            let _ = reply.send(Err(ApiError::ShuttingDown));
+            return;
+        }
+        if self.intake.excluded(&upload.certname) {
+            let _ = reply.send(Err(ApiError::BadRequest(format!(
+                "{} is excluded from scheduling (ca.exclude)",
+                upload.certname
+            ))));
+            return;
+        }
+        let id = self.nodes.id(&upload.certname);
+        let env = id.map(|id| self.environment_of(id)).unwrap_or_default();
+        let known = id.and_then(|id| self.nodes.get(id)).map(|i| Known {
+            facts_hash: i.facts_hash.as_deref(),
+            environment: &env,
+            used: i.used,
+        });
+        let (environment, used) = (upload.environment.as_deref(), upload.used.as_ref());
+        let baseline = match intake::before_store(known, environment, &upload.hash, used) {
+            BeforeStore::Unchanged => {
+                Metrics::count(&self.parts.metrics.facts_uploads, "unchanged");
+                let _ = reply.send(Ok(FactsOutcome::Unchanged));
+                return;
+            }
+            BeforeStore::Store { baseline } => baseline,
+        };
+        // store first; bump once the facts are durable (see `upload`)
+        let (deps, store, tx) = (
+            self.parts.deps.clone(),
+            self.parts.store.clone(),
+            self.tx.clone(),
+        );
+        let write = Write::Facts {
+            certname: upload.certname.to_string(),
+            values,
+            hash: upload.hash.clone(),
+            at: now(),
+        };
+        let set = used.filter(|_| baseline).map(|u| u.facts.clone());
+        tokio::spawn(async move {
+            let (baseline, result) =
+                upload::store(&store, &deps, &upload.certname, write, set).await;
+            let stored = Command::FactsStored {
+                upload,
+                baseline,
+                result,
+                reply,
+            };
+            let _ = tx.send(stored).await;
+        });
+    }
+
+    fn facts_stored(&mut self, upload: FactsUpload, baseline: Option<u64>) -> FactsOutcome {
+        let FactsUpload {
+            certname,
+            environment,
+            hash,
+            used,
+        } = upload;
+        let Some(id) = self.nodes.id(&certname) else {
+            return match self.intake.newcomer(certname.clone(), environment) {
+                Newcomer::Join(env) => {
+                    self.add_node(certname, &env, Some(hash));
+                    Metrics::count(&self.parts.metrics.facts_uploads, "changed");
+                    FactsOutcome::Changed
+                }
+                Newcomer::Wait => FactsOutcome::Stored,
+            };
+        };
+        let env = self.environment_of(id);
+        let Some(info) = self.nodes.get(id) else {
+            return FactsOutcome::Stored;
+        };
+        let known = Known {
+            facts_hash: info.facts_hash.as_deref(),
+            environment: &env,
+            used: info.used,
+        };
+        let after = intake::after_store(
+            known,
+            environment.as_deref(),
+            &hash,
+            used.as_ref(),
+            baseline,
+        );
+        if let Some(info) = self.nodes.get_mut(id) {
+            info.facts_hash = Some(hash);
+            info.used = after.used;
+        }
+        if let Some(env) = after.environment {
+            let _ = self.core.set_environment(id, &env);
+        }
+        // (the facts write already put the hash in the node's row)
+        self.dirty.insert(id);
+        Metrics::count(&self.parts.metrics.facts_uploads, after.label);
+        if after.bump {
+            let _ = self.core.bump(now(), id, BumpReason::Facts);
+            FactsOutcome::Changed
+        } else {
+            FactsOutcome::Unchanged
+        }
+    }
+
+    fn add_node(&mut self, certname: Certname, environment: &str, facts_hash: Option<String>) {
+        match self.core.add_node(now(), environment) {
+            Ok(id) => {
+                tracing::info!("node {certname} joins the queue");
+                // its row is written at the next flush, before this
+                if let Some(hash) = &facts_hash {
+                    self.pending_writes.push(Write::FactsHash {
+                        certname: certname.to_string(),
+                        hash: hash.clone(),
+                    });
+                }
+                self.nodes.insert(
+                    id,
+                    NodeInfo {
+                        facts_hash,
+                        ..NodeInfo::new(certname)
+                    },
+                );
+                self.dirty.insert(id);
+            }
+            Err(e) => tracing::error!("cannot add {certname}: {e}"),
+        }
+    }
+
+    fn remove_node(&mut self, certname: &Certname) {
+        self.intake.forget(certname);
+        let Some(id) = self.nodes.id(certname) else {
+            return;
+        };
+        let _ = self.core.remove_node(now(), id);
+        self.router.forget(&mut self.nodes, id);
+        self.nodes.remove(certname);
+        self.dirty.remove(&id);
+        self.pending_writes.push(Write::Remove {
+            certname: certname.to_string(),
+        });
+        if let Err(e) = self.parts.catalogs.remove(certname) {
+            tracing::warn!("removing the catalog of {certname}: {e}");
+        }
+        tracing::info!("node {certname} removed (certificate revoked)");
+    }
+
+    // --- compiles -------------------------------------------------------
+
+    /// Starts every compile the core allows.
+    fn pump(&mut self) {
+        if self.draining.is_some() {
+            return;
+        }
+        let t = now();
+        for id in self.router.due(t) {
+            if self.core.bump(t, id, BumpReason::Exports).is_ok() {
+                self.dirty.insert(id);
+            }
+        }
+        while let Poll::Start(start) = self.core.poll(t) {
+            self.start(start, t);
+        }
+    }
+
+    fn start(&mut self, start: Start, t: Time) {
+        let master = self.masters.index_of(start.master);
+        let (Some(info), Some(m)) = (self.nodes.get(start.node), master) else {
+            // cannot happen: the core only starts nodes and masters the
+            // driver added
+            let _ = self
+                .core
+                .finish(t, start.node, start.master, Outcome::Interrupted);
+            return;
+        };
+        let environment = self
+            .core
+            .view(start.node)
+            .map(|v| v.environment)
+            .unwrap_or_else(|| self.parts.default_environment.clone());
+        let job = CompileJob {
+            node: start.node,
+            master: m,
+            certname: info.certname.clone(),
+            environment: environment.clone(),
+            previous: info.catalog_hash.clone(),
+            timeout: start.deadline.since(t).max(Duration::from_secs(1)),
+            compiler: self.masters.all()[m].compiler.clone(),
+            store: self.parts.store.clone(),
+            catalogs: self.parts.catalogs.clone(),
+            deps: self.parts.deps.clone(),
+        };
+        self.dirty.insert(start.node);
+        self.running.insert(start.node, (m, t));
+        self.parts
+            .metrics
+            .starts
+            .get_or_create(&ReasonLabel {
+                reason: start.reason.name().into(),
+            })
+            .inc();
+        self.router.ensure_analysed(&environment);
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let done = compile::run(job).await;
+            let _ = tx.send(Command::Compiled(Box::new(done))).await;
+        });
+    }
+
+    fn compiled(&mut self, c: Compiled) {
+        let t = now();
+        self.running.remove(&c.node);
+        let Some(master_id) = self.masters.get(c.master).and_then(|m| m.id()) else {
+            return;
+        };
+        let outcome = compile::outcome_of(&c.result);
+        self.parts
+            .metrics
+            .compile_seconds
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.name().into(),
+            })
+            .observe(c.started.elapsed().as_secs_f64());
+        match self.core.finish(t, c.node, master_id, outcome) {
+            Ok(Finished::Released) | Err(_) => return, // removed meanwhile
+            Ok(Finished::Next(_)) => {}
+        }
+        self.dirty.insert(c.node);
+        let environment = self.environment_of(c.node);
+        let cat = match c.result {
+            Ok(cat) => cat,
+            Err(Failure::Server(e)) => return self.master_down(c.master, &e),
+            Err(failure) => {
+                tracing::warn!(certname = %c.certname, "{failure}");
+                let text = failure.to_string();
+                if let Some(info) = self.nodes.get_mut(c.node) {
+                    info.last_error = Some(text.clone());
+                }
+                self.pending_writes.push(Write::Error {
+                    certname: c.certname.to_string(),
+                    error: Some(text),
+                });
+                return;
+            }
+        };
+        let changed_at = match self.nodes.get(c.node).and_then(|i| i.catalog_changed_at) {
+            Some(at) if !cat.changed => at,
+            _ => t,
+        };
+        if let Some(info) = self.nodes.get_mut(c.node) {
+            info.catalog_hash = Some(cat.hash.clone());
+            info.catalog_changed_at = Some(changed_at);
+            info.last_error = None;
+        }
+        self.pending_writes.push(Write::Catalog {
+            certname: c.certname.to_string(),
+            hash: cat.hash.clone(),
+            changed_at,
+            exports: cat.exports,
+        });
+        self.router.compiled(
+            &self.core,
+            &mut self.nodes,
+            c.node,
+            &c.certname,
+            &cat.hash,
+            cat.links,
+            t,
+        );
+        let label = if cat.changed { "changed" } else { "unchanged" };
+        Metrics::count(&self.parts.metrics.catalogs, label);
+        if cat.changed {
+            tracing::info!(certname = %c.certname, hash = %cat.hash, "catalog changed");
+            self.parts.notifier.send(Notice {
+                certname: c.certname.to_string(),
+                environment,
+                catalog_hash: cat.hash,
+            });
+        }
+    }
+
+    /// Pauses starts on a master and probes it until it answers.
+    fn master_down(&mut self, m: usize, why: &str) {
+        if let Some(probe) = self.masters.down(&mut self.core, now(), m, why) {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                probe.await;
+                let _ = tx.send(Command::MasterBack(m)).await;
+            });
+        }
+    }
+
+    // --- the store and the views ----------------------------------------
+
+    /// Queues the rows of nodes that changed, and any other writes.
+    fn flush(&mut self) {
+        let batch = self.take_writes();
+        self.parts.store.write(batch);
+    }
+
+    fn take_writes(&mut self) -> Vec<Write> {
+        let mut batch = std::mem::take(&mut self.pending_writes);
+        for id in std::mem::take(&mut self.dirty) {
+            if let (Some(view), Some(info)) = (self.core.view(id), self.nodes.get(id)) {
+                batch.push(Write::Node {
+                    certname: info.certname.to_string(),
+                    view,
+                });
+            }
+        }
+        // a node's row must exist before its facts hash or catalog update
+        batch.sort_by_key(|w| !matches!(w, Write::Node { .. }));
+        batch
+    }
+
+    fn status(&self, certname: &Certname) -> Option<NodeStatus> {
+        let Some(id) = self.nodes.id(certname) else {
+            return self
+                .intake
+                .is_waiting(certname)
+                .then(|| view::waiting_status(certname, self.intake.default_environment()));
+        };
+        Some(view::node_status(self.core.view(id)?, self.nodes.get(id)?))
+    }
+
+    fn queue(&mut self) -> QueueView {
+        let t = now();
+        let running = self
+            .running
+            .iter()
+            .filter_map(|(id, (m, started))| {
+                Some(RunningView {
+                    certname: self.nodes.get(*id)?.certname.to_string(),
+                    master: self.masters.get(*m)?.name.clone(),
+                    seconds: t.since(*started).as_secs_f64(),
+                })
+            })
+            .collect();
+        view::queue_view(
+            &self.core.stats(t),
+            running,
+            self.masters.all(),
+            self.intake.waiting(),
+        )
+    }
+}

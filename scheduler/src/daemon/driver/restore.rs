@@ -1,0 +1,168 @@
+//! Rebuilding the queue from the store at start-up.
+//!
+//! The store holds state, not policy: each node's row is the core's
+//! [`crate::core::NodeView`] plus the driver's hashes. The core rebuilds
+//! lane order from the stored times; a node that was compiling when the
+//! daemon stopped (or was killed) comes back at the front of the queue,
+//! and its row is written again at once. Rows that cannot be trusted (an
+//! invalid certname, a second row for a name) are skipped with a log line,
+//! and the rebuilt core must pass its own audit.
+
+use crate::core::{Core, CoreError, NodeId, NodeState};
+use crate::daemon::catalog::{Export, Exported};
+use crate::daemon::certname::Certname;
+use crate::daemon::store::StoredNode;
+
+use super::nodes::{NodeInfo, Nodes};
+
+/// Why the queue could not be rebuilt from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The core refused a master or a stored node.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// The stored nodes do not make a consistent queue.
+    #[error("the queue rebuilt from the store is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+/// The rebuilt directory, the nodes whose rows must be written again, and
+/// the certnames whose stored facts belong to no node yet.
+pub struct Restored {
+    /// Every node, with what the store knew of it.
+    pub nodes: Nodes,
+    /// Compiles that were running: their rows change now.
+    pub requeued: Vec<NodeId>,
+    /// Certnames with facts but no node.
+    pub facts_only: Vec<Certname>,
+}
+
+/// Adds every stored node to `core` exactly once, with its exports, and
+/// finds the facts that belong to no node.
+pub fn restore(
+    core: &mut Core,
+    stored: Vec<StoredNode>,
+    stored_exports: Vec<(String, Export)>,
+    facts_owners: Vec<String>,
+) -> Result<Restored, CoreError> {
+    let mut nodes = Nodes::default();
+    let mut requeued = Vec::new();
+    for node in stored {
+        let Ok(certname) = Certname::parse(&node.certname) else {
+            tracing::warn!(
+                "store: skipping node with invalid certname {:?}",
+                node.certname
+            );
+            continue;
+        };
+        if nodes.contains(&certname) {
+            continue;
+        }
+        let id = core.restore_node(&node.view)?;
+        nodes.insert(
+            id,
+            NodeInfo {
+                catalog_hash: node.catalog_hash,
+                catalog_changed_at: node.catalog_changed_at,
+                facts_hash: node.facts_hash,
+                last_error: node.last_error,
+                ..NodeInfo::new(certname)
+            },
+        );
+        if matches!(node.view.state, NodeState::Compiling(_)) {
+            requeued.push(id);
+        }
+    }
+    for (certname, e) in stored_exports {
+        let id = Certname::parse(&certname).ok().and_then(|c| nodes.id(&c));
+        if let Some(info) = id.and_then(|id| nodes.get_mut(id)) {
+            info.exports_whole = false;
+            info.exports.push(Exported {
+                kind: e.kind,
+                title: e.title,
+                tags: Vec::new(),
+                parameters: serde_json::Map::new(),
+                parameters_hash: e.parameters_hash,
+            });
+        }
+    }
+    let facts_only = facts_owners
+        .iter()
+        .filter_map(|owner| Certname::parse(owner).ok())
+        .filter(|c| !nodes.contains(c))
+        .collect();
+    Ok(Restored {
+        nodes,
+        requeued,
+        facts_only,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{CoreConfig, Lane, NodeView, Pending, Reason, Time};
+
+    fn row(certname: &str, state: NodeState) -> StoredNode {
+        StoredNode {
+            certname: certname.into(),
+            view: NodeView {
+                id: NodeId::from_index(0),
+                state,
+                environment: "production".into(),
+                reason: Reason::New,
+                since: Time::from_micros(5),
+                pending: Pending::None,
+                pending_since: Time::from_micros(5),
+                last_compile: None,
+                failures: 0,
+            },
+            catalog_hash: Some("h".into()),
+            catalog_changed_at: None,
+            facts_hash: None,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn every_node_once_bad_rows_skipped_running_compiles_requeued() {
+        let mut core = Core::new(CoreConfig::default(), 1).expect("core");
+        let master = core
+            .add_master(
+                Time::from_micros(1),
+                crate::core::MasterSpec::new(2, crate::core::GateConfig::default()),
+            )
+            .expect("master");
+        let stored = vec![
+            row("a.example.com", NodeState::Queued(Lane::Cycle)),
+            row("a.example.com", NodeState::Queued(Lane::Urgent)),
+            row("../etc/passwd", NodeState::Queued(Lane::Cycle)),
+            row("b.example.com", NodeState::Compiling(master)),
+        ];
+        let exports = vec![(
+            "b.example.com".to_string(),
+            Export {
+                kind: "File".into(),
+                title: "/x".into(),
+                parameters_hash: "p".into(),
+            },
+        )];
+        let owners = vec!["a.example.com".into(), "new.example.com".into()];
+        let r = restore(&mut core, stored, exports, owners).expect("restored");
+        assert_eq!(core.node_count(), 2);
+        assert_eq!(r.requeued.len(), 1);
+        let b = r
+            .nodes
+            .id(&Certname::parse("b.example.com").expect("certname"))
+            .expect("b");
+        assert_eq!(r.requeued, vec![b]);
+        let info = r.nodes.get(b).expect("info");
+        assert_eq!(info.exports.len(), 1);
+        assert!(!info.exports_whole, "restored exports are not whole");
+        assert_eq!(
+            r.facts_only,
+            vec![Certname::parse("new.example.com").expect("certname")]
+        );
+        core.audit().expect("consistent");
+    }
+}

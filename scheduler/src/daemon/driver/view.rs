@@ -1,0 +1,184 @@
+//! What the API shows of the queue and of a node: the views of
+//! `GET /v1/queue` (`pcq queue`) and `GET /v1/nodes/{certname}/status`
+//! (`pcq status NODE`), and how they are put together from the core's
+//! state and the driver's.
+//!
+//! The CLI reads these same types back, so the wire format has one
+//! definition.
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::{Lane, NodeState, NodeView, Stats, Time};
+use crate::daemon::certname::Certname;
+
+use super::masters::MasterSlot;
+use super::nodes::NodeInfo;
+
+/// One node, as `GET /v1/nodes/{certname}/status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node.
+    pub certname: String,
+    /// Its environment.
+    pub environment: String,
+    /// urgent, deploy, cycle, compiling, parked, or waiting_for_facts.
+    pub state: String,
+    /// Why it is queued or compiling.
+    pub reason: Option<String>,
+    /// Queued since (cycle: due since) / compiling since / parked until,
+    /// seconds since the epoch.
+    pub since: Option<f64>,
+    /// Canonical hash of its last good catalog (also the catalog's ETag).
+    pub catalog_hash: Option<String>,
+    /// When that catalog last changed, seconds since the epoch.
+    pub catalog_changed_at: Option<f64>,
+    /// When its last compile succeeded, seconds since the epoch.
+    pub last_compile: Option<f64>,
+    /// Consecutive failed compiles.
+    pub failures: u16,
+    /// The last compile error.
+    pub last_error: Option<String>,
+    /// The fact paths its catalog can read; absent when not known or when
+    /// any fact may be read (then every change counts).
+    pub fact_paths: Option<Vec<String>>,
+}
+
+/// The queue, as `GET /v1/queue` and `pcq queue` show it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QueueView {
+    /// Nodes known.
+    pub nodes: usize,
+    /// Per lane.
+    pub lanes: Vec<LaneView>,
+    /// Compiles running.
+    pub in_flight: Vec<RunningView>,
+    /// Why nothing else starts.
+    pub blocked: String,
+    /// Seconds to compile every node once, at the recent rate.
+    pub cycle_time_seconds: Option<f64>,
+    /// The masters.
+    pub masters: Vec<MasterView>,
+    /// Signed nodes waiting for their first facts.
+    pub waiting_for_facts: usize,
+}
+
+/// One lane.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LaneView {
+    /// urgent, deploy, cycle.
+    pub lane: String,
+    /// Nodes in it.
+    pub depth: usize,
+    /// How long its oldest ready job has waited.
+    pub oldest_age_seconds: f64,
+}
+
+/// A running compile.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunningView {
+    /// The node.
+    pub certname: String,
+    /// The master's name.
+    pub master: String,
+    /// Seconds it has run.
+    pub seconds: f64,
+}
+
+/// A master.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MasterView {
+    /// Its name.
+    pub name: String,
+    /// Reachable.
+    pub up: bool,
+    /// Compiles running.
+    pub in_flight: u32,
+    /// Its concurrency limit.
+    pub max_concurrency: u32,
+    /// Its gate's load estimate per core.
+    pub load_per_core: f64,
+}
+
+fn secs(t: Time) -> f64 {
+    t.as_secs_f64()
+}
+
+/// A node in the queue (or compiling, or parked).
+pub fn node_status(view: NodeView, info: &NodeInfo) -> NodeStatus {
+    let state = match view.state {
+        NodeState::Queued(lane) => lane.name(),
+        NodeState::Compiling(_) => "compiling",
+        NodeState::Parked(_) => "parked",
+    };
+    NodeStatus {
+        certname: info.certname.to_string(),
+        environment: view.environment,
+        state: state.into(),
+        reason: Some(view.reason.name().into()),
+        since: Some(secs(view.since)),
+        catalog_hash: info.catalog_hash.clone(),
+        catalog_changed_at: info.catalog_changed_at.map(secs),
+        last_compile: view.last_compile.map(secs),
+        failures: view.failures,
+        last_error: info.last_error.clone(),
+        fact_paths: info
+            .deps
+            .as_ref()
+            .filter(|d| !d.facts.all)
+            .map(|d| d.facts.paths()),
+    }
+}
+
+/// A signed node that has sent no facts yet.
+pub fn waiting_status(certname: &Certname, environment: &str) -> NodeStatus {
+    NodeStatus {
+        certname: certname.to_string(),
+        environment: environment.to_string(),
+        state: "waiting_for_facts".into(),
+        reason: None,
+        since: None,
+        catalog_hash: None,
+        catalog_changed_at: None,
+        last_compile: None,
+        failures: 0,
+        last_error: None,
+        fact_paths: None,
+    }
+}
+
+/// The queue: the core's stats per lane and master, what runs.
+pub fn queue_view(
+    stats: &Stats,
+    in_flight: Vec<RunningView>,
+    masters: &[MasterSlot],
+    waiting_for_facts: usize,
+) -> QueueView {
+    QueueView {
+        nodes: stats.nodes,
+        lanes: Lane::ALL
+            .iter()
+            .map(|l| LaneView {
+                lane: l.name().into(),
+                depth: stats.lane(*l).depth,
+                oldest_age_seconds: stats.lane(*l).oldest_age.as_secs_f64(),
+            })
+            .collect(),
+        in_flight,
+        blocked: stats.blocked.name().into(),
+        cycle_time_seconds: stats.cycle_time.map(|d| d.as_secs_f64()),
+        masters: masters
+            .iter()
+            .filter_map(|m| {
+                let s = stats.masters.iter().find(|s| Some(s.id) == m.id())?;
+                Some(MasterView {
+                    name: m.name.clone(),
+                    up: s.up,
+                    in_flight: s.in_flight,
+                    max_concurrency: s.max_concurrency,
+                    load_per_core: s.load_per_core,
+                })
+            })
+            .collect(),
+        waiting_for_facts,
+    }
+}
