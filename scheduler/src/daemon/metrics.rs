@@ -202,6 +202,24 @@ impl Metrics {
         out
     }
 
+    /// Counts a compile start by its reason.
+    pub fn started(&self, reason: &str) {
+        self.starts
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Records how long a compile took, by its outcome.
+    pub fn compiled(&self, outcome: &str, seconds: f64) {
+        self.compile_seconds
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .observe(seconds);
+    }
+
     /// Says whether a master answers (`pcq_master_up`).
     pub fn set_master_up(&self, master: &str, up: bool) {
         self.master_up

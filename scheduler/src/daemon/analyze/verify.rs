@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::{Analysis, UsedFacts};
+use super::analysis::Analysis;
+use super::used::UsedFacts;
 use crate::daemon::backend::{Compiler, Failure, Job};
 use crate::daemon::catalog;
 use crate::daemon::certname::Certname;

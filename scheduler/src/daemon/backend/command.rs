@@ -10,7 +10,7 @@ use std::process::Stdio;
 
 use tokio::process::Command;
 
-use super::{agent_facts, facts_map, BoxFuture, Compiler, Failure, Job};
+use super::compiler::{agent_facts, facts_map, BoxFuture, Compiler, Failure, Job};
 
 /// Runs a compile command.
 #[derive(Clone, Debug)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use super::{agent_facts, facts_map, BoxFuture, Compiler, Failure, Job};
+use super::compiler::{agent_facts, facts_map, BoxFuture, Compiler, Failure, Job};
 use crate::daemon::tls::{PuppetSsl, TlsError};
 use crate::daemon::trusted::trusted_facts;
 

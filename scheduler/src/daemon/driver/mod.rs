@@ -47,7 +47,7 @@ use crate::daemon::catalog::{CatalogFiles, Export};
 use crate::daemon::certname::Certname;
 use crate::daemon::config::Exports as ExportsConfig;
 use crate::daemon::dependencies::Dependencies;
-use crate::daemon::metrics::{Metrics, OutcomeLabel, ReasonLabel};
+use crate::daemon::metrics::Metrics;
 use crate::daemon::notify::{Notice, Notifier};
 use crate::daemon::store::{StoreHandle, StoredNode, Write};
 
@@ -499,13 +499,7 @@ impl Driver {
         };
         self.dirty.insert(start.node);
         self.running.insert(start.node, (m, t));
-        self.parts
-            .metrics
-            .starts
-            .get_or_create(&ReasonLabel {
-                reason: start.reason.name().into(),
-            })
-            .inc();
+        self.parts.metrics.started(start.reason.name());
         self.router.ensure_analysed(&environment);
         let tx = self.tx.clone();
         tokio::spawn(async move {
@@ -521,13 +515,8 @@ impl Driver {
             return;
         };
         let outcome = compile::outcome_of(&c.result);
-        self.parts
-            .metrics
-            .compile_seconds
-            .get_or_create(&OutcomeLabel {
-                outcome: outcome.name().into(),
-            })
-            .observe(c.started.elapsed().as_secs_f64());
+        let seconds = c.started.elapsed().as_secs_f64();
+        self.parts.metrics.compiled(outcome.name(), seconds);
         match self.core.finish(t, c.node, master_id, outcome) {
             Ok(Finished::Released) | Err(_) => return, // removed meanwhile
             Ok(Finished::Next(_)) => {}
@@ -550,15 +539,10 @@ impl Driver {
                 return;
             }
         };
-        let changed_at = match self.nodes.get(c.node).and_then(|i| i.catalog_changed_at) {
-            Some(at) if !cat.changed => at,
-            _ => t,
+        let Some(info) = self.nodes.get_mut(c.node) else {
+            return;
         };
-        if let Some(info) = self.nodes.get_mut(c.node) {
-            info.catalog_hash = Some(cat.hash.clone());
-            info.catalog_changed_at = Some(changed_at);
-            info.last_error = None;
-        }
+        let changed_at = info.record_catalog(&cat.hash, cat.changed, t);
         self.pending_writes.push(Write::Catalog {
             certname: c.certname.to_string(),
             hash: cat.hash.clone(),
@@ -632,20 +616,17 @@ impl Driver {
 
     fn queue(&mut self) -> QueueView {
         let t = now();
-        let running = self
-            .running
-            .iter()
-            .filter_map(|(id, (m, started))| {
-                Some(RunningView {
-                    certname: self.nodes.get(*id)?.certname.to_string(),
-                    master: self.masters.get(*m)?.name.clone(),
-                    seconds: t.since(*started).as_secs_f64(),
-                })
+        let running = self.running.iter().filter_map(|(id, (m, started))| {
+            Some(RunningView {
+                certname: self.nodes.get(*id)?.certname.to_string(),
+                master: self.masters.get(*m)?.name.clone(),
+                seconds: t.since(*started).as_secs_f64(),
             })
-            .collect();
+        });
+        let stats = self.core.stats(t);
         view::queue_view(
-            &self.core.stats(t),
-            running,
+            &stats,
+            running.collect(),
             self.masters.all(),
             self.intake.waiting(),
         )

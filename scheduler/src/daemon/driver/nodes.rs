@@ -79,6 +79,19 @@ impl NodeInfo {
             .any(|(k, q)| *k == kind && (!whole || q.matches(&resource)))
     }
 
+    /// A good catalog came in: its hash, and the time the catalog last
+    /// changed (now, unless it did not); the last error is over.
+    pub fn record_catalog(&mut self, hash: &str, changed: bool, t: Time) -> Time {
+        let changed_at = match self.catalog_changed_at {
+            Some(at) if !changed => at,
+            _ => t,
+        };
+        self.catalog_hash = Some(hash.to_string());
+        self.catalog_changed_at = Some(changed_at);
+        self.last_error = None;
+        changed_at
+    }
+
     /// Replaces the node's exports and held resources with a new
     /// catalog's; returns the old exports and whether they were whole.
     pub fn replace_exports(

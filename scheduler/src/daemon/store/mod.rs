@@ -13,121 +13,15 @@
 //! one transaction (group commit): a facts upload waits for its commit, and
 //! thousands of them a second share a handful of commits.
 
+pub mod interface;
 pub mod sqlite;
+
+pub use interface::{Store, StoreError, StoredNode, Write};
 
 use std::sync::mpsc;
 use std::thread;
 
-use thiserror::Error;
 use tokio::sync::oneshot;
-
-use crate::core::{NodeView, Time};
-
-use super::catalog::Export;
-
-/// A node as stored.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StoredNode {
-    /// Its certname.
-    pub certname: String,
-    /// What the core knew of it (`id` is meaningless after a restart).
-    pub view: NodeView,
-    /// Canonical hash of its last good catalog.
-    pub catalog_hash: Option<String>,
-    /// When that catalog last changed.
-    pub catalog_changed_at: Option<Time>,
-    /// Hash of its last facts without the ignored ones.
-    pub facts_hash: Option<String>,
-    /// The last compile error, cleared by a success.
-    pub last_error: Option<String>,
-}
-
-/// One change to the stored state.
-#[derive(Clone, Debug)]
-pub enum Write {
-    /// The node's scheduling state (inserts the node if new).
-    Node {
-        /// The node.
-        certname: String,
-        /// Its state in the core.
-        view: NodeView,
-    },
-    /// The node is gone (revoked): its row, facts and exports.
-    Remove {
-        /// The node.
-        certname: String,
-    },
-    /// New facts.
-    Facts {
-        /// The node.
-        certname: String,
-        /// The upload's `values`, as JSON.
-        values: Vec<u8>,
-        /// Hash of the values without ignored facts.
-        hash: String,
-        /// When they arrived.
-        at: Time,
-    },
-    /// The hash of facts stored earlier (the node's row is new).
-    FactsHash {
-        /// The node.
-        certname: String,
-        /// Hash of the values without ignored facts.
-        hash: String,
-    },
-    /// A successful compile's catalog.
-    Catalog {
-        /// The node.
-        certname: String,
-        /// Canonical hash.
-        hash: String,
-        /// When it last changed (now if it did).
-        changed_at: Time,
-        /// Its exported resources.
-        exports: Vec<Export>,
-    },
-    /// The last compile error (`None` clears it).
-    Error {
-        /// The node.
-        certname: String,
-        /// The error text.
-        error: Option<String>,
-    },
-}
-
-/// A store failed.
-#[derive(Debug, Error)]
-pub enum StoreError {
-    /// The database said no.
-    #[error("store: {0}")]
-    Database(String),
-    /// A stored value could not be read back.
-    #[error("store: corrupt row for {certname}: {why}")]
-    Corrupt {
-        /// The node.
-        certname: String,
-        /// What is wrong.
-        why: String,
-    },
-    /// The store thread is gone.
-    #[error("store: the store thread stopped")]
-    Closed,
-}
-
-/// A place to keep the state. Implementations run on one thread; they need
-/// not be `Sync`.
-pub trait Store: Send {
-    /// Every node.
-    fn load(&mut self) -> Result<Vec<StoredNode>, StoreError>;
-    /// Applies the writes atomically (all or nothing).
-    fn write(&mut self, batch: &[Write]) -> Result<(), StoreError>;
-    /// The node's last facts (`values` JSON).
-    fn facts(&mut self, certname: &str) -> Result<Option<Vec<u8>>, StoreError>;
-    /// Every node's exports, for finding collectors.
-    fn exports(&mut self) -> Result<Vec<(String, Export)>, StoreError>;
-    /// Certnames that have stored facts (nodes or not).
-    fn facts_owners(&mut self) -> Result<Vec<String>, StoreError>;
-}
 
 enum Request {
     Write(Vec<Write>, Option<oneshot::Sender<Result<(), String>>>),

@@ -11,7 +11,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::core::{BumpReason, Lane, MasterId, NodeId, NodeState, NodeView, Pending, Reason, Time};
 
-use super::{Store, StoreError, StoredNode, Write};
+use super::interface::{Store, StoreError, StoredNode, Write};
 use crate::daemon::catalog::Export;
 
 const SCHEMA: &str = "

@@ -1,0 +1,151 @@
+//! Resolving units transitively: a class reads what it reads itself plus
+//! what its templates, functions and Hiera layers read, memoised, with
+//! cycles cut; and why a unit reads "any fact" when it does.
+
+use std::collections::{HashMap, HashSet};
+
+use super::raw::{Raw, Unit};
+use super::used::UsedFacts;
+
+/// Functions that read Hiera: code calling them may read any module's data.
+const LOOKUPS: [&str; 5] = [
+    "lookup",
+    "hiera",
+    "hiera_array",
+    "hiera_hash",
+    "hiera_include",
+];
+
+/// Which table of [`Raw`] a unit is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Node-level code and global Hiera.
+    Global,
+    /// A class.
+    Class,
+    /// A defined type.
+    Define,
+    /// An ERB or EPP template.
+    Template,
+    /// A function (Puppet or Ruby).
+    Function,
+    /// A module's own Hiera data.
+    ModuleHiera,
+}
+
+/// Resolves units transitively (templates, functions, Hiera layers),
+/// memoised, cycles cut.
+pub struct Resolver<'a> {
+    /// The analyzer's report.
+    pub raw: &'a Raw,
+    /// Units resolved so far.
+    pub memo: HashMap<(Kind, String), UsedFacts>,
+    /// Units being resolved (a cycle stops here).
+    pub visiting: HashSet<(Kind, String)>,
+    /// Why a unit reads any fact: its own widening, or the unit it got it
+    /// from.
+    pub why: HashMap<(Kind, String), String>,
+}
+
+impl<'a> Resolver<'a> {
+    fn lookup(raw: &'a Raw, kind: Kind, name: &str) -> Option<&'a Unit> {
+        match kind {
+            Kind::Global => Some(&raw.global),
+            Kind::Class => raw.classes.get(name),
+            Kind::Define => raw.defines.get(name),
+            Kind::Template => raw.templates.get(name),
+            Kind::Function => raw.functions.get(name),
+            Kind::ModuleHiera => raw.module_hiera.get(name),
+        }
+    }
+
+    /// What a unit reads, with everything it pulls in.
+    pub fn unit(&mut self, kind: Kind, name: &str) -> UsedFacts {
+        let key = (kind, name.to_string());
+        if let Some(done) = self.memo.get(&key) {
+            return done.clone();
+        }
+        if !self.visiting.insert(key.clone()) {
+            return UsedFacts::default(); // a cycle: its members are being summed already
+        }
+        let raw = self.raw;
+        let mut set = UsedFacts::default();
+        let mut subs: Vec<(Kind, &str)> = Vec::new();
+        if let Some(u) = Self::lookup(raw, kind, name) {
+            if let Some(w) = u.all.first() {
+                set.all = true;
+                self.why
+                    .insert(key.clone(), format!("{}:{}: {}", w.file, w.line, w.cause));
+            }
+            for f in &u.facts {
+                set.insert(&f.path);
+            }
+            subs.extend(u.templates.iter().map(|t| (Kind::Template, t.as_str())));
+            for prefix in &u.template_prefixes {
+                subs.extend(
+                    raw.templates
+                        .keys()
+                        .filter(|t| t.starts_with(prefix.as_str()))
+                        .map(|t| (Kind::Template, t.as_str())),
+                );
+            }
+            for (any, epp) in [(&u.any_template, false), (&u.any_epp, true)] {
+                if any.is_some() {
+                    subs.extend(
+                        raw.templates
+                            .keys()
+                            .filter(|t| t.ends_with(".epp") == epp)
+                            .map(|t| (Kind::Template, t.as_str())),
+                    );
+                }
+            }
+            for f in &u.functions {
+                if LOOKUPS.contains(&f.as_str()) {
+                    subs.extend(
+                        raw.module_hiera
+                            .keys()
+                            .map(|m| (Kind::ModuleHiera, m.as_str())),
+                    );
+                } else if raw.functions.contains_key(f) {
+                    subs.push((Kind::Function, f.as_str()));
+                }
+            }
+        }
+        if matches!(kind, Kind::Class | Kind::Define) {
+            // automatic parameter lookup reads the module's own Hiera layer
+            subs.push((Kind::ModuleHiera, name.split("::").next().unwrap_or(name)));
+        }
+        for (sub_kind, sub_name) in subs {
+            let sub = self.unit(sub_kind, sub_name);
+            if sub.all && !set.all {
+                let why = self
+                    .why
+                    .get(&(sub_kind, sub_name.to_string()))
+                    .cloned()
+                    .unwrap_or_default();
+                self.why.insert(
+                    key.clone(),
+                    format!("{} {sub_name}: {why}", sub_kind.noun()),
+                );
+            }
+            set.extend(&sub);
+        }
+        self.visiting.remove(&key);
+        self.memo.insert(key, set.clone());
+        set
+    }
+}
+
+impl Kind {
+    /// The unit kind in words, for reports.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Kind::Global => "node-level code",
+            Kind::Class => "class",
+            Kind::Define => "defined type",
+            Kind::Template => "template",
+            Kind::Function => "function",
+            Kind::ModuleHiera => "Hiera data of module",
+        }
+    }
+}
