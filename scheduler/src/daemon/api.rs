@@ -67,7 +67,11 @@ pub fn router(state: ApiState, max_body: usize) -> Router {
         .route("/v1/queue", get(get_queue))
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(healthz))
-        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            max_body,
+            super::body_limit::limit,
+        ))
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 

@@ -8,7 +8,8 @@
 //!   catalog compile`);
 //! - [`store`]: durable state (SQLite) behind an interface;
 //! - [`catalog`]: canonical hashes, exports, the last good catalog on disk;
-//! - [`api`]: the HTTP API; [`facts`]: facts uploads; [`certname`]:
+//! - [`api`]: the HTTP API ([`body_limit`]: oversized bodies refused
+//!   readably); [`facts`]: facts uploads; [`certname`]:
 //!   certnames from the network;
 //! - [`ca`]: node intake from the CA; [`load`]: this host's load for the
 //!   gate; [`notify`]: changed-catalog notifications; [`metrics`]:
@@ -21,6 +22,7 @@
 pub mod analyze;
 pub mod api;
 pub mod backend;
+pub mod body_limit;
 pub mod ca;
 pub mod catalog;
 pub mod certname;
