@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use simulator::metrics::Policy;
+use simulator::policy::Policy;
 use simulator::run::{run, RunSpec};
 use simulator::scenario::Scenario;
 

@@ -7,11 +7,15 @@
 //!
 //! - [`scenario`]: the TOML scenario format;
 //! - [`engine`]: virtual time and the event queue;
-//! - [`run`]: the world both policies share and the event loop;
-//! - [`policy`]: the on-demand model and the queue model;
+//! - [`world`]: the world every policy shares, and [`streams`], its seeded
+//!   random numbers;
+//! - [`policy`]: the list of policies, the on-demand model and the queue
+//!   model;
+//! - [`run`]: the event loop of one run;
 //! - [`master`], [`fleet`], [`distribution`]: masters' CPUs, nodes and
 //!   their changes, compile times;
-//! - [`metrics`]: what a run measures ([`metrics::RunResult`]);
+//! - [`measure`], [`metrics`]: what a run records while it runs, and what
+//!   it reports ([`metrics::RunResult`]);
 //! - [`plan`], [`report`], [`plot`]: sweeps, confidence intervals, SLOs
 //!   and the written report;
 //! - [`theory`]: the formulas the simulator is checked against.
@@ -20,6 +24,7 @@ pub mod distribution;
 pub mod engine;
 pub mod fleet;
 pub mod master;
+pub mod measure;
 pub mod metrics;
 pub mod plan;
 pub mod plot;
@@ -27,4 +32,6 @@ pub mod policy;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod streams;
 pub mod theory;
+pub mod world;

@@ -8,11 +8,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use simulator::metrics::{Policy, RunResult};
+use simulator::metrics::RunResult;
 use simulator::plan::{plan, PlanOptions};
+use simulator::policy::Policy;
 use simulator::report::{self, human};
 use simulator::run::{run, RunSpec};
 use simulator::scenario::Scenario;
@@ -28,21 +30,20 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum PolicyArg {
-    Queue,
-    OnDemand,
-    Both,
-}
+/// `--policy`: a policy's name, or [`EVERY_POLICY`].
+#[derive(Clone)]
+struct Policies(Vec<Policy>);
 
-impl PolicyArg {
-    fn policies(self) -> Vec<Policy> {
-        match self {
-            PolicyArg::Queue => vec![Policy::Queue],
-            PolicyArg::OnDemand => vec![Policy::OnDemand],
-            PolicyArg::Both => Policy::BOTH.to_vec(),
-        }
-    }
+/// `--policy` for every policy in the list (named when there were two).
+const EVERY_POLICY: &str = "both";
+
+/// What `--policy` accepts: the names in the list of policies, then
+/// [`EVERY_POLICY`].
+fn policies_arg() -> impl TypedValueParser<Value = Policies> {
+    let names = Policy::ALL.iter().map(|p| p.name()).chain([EVERY_POLICY]);
+    PossibleValuesParser::new(names).map(|name| {
+        Policies(Policy::named(&name).map_or_else(|| Policy::ALL.to_vec(), |p| vec![p]))
+    })
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -61,8 +62,8 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
         /// Which policy to simulate.
-        #[arg(long, value_enum, default_value = "both")]
-        policy: PolicyArg,
+        #[arg(long, value_parser = policies_arg(), default_value = EVERY_POLICY)]
+        policy: Policies,
         /// Output format; JSON is one RunResult per policy (an array).
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
@@ -88,8 +89,8 @@ enum Command {
         #[arg(long)]
         replications: Option<u32>,
         /// Which policies to sweep.
-        #[arg(long, value_enum, default_value = "both")]
-        policy: PolicyArg,
+        #[arg(long, value_parser = policies_arg(), default_value = EVERY_POLICY)]
+        policy: Policies,
         /// Exit with status 1 when the scenario's masters.count misses an SLO
         /// under the queue policy.
         #[arg(long)]
@@ -123,7 +124,7 @@ fn execute(cli: Cli) -> Result<ExitCode> {
         } => {
             let s = load(scenario.as_deref())?;
             let mut results = Vec::new();
-            for p in policy.policies() {
+            for p in policy.0 {
                 let mut spec = RunSpec::of(&s, p);
                 spec.seed = seed.unwrap_or(s.seed);
                 spec.masters = masters.unwrap_or(spec.masters).max(1);
@@ -150,7 +151,7 @@ fn execute(cli: Cli) -> Result<ExitCode> {
         } => {
             let s = load(scenario.as_deref())?;
             let mut options = PlanOptions::new();
-            options.policies = policy.policies();
+            options.policies = policy.0;
             options.replications = replications;
             if let Some(j) = jobs {
                 options.jobs = j.max(1);
@@ -267,29 +268,18 @@ fn table(results: &[RunResult]) -> String {
             .map(|h| format!("{h:>20}"))
             .collect::<String>()
     ));
+    let two = |a: f64, b: f64| format!("{} / {}", human(a), human(b));
     out.push_str(&row("change -> compiled p50/p95", &|r| {
-        format!(
-            "{} / {}",
-            human(r.staleness_compiled.p50),
-            human(r.staleness_compiled.p95)
-        )
+        two(r.staleness_compiled.p50, r.staleness_compiled.p95)
     }));
     out.push_str(&row("change -> applied p50/p95", &|r| {
-        format!(
-            "{} / {}",
-            human(r.staleness_applied.p50),
-            human(r.staleness_applied.p95)
-        )
+        two(r.staleness_applied.p50, r.staleness_applied.p95)
     }));
     out.push_str(&row("change -> applied p99/max", &|r| {
-        format!(
-            "{} / {}",
-            human(r.staleness_applied.p99),
-            human(r.staleness_applied.max)
-        )
+        two(r.staleness_applied.p99, r.staleness_applied.max)
     }));
     out.push_str(&row("queue wait mean/p95", &|r| {
-        format!("{} / {}", human(r.queue_wait.mean), human(r.queue_wait.p95))
+        two(r.queue_wait.mean, r.queue_wait.p95)
     }));
     out.push_str(&row("agent runs (failed)", &|r| {
         format!("{} ({})", r.agent_runs, r.failed_runs.total)

@@ -18,7 +18,8 @@ use statrs::distribution::{ContinuousCDF, StudentsT};
 
 use scheduler::core::CoreError;
 
-use crate::metrics::{Policy, RunResult};
+use crate::metrics::RunResult;
+use crate::policy::Policy;
 use crate::run::{run, RunSpec};
 use crate::scenario::Scenario;
 
@@ -213,6 +214,23 @@ impl PlanResult {
             .find(|r| r.policy == policy && r.nodes == nodes)
             .and_then(|r| r.masters)
     }
+
+    /// The policies swept, in the list's order.
+    pub fn policies(&self) -> Vec<Policy> {
+        Policy::ALL
+            .iter()
+            .copied()
+            .filter(|p| self.points.iter().any(|x| x.policy == *p))
+            .collect()
+    }
+
+    /// The fleet sizes swept, smallest first.
+    pub fn fleet_sizes(&self) -> Vec<u32> {
+        let mut sizes: Vec<u32> = self.points.iter().map(|p| p.nodes).collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        sizes
+    }
 }
 
 /// How to run a plan.
@@ -229,10 +247,10 @@ pub struct PlanOptions {
 }
 
 impl PlanOptions {
-    /// Both policies, the scenario's replications, every core.
+    /// Every policy, the scenario's replications, every core.
     pub fn new() -> PlanOptions {
         PlanOptions {
-            policies: Policy::BOTH.to_vec(),
+            policies: Policy::ALL.to_vec(),
             replications: None,
             jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
             extra_masters: None,
@@ -416,9 +434,13 @@ fn run_all(
     threads: usize,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Vec<Option<Result<RunResult, CoreError>>> {
-    // Largest fleets first, so the slowest runs do not finish last alone.
+    // Largest fleets first, then the costlier policies, so the slowest
+    // runs do not finish last alone.
     let mut order: Vec<usize> = (0..jobs.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse((jobs[i].nodes, jobs[i].policy == Policy::OnDemand)));
+    order.sort_by_key(|&i| {
+        let cost = jobs[i].policy.description().relative_cost;
+        std::cmp::Reverse((jobs[i].nodes, cost))
+    });
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Result<RunResult, CoreError>>>> =

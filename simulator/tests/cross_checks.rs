@@ -9,8 +9,9 @@
 
 use std::path::Path;
 
-use simulator::metrics::{Policy, RunResult};
+use simulator::metrics::RunResult;
 use simulator::plan::Estimate;
+use simulator::policy::Policy;
 use simulator::run::{run, RunSpec};
 use simulator::scenario::Scenario;
 use simulator::theory::{erlang_c_wait, finite_source_wait, puppet_utilization};

@@ -3,8 +3,9 @@
 
 use std::path::Path;
 
-use simulator::metrics::{Policy, RunResult};
+use simulator::metrics::RunResult;
 use simulator::plan::{plan, PlanOptions};
+use simulator::policy::Policy;
 use simulator::run::{run, RunSpec};
 use simulator::scenario::Scenario;
 

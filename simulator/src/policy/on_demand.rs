@@ -11,15 +11,41 @@
 //! every request it holds.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use rand::RngExt;
-use scheduler::core::Time;
+use scheduler::core::{CoreError, Time};
 
+use super::description::{Description, Prose};
+use super::model::Model;
 use crate::engine::Event;
 use crate::fleet::{move_changes, Change, Changes};
-use crate::policy::Model;
-use crate::run::World;
 use crate::scenario::Scenario;
+use crate::world::World;
+
+/// Puppet Server's on-demand compiles in the list of policies.
+pub const DESCRIPTION: Description = Description {
+    name: "on-demand",
+    title: "Puppet on demand",
+    prose: Prose {
+        subject: "on-demand compiles",
+        plural: true,
+        short: "on demand",
+    },
+    dashed: true,
+    // every agent run is a compile: the longer runs at a fleet size
+    relative_cost: 1,
+    node_interval: agent_interval,
+    build,
+};
+
+fn agent_interval(scenario: &Scenario) -> Option<Duration> {
+    scenario.agents.interval
+}
+
+fn build(w: &mut World, _seed: u64) -> Result<Box<dyn Model>, CoreError> {
+    Ok(Box::new(OnDemandModel::new(w)))
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -176,7 +202,7 @@ impl Model for OnDemandModel {
             }
             let delay =
                 w.rng.lb.random::<f64>() * w.scenario.on_demand.max_retry_delay.as_secs_f64();
-            let retry = now.plus(std::time::Duration::from_secs_f64(delay));
+            let retry = now.plus(Duration::from_secs_f64(delay));
             if retry < w.nodes[node as usize].next_run {
                 w.events.at(retry, Event::Retry(node));
             }
@@ -252,7 +278,7 @@ impl Model for OnDemandModel {
             w.nodes[node as usize].busy = false;
             w.delivered(node, &included);
             // the agent applies what it just received (its CPU is in run_cpu)
-            w.apply(&included, std::time::Duration::ZERO);
+            w.apply(&included, Duration::ZERO);
             included.clear();
             self.requests[id as usize].included = included;
         }

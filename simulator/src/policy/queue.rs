@@ -15,11 +15,31 @@ use scheduler::core::{
 
 use rand::RngExt;
 
+use super::description::{Description, Prose};
+use super::model::Model;
 use crate::engine::Event;
 use crate::fleet::{move_changes, Change};
-use crate::policy::Model;
-use crate::run::World;
 use crate::scenario::{FactUpload, Scenario};
+use crate::world::World;
+
+/// pcq's queue in the list of policies.
+pub const DESCRIPTION: Description = Description {
+    name: "queue",
+    title: "pcq queue",
+    prose: Prose {
+        subject: "the queue",
+        plural: false,
+        short: "the queue",
+    },
+    dashed: false,
+    relative_cost: 0,
+    node_interval: Scenario::sync_interval,
+    build,
+};
+
+fn build(w: &mut World, seed: u64) -> Result<Box<dyn Model>, CoreError> {
+    Ok(Box::new(QueueModel::new(w, seed)?))
+}
 
 /// The queue model's state.
 pub struct QueueModel {
@@ -154,6 +174,10 @@ impl QueueModel {
 impl Model for QueueModel {
     fn unused_facts_matter(&self, scenario: &Scenario) -> bool {
         !scenario.queue.fact_filter
+    }
+
+    fn load_matters(&self, scenario: &Scenario) -> bool {
+        scenario.queue.core.gate.max_load_per_core > 0.0 // the load gate is on
     }
 
     fn run(&mut self, w: &mut World, node: u32) {

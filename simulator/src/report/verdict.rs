@@ -1,0 +1,233 @@
+//! The verdict: the paragraph under the recommendation table, one per fleet
+//! size. It compares the first policy of the list (pcq's queue) with each
+//! other policy: in masters needed, then in figures at the master count
+//! recommended for each; and states what the queue's fact filtering saves.
+//!
+//! It goes over the whole list, not only the policies the plan swept: a
+//! policy left out of the plan meets the SLOs "with none of the counts
+//! tried".
+
+use std::fmt::Write as _;
+
+use super::format::human;
+use crate::plan::{PlanResult, Point};
+use crate::policy::{Policy, Prose};
+use crate::scenario::Scenario;
+
+/// The verdict for `nodes` nodes.
+pub fn verdict(s: &Scenario, plan: &PlanResult, nodes: u32) -> String {
+    let needs: Vec<Needs> = Policy::ALL
+        .iter()
+        .map(|&p| Needs {
+            prose: &p.description().prose,
+            masters: plan.recommended(p, nodes),
+        })
+        .collect();
+    let mut out = format!("For {nodes} nodes: ");
+    out.push_str(&masters_needed(&needs));
+    out.push_str(&figures(s, plan, nodes));
+    if let Some(f) = plan.filtering.iter().find(|f| f.nodes == nodes) {
+        let saved = f.without.mean - f.with.mean;
+        let _ = write!(
+            out,
+            " {:.1}% of fact changes touch a fact some catalog reads; filtering out the rest \
+             (pcq's analysis of the code), the queue with {} master(s) compiles {:.0} catalogs an \
+             hour, against {:.0} when any fact change recompiles: {:.0} compiles an hour saved \
+             ({:.0}%), change-to-applied p95 {} without filtering.",
+            f.used_share.mean * 100.0,
+            f.masters,
+            f.with.mean,
+            f.without.mean,
+            saved,
+            100.0 * saved / f.without.mean.max(1e-9),
+            human(f.applied_p95_without.mean),
+        );
+    }
+    out.push_str("\n\n");
+    out
+}
+
+/// A policy's words and the master count recommended for it.
+struct Needs {
+    prose: &'static Prose,
+    masters: Option<u32>,
+}
+
+/// The first policy's master count against each other policy's, a sentence
+/// each.
+fn masters_needed(needs: &[Needs]) -> String {
+    if needs.iter().all(|n| n.masters.is_none()) {
+        return "no master count tried meets every SLO; try larger counts. ".into();
+    }
+    let Some((first, others)) = needs.split_first() else {
+        return String::new();
+    };
+    others
+        .iter()
+        .enumerate()
+        .map(|(i, other)| {
+            let sentence = compare(first, other);
+            if i == 0 {
+                sentence // follows "For N nodes: "
+            } else {
+                capitalized(&sentence)
+            }
+        })
+        .collect()
+}
+
+/// One sentence: `a`'s master count against `b`'s.
+fn compare(a: &Needs, b: &Needs) -> String {
+    let (pa, pb) = (a.prose, b.prose);
+    match (a.masters, b.masters) {
+        (Some(x), Some(y)) if x < y => format!(
+            "{} {} {} fewer master(s) than {} ({x} vs {y}). ",
+            pa.subject,
+            pa.verb("need"),
+            y - x,
+            pb.subject
+        ),
+        (Some(x), Some(y)) if x == y => format!("both need {x} master(s). "),
+        (Some(x), Some(y)) => format!(
+            "{} {} {y} master(s), {} {x}. ",
+            pb.subject,
+            pb.verb("need"),
+            pa.subject
+        ),
+        (Some(x), None) => format!(
+            "{} {} every SLO with {x} master(s); {} {} them with none of the counts tried. ",
+            pa.subject,
+            pa.verb("meet"),
+            pb.subject,
+            pb.verb("meet")
+        ),
+        (None, Some(y)) => format!(
+            "{} {} every SLO with {y} master(s); {} with none of the counts tried. ",
+            pb.subject,
+            pb.verb("meet"),
+            pa.subject
+        ),
+        (None, None) => format!(
+            "neither {} nor {} meets every SLO with the counts tried. ",
+            pa.subject, pb.subject
+        ),
+    }
+}
+
+/// Each policy at the master count recommended for it (or the scenario's):
+/// the first policy's figures, then those of the others the plan swept.
+/// Nothing unless the first and at least one other were swept.
+fn figures(s: &Scenario, plan: &PlanResult, nodes: u32) -> String {
+    let at = |p: Policy| {
+        let masters = plan.recommended(p, nodes).unwrap_or(s.masters.count);
+        plan.point(p, nodes, masters)
+            .map(|point| (&p.description().prose, point))
+    };
+    let Some((&first, rest)) = Policy::ALL.split_first() else {
+        return String::new();
+    };
+    let Some((prose, a)) = at(first) else {
+        return String::new();
+    };
+    let others: Vec<(&Prose, &Point)> = rest.iter().filter_map(|&p| at(p)).collect();
+    if others.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "With {} master(s) {} {} change-to-applied p95 {}, {:.2}% failed agent runs \
+         and {:.0} s of node CPU per node per day",
+        a.masters,
+        prose.subject,
+        prose.verb("give"),
+        human(a.stats.staleness_applied_p95.mean),
+        a.stats.failed_runs.mean * 100.0,
+        a.stats.node_cpu_per_node_day.mean,
+    );
+    for (other, b) in &others {
+        let _ = write!(
+            out,
+            "; {} with {} master(s): {}, {:.2}% and {:.0} s",
+            other.short,
+            b.masters,
+            human(b.stats.staleness_applied_p95.mean),
+            b.stats.failed_runs.mean * 100.0,
+            b.stats.node_cpu_per_node_day.mean,
+        );
+    }
+    let _ = write!(
+        out,
+        ". {} {} {:.0} catalogs an hour",
+        capitalized(prose.subject),
+        prose.verb("compile"),
+        a.stats.compiles_per_hour.mean
+    );
+    for (other, b) in &others {
+        let _ = write!(
+            out,
+            ", {} {:.0}",
+            other.short, b.stats.compiles_per_hour.mean
+        );
+    }
+    out.push('.');
+    out
+}
+
+/// `text` with its first letter in upper case, to open a sentence.
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map_or(String::new(), |first| {
+        first.to_uppercase().chain(chars).collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn needs(list: &[(&'static Prose, Option<u32>)]) -> Vec<Needs> {
+        list.iter()
+            .map(|&(prose, masters)| Needs { prose, masters })
+            .collect()
+    }
+
+    #[test]
+    fn the_queue_against_on_demand_compiles() {
+        let queue = &Policy::Queue.description().prose;
+        let on_demand = &Policy::OnDemand.description().prose;
+        for (q, o, text) in [
+            (Some(1), Some(2), "the queue needs 1 fewer master(s) than on-demand compiles (1 vs 2). "),
+            (Some(2), Some(2), "both need 2 master(s). "),
+            (Some(3), Some(2), "on-demand compiles need 2 master(s), the queue 3. "),
+            (Some(1), None, "the queue meets every SLO with 1 master(s); on-demand compiles meet them with none of the counts tried. "),
+            (None, Some(2), "on-demand compiles meet every SLO with 2 master(s); the queue with none of the counts tried. "),
+            (None, None, "no master count tried meets every SLO; try larger counts. "),
+        ] {
+            assert_eq!(masters_needed(&needs(&[(queue, q), (on_demand, o)])), text);
+        }
+    }
+
+    #[test]
+    fn each_further_policy_gets_a_sentence_of_its_own() {
+        const THIRD: Prose = Prose {
+            subject: "the third way",
+            plural: false,
+            short: "the third way",
+        };
+        let queue = &Policy::Queue.description().prose;
+        let on_demand = &Policy::OnDemand.description().prose;
+        assert_eq!(
+            masters_needed(&needs(&[
+                (queue, None),
+                (on_demand, Some(2)),
+                (&THIRD, None)
+            ])),
+            "on-demand compiles meet every SLO with 2 master(s); the queue with none of the \
+             counts tried. Neither the queue nor the third way meets every SLO with the counts \
+             tried. "
+        );
+        assert_eq!(
+            masters_needed(&needs(&[(queue, None), (on_demand, None), (&THIRD, None)])),
+            "no master count tried meets every SLO; try larger counts. "
+        );
+    }
+}
