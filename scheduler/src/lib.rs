@@ -13,9 +13,10 @@
 //! - `cli`: the `pcq` command line (argument definitions, the admin API
 //!   client, what `pcq queue` and `pcq status` print);
 //! - `puppet_conf`: what Puppet's own configuration says (ssldir,
-//!   certname, the host name), for all three.
+//!   certname, the host name), for all three; `private_file`: files that
+//!   hold secrets, written 0600, atomically and durably.
 //!
-//! Arrows only run downward: `cli` -> `sync` -> `daemon` -> `puppet_conf`,
+//! Arrows only run downward: `cli` -> `sync` -> `daemon` -> `puppet_conf`, `private_file`,
 //! `toml_file`, `core`; `scripts/check-module-graph` checks it.
 
 pub mod core;
@@ -25,6 +26,8 @@ pub mod toml_file;
 pub mod cli;
 #[cfg(feature = "daemon")]
 pub mod daemon;
+#[cfg(feature = "daemon")]
+pub mod private_file;
 #[cfg(feature = "daemon")]
 pub mod puppet_conf;
 #[cfg(feature = "daemon")]

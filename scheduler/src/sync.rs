@@ -16,8 +16,6 @@
 //! Exit status: 0 (nothing to do, or applied), 1 (pcq unreachable or
 //! refusing; the last catalog stays in place), 2 (the apply failed).
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -96,22 +94,12 @@ fn load_state(path: &Path) -> State {
         .unwrap_or_default()
 }
 
-/// Writes `bytes` to `path` atomically, mode 0600.
+/// Writes `bytes` to `path` atomically, mode 0600, creating its folder.
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("tmp-pcq");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
+    crate::private_file::write(path, bytes)
 }
 
 fn save_state(path: &Path, state: &State) {

@@ -10,9 +10,9 @@
 //! atomically (a node never reads half a catalog), and only after the
 //! compile succeeded, so the last good catalog survives any failure.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -227,20 +227,9 @@ impl CatalogFiles {
         self.dir.join(format!("{certname}.json"))
     }
 
-    /// Replaces the node's catalog atomically (write a 0600 temp file,
-    /// fsync, rename).
+    /// Replaces the node's catalog atomically and durably, mode 0600.
     pub fn write(&self, certname: &Certname, json: &[u8]) -> io::Result<()> {
-        let tmp = self.dir.join(format!(".{certname}.json.tmp"));
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(json)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, self.path(certname))
+        crate::private_file::write(&self.path(certname), json)
     }
 
     /// The node's catalog, if it has one.
