@@ -85,9 +85,16 @@ pub fn revoke(name: &str) {
     run(Command::new("puppetserver").args(["ca", "revoke", "--certname", name]));
 }
 
-/// Starts or stops the shared Puppet Server.
+/// Starts or stops the shared Puppet Server. It must not inherit the
+/// files this process inherited: run as `flock LOCK cargo test`, the
+/// tests hold the lock's descriptor, and a server started with it would
+/// hold the lock for as long as it runs.
 pub fn puppetserver(action: &str) {
-    run(Command::new(repo().join("scripts/puppetserver")).arg(action));
+    let close_inherited = r#"for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done; exec "$0" "$@""#;
+    run(Command::new("bash")
+        .args(["-c", close_inherited])
+        .arg(repo().join("scripts/puppetserver"))
+        .arg(action));
 }
 
 /// Waits until Puppet Server has no JRuby borrowed (compiles a killed pcq
