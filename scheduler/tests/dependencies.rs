@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use harness::{ensure_certs, facts_body, host, metric, puppetserver_backend, serial, Pcq};
+use harness::{ensure_certs, facts_body, host, metric, puppetserver_backend, serial, Pcq, Via};
 use reqwest::Method;
 use scheduler::daemon::analyze::{default_ruby, verify, Analysis, Query};
 use scheduler::daemon::backend::puppetserver::PuppetServer;
@@ -347,13 +347,7 @@ fn web_facts(certname: &str, address: &str, uptime: u64) -> Value {
 
 /// The collected backend lines in the lb node's catalog.
 async fn backends(pcq: &Pcq, lb: &str) -> Vec<String> {
-    let (status, text) = pcq
-        .raw(Method::GET, &format!("/v1/nodes/{lb}/catalog"), Vec::new())
-        .await;
-    if status != 200 {
-        return Vec::new();
-    }
-    let catalog: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let catalog = pcq.catalog(lb).await.unwrap_or(Value::Null);
     let mut lines: Vec<String> = catalog["resources"]
         .as_array()
         .map(|r| {
@@ -574,21 +568,14 @@ async fn a_deploy_reanalyses_the_code() {
         body["values"]["pcq_extra"] = json!(extra);
         body
     };
+    // the node uploads its facts to the scratch environment
     let put = |body: Value| {
-        let pcq = &pcq;
-        let node = node.clone();
+        let (pcq, node) = (&pcq, &node);
         async move {
-            let r = pcq
-                .as_node(&node)
-                .put(format!(
-                    "{}/puppet/v3/facts/{node}?environment=pcq_deploy_test",
-                    pcq.tls
-                ))
-                .json(&body)
-                .send()
-                .await
-                .expect("upload");
-            let v: Value = r.json().await.unwrap_or(Value::Null);
+            let path = format!("/puppet/v3/facts/{node}?environment=pcq_deploy_test");
+            let body = serde_json::to_vec(&body).expect("json");
+            let (_, text) = pcq.request(Via::Tls(node), Method::PUT, &path, &body).await;
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
             v["result"].as_str().unwrap_or("").to_string()
         }
     };
@@ -618,10 +605,11 @@ async fn a_deploy_reanalyses_the_code() {
     )
     .expect("new code");
     let (status, _) = pcq
-        .raw(
+        .request(
+            Via::Admin,
             Method::POST,
             "/v1/deploys",
-            serde_json::to_vec(&json!({"environment": "pcq_deploy_test"})).expect("json"),
+            &serde_json::to_vec(&json!({"environment": "pcq_deploy_test"})).expect("json"),
         )
         .await;
     assert_eq!(status, 202, "deploy accepted");

@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use harness::{
-    ensure_certs, facts_body, metric, puppetserver_backend, serial, FakeServer, Mode, Pcq,
+    ensure_certs, facts_body, metric, puppetserver_backend, serial, FakeServer, Mode, Pcq, Via,
 };
 use reqwest::Method;
 use serde_json::Value;
@@ -204,18 +204,7 @@ async fn a_used_fact_change_recompiles_and_notifies_within_two_compile_times() {
 
 /// The content of `path`'s File resource in `certname`'s catalog.
 async fn file_content(pcq: &Pcq, certname: &str, path: &str) -> Option<String> {
-    let (status, text) = pcq
-        .raw(
-            Method::GET,
-            &format!("/v1/nodes/{certname}/catalog"),
-            Vec::new(),
-        )
-        .await;
-    if status != 200 {
-        return None;
-    }
-    let catalog: Value = serde_json::from_str(&text).ok()?;
-    catalog["resources"]
+    pcq.catalog(certname).await?["resources"]
         .as_array()?
         .iter()
         .find(|r| r["type"] == "File" && r["title"] == path)
@@ -294,10 +283,11 @@ async fn a_revoked_certificate_removes_the_node() {
     assert!(gone, "revoked node still known");
     assert!(!file.exists(), "its catalog is deleted");
     let (status, _) = pcq
-        .raw(
+        .request(
+            Via::Admin,
             Method::GET,
             &format!("/v1/nodes/{name}/catalog"),
-            Vec::new(),
+            b"",
         )
         .await;
     assert_eq!(status, 404);
@@ -561,34 +551,22 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
     let hashes = pcq.wait_compiled(&names, Duration::from_secs(20)).await;
     let q0 = pcq.queue().await["nodes"].clone();
 
-    let (s, body) = pcq
-        .raw_as(
-            "bad-01.example.com",
-            Method::PUT,
-            "/puppet/v3/facts/bad-01.example.com",
-            b"{\"name\": \"bad-01".to_vec(),
-        )
-        .await;
+    // bad-01 uploads its own facts, badly
+    let upload = |body: Vec<u8>| {
+        let pcq = &pcq;
+        async move {
+            let path = "/puppet/v3/facts/bad-01.example.com";
+            pcq.request(Via::Tls("bad-01.example.com"), Method::PUT, path, &body)
+                .await
+        }
+    };
+    let (s, body) = upload(b"{\"name\": \"bad-01".to_vec()).await;
     assert_eq!(s, 400, "{body}");
     assert!(body.contains("facts body"), "{body}");
-    let (s, body) = pcq
-        .raw_as(
-            "bad-01.example.com",
-            Method::PUT,
-            "/puppet/v3/facts/bad-01.example.com",
-            b"{\"name\":\"bad-01.example.com\",\"values\":[1]}".to_vec(),
-        )
-        .await;
+    let (s, body) = upload(b"{\"name\":\"bad-01.example.com\",\"values\":[1]}".to_vec()).await;
     assert_eq!(s, 400, "{body}");
     let big = vec![b'a'; 10 << 20];
-    let (s, _) = pcq
-        .raw_as(
-            "bad-01.example.com",
-            Method::PUT,
-            "/puppet/v3/facts/bad-01.example.com",
-            big,
-        )
-        .await;
+    let (s, _) = upload(big).await;
     assert_eq!(s, 413);
     for hostile in [
         "..%2F..%2Fetc%2Fpasswd",
@@ -599,40 +577,42 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
     ] {
         let body = serde_json::to_vec(&facts_body("x", "web", 1)).expect("json");
         let (s, text) = pcq
-            .raw(Method::PUT, &format!("/puppet/v3/facts/{hostile}"), body)
+            .request(
+                Via::Admin,
+                Method::PUT,
+                &format!("/puppet/v3/facts/{hostile}"),
+                &body,
+            )
             .await;
         assert_eq!(s, 400, "{hostile}: {text}");
         let (s, _) = pcq
-            .raw(
+            .request(
+                Via::Admin,
                 Method::GET,
                 &format!("/v1/nodes/{hostile}/catalog"),
-                Vec::new(),
+                b"",
             )
             .await;
         assert_eq!(s, 400, "{hostile}");
     }
-    let (s, text) = pcq
-        .raw_as(
-            "bad-01.example.com",
-            Method::PUT,
-            "/puppet/v3/facts/bad-01.example.com",
-            serde_json::to_vec(&facts_body("bad-02.example.com", "x", 1)).expect("json"),
-        )
-        .await;
+    let (s, text) =
+        upload(serde_json::to_vec(&facts_body("bad-02.example.com", "x", 1)).expect("json")).await;
     assert_eq!(s, 400, "name mismatch: {text}");
     let (s, _) = pcq
-        .raw(
+        .request(
+            Via::Admin,
             Method::POST,
             "/v1/deploys",
-            b"{\"environment\": \"../prod\"}".to_vec(),
+            b"{\"environment\": \"../prod\"}",
         )
         .await;
     assert_eq!(s, 400);
     let (s, _) = pcq
-        .raw(
+        .request(
+            Via::Admin,
             Method::POST,
             "/v1/nodes/nobody.example.com/bump",
-            Vec::new(),
+            b"",
         )
         .await;
     assert_eq!(s, 404);
@@ -646,7 +626,12 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
             Some(h.as_str())
         );
         let (s, _) = pcq
-            .raw(Method::GET, &format!("/v1/nodes/{n}/catalog"), Vec::new())
+            .request(
+                Via::Admin,
+                Method::GET,
+                &format!("/v1/nodes/{n}/catalog"),
+                b"",
+            )
             .await;
         assert_eq!(s, 200);
     }
@@ -1016,20 +1001,20 @@ async fn a_node_sees_only_itself_and_strangers_are_refused_at_tls() {
 
     // its own catalog, status and facts: yes
     let (s, _) = pcq
-        .raw_as(
-            &a,
+        .request(
+            Via::Tls(&a),
             Method::GET,
             &format!("/v1/nodes/{a}/catalog"),
-            Vec::new(),
+            b"",
         )
         .await;
     assert_eq!(s, 200);
     let (s, _) = pcq
-        .raw_as(
-            &a,
+        .request(
+            Via::Tls(&a),
             Method::GET,
             &format!("/v1/nodes/{a}/status"),
-            Vec::new(),
+            b"",
         )
         .await;
     assert_eq!(s, 200);
@@ -1038,7 +1023,7 @@ async fn a_node_sees_only_itself_and_strangers_are_refused_at_tls() {
         format!("/v1/nodes/{b}/catalog"),
         format!("/v1/nodes/{b}/status"),
     ] {
-        let (s, body) = pcq.raw_as(&a, Method::GET, &path, Vec::new()).await;
+        let (s, body) = pcq.request(Via::Tls(&a), Method::GET, &path, b"").await;
         assert_eq!(
             s,
             403,
@@ -1049,7 +1034,12 @@ async fn a_node_sees_only_itself_and_strangers_are_refused_at_tls() {
     }
     let body = serde_json::to_vec(&facts_body(&b, "evil", 1)).expect("json");
     let (s, _) = pcq
-        .raw_as(&a, Method::PUT, &format!("/puppet/v3/facts/{b}"), body)
+        .request(
+            Via::Tls(&a),
+            Method::PUT,
+            &format!("/puppet/v3/facts/{b}"),
+            &body,
+        )
         .await;
     assert_eq!(s, 403);
     assert_eq!(pcq.status(&b).await.expect("status")["failures"], 0);
@@ -1059,14 +1049,21 @@ async fn a_node_sees_only_itself_and_strangers_are_refused_at_tls() {
         "{log}"
     );
     // admin endpoints: not for nodes; for the admin certificate, yes
-    let (s, _) = pcq.raw_as(&a, Method::GET, "/v1/queue", Vec::new()).await;
-    assert_eq!(s, 403);
     let (s, _) = pcq
-        .raw_as(&a, Method::POST, &format!("/v1/nodes/{b}/bump"), Vec::new())
+        .request(Via::Tls(&a), Method::GET, "/v1/queue", b"")
         .await;
     assert_eq!(s, 403);
     let (s, _) = pcq
-        .raw_as(&harness::host(), Method::GET, "/v1/queue", Vec::new())
+        .request(
+            Via::Tls(&a),
+            Method::POST,
+            &format!("/v1/nodes/{b}/bump"),
+            b"",
+        )
+        .await;
+    assert_eq!(s, 403);
+    let (s, _) = pcq
+        .request(Via::Tls(&harness::host()), Method::GET, "/v1/queue", b"")
         .await;
     assert_eq!(s, 200, "pcq's own certificate is an admin");
 

@@ -201,6 +201,15 @@ pub fn puppetserver_backend() -> String {
     )
 }
 
+/// Who sends a request to pcq.
+#[derive(Clone, Copy, Debug)]
+pub enum Via<'a> {
+    /// The admin API (plain HTTP on loopback).
+    Admin,
+    /// The TLS API, presenting this certname's Puppet certificate.
+    Tls(&'a str),
+}
+
 impl Pcq {
     /// Starts pcq with `backend` (a `[backend]` table) and `extra` config.
     pub async fn start(backend: &str, extra: &str) -> Pcq {
@@ -323,30 +332,30 @@ impl Pcq {
 
     /// A node uploads its own facts over TLS.
     pub async fn put_facts(&self, certname: &str, body: &Value) -> (u16, Value) {
-        let r = self
-            .as_node(certname)
-            .put(format!("{}/puppet/v3/facts/{certname}", self.tls))
-            .json(body)
-            .send()
-            .await
-            .expect("facts upload");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        let body = serde_json::to_vec(body).expect("facts JSON");
+        let path = format!("/puppet/v3/facts/{certname}");
+        let (status, text) = self
+            .request(Via::Tls(certname), reqwest::Method::PUT, &path, &body)
+            .await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    /// A request over TLS as node `certname`.
-    pub async fn raw_as(
+    /// A request with a JSON `body` (may be empty); its status and text.
+    pub async fn request(
         &self,
-        certname: &str,
+        via: Via<'_>,
         method: reqwest::Method,
         path: &str,
-        body: Vec<u8>,
+        body: &[u8],
     ) -> (u16, String) {
-        let r = self
-            .as_node(certname)
-            .request(method, format!("{}{path}", self.tls))
+        let (client, base) = match via {
+            Via::Admin => (self.http.clone(), &self.api),
+            Via::Tls(certname) => (self.as_node(certname), &self.tls),
+        };
+        let r = client
+            .request(method, format!("{base}{path}"))
             .header("content-type", "application/json")
-            .body(body)
+            .body(body.to_vec())
             .send()
             .await
             .expect("request");
@@ -354,18 +363,16 @@ impl Pcq {
         (status, r.text().await.unwrap_or_default())
     }
 
-    /// A request to the admin API.
-    pub async fn raw(&self, method: reqwest::Method, path: &str, body: Vec<u8>) -> (u16, String) {
-        let r = self
-            .http
-            .request(method, format!("{}{path}", self.api))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .expect("request");
-        let status = r.status().as_u16();
-        (status, r.text().await.unwrap_or_default())
+    /// `certname`'s catalog from the admin API, if it has one.
+    pub async fn catalog(&self, certname: &str) -> Option<Value> {
+        let path = format!("/v1/nodes/{certname}/catalog");
+        let (status, text) = self
+            .request(Via::Admin, reqwest::Method::GET, &path, b"")
+            .await;
+        if status != 200 {
+            return None;
+        }
+        serde_json::from_str(&text).ok()
     }
 
     pub async fn status(&self, certname: &str) -> Option<Value> {
