@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use harness::{ensure_certs, facts_body, host, metric, puppetserver_backend, serial, Pcq, Via};
+use harness::{ensure_certs, facts_body, host, metric, serial, Notes, Pcq, PcqConfig, Via};
 use reqwest::Method;
 use scheduler::daemon::analyze::{default_ruby, verify, Analysis, Query};
 use scheduler::daemon::backend::puppetserver::PuppetServer;
@@ -371,17 +371,15 @@ async fn a_changed_export_reaches_its_collector_through_puppetdb() {
     );
     let names = vec![web1.to_string(), web2.to_string(), lb.to_string()];
     ensure_certs(&names);
-    let notes = tempfile::tempdir().expect("tmp");
-    let backend = puppetserver_backend().replace(
-        "probe_interval",
-        "persist_facts = true\npersist_catalog = true\nprobe_interval",
-    );
+    let notes = Notes::in_tempdir();
     let pcq = Pcq::start(
-        &backend,
-        &format!(
-            "[core]\nmin_cycle_interval = \"1h\"\n[core.gate]\nmax_load_per_core = 0.0\n[ca]\npoll_interval = \"1s\"\n[exports]\nbump_delay = \"2s\"\n[notify]\ncommand = [\"sh\", \"-c\", \"echo changed >> {}/{{certname}}\"]\n",
-            notes.path().display()
-        ),
+        &PcqConfig::puppetserver()
+            .persist_to_puppetdb()
+            .cycle_every(Duration::from_secs(3600))
+            .no_load_gate()
+            .ca_poll(Duration::from_secs(1))
+            .bump_delay(Duration::from_secs(2))
+            .notify_command(&notes.command()),
     )
     .await;
     pcq.wait(Duration::from_secs(20), || async {
@@ -434,12 +432,7 @@ async fn a_changed_export_reaches_its_collector_through_puppetdb() {
         pcq.log_text()
     );
     tokio::time::sleep(Duration::from_secs(3)).await; // bumps of the first round done
-    let lines = |n: &str| {
-        std::fs::read_to_string(notes.path().join(n))
-            .map(|t| t.lines().count())
-            .unwrap_or(0)
-    };
-    let lb_notes = lines(lb);
+    let lb_notes = notes.count(lb);
     let m = pcq.metrics().await;
     let export_bumps = metric(&m, "pcq_compiles_started_total{reason=\"exports\"}");
     let lb_hash = pcq.status(lb).await.expect("status")["catalog_hash"].clone();
@@ -463,7 +456,7 @@ async fn a_changed_export_reaches_its_collector_through_puppetdb() {
     );
     assert!(
         pcq.wait(Duration::from_secs(10), || async {
-            lines(lb) == lb_notes + 1
+            notes.count(lb) == lb_notes + 1
         })
         .await,
         "lb notified"
@@ -478,7 +471,7 @@ async fn a_changed_export_reaches_its_collector_through_puppetdb() {
         export_bumps + 1.0,
         "lb alone bumped for the export"
     );
-    assert_eq!(lines(web2), 1, "web-02 untouched");
+    assert_eq!(notes.count(web2), 1, "web-02 untouched");
 
     // an uptime-only change, and a change of a fact no catalog reads:
     // nothing compiles out of turn
@@ -555,8 +548,10 @@ async fn a_deploy_reanalyses_the_code() {
     let node = "sync-deploy.example.com".to_string();
     ensure_certs(std::slice::from_ref(&node));
     let pcq = Pcq::start(
-        &puppetserver_backend(),
-        "[core]\nmin_cycle_interval = \"1h\"\n[core.gate]\nmax_load_per_core = 0.0\n[ca]\npoll_interval = \"1s\"\n",
+        &PcqConfig::puppetserver()
+            .cycle_every(Duration::from_secs(3600))
+            .no_load_gate()
+            .ca_poll(Duration::from_secs(1)),
     )
     .await;
     pcq.wait(Duration::from_secs(20), || async {

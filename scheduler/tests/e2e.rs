@@ -6,13 +6,14 @@
 #![cfg(feature = "e2e")]
 
 #[path = "e2e/harness.rs"]
+#[allow(dead_code)] // each test binary uses part of it
 mod harness;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use harness::{
-    ensure_certs, facts_body, metric, puppetserver_backend, serial, FakeServer, Mode, Pcq, Via,
+    ensure_certs, facts_body, metric, serial, FakeServer, Mode, Notes, Pcq, PcqConfig, Via,
 };
 use reqwest::Method;
 use serde_json::Value;
@@ -30,18 +31,22 @@ fn epoch() -> f64 {
         .unwrap_or(0.0)
 }
 
-const NO_LOAD_GATE: &str = "max_load_per_core = 0.0";
+/// The real Puppet Server, the nodes cycling continuously, two compiles
+/// at a time.
+fn cycling_two_at_a_time() -> PcqConfig {
+    PcqConfig::puppetserver()
+        .cycle_every(Duration::ZERO)
+        .max_concurrency(2)
+        .no_load_gate()
+        .ca_poll(Duration::from_secs(1))
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn twenty_nodes_compile_on_puppet_server_and_keep_cycling() {
     let _serial = serial().await;
     let names = nodes("e2e", 20);
     ensure_certs(&names);
-    let pcq = Pcq::start(
-        &puppetserver_backend(),
-        &format!("[core]\nmin_cycle_interval = \"0s\"\n[core.gate]\nmax_concurrency = 2\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n"),
-    )
-    .await;
+    let pcq = Pcq::start(&cycling_two_at_a_time()).await;
     // the CA poll lists the signed certificates; nodes wait for their facts
     let listed = pcq
         .wait(Duration::from_secs(20), || async {
@@ -116,14 +121,13 @@ async fn a_used_fact_change_recompiles_and_notifies_within_two_compile_times() {
     let _serial = serial().await;
     let names = nodes("e2e", 3);
     ensure_certs(&names);
-    let note_dir = tempfile::tempdir().expect("tmp");
-    let notify = format!(
-        "[notify]\ncommand = [\"sh\", \"-c\", \"echo changed >> {}/{{certname}}\"]\n",
-        note_dir.path().display()
-    );
+    let notes = Notes::in_tempdir();
     let pcq = Pcq::start(
-        &puppetserver_backend(),
-        &format!("[core]\nmin_cycle_interval = \"1h\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n{notify}"),
+        &PcqConfig::puppetserver()
+            .cycle_every(Duration::from_secs(3600))
+            .no_load_gate()
+            .ca_poll(Duration::from_secs(1))
+            .notify_command(&notes.command()),
     )
     .await;
     pcq.wait(Duration::from_secs(20), || async {
@@ -133,15 +137,11 @@ async fn a_used_fact_change_recompiles_and_notifies_within_two_compile_times() {
     pcq.upload_all(&names, "web").await;
     let before = pcq.wait_compiled(&names, Duration::from_secs(120)).await;
     let target = &names[1];
-    let notes = note_dir.path().join(target);
-    let lines = |p: &std::path::Path| {
-        std::fs::read_to_string(p)
-            .map(|t| t.lines().count())
-            .unwrap_or(0)
-    };
     assert!(
-        pcq.wait(Duration::from_secs(10), || async { lines(&notes) == 1 })
-            .await,
+        pcq.wait(Duration::from_secs(10), || async {
+            notes.count(target) == 1
+        })
+        .await,
         "first catalog notified"
     );
     let m = pcq.metrics().await;
@@ -153,7 +153,9 @@ async fn a_used_fact_change_recompiles_and_notifies_within_two_compile_times() {
     let (status, body) = pcq.put_facts(target, &facts_body(target, "db", 1)).await;
     assert_eq!((status, body["result"].as_str()), (200, Some("changed")));
     let notified = pcq
-        .wait(Duration::from_secs(30), || async { lines(&notes) == 2 })
+        .wait(Duration::from_secs(30), || async {
+            notes.count(target) == 2
+        })
         .await;
     let elapsed = t0.elapsed().as_secs_f64();
     assert!(notified, "no notification");
@@ -167,11 +169,7 @@ async fn a_used_fact_change_recompiles_and_notifies_within_two_compile_times() {
         elapsed <= 2.0 * compile_time.max(0.25),
         "recompiled and notified after {elapsed:.2} s; a compile takes {compile_time:.2} s"
     );
-    assert_eq!(
-        lines(&note_dir.path().join(&names[0])),
-        1,
-        "other nodes not notified again"
-    );
+    assert_eq!(notes.count(&names[0]), 1, "other nodes not notified again");
 
     // only volatile facts change: no compile out of turn
     let started = metric(
@@ -223,8 +221,9 @@ async fn trusted_extensions_of_the_nodes_certificate_reach_the_compile() {
     let plain = "trusted-02.example.com";
     ensure_certs(&[plain.to_string()]);
     let pcq = Pcq::start(
-        &puppetserver_backend(),
-        &format!("[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n"),
+        &PcqConfig::puppetserver()
+            .no_load_gate()
+            .ca_poll(Duration::from_secs(1)),
     )
     .await;
     let names = vec![name.to_string(), plain.to_string()];
@@ -257,8 +256,10 @@ async fn a_revoked_certificate_removes_the_node() {
     );
     ensure_certs(std::slice::from_ref(&name));
     let pcq = Pcq::start(
-        &puppetserver_backend(),
-        &format!("[core]\nmin_cycle_interval = \"1h\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n"),
+        &PcqConfig::puppetserver()
+            .cycle_every(Duration::from_secs(3600))
+            .no_load_gate()
+            .ca_poll(Duration::from_secs(1)),
     )
     .await;
     let listed = pcq
@@ -298,11 +299,7 @@ async fn kill_9_during_compiles_loses_and_duplicates_nothing() {
     let _serial = serial().await;
     let names = nodes("e2e", 20);
     ensure_certs(&names);
-    let mut pcq = Pcq::start(
-        &puppetserver_backend(),
-        &format!("[core]\nmin_cycle_interval = \"0s\"\n[core.gate]\nmax_concurrency = 2\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n"),
-    )
-    .await;
+    let mut pcq = Pcq::start(&cycling_two_at_a_time()).await;
     pcq.wait(Duration::from_secs(20), || async {
         pcq.queue().await["waiting_for_facts"].as_u64().unwrap_or(0) >= 20
     })
@@ -359,11 +356,7 @@ async fn puppet_server_stopped_for_30s_pauses_then_resumes_without_failures() {
     let _serial = serial().await;
     let names = nodes("e2e", 5);
     ensure_certs(&names);
-    let pcq = Pcq::start(
-        &puppetserver_backend(),
-        &format!("[core]\nmin_cycle_interval = \"0s\"\n[core.gate]\nmax_concurrency = 2\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n"),
-    )
-    .await;
+    let pcq = Pcq::start(&cycling_two_at_a_time()).await;
     pcq.wait(Duration::from_secs(20), || async {
         pcq.queue().await["waiting_for_facts"].as_u64().unwrap_or(0) >= 5
     })
@@ -505,11 +498,7 @@ async fn max_concurrency_2_is_all_the_server_ever_sees() {
     ensure_certs(&names);
     harness::wait_server_idle().await;
     let since = server_log_time();
-    let pcq = Pcq::start(
-        &puppetserver_backend(),
-        &format!("[core]\nmin_cycle_interval = \"0s\"\n[core.gate]\nmax_concurrency = 2\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n"),
-    )
-    .await;
+    let pcq = Pcq::start(&cycling_two_at_a_time()).await;
     pcq.wait(Duration::from_secs(20), || async {
         pcq.queue().await["waiting_for_facts"].as_u64().unwrap_or(0) >= 20
     })
@@ -528,8 +517,11 @@ async fn max_concurrency_2_is_all_the_server_ever_sees() {
     // the stand-in server counts requests itself
     let fake = FakeServer::start(Duration::from_millis(200)).await;
     let pcq = Pcq::start(
-        &fake.backend(),
-        &format!("[core]\nmin_cycle_interval = \"0s\"\n[core.gate]\nmax_concurrency = 2\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"off\"\n"),
+        &PcqConfig::stand_in(&fake)
+            .cycle_every(Duration::ZERO)
+            .max_concurrency(2)
+            .no_load_gate()
+            .ca_poll_off(),
     )
     .await;
     let names = nodes("fake", 10);
@@ -545,7 +537,13 @@ async fn max_concurrency_2_is_all_the_server_ever_sees() {
 async fn bad_input_gets_clear_errors_and_changes_nothing() {
     let _serial = serial().await;
     let fake = FakeServer::start(Duration::from_millis(10)).await;
-    let pcq = Pcq::start(&fake.backend(), &format!("[core]\nmin_cycle_interval = \"1h\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"off\"\n")).await;
+    let pcq = Pcq::start(
+        &PcqConfig::stand_in(&fake)
+            .cycle_every(Duration::from_secs(3600))
+            .no_load_gate()
+            .ca_poll_off(),
+    )
+    .await;
     let names = nodes("bad", 2);
     pcq.upload_all(&names, "web").await;
     let hashes = pcq.wait_compiled(&names, Duration::from_secs(20)).await;
@@ -654,8 +652,12 @@ async fn server_faults_park_the_node_or_pause_the_master_and_keep_the_last_catal
     let _serial = serial().await;
     let fake = FakeServer::start(Duration::from_millis(10)).await;
     let pcq = Pcq::start(
-        &fake.backend(),
-        &format!("[core]\nmin_cycle_interval = \"off\"\ncompile_timeout = \"2s\"\n[core.backoff]\nbase = \"1h\"\nmax = \"2h\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"off\"\n"),
+        &PcqConfig::stand_in(&fake)
+            .cycle_off()
+            .compile_timeout(Duration::from_secs(2))
+            .backoff(Duration::from_secs(3600), Duration::from_secs(7200))
+            .no_load_gate()
+            .ca_poll_off(),
     )
     .await;
     let names = nodes("fault", 4);
@@ -736,7 +738,13 @@ async fn server_faults_park_the_node_or_pause_the_master_and_keep_the_last_catal
 async fn catalog_api_etags_bumps_deploys_and_the_cli() {
     let _serial = serial().await;
     let fake = FakeServer::start(Duration::from_millis(10)).await;
-    let pcq = Pcq::start(&fake.backend(), &format!("[core]\nmin_cycle_interval = \"off\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"off\"\n")).await;
+    let pcq = Pcq::start(
+        &PcqConfig::stand_in(&fake)
+            .cycle_off()
+            .no_load_gate()
+            .ca_poll_off(),
+    )
+    .await;
     let names = nodes("api", 3);
     pcq.upload_all(&names, "web").await;
     let hashes = pcq.wait_compiled(&names, Duration::from_secs(20)).await;
@@ -814,8 +822,12 @@ async fn sigterm_drains_then_queues_the_rest_at_the_front() {
     let _serial = serial().await;
     let fake = FakeServer::start(Duration::from_secs(4)).await;
     let mut pcq = Pcq::start(
-        &fake.backend(),
-        &format!("[core]\nmin_cycle_interval = \"0s\"\n[core.gate]\nmax_concurrency = 2\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"off\"\n[shutdown]\ngrace = \"1s\"\n"),
+        &PcqConfig::stand_in(&fake)
+            .cycle_every(Duration::ZERO)
+            .max_concurrency(2)
+            .no_load_gate()
+            .ca_poll_off()
+            .shutdown_grace(Duration::from_secs(1)),
     )
     .await;
     let names = nodes("term", 4);
@@ -858,8 +870,10 @@ async fn sigterm_drains_then_queues_the_rest_at_the_front() {
 async fn the_command_backend_compiles_with_puppet_catalog_compile() {
     let _serial = serial().await;
     let pcq = Pcq::start(
-        "[backend]\nkind = \"command\"\n",
-        &format!("[core]\nmin_cycle_interval = \"off\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"off\"\n"),
+        &PcqConfig::command()
+            .cycle_off()
+            .no_load_gate()
+            .ca_poll_off(),
     )
     .await;
     let name = "cmd-01.example.com".to_string();
@@ -913,8 +927,12 @@ async fn webhook_notifications_are_retried_until_they_get_through() {
     tokio::spawn(async move { axum::serve(listener, hook).await });
     let fake = FakeServer::start(Duration::from_millis(10)).await;
     let pcq = Pcq::start(
-        &fake.backend(),
-        &format!("[core]\nmin_cycle_interval = \"off\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"off\"\n[notify]\nwebhook = \"http://127.0.0.1:{port}/hook\"\nattempts = 4\n"),
+        &PcqConfig::stand_in(&fake)
+            .cycle_off()
+            .no_load_gate()
+            .ca_poll_off()
+            .webhook(&format!("http://127.0.0.1:{port}/hook"))
+            .notify_attempts(4),
     )
     .await;
     let name = "hook-01.example.com".to_string();
@@ -987,8 +1005,10 @@ async fn a_node_sees_only_itself_and_strangers_are_refused_at_tls() {
     );
     ensure_certs(&[a.clone(), b.clone(), revoked.clone()]);
     let pcq = Pcq::start(
-        &puppetserver_backend(),
-        &format!("[core]\nmin_cycle_interval = \"off\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n"),
+        &PcqConfig::puppetserver()
+            .cycle_off()
+            .no_load_gate()
+            .ca_poll(Duration::from_secs(1)),
     )
     .await;
     pcq.wait(Duration::from_secs(20), || async {
@@ -1134,8 +1154,10 @@ async fn pcq_sync_applies_with_a_real_agent_only_what_changed() {
     let node = "sync-a.example.com".to_string();
     ensure_certs(std::slice::from_ref(&node));
     let pcq = Pcq::start(
-        &puppetserver_backend(),
-        &format!("[core]\nmin_cycle_interval = \"off\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n"),
+        &PcqConfig::puppetserver()
+            .cycle_off()
+            .no_load_gate()
+            .ca_poll(Duration::from_secs(1)),
     )
     .await;
     pcq.wait(Duration::from_secs(20), || async {
