@@ -13,7 +13,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use harness::{
-    ensure_certs, facts_body, metric, serial, FakeServer, Mode, Notes, Pcq, PcqConfig, Via,
+    ensure_certs, facts_body, metric, serial, with_role, FakeServer, Mode, Notes, Pcq, PcqConfig,
+    Via,
 };
 use reqwest::Method;
 use serde_json::Value;
@@ -45,21 +46,15 @@ fn cycling_two_at_a_time() -> PcqConfig {
 async fn twenty_nodes_compile_on_puppet_server_and_keep_cycling() {
     let _serial = serial().await;
     let names = nodes("e2e", 20);
-    ensure_certs(&names);
-    let pcq = Pcq::start(&cycling_two_at_a_time()).await;
     // the CA poll lists the signed certificates; nodes wait for their facts
-    let listed = pcq
-        .wait(Duration::from_secs(20), || async {
-            pcq.queue().await["waiting_for_facts"].as_u64().unwrap_or(0) >= 20
-        })
-        .await;
+    let (pcq, listed) = Pcq::start_listed(&cycling_two_at_a_time(), &names).await;
     assert!(
         listed,
         "CA poll did not list the nodes: {}",
         pcq.queue().await
     );
-    pcq.upload_all(&names, "web").await;
-    pcq.wait_compiled(&names, Duration::from_secs(180)).await;
+    pcq.compile(&names, with_role("web"), Duration::from_secs(180))
+        .await;
 
     // the catalogs come from the real modules and are private files
     let dir = pcq.state_dir().join("catalogs");
@@ -120,22 +115,14 @@ async fn twenty_nodes_compile_on_puppet_server_and_keep_cycling() {
 async fn a_used_fact_change_recompiles_and_notifies_within_two_compile_times() {
     let _serial = serial().await;
     let names = nodes("e2e", 3);
-    ensure_certs(&names);
     let notes = Notes::in_tempdir();
-    let pcq = Pcq::start(
-        &PcqConfig::puppetserver()
-            .cycle_every(Duration::from_secs(3600))
-            .no_load_gate()
-            .ca_poll(Duration::from_secs(1))
-            .notify_command(&notes.command()),
-    )
-    .await;
-    pcq.wait(Duration::from_secs(20), || async {
-        pcq.queue().await["waiting_for_facts"].as_u64().unwrap_or(0) >= 3
-    })
-    .await;
-    pcq.upload_all(&names, "web").await;
-    let before = pcq.wait_compiled(&names, Duration::from_secs(120)).await;
+    let config = PcqConfig::puppetserver()
+        .cycle_every(Duration::from_secs(3600))
+        .no_load_gate()
+        .ca_poll(Duration::from_secs(1))
+        .notify_command(&notes.command());
+    let (pcq, before) =
+        Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(120)).await;
     let target = &names[1];
     assert!(
         pcq.wait(Duration::from_secs(10), || async {
@@ -219,20 +206,12 @@ async fn trusted_extensions_of_the_nodes_certificate_reach_the_compile() {
         "extension_requests:\n  pp_role: pcq_trusted\n  1.3.6.1.4.1.34380.1.2.1: private-value\n",
     );
     let plain = "trusted-02.example.com";
-    ensure_certs(&[plain.to_string()]);
-    let pcq = Pcq::start(
-        &PcqConfig::puppetserver()
-            .no_load_gate()
-            .ca_poll(Duration::from_secs(1)),
-    )
-    .await;
-    let names = vec![name.to_string(), plain.to_string()];
-    pcq.wait(Duration::from_secs(20), || async {
-        pcq.queue().await["waiting_for_facts"].as_u64().unwrap_or(0) >= 2
-    })
-    .await;
-    pcq.upload_all(&names, "web").await;
-    pcq.wait_compiled(&names, Duration::from_secs(120)).await;
+    let config = PcqConfig::puppetserver()
+        .no_load_gate()
+        .ca_poll(Duration::from_secs(1));
+    let names = [name.to_string(), plain.to_string()];
+    let (pcq, _) =
+        Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(120)).await;
     assert_eq!(
         file_content(&pcq, name, &format!("/tmp/pcq-e2e/{name}.trusted")).await,
         Some("role=pcq_trusted private=private-value host=trusted-01\n".to_string()),
@@ -254,24 +233,14 @@ async fn a_revoked_certificate_removes_the_node() {
         std::process::id(),
         epoch() as u64
     );
-    ensure_certs(std::slice::from_ref(&name));
-    let pcq = Pcq::start(
-        &PcqConfig::puppetserver()
-            .cycle_every(Duration::from_secs(3600))
-            .no_load_gate()
-            .ca_poll(Duration::from_secs(1)),
-    )
-    .await;
-    let listed = pcq
-        .wait(Duration::from_secs(20), || async {
-            pcq.status(&name)
-                .await
-                .is_some_and(|s| s["state"] == "waiting_for_facts")
-        })
-        .await;
+    let node = std::slice::from_ref(&name);
+    let config = PcqConfig::puppetserver()
+        .cycle_every(Duration::from_secs(3600))
+        .no_load_gate()
+        .ca_poll(Duration::from_secs(1));
+    let (pcq, listed) = Pcq::start_listed(&config, node).await;
     assert!(listed, "signed certificate not picked up");
-    pcq.upload_all(std::slice::from_ref(&name), "web").await;
-    pcq.wait_compiled(std::slice::from_ref(&name), Duration::from_secs(60))
+    pcq.compile(node, with_role("web"), Duration::from_secs(60))
         .await;
     let file = pcq.state_dir().join(format!("catalogs/{name}.json"));
     assert!(file.exists());
@@ -298,14 +267,13 @@ async fn a_revoked_certificate_removes_the_node() {
 async fn kill_9_during_compiles_loses_and_duplicates_nothing() {
     let _serial = serial().await;
     let names = nodes("e2e", 20);
-    ensure_certs(&names);
-    let mut pcq = Pcq::start(&cycling_two_at_a_time()).await;
-    pcq.wait(Duration::from_secs(20), || async {
-        pcq.queue().await["waiting_for_facts"].as_u64().unwrap_or(0) >= 20
-    })
+    let (mut pcq, _) = Pcq::start_compiled(
+        &cycling_two_at_a_time(),
+        &names,
+        with_role("web"),
+        Duration::from_secs(180),
+    )
     .await;
-    pcq.upload_all(&names, "web").await;
-    pcq.wait_compiled(&names, Duration::from_secs(180)).await;
     for round in 0..3 {
         let busy = pcq
             .wait(Duration::from_secs(30), || async {
@@ -355,14 +323,13 @@ async fn kill_9_during_compiles_loses_and_duplicates_nothing() {
 async fn puppet_server_stopped_for_30s_pauses_then_resumes_without_failures() {
     let _serial = serial().await;
     let names = nodes("e2e", 5);
-    ensure_certs(&names);
-    let pcq = Pcq::start(&cycling_two_at_a_time()).await;
-    pcq.wait(Duration::from_secs(20), || async {
-        pcq.queue().await["waiting_for_facts"].as_u64().unwrap_or(0) >= 5
-    })
+    let (pcq, _) = Pcq::start_compiled(
+        &cycling_two_at_a_time(),
+        &names,
+        with_role("web"),
+        Duration::from_secs(120),
+    )
     .await;
-    pcq.upload_all(&names, "web").await;
-    pcq.wait_compiled(&names, Duration::from_secs(120)).await;
 
     harness::puppetserver("stop");
     let down_at = Instant::now();
@@ -498,13 +465,13 @@ async fn max_concurrency_2_is_all_the_server_ever_sees() {
     ensure_certs(&names);
     harness::wait_server_idle().await;
     let since = server_log_time();
-    let pcq = Pcq::start(&cycling_two_at_a_time()).await;
-    pcq.wait(Duration::from_secs(20), || async {
-        pcq.queue().await["waiting_for_facts"].as_u64().unwrap_or(0) >= 20
-    })
+    let (pcq, _) = Pcq::start_compiled(
+        &cycling_two_at_a_time(),
+        &names,
+        with_role("web"),
+        Duration::from_secs(180),
+    )
     .await;
-    pcq.upload_all(&names, "web").await;
-    pcq.wait_compiled(&names, Duration::from_secs(180)).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     drop(pcq);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -516,17 +483,14 @@ async fn max_concurrency_2_is_all_the_server_ever_sees() {
 
     // the stand-in server counts requests itself
     let fake = FakeServer::start(Duration::from_millis(200)).await;
-    let pcq = Pcq::start(
-        &PcqConfig::stand_in(&fake)
-            .cycle_every(Duration::ZERO)
-            .max_concurrency(2)
-            .no_load_gate()
-            .ca_poll_off(),
-    )
-    .await;
+    let config = PcqConfig::stand_in(&fake)
+        .cycle_every(Duration::ZERO)
+        .max_concurrency(2)
+        .no_load_gate()
+        .ca_poll_off();
     let names = nodes("fake", 10);
-    pcq.upload_all(&names, "web").await;
-    pcq.wait_compiled(&names, Duration::from_secs(30)).await;
+    let (_pcq, _) =
+        Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let max = fake.max_in_flight.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(max, 2, "stand-in server saw {max} at once");
@@ -537,16 +501,13 @@ async fn max_concurrency_2_is_all_the_server_ever_sees() {
 async fn bad_input_gets_clear_errors_and_changes_nothing() {
     let _serial = serial().await;
     let fake = FakeServer::start(Duration::from_millis(10)).await;
-    let pcq = Pcq::start(
-        &PcqConfig::stand_in(&fake)
-            .cycle_every(Duration::from_secs(3600))
-            .no_load_gate()
-            .ca_poll_off(),
-    )
-    .await;
+    let config = PcqConfig::stand_in(&fake)
+        .cycle_every(Duration::from_secs(3600))
+        .no_load_gate()
+        .ca_poll_off();
     let names = nodes("bad", 2);
-    pcq.upload_all(&names, "web").await;
-    let hashes = pcq.wait_compiled(&names, Duration::from_secs(20)).await;
+    let (pcq, hashes) =
+        Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(20)).await;
     let q0 = pcq.queue().await["nodes"].clone();
 
     // bad-01 uploads its own facts, badly
@@ -651,18 +612,15 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
 async fn server_faults_park_the_node_or_pause_the_master_and_keep_the_last_catalog() {
     let _serial = serial().await;
     let fake = FakeServer::start(Duration::from_millis(10)).await;
-    let pcq = Pcq::start(
-        &PcqConfig::stand_in(&fake)
-            .cycle_off()
-            .compile_timeout(Duration::from_secs(2))
-            .backoff(Duration::from_secs(3600), Duration::from_secs(7200))
-            .no_load_gate()
-            .ca_poll_off(),
-    )
-    .await;
+    let config = PcqConfig::stand_in(&fake)
+        .cycle_off()
+        .compile_timeout(Duration::from_secs(2))
+        .backoff(Duration::from_secs(3600), Duration::from_secs(7200))
+        .no_load_gate()
+        .ca_poll_off();
     let names = nodes("fault", 4);
-    pcq.upload_all(&names, "web").await;
-    let hashes = pcq.wait_compiled(&names, Duration::from_secs(20)).await;
+    let (pcq, hashes) =
+        Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(20)).await;
     let catalog = |n: &str| {
         std::fs::read(pcq.state_dir().join(format!("catalogs/{n}.json"))).expect("catalog")
     };
@@ -738,16 +696,13 @@ async fn server_faults_park_the_node_or_pause_the_master_and_keep_the_last_catal
 async fn catalog_api_etags_bumps_deploys_and_the_cli() {
     let _serial = serial().await;
     let fake = FakeServer::start(Duration::from_millis(10)).await;
-    let pcq = Pcq::start(
-        &PcqConfig::stand_in(&fake)
-            .cycle_off()
-            .no_load_gate()
-            .ca_poll_off(),
-    )
-    .await;
+    let config = PcqConfig::stand_in(&fake)
+        .cycle_off()
+        .no_load_gate()
+        .ca_poll_off();
     let names = nodes("api", 3);
-    pcq.upload_all(&names, "web").await;
-    let hashes = pcq.wait_compiled(&names, Duration::from_secs(20)).await;
+    let (pcq, hashes) =
+        Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(20)).await;
     // the node fetches its own catalog over TLS with its certificate
     let http = pcq.as_node(&names[0]);
     let url = format!("{}/v1/nodes/{}/catalog", pcq.tls, names[0]);
@@ -831,7 +786,7 @@ async fn sigterm_drains_then_queues_the_rest_at_the_front() {
     )
     .await;
     let names = nodes("term", 4);
-    pcq.upload_all(&names, "web").await;
+    pcq.upload_all(&names, with_role("web")).await;
     let busy = pcq
         .wait(Duration::from_secs(10), || async {
             pcq.queue().await["in_flight"]
@@ -869,17 +824,14 @@ async fn sigterm_drains_then_queues_the_rest_at_the_front() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_command_backend_compiles_with_puppet_catalog_compile() {
     let _serial = serial().await;
-    let pcq = Pcq::start(
-        &PcqConfig::command()
-            .cycle_off()
-            .no_load_gate()
-            .ca_poll_off(),
-    )
-    .await;
-    let name = "cmd-01.example.com".to_string();
-    pcq.upload_all(std::slice::from_ref(&name), "cache").await;
-    pcq.wait_compiled(std::slice::from_ref(&name), Duration::from_secs(60))
-        .await;
+    let config = PcqConfig::command()
+        .cycle_off()
+        .no_load_gate()
+        .ca_poll_off();
+    let names = nodes("cmd", 1);
+    let (pcq, _) =
+        Pcq::start_compiled(&config, &names, with_role("cache"), Duration::from_secs(60)).await;
+    let name = &names[0];
     let text = std::fs::read_to_string(pcq.state_dir().join(format!("catalogs/{name}.json")))
         .expect("catalog");
     assert!(
@@ -926,20 +878,16 @@ async fn webhook_notifications_are_retried_until_they_get_through() {
     let port = listener.local_addr().expect("addr").port();
     tokio::spawn(async move { axum::serve(listener, hook).await });
     let fake = FakeServer::start(Duration::from_millis(10)).await;
-    let pcq = Pcq::start(
-        &PcqConfig::stand_in(&fake)
-            .cycle_off()
-            .no_load_gate()
-            .ca_poll_off()
-            .webhook(&format!("http://127.0.0.1:{port}/hook"))
-            .notify_attempts(4),
-    )
-    .await;
-    let name = "hook-01.example.com".to_string();
-    pcq.upload_all(std::slice::from_ref(&name), "web").await;
-    let hashes = pcq
-        .wait_compiled(std::slice::from_ref(&name), Duration::from_secs(20))
-        .await;
+    let config = PcqConfig::stand_in(&fake)
+        .cycle_off()
+        .no_load_gate()
+        .ca_poll_off()
+        .webhook(&format!("http://127.0.0.1:{port}/hook"))
+        .notify_attempts(4);
+    let names = nodes("hook", 1);
+    let (pcq, hashes) =
+        Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(20)).await;
+    let name = &names[0];
     let delivered = pcq
         .wait(Duration::from_secs(15), || async {
             bodies.lock().is_ok_and(|b| b.len() == 1)
@@ -1004,46 +952,34 @@ async fn a_node_sees_only_itself_and_strangers_are_refused_at_tls() {
         epoch() as u64
     );
     ensure_certs(&[a.clone(), b.clone(), revoked.clone()]);
-    let pcq = Pcq::start(
-        &PcqConfig::puppetserver()
-            .cycle_off()
-            .no_load_gate()
-            .ca_poll(Duration::from_secs(1)),
+    let config = PcqConfig::puppetserver()
+        .cycle_off()
+        .no_load_gate()
+        .ca_poll(Duration::from_secs(1));
+    let (pcq, _) = Pcq::start_compiled(
+        &config,
+        &[a.clone(), b.clone()],
+        with_role("web"),
+        Duration::from_secs(60),
     )
     .await;
-    pcq.wait(Duration::from_secs(20), || async {
-        pcq.status(&b).await.is_some()
-    })
-    .await;
-    pcq.upload_all(&[a.clone(), b.clone()], "web").await;
-    pcq.wait_compiled(&[a.clone(), b.clone()], Duration::from_secs(60))
-        .await;
 
+    // node a asks, over TLS with its own certificate
+    let a_asks = |method: Method, path: String, body: Vec<u8>| {
+        let (pcq, a) = (&pcq, &a);
+        async move { pcq.request(Via::Tls(a), method, &path, &body).await }
+    };
     // its own catalog, status and facts: yes
-    let (s, _) = pcq
-        .request(
-            Via::Tls(&a),
-            Method::GET,
-            &format!("/v1/nodes/{a}/catalog"),
-            b"",
-        )
-        .await;
+    let (s, _) = a_asks(Method::GET, format!("/v1/nodes/{a}/catalog"), vec![]).await;
     assert_eq!(s, 200);
-    let (s, _) = pcq
-        .request(
-            Via::Tls(&a),
-            Method::GET,
-            &format!("/v1/nodes/{a}/status"),
-            b"",
-        )
-        .await;
+    let (s, _) = a_asks(Method::GET, format!("/v1/nodes/{a}/status"), vec![]).await;
     assert_eq!(s, 200);
     // another node's: 403, and logged
     for path in [
         format!("/v1/nodes/{b}/catalog"),
         format!("/v1/nodes/{b}/status"),
     ] {
-        let (s, body) = pcq.request(Via::Tls(&a), Method::GET, &path, b"").await;
+        let (s, body) = a_asks(Method::GET, path.clone(), vec![]).await;
         assert_eq!(
             s,
             403,
@@ -1053,14 +989,7 @@ async fn a_node_sees_only_itself_and_strangers_are_refused_at_tls() {
         );
     }
     let body = serde_json::to_vec(&facts_body(&b, "evil", 1)).expect("json");
-    let (s, _) = pcq
-        .request(
-            Via::Tls(&a),
-            Method::PUT,
-            &format!("/puppet/v3/facts/{b}"),
-            &body,
-        )
-        .await;
+    let (s, _) = a_asks(Method::PUT, format!("/puppet/v3/facts/{b}"), body).await;
     assert_eq!(s, 403);
     assert_eq!(pcq.status(&b).await.expect("status")["failures"], 0);
     let log = pcq.log_text();
@@ -1069,18 +998,9 @@ async fn a_node_sees_only_itself_and_strangers_are_refused_at_tls() {
         "{log}"
     );
     // admin endpoints: not for nodes; for the admin certificate, yes
-    let (s, _) = pcq
-        .request(Via::Tls(&a), Method::GET, "/v1/queue", b"")
-        .await;
+    let (s, _) = a_asks(Method::GET, "/v1/queue".into(), vec![]).await;
     assert_eq!(s, 403);
-    let (s, _) = pcq
-        .request(
-            Via::Tls(&a),
-            Method::POST,
-            &format!("/v1/nodes/{b}/bump"),
-            b"",
-        )
-        .await;
+    let (s, _) = a_asks(Method::POST, format!("/v1/nodes/{b}/bump"), vec![]).await;
     assert_eq!(s, 403);
     let (s, _) = pcq
         .request(Via::Tls(&harness::host()), Method::GET, "/v1/queue", b"")
@@ -1152,18 +1072,11 @@ async fn a_node_sees_only_itself_and_strangers_are_refused_at_tls() {
 async fn pcq_sync_applies_with_a_real_agent_only_what_changed() {
     let _serial = serial().await;
     let node = "sync-a.example.com".to_string();
-    ensure_certs(std::slice::from_ref(&node));
-    let pcq = Pcq::start(
-        &PcqConfig::puppetserver()
-            .cycle_off()
-            .no_load_gate()
-            .ca_poll(Duration::from_secs(1)),
-    )
-    .await;
-    pcq.wait(Duration::from_secs(20), || async {
-        pcq.status(&node).await.is_some()
-    })
-    .await;
+    let config = PcqConfig::puppetserver()
+        .cycle_off()
+        .no_load_gate()
+        .ca_poll(Duration::from_secs(1));
+    let (pcq, _) = Pcq::start_listed(&config, std::slice::from_ref(&node)).await;
     let work = tempfile::tempdir().expect("tmp");
     let facts_d = work.path().join("facts.d");
     std::fs::create_dir_all(&facts_d).expect("facts.d");
@@ -1269,12 +1182,7 @@ async fn pcq_sync_applies_with_a_real_agent_only_what_changed() {
     // a fact the catalog does not read changes: sync does not even
     // upload (pcq's status lists the paths the catalog reads)
     assert!(
-        pcq.wait(Duration::from_secs(30), || async {
-            pcq.status(&node)
-                .await
-                .is_some_and(|s| s["fact_paths"].is_array())
-        })
-        .await,
+        pcq.wait_analysed(&node, Duration::from_secs(30)).await,
         "the analysis never reached the node's status"
     );
     let (code, text) = sync(&pcq.tls);

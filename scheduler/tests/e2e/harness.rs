@@ -294,6 +294,10 @@ impl PcqConfig {
         self.set("ca.poll_interval", &quoted("off"))
     }
 
+    fn polls_ca(&self) -> bool {
+        self.get("ca.poll_interval") != Some(&quoted("off"))
+    }
+
     /// `exports.bump_delay`.
     pub fn bump_delay(self, delay: Duration) -> PcqConfig {
         self.set("exports.bump_delay", &duration(delay))
@@ -330,6 +334,14 @@ impl PcqConfig {
             None => entries.push((key.to_string(), toml_value.to_string())),
         }
         self
+    }
+
+    fn get(&self, key: &str) -> Option<&String> {
+        let (table, key) = key.rsplit_once('.').unwrap_or(("", key));
+        self.tables
+            .get(table)?
+            .iter()
+            .find_map(|(k, v)| (k == key).then_some(v))
     }
 
     /// The configuration file.
@@ -375,6 +387,11 @@ impl Notes {
     }
 }
 
+/// Facts for [`Pcq::start_compiled`]: [`facts_body`] with `role`.
+pub fn with_role(role: &str) -> impl Fn(&str) -> Value + '_ {
+    move |certname| facts_body(certname, role, 1)
+}
+
 /// Who sends a request to pcq.
 #[derive(Clone, Copy, Debug)]
 pub enum Via<'a> {
@@ -417,6 +434,46 @@ impl Pcq {
         };
         pcq.spawn().await;
         pcq
+    }
+
+    /// Starts pcq with `config` once `names` have signed certificates (made
+    /// if missing), and waits up to 20 s until the CA poll has listed them
+    /// all (each known and waiting for its facts); whether it did.
+    pub async fn start_listed(config: &PcqConfig, names: &[String]) -> (Pcq, bool) {
+        ensure_certs(names);
+        let pcq = Pcq::start(config).await;
+        let listed = pcq
+            .wait(Duration::from_secs(20), || async {
+                for n in names {
+                    let status = pcq.status(n).await;
+                    if status.is_none_or(|s| s["state"] != "waiting_for_facts") {
+                        return false;
+                    }
+                }
+                true
+            })
+            .await;
+        (pcq, listed)
+    }
+
+    /// Starts pcq with `config` and gets `names` compiled, the way nodes
+    /// join: the CA poll lists them (when it is on; [`Pcq::start_listed`],
+    /// not checked: a node it missed joins by its upload), each uploads
+    /// `facts(certname)`, and each has a catalog within `limit`. Returns
+    /// pcq and the catalog hashes, in the order of `names`.
+    pub async fn start_compiled(
+        config: &PcqConfig,
+        names: &[String],
+        facts: impl Fn(&str) -> Value,
+        limit: Duration,
+    ) -> (Pcq, Vec<String>) {
+        let pcq = if config.polls_ca() {
+            Pcq::start_listed(config, names).await.0
+        } else {
+            Pcq::start(config).await
+        };
+        let hashes = pcq.compile(names, facts, limit).await;
+        (pcq, hashes)
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -590,14 +647,37 @@ impl Pcq {
             .expect("metrics text")
     }
 
-    /// Uploads facts for each node (certificates are made if missing);
-    /// they all answer 200.
-    pub async fn upload_all(&self, names: &[String], role: &str) {
+    /// Each node uploads `facts(certname)` (certificates are made if
+    /// missing); they all answer 200.
+    pub async fn upload_all(&self, names: &[String], facts: impl Fn(&str) -> Value) {
         ensure_certs(names);
         for n in names {
-            let (status, body) = self.put_facts(n, &facts_body(n, role, 1)).await;
+            let (status, body) = self.put_facts(n, &facts(n)).await;
             assert_eq!(status, 200, "{n}: {body}");
         }
+    }
+
+    /// Gets `names` compiled: [`Pcq::upload_all`], then
+    /// [`Pcq::wait_compiled`].
+    pub async fn compile(
+        &self,
+        names: &[String],
+        facts: impl Fn(&str) -> Value,
+        limit: Duration,
+    ) -> Vec<String> {
+        self.upload_all(names, facts).await;
+        self.wait_compiled(names, limit).await
+    }
+
+    /// Waits up to `limit` until `certname`'s status lists the fact paths
+    /// its catalog reads (the analysis reached it); whether it did.
+    pub async fn wait_analysed(&self, certname: &str, limit: Duration) -> bool {
+        self.wait(limit, || async {
+            self.status(certname)
+                .await
+                .is_some_and(|s| s["fact_paths"].is_array())
+        })
+        .await
     }
 
     /// Waits until every node has a catalog; returns their hashes.
