@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use harness::{ensure_certs, facts_body, host, metric, puppetserver_backend, serial, Pcq};
+use harness::{facts_body, host, metric, serial, Notes, Pcq, PcqConfig, Via};
 use reqwest::Method;
 use scheduler::daemon::analyze::{default_ruby, verify, Analysis, Query};
 use scheduler::daemon::backend::puppetserver::PuppetServer;
@@ -347,13 +347,7 @@ fn web_facts(certname: &str, address: &str, uptime: u64) -> Value {
 
 /// The collected backend lines in the lb node's catalog.
 async fn backends(pcq: &Pcq, lb: &str) -> Vec<String> {
-    let (status, text) = pcq
-        .raw(Method::GET, &format!("/v1/nodes/{lb}/catalog"), Vec::new())
-        .await;
-    if status != 200 {
-        return Vec::new();
-    }
-    let catalog: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let catalog = pcq.catalog(lb).await.unwrap_or(Value::Null);
     let mut lines: Vec<String> = catalog["resources"]
         .as_array()
         .map(|r| {
@@ -367,6 +361,19 @@ async fn backends(pcq: &Pcq, lb: &str) -> Vec<String> {
     lines
 }
 
+/// Within 60 s, the lb node's catalog collects `want`.
+async fn assert_collects(pcq: &Pcq, lb: &str, want: &[String]) {
+    assert!(
+        pcq.wait(Duration::from_secs(60), || async {
+            backends(pcq, lb).await == want
+        })
+        .await,
+        "lb collected {:?}\n{}",
+        backends(pcq, lb).await,
+        pcq.log_text()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_changed_export_reaches_its_collector_through_puppetdb() {
     let _serial = serial().await;
@@ -376,47 +383,27 @@ async fn a_changed_export_reaches_its_collector_through_puppetdb() {
         "lb-01.example.com",
     );
     let names = vec![web1.to_string(), web2.to_string(), lb.to_string()];
-    ensure_certs(&names);
-    let notes = tempfile::tempdir().expect("tmp");
-    let backend = puppetserver_backend().replace(
-        "probe_interval",
-        "persist_facts = true\npersist_catalog = true\nprobe_interval",
-    );
-    let pcq = Pcq::start(
-        &backend,
-        &format!(
-            "[core]\nmin_cycle_interval = \"1h\"\n[core.gate]\nmax_load_per_core = 0.0\n[ca]\npoll_interval = \"1s\"\n[exports]\nbump_delay = \"2s\"\n[notify]\ncommand = [\"sh\", \"-c\", \"echo changed >> {}/{{certname}}\"]\n",
-            notes.path().display()
-        ),
-    )
-    .await;
-    pcq.wait(Duration::from_secs(20), || async {
-        pcq.queue().await["waiting_for_facts"].as_u64().unwrap_or(0) >= 3
-    })
-    .await;
-    for (n, body) in [
-        (web1, web_facts(web1, "10.0.0.1", 1)),
-        (web2, web_facts(web2, "10.0.0.2", 1)),
-        (lb, facts_body(lb, "lb", 1)),
-    ] {
-        let (status, answer) = pcq.put_facts(n, &body).await;
-        assert_eq!(status, 200, "{answer}");
-    }
-    pcq.wait_compiled(&names, Duration::from_secs(120)).await;
+    let notes = Notes::in_tempdir();
+    let config = PcqConfig::puppetserver()
+        .persist_to_puppetdb()
+        .cycle_every(Duration::from_secs(3600))
+        .no_load_gate()
+        .ca_poll(Duration::from_secs(1))
+        .bump_delay(Duration::from_secs(2))
+        .notify_command(&notes.command());
+    // the web nodes export their addresses, lb collects them
+    let facts = |n: &str| match n {
+        n if n == lb => facts_body(n, "lb", 1),
+        n if n == web1 => web_facts(n, "10.0.0.1", 1),
+        n => web_facts(n, "10.0.0.2", 1),
+    };
+    let (pcq, _) = Pcq::start_compiled(&config, &names, facts, Duration::from_secs(120)).await;
     // whatever order they compiled in, the web nodes' exports reach lb
     let both = vec![
         format!("server {web1} 10.0.0.1:80\n"),
         format!("server {web2} 10.0.0.2:80\n"),
     ];
-    assert!(
-        pcq.wait(Duration::from_secs(60), || async {
-            backends(&pcq, lb).await == both
-        })
-        .await,
-        "lb collected {:?}\n{}",
-        backends(&pcq, lb).await,
-        pcq.log_text()
-    );
+    assert_collects(&pcq, lb, &both).await;
     // the analysis is in use (it runs in the background from the start):
     // the web node's catalog reads these facts
     let want = vec!["pcq_address", "pcq_color", "pcq_role", "pcq_tier"];
@@ -440,12 +427,7 @@ async fn a_changed_export_reaches_its_collector_through_puppetdb() {
         pcq.log_text()
     );
     tokio::time::sleep(Duration::from_secs(3)).await; // bumps of the first round done
-    let lines = |n: &str| {
-        std::fs::read_to_string(notes.path().join(n))
-            .map(|t| t.lines().count())
-            .unwrap_or(0)
-    };
-    let lb_notes = lines(lb);
+    let lb_notes = notes.count(lb);
     let m = pcq.metrics().await;
     let export_bumps = metric(&m, "pcq_compiles_started_total{reason=\"exports\"}");
     let lb_hash = pcq.status(lb).await.expect("status")["catalog_hash"].clone();
@@ -458,18 +440,10 @@ async fn a_changed_export_reaches_its_collector_through_puppetdb() {
         format!("server {web1} 10.9.9.9:80\n"),
         format!("server {web2} 10.0.0.2:80\n"),
     ];
-    assert!(
-        pcq.wait(Duration::from_secs(60), || async {
-            backends(&pcq, lb).await == moved
-        })
-        .await,
-        "lb collected {:?}\n{}",
-        backends(&pcq, lb).await,
-        pcq.log_text()
-    );
+    assert_collects(&pcq, lb, &moved).await;
     assert!(
         pcq.wait(Duration::from_secs(10), || async {
-            lines(lb) == lb_notes + 1
+            notes.count(lb) == lb_notes + 1
         })
         .await,
         "lb notified"
@@ -484,7 +458,7 @@ async fn a_changed_export_reaches_its_collector_through_puppetdb() {
         export_bumps + 1.0,
         "lb alone bumped for the export"
     );
-    assert_eq!(lines(web2), 1, "web-02 untouched");
+    assert_eq!(notes.count(web2), 1, "web-02 untouched");
 
     // an uptime-only change, and a change of a fact no catalog reads:
     // nothing compiles out of turn
@@ -559,36 +533,24 @@ async fn a_deploy_reanalyses_the_code() {
     let _serial = serial().await;
     let env = ScratchEnvironment::new("pcq_deploy_test");
     let node = "sync-deploy.example.com".to_string();
-    ensure_certs(std::slice::from_ref(&node));
-    let pcq = Pcq::start(
-        &puppetserver_backend(),
-        "[core]\nmin_cycle_interval = \"1h\"\n[core.gate]\nmax_load_per_core = 0.0\n[ca]\npoll_interval = \"1s\"\n",
-    )
-    .await;
-    pcq.wait(Duration::from_secs(20), || async {
-        pcq.queue().await["waiting_for_facts"].as_u64().unwrap_or(0) >= 1
-    })
-    .await;
+    let config = PcqConfig::puppetserver()
+        .cycle_every(Duration::from_secs(3600))
+        .no_load_gate()
+        .ca_poll(Duration::from_secs(1));
+    let (pcq, _) = Pcq::start_listed(&config, std::slice::from_ref(&node)).await;
     let upload = |extra: &str| {
         let mut body = facts_body(&node, "web", 1);
         body["values"]["pcq_extra"] = json!(extra);
         body
     };
+    // the node uploads its facts to the scratch environment
     let put = |body: Value| {
-        let pcq = &pcq;
-        let node = node.clone();
+        let (pcq, node) = (&pcq, &node);
         async move {
-            let r = pcq
-                .as_node(&node)
-                .put(format!(
-                    "{}/puppet/v3/facts/{node}?environment=pcq_deploy_test",
-                    pcq.tls
-                ))
-                .json(&body)
-                .send()
-                .await
-                .expect("upload");
-            let v: Value = r.json().await.unwrap_or(Value::Null);
+            let path = format!("/puppet/v3/facts/{node}?environment=pcq_deploy_test");
+            let body = serde_json::to_vec(&body).expect("json");
+            let (_, text) = pcq.request(Via::Tls(node), Method::PUT, &path, &body).await;
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
             v["result"].as_str().unwrap_or("").to_string()
         }
     };
@@ -597,12 +559,7 @@ async fn a_deploy_reanalyses_the_code() {
         .await;
     // the code does not read pcq_extra: a change of it is no change
     assert!(
-        pcq.wait(Duration::from_secs(20), || async {
-            pcq.status(&node)
-                .await
-                .is_some_and(|s| s["fact_paths"].is_array())
-        })
-        .await,
+        pcq.wait_analysed(&node, Duration::from_secs(20)).await,
         "analysis done"
     );
     assert_eq!(put(upload("b")).await, "unchanged");
@@ -618,10 +575,11 @@ async fn a_deploy_reanalyses_the_code() {
     )
     .expect("new code");
     let (status, _) = pcq
-        .raw(
+        .request(
+            Via::Admin,
             Method::POST,
             "/v1/deploys",
-            serde_json::to_vec(&json!({"environment": "pcq_deploy_test"})).expect("json"),
+            &serde_json::to_vec(&json!({"environment": "pcq_deploy_test"})).expect("json"),
         )
         .await;
     assert_eq!(status, 202, "deploy accepted");

@@ -6,13 +6,15 @@
 #![cfg(feature = "e2e")]
 
 #[path = "e2e/harness.rs"]
+#[allow(dead_code)] // each test binary uses part of it
 mod harness;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use harness::{
-    ensure_certs, facts_body, metric, puppetserver_backend, serial, FakeServer, Mode, Pcq,
+    ensure_certs, facts_body, metric, serial, with_role, FakeServer, Mode, Notes, Pcq, PcqConfig,
+    Via,
 };
 use reqwest::Method;
 use serde_json::Value;
@@ -30,31 +32,29 @@ fn epoch() -> f64 {
         .unwrap_or(0.0)
 }
 
-const NO_LOAD_GATE: &str = "max_load_per_core = 0.0";
+/// The real Puppet Server, the nodes cycling continuously, two compiles
+/// at a time.
+fn cycling_two_at_a_time() -> PcqConfig {
+    PcqConfig::puppetserver()
+        .cycle_every(Duration::ZERO)
+        .max_concurrency(2)
+        .no_load_gate()
+        .ca_poll(Duration::from_secs(1))
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn twenty_nodes_compile_on_puppet_server_and_keep_cycling() {
     let _serial = serial().await;
     let names = nodes("e2e", 20);
-    ensure_certs(&names);
-    let pcq = Pcq::start(
-        &puppetserver_backend(),
-        &format!("[core]\nmin_cycle_interval = \"0s\"\n[core.gate]\nmax_concurrency = 2\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n"),
-    )
-    .await;
     // the CA poll lists the signed certificates; nodes wait for their facts
-    let listed = pcq
-        .wait(Duration::from_secs(20), || async {
-            pcq.queue().await["waiting_for_facts"].as_u64().unwrap_or(0) >= 20
-        })
-        .await;
+    let (pcq, listed) = Pcq::start_listed(&cycling_two_at_a_time(), &names).await;
     assert!(
         listed,
         "CA poll did not list the nodes: {}",
         pcq.queue().await
     );
-    pcq.upload_all(&names, "web").await;
-    pcq.wait_compiled(&names, Duration::from_secs(180)).await;
+    pcq.compile(&names, with_role("web"), Duration::from_secs(180))
+        .await;
 
     // the catalogs come from the real modules and are private files
     let dir = pcq.state_dir().join("catalogs");
@@ -115,33 +115,20 @@ async fn twenty_nodes_compile_on_puppet_server_and_keep_cycling() {
 async fn a_used_fact_change_recompiles_and_notifies_within_two_compile_times() {
     let _serial = serial().await;
     let names = nodes("e2e", 3);
-    ensure_certs(&names);
-    let note_dir = tempfile::tempdir().expect("tmp");
-    let notify = format!(
-        "[notify]\ncommand = [\"sh\", \"-c\", \"echo changed >> {}/{{certname}}\"]\n",
-        note_dir.path().display()
-    );
-    let pcq = Pcq::start(
-        &puppetserver_backend(),
-        &format!("[core]\nmin_cycle_interval = \"1h\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n{notify}"),
-    )
-    .await;
-    pcq.wait(Duration::from_secs(20), || async {
-        pcq.queue().await["waiting_for_facts"].as_u64().unwrap_or(0) >= 3
-    })
-    .await;
-    pcq.upload_all(&names, "web").await;
-    let before = pcq.wait_compiled(&names, Duration::from_secs(120)).await;
+    let notes = Notes::in_tempdir();
+    let config = PcqConfig::puppetserver()
+        .cycle_every(Duration::from_secs(3600))
+        .no_load_gate()
+        .ca_poll(Duration::from_secs(1))
+        .notify_command(&notes.command());
+    let (pcq, before) =
+        Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(120)).await;
     let target = &names[1];
-    let notes = note_dir.path().join(target);
-    let lines = |p: &std::path::Path| {
-        std::fs::read_to_string(p)
-            .map(|t| t.lines().count())
-            .unwrap_or(0)
-    };
     assert!(
-        pcq.wait(Duration::from_secs(10), || async { lines(&notes) == 1 })
-            .await,
+        pcq.wait(Duration::from_secs(10), || async {
+            notes.count(target) == 1
+        })
+        .await,
         "first catalog notified"
     );
     let m = pcq.metrics().await;
@@ -153,7 +140,9 @@ async fn a_used_fact_change_recompiles_and_notifies_within_two_compile_times() {
     let (status, body) = pcq.put_facts(target, &facts_body(target, "db", 1)).await;
     assert_eq!((status, body["result"].as_str()), (200, Some("changed")));
     let notified = pcq
-        .wait(Duration::from_secs(30), || async { lines(&notes) == 2 })
+        .wait(Duration::from_secs(30), || async {
+            notes.count(target) == 2
+        })
         .await;
     let elapsed = t0.elapsed().as_secs_f64();
     assert!(notified, "no notification");
@@ -167,11 +156,7 @@ async fn a_used_fact_change_recompiles_and_notifies_within_two_compile_times() {
         elapsed <= 2.0 * compile_time.max(0.25),
         "recompiled and notified after {elapsed:.2} s; a compile takes {compile_time:.2} s"
     );
-    assert_eq!(
-        lines(&note_dir.path().join(&names[0])),
-        1,
-        "other nodes not notified again"
-    );
+    assert_eq!(notes.count(&names[0]), 1, "other nodes not notified again");
 
     // only volatile facts change: no compile out of turn
     let started = metric(
@@ -204,18 +189,7 @@ async fn a_used_fact_change_recompiles_and_notifies_within_two_compile_times() {
 
 /// The content of `path`'s File resource in `certname`'s catalog.
 async fn file_content(pcq: &Pcq, certname: &str, path: &str) -> Option<String> {
-    let (status, text) = pcq
-        .raw(
-            Method::GET,
-            &format!("/v1/nodes/{certname}/catalog"),
-            Vec::new(),
-        )
-        .await;
-    if status != 200 {
-        return None;
-    }
-    let catalog: Value = serde_json::from_str(&text).ok()?;
-    catalog["resources"]
+    pcq.catalog(certname).await?["resources"]
         .as_array()?
         .iter()
         .find(|r| r["type"] == "File" && r["title"] == path)
@@ -232,19 +206,12 @@ async fn trusted_extensions_of_the_nodes_certificate_reach_the_compile() {
         "extension_requests:\n  pp_role: pcq_trusted\n  1.3.6.1.4.1.34380.1.2.1: private-value\n",
     );
     let plain = "trusted-02.example.com";
-    ensure_certs(&[plain.to_string()]);
-    let pcq = Pcq::start(
-        &puppetserver_backend(),
-        &format!("[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n"),
-    )
-    .await;
-    let names = vec![name.to_string(), plain.to_string()];
-    pcq.wait(Duration::from_secs(20), || async {
-        pcq.queue().await["waiting_for_facts"].as_u64().unwrap_or(0) >= 2
-    })
-    .await;
-    pcq.upload_all(&names, "web").await;
-    pcq.wait_compiled(&names, Duration::from_secs(120)).await;
+    let config = PcqConfig::puppetserver()
+        .no_load_gate()
+        .ca_poll(Duration::from_secs(1));
+    let names = [name.to_string(), plain.to_string()];
+    let (pcq, _) =
+        Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(120)).await;
     assert_eq!(
         file_content(&pcq, name, &format!("/tmp/pcq-e2e/{name}.trusted")).await,
         Some("role=pcq_trusted private=private-value host=trusted-01\n".to_string()),
@@ -266,22 +233,14 @@ async fn a_revoked_certificate_removes_the_node() {
         std::process::id(),
         epoch() as u64
     );
-    ensure_certs(std::slice::from_ref(&name));
-    let pcq = Pcq::start(
-        &puppetserver_backend(),
-        &format!("[core]\nmin_cycle_interval = \"1h\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n"),
-    )
-    .await;
-    let listed = pcq
-        .wait(Duration::from_secs(20), || async {
-            pcq.status(&name)
-                .await
-                .is_some_and(|s| s["state"] == "waiting_for_facts")
-        })
-        .await;
+    let node = std::slice::from_ref(&name);
+    let config = PcqConfig::puppetserver()
+        .cycle_every(Duration::from_secs(3600))
+        .no_load_gate()
+        .ca_poll(Duration::from_secs(1));
+    let (pcq, listed) = Pcq::start_listed(&config, node).await;
     assert!(listed, "signed certificate not picked up");
-    pcq.upload_all(std::slice::from_ref(&name), "web").await;
-    pcq.wait_compiled(std::slice::from_ref(&name), Duration::from_secs(60))
+    pcq.compile(node, with_role("web"), Duration::from_secs(60))
         .await;
     let file = pcq.state_dir().join(format!("catalogs/{name}.json"));
     assert!(file.exists());
@@ -294,10 +253,11 @@ async fn a_revoked_certificate_removes_the_node() {
     assert!(gone, "revoked node still known");
     assert!(!file.exists(), "its catalog is deleted");
     let (status, _) = pcq
-        .raw(
+        .request(
+            Via::Admin,
             Method::GET,
             &format!("/v1/nodes/{name}/catalog"),
-            Vec::new(),
+            b"",
         )
         .await;
     assert_eq!(status, 404);
@@ -307,18 +267,13 @@ async fn a_revoked_certificate_removes_the_node() {
 async fn kill_9_during_compiles_loses_and_duplicates_nothing() {
     let _serial = serial().await;
     let names = nodes("e2e", 20);
-    ensure_certs(&names);
-    let mut pcq = Pcq::start(
-        &puppetserver_backend(),
-        &format!("[core]\nmin_cycle_interval = \"0s\"\n[core.gate]\nmax_concurrency = 2\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n"),
+    let (mut pcq, _) = Pcq::start_compiled(
+        &cycling_two_at_a_time(),
+        &names,
+        with_role("web"),
+        Duration::from_secs(180),
     )
     .await;
-    pcq.wait(Duration::from_secs(20), || async {
-        pcq.queue().await["waiting_for_facts"].as_u64().unwrap_or(0) >= 20
-    })
-    .await;
-    pcq.upload_all(&names, "web").await;
-    pcq.wait_compiled(&names, Duration::from_secs(180)).await;
     for round in 0..3 {
         let busy = pcq
             .wait(Duration::from_secs(30), || async {
@@ -368,18 +323,13 @@ async fn kill_9_during_compiles_loses_and_duplicates_nothing() {
 async fn puppet_server_stopped_for_30s_pauses_then_resumes_without_failures() {
     let _serial = serial().await;
     let names = nodes("e2e", 5);
-    ensure_certs(&names);
-    let pcq = Pcq::start(
-        &puppetserver_backend(),
-        &format!("[core]\nmin_cycle_interval = \"0s\"\n[core.gate]\nmax_concurrency = 2\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n"),
+    let (pcq, _) = Pcq::start_compiled(
+        &cycling_two_at_a_time(),
+        &names,
+        with_role("web"),
+        Duration::from_secs(120),
     )
     .await;
-    pcq.wait(Duration::from_secs(20), || async {
-        pcq.queue().await["waiting_for_facts"].as_u64().unwrap_or(0) >= 5
-    })
-    .await;
-    pcq.upload_all(&names, "web").await;
-    pcq.wait_compiled(&names, Duration::from_secs(120)).await;
 
     harness::puppetserver("stop");
     let down_at = Instant::now();
@@ -515,17 +465,13 @@ async fn max_concurrency_2_is_all_the_server_ever_sees() {
     ensure_certs(&names);
     harness::wait_server_idle().await;
     let since = server_log_time();
-    let pcq = Pcq::start(
-        &puppetserver_backend(),
-        &format!("[core]\nmin_cycle_interval = \"0s\"\n[core.gate]\nmax_concurrency = 2\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n"),
+    let (pcq, _) = Pcq::start_compiled(
+        &cycling_two_at_a_time(),
+        &names,
+        with_role("web"),
+        Duration::from_secs(180),
     )
     .await;
-    pcq.wait(Duration::from_secs(20), || async {
-        pcq.queue().await["waiting_for_facts"].as_u64().unwrap_or(0) >= 20
-    })
-    .await;
-    pcq.upload_all(&names, "web").await;
-    pcq.wait_compiled(&names, Duration::from_secs(180)).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     drop(pcq);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -537,14 +483,14 @@ async fn max_concurrency_2_is_all_the_server_ever_sees() {
 
     // the stand-in server counts requests itself
     let fake = FakeServer::start(Duration::from_millis(200)).await;
-    let pcq = Pcq::start(
-        &fake.backend(),
-        &format!("[core]\nmin_cycle_interval = \"0s\"\n[core.gate]\nmax_concurrency = 2\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"off\"\n"),
-    )
-    .await;
+    let config = PcqConfig::stand_in(&fake)
+        .cycle_every(Duration::ZERO)
+        .max_concurrency(2)
+        .no_load_gate()
+        .ca_poll_off();
     let names = nodes("fake", 10);
-    pcq.upload_all(&names, "web").await;
-    pcq.wait_compiled(&names, Duration::from_secs(30)).await;
+    let (_pcq, _) =
+        Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let max = fake.max_in_flight.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(max, 2, "stand-in server saw {max} at once");
@@ -555,40 +501,31 @@ async fn max_concurrency_2_is_all_the_server_ever_sees() {
 async fn bad_input_gets_clear_errors_and_changes_nothing() {
     let _serial = serial().await;
     let fake = FakeServer::start(Duration::from_millis(10)).await;
-    let pcq = Pcq::start(&fake.backend(), &format!("[core]\nmin_cycle_interval = \"1h\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"off\"\n")).await;
+    let config = PcqConfig::stand_in(&fake)
+        .cycle_every(Duration::from_secs(3600))
+        .no_load_gate()
+        .ca_poll_off();
     let names = nodes("bad", 2);
-    pcq.upload_all(&names, "web").await;
-    let hashes = pcq.wait_compiled(&names, Duration::from_secs(20)).await;
+    let (pcq, hashes) =
+        Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(20)).await;
     let q0 = pcq.queue().await["nodes"].clone();
 
-    let (s, body) = pcq
-        .raw_as(
-            "bad-01.example.com",
-            Method::PUT,
-            "/puppet/v3/facts/bad-01.example.com",
-            b"{\"name\": \"bad-01".to_vec(),
-        )
-        .await;
+    // bad-01 uploads its own facts, badly
+    let upload = |body: Vec<u8>| {
+        let pcq = &pcq;
+        async move {
+            let path = "/puppet/v3/facts/bad-01.example.com";
+            pcq.request(Via::Tls("bad-01.example.com"), Method::PUT, path, &body)
+                .await
+        }
+    };
+    let (s, body) = upload(b"{\"name\": \"bad-01".to_vec()).await;
     assert_eq!(s, 400, "{body}");
     assert!(body.contains("facts body"), "{body}");
-    let (s, body) = pcq
-        .raw_as(
-            "bad-01.example.com",
-            Method::PUT,
-            "/puppet/v3/facts/bad-01.example.com",
-            b"{\"name\":\"bad-01.example.com\",\"values\":[1]}".to_vec(),
-        )
-        .await;
+    let (s, body) = upload(b"{\"name\":\"bad-01.example.com\",\"values\":[1]}".to_vec()).await;
     assert_eq!(s, 400, "{body}");
     let big = vec![b'a'; 10 << 20];
-    let (s, _) = pcq
-        .raw_as(
-            "bad-01.example.com",
-            Method::PUT,
-            "/puppet/v3/facts/bad-01.example.com",
-            big,
-        )
-        .await;
+    let (s, _) = upload(big).await;
     assert_eq!(s, 413);
     for hostile in [
         "..%2F..%2Fetc%2Fpasswd",
@@ -599,40 +536,42 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
     ] {
         let body = serde_json::to_vec(&facts_body("x", "web", 1)).expect("json");
         let (s, text) = pcq
-            .raw(Method::PUT, &format!("/puppet/v3/facts/{hostile}"), body)
+            .request(
+                Via::Admin,
+                Method::PUT,
+                &format!("/puppet/v3/facts/{hostile}"),
+                &body,
+            )
             .await;
         assert_eq!(s, 400, "{hostile}: {text}");
         let (s, _) = pcq
-            .raw(
+            .request(
+                Via::Admin,
                 Method::GET,
                 &format!("/v1/nodes/{hostile}/catalog"),
-                Vec::new(),
+                b"",
             )
             .await;
         assert_eq!(s, 400, "{hostile}");
     }
-    let (s, text) = pcq
-        .raw_as(
-            "bad-01.example.com",
-            Method::PUT,
-            "/puppet/v3/facts/bad-01.example.com",
-            serde_json::to_vec(&facts_body("bad-02.example.com", "x", 1)).expect("json"),
-        )
-        .await;
+    let (s, text) =
+        upload(serde_json::to_vec(&facts_body("bad-02.example.com", "x", 1)).expect("json")).await;
     assert_eq!(s, 400, "name mismatch: {text}");
     let (s, _) = pcq
-        .raw(
+        .request(
+            Via::Admin,
             Method::POST,
             "/v1/deploys",
-            b"{\"environment\": \"../prod\"}".to_vec(),
+            b"{\"environment\": \"../prod\"}",
         )
         .await;
     assert_eq!(s, 400);
     let (s, _) = pcq
-        .raw(
+        .request(
+            Via::Admin,
             Method::POST,
             "/v1/nodes/nobody.example.com/bump",
-            Vec::new(),
+            b"",
         )
         .await;
     assert_eq!(s, 404);
@@ -646,7 +585,12 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
             Some(h.as_str())
         );
         let (s, _) = pcq
-            .raw(Method::GET, &format!("/v1/nodes/{n}/catalog"), Vec::new())
+            .request(
+                Via::Admin,
+                Method::GET,
+                &format!("/v1/nodes/{n}/catalog"),
+                b"",
+            )
             .await;
         assert_eq!(s, 200);
     }
@@ -668,14 +612,15 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
 async fn server_faults_park_the_node_or_pause_the_master_and_keep_the_last_catalog() {
     let _serial = serial().await;
     let fake = FakeServer::start(Duration::from_millis(10)).await;
-    let pcq = Pcq::start(
-        &fake.backend(),
-        &format!("[core]\nmin_cycle_interval = \"off\"\ncompile_timeout = \"2s\"\n[core.backoff]\nbase = \"1h\"\nmax = \"2h\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"off\"\n"),
-    )
-    .await;
+    let config = PcqConfig::stand_in(&fake)
+        .cycle_off()
+        .compile_timeout(Duration::from_secs(2))
+        .backoff(Duration::from_secs(3600), Duration::from_secs(7200))
+        .no_load_gate()
+        .ca_poll_off();
     let names = nodes("fault", 4);
-    pcq.upload_all(&names, "web").await;
-    let hashes = pcq.wait_compiled(&names, Duration::from_secs(20)).await;
+    let (pcq, hashes) =
+        Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(20)).await;
     let catalog = |n: &str| {
         std::fs::read(pcq.state_dir().join(format!("catalogs/{n}.json"))).expect("catalog")
     };
@@ -751,10 +696,13 @@ async fn server_faults_park_the_node_or_pause_the_master_and_keep_the_last_catal
 async fn catalog_api_etags_bumps_deploys_and_the_cli() {
     let _serial = serial().await;
     let fake = FakeServer::start(Duration::from_millis(10)).await;
-    let pcq = Pcq::start(&fake.backend(), &format!("[core]\nmin_cycle_interval = \"off\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"off\"\n")).await;
+    let config = PcqConfig::stand_in(&fake)
+        .cycle_off()
+        .no_load_gate()
+        .ca_poll_off();
     let names = nodes("api", 3);
-    pcq.upload_all(&names, "web").await;
-    let hashes = pcq.wait_compiled(&names, Duration::from_secs(20)).await;
+    let (pcq, hashes) =
+        Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(20)).await;
     // the node fetches its own catalog over TLS with its certificate
     let http = pcq.as_node(&names[0]);
     let url = format!("{}/v1/nodes/{}/catalog", pcq.tls, names[0]);
@@ -829,12 +777,16 @@ async fn sigterm_drains_then_queues_the_rest_at_the_front() {
     let _serial = serial().await;
     let fake = FakeServer::start(Duration::from_secs(4)).await;
     let mut pcq = Pcq::start(
-        &fake.backend(),
-        &format!("[core]\nmin_cycle_interval = \"0s\"\n[core.gate]\nmax_concurrency = 2\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"off\"\n[shutdown]\ngrace = \"1s\"\n"),
+        &PcqConfig::stand_in(&fake)
+            .cycle_every(Duration::ZERO)
+            .max_concurrency(2)
+            .no_load_gate()
+            .ca_poll_off()
+            .shutdown_grace(Duration::from_secs(1)),
     )
     .await;
     let names = nodes("term", 4);
-    pcq.upload_all(&names, "web").await;
+    pcq.upload_all(&names, with_role("web")).await;
     let busy = pcq
         .wait(Duration::from_secs(10), || async {
             pcq.queue().await["in_flight"]
@@ -872,15 +824,14 @@ async fn sigterm_drains_then_queues_the_rest_at_the_front() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_command_backend_compiles_with_puppet_catalog_compile() {
     let _serial = serial().await;
-    let pcq = Pcq::start(
-        "[backend]\nkind = \"command\"\n",
-        &format!("[core]\nmin_cycle_interval = \"off\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"off\"\n"),
-    )
-    .await;
-    let name = "cmd-01.example.com".to_string();
-    pcq.upload_all(std::slice::from_ref(&name), "cache").await;
-    pcq.wait_compiled(std::slice::from_ref(&name), Duration::from_secs(60))
-        .await;
+    let config = PcqConfig::command()
+        .cycle_off()
+        .no_load_gate()
+        .ca_poll_off();
+    let names = nodes("cmd", 1);
+    let (pcq, _) =
+        Pcq::start_compiled(&config, &names, with_role("cache"), Duration::from_secs(60)).await;
+    let name = &names[0];
     let text = std::fs::read_to_string(pcq.state_dir().join(format!("catalogs/{name}.json")))
         .expect("catalog");
     assert!(
@@ -927,16 +878,16 @@ async fn webhook_notifications_are_retried_until_they_get_through() {
     let port = listener.local_addr().expect("addr").port();
     tokio::spawn(async move { axum::serve(listener, hook).await });
     let fake = FakeServer::start(Duration::from_millis(10)).await;
-    let pcq = Pcq::start(
-        &fake.backend(),
-        &format!("[core]\nmin_cycle_interval = \"off\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"off\"\n[notify]\nwebhook = \"http://127.0.0.1:{port}/hook\"\nattempts = 4\n"),
-    )
-    .await;
-    let name = "hook-01.example.com".to_string();
-    pcq.upload_all(std::slice::from_ref(&name), "web").await;
-    let hashes = pcq
-        .wait_compiled(std::slice::from_ref(&name), Duration::from_secs(20))
-        .await;
+    let config = PcqConfig::stand_in(&fake)
+        .cycle_off()
+        .no_load_gate()
+        .ca_poll_off()
+        .webhook(&format!("http://127.0.0.1:{port}/hook"))
+        .notify_attempts(4);
+    let names = nodes("hook", 1);
+    let (pcq, hashes) =
+        Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(20)).await;
+    let name = &names[0];
     let delivered = pcq
         .wait(Duration::from_secs(15), || async {
             bodies.lock().is_ok_and(|b| b.len() == 1)
@@ -1001,44 +952,34 @@ async fn a_node_sees_only_itself_and_strangers_are_refused_at_tls() {
         epoch() as u64
     );
     ensure_certs(&[a.clone(), b.clone(), revoked.clone()]);
-    let pcq = Pcq::start(
-        &puppetserver_backend(),
-        &format!("[core]\nmin_cycle_interval = \"off\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n"),
+    let config = PcqConfig::puppetserver()
+        .cycle_off()
+        .no_load_gate()
+        .ca_poll(Duration::from_secs(1));
+    let (pcq, _) = Pcq::start_compiled(
+        &config,
+        &[a.clone(), b.clone()],
+        with_role("web"),
+        Duration::from_secs(60),
     )
     .await;
-    pcq.wait(Duration::from_secs(20), || async {
-        pcq.status(&b).await.is_some()
-    })
-    .await;
-    pcq.upload_all(&[a.clone(), b.clone()], "web").await;
-    pcq.wait_compiled(&[a.clone(), b.clone()], Duration::from_secs(60))
-        .await;
 
+    // node a asks, over TLS with its own certificate
+    let a_asks = |method: Method, path: String, body: Vec<u8>| {
+        let (pcq, a) = (&pcq, &a);
+        async move { pcq.request(Via::Tls(a), method, &path, &body).await }
+    };
     // its own catalog, status and facts: yes
-    let (s, _) = pcq
-        .raw_as(
-            &a,
-            Method::GET,
-            &format!("/v1/nodes/{a}/catalog"),
-            Vec::new(),
-        )
-        .await;
+    let (s, _) = a_asks(Method::GET, format!("/v1/nodes/{a}/catalog"), vec![]).await;
     assert_eq!(s, 200);
-    let (s, _) = pcq
-        .raw_as(
-            &a,
-            Method::GET,
-            &format!("/v1/nodes/{a}/status"),
-            Vec::new(),
-        )
-        .await;
+    let (s, _) = a_asks(Method::GET, format!("/v1/nodes/{a}/status"), vec![]).await;
     assert_eq!(s, 200);
     // another node's: 403, and logged
     for path in [
         format!("/v1/nodes/{b}/catalog"),
         format!("/v1/nodes/{b}/status"),
     ] {
-        let (s, body) = pcq.raw_as(&a, Method::GET, &path, Vec::new()).await;
+        let (s, body) = a_asks(Method::GET, path.clone(), vec![]).await;
         assert_eq!(
             s,
             403,
@@ -1048,9 +989,7 @@ async fn a_node_sees_only_itself_and_strangers_are_refused_at_tls() {
         );
     }
     let body = serde_json::to_vec(&facts_body(&b, "evil", 1)).expect("json");
-    let (s, _) = pcq
-        .raw_as(&a, Method::PUT, &format!("/puppet/v3/facts/{b}"), body)
-        .await;
+    let (s, _) = a_asks(Method::PUT, format!("/puppet/v3/facts/{b}"), body).await;
     assert_eq!(s, 403);
     assert_eq!(pcq.status(&b).await.expect("status")["failures"], 0);
     let log = pcq.log_text();
@@ -1059,14 +998,12 @@ async fn a_node_sees_only_itself_and_strangers_are_refused_at_tls() {
         "{log}"
     );
     // admin endpoints: not for nodes; for the admin certificate, yes
-    let (s, _) = pcq.raw_as(&a, Method::GET, "/v1/queue", Vec::new()).await;
+    let (s, _) = a_asks(Method::GET, "/v1/queue".into(), vec![]).await;
+    assert_eq!(s, 403);
+    let (s, _) = a_asks(Method::POST, format!("/v1/nodes/{b}/bump"), vec![]).await;
     assert_eq!(s, 403);
     let (s, _) = pcq
-        .raw_as(&a, Method::POST, &format!("/v1/nodes/{b}/bump"), Vec::new())
-        .await;
-    assert_eq!(s, 403);
-    let (s, _) = pcq
-        .raw_as(&harness::host(), Method::GET, "/v1/queue", Vec::new())
+        .request(Via::Tls(&harness::host()), Method::GET, "/v1/queue", b"")
         .await;
     assert_eq!(s, 200, "pcq's own certificate is an admin");
 
@@ -1135,16 +1072,11 @@ async fn a_node_sees_only_itself_and_strangers_are_refused_at_tls() {
 async fn pcq_sync_applies_with_a_real_agent_only_what_changed() {
     let _serial = serial().await;
     let node = "sync-a.example.com".to_string();
-    ensure_certs(std::slice::from_ref(&node));
-    let pcq = Pcq::start(
-        &puppetserver_backend(),
-        &format!("[core]\nmin_cycle_interval = \"off\"\n[core.gate]\n{NO_LOAD_GATE}\n[ca]\npoll_interval = \"1s\"\n"),
-    )
-    .await;
-    pcq.wait(Duration::from_secs(20), || async {
-        pcq.status(&node).await.is_some()
-    })
-    .await;
+    let config = PcqConfig::puppetserver()
+        .cycle_off()
+        .no_load_gate()
+        .ca_poll(Duration::from_secs(1));
+    let (pcq, _) = Pcq::start_listed(&config, std::slice::from_ref(&node)).await;
     let work = tempfile::tempdir().expect("tmp");
     let facts_d = work.path().join("facts.d");
     std::fs::create_dir_all(&facts_d).expect("facts.d");
@@ -1250,12 +1182,7 @@ async fn pcq_sync_applies_with_a_real_agent_only_what_changed() {
     // a fact the catalog does not read changes: sync does not even
     // upload (pcq's status lists the paths the catalog reads)
     assert!(
-        pcq.wait(Duration::from_secs(30), || async {
-            pcq.status(&node)
-                .await
-                .is_some_and(|s| s["fact_paths"].is_array())
-        })
-        .await,
+        pcq.wait_analysed(&node, Duration::from_secs(30)).await,
         "the analysis never reached the node's status"
     );
     let (code, text) = sync(&pcq.tls);

@@ -2,6 +2,7 @@
 //! `scripts/puppet-setup` started, its CA, a `pcq serve` process per test,
 //! and a stand-in Puppet Server for fault injection.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -85,9 +86,16 @@ pub fn revoke(name: &str) {
     run(Command::new("puppetserver").args(["ca", "revoke", "--certname", name]));
 }
 
-/// Starts or stops the shared Puppet Server.
+/// Starts or stops the shared Puppet Server. It must not inherit the
+/// files this process inherited: run as `flock LOCK cargo test`, the
+/// tests hold the lock's descriptor, and a server started with it would
+/// hold the lock for as long as it runs.
 pub fn puppetserver(action: &str) {
-    run(Command::new(repo().join("scripts/puppetserver")).arg(action));
+    let close_inherited = r#"for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done; exec "$0" "$@""#;
+    run(Command::new("bash")
+        .args(["-c", close_inherited])
+        .arg(repo().join("scripts/puppetserver"))
+        .arg(action));
 }
 
 /// Waits until Puppet Server has no JRuby borrowed (compiles a killed pcq
@@ -187,31 +195,236 @@ pub fn node_client(certname: &str) -> reqwest::Client {
         .expect("client")
 }
 
-pub fn puppetserver_backend() -> String {
-    format!(
-        "[backend]\nkind = \"puppetserver\"\nurl = \"{}\"\nprobe_interval = \"1s\"\n",
-        server_url()
-    )
+/// A pcq configuration for a test, built by knob: the knobs the tests turn
+/// by name, anything else by [`PcqConfig::set`]. [`Pcq::start`] adds the
+/// state directory and the listen addresses and writes it as TOML.
+#[derive(Clone, Debug)]
+pub struct PcqConfig {
+    /// TOML values by table (`""`: the top level) and key.
+    tables: BTreeMap<String, Vec<(String, String)>>,
+}
+
+/// `text` as a TOML string.
+fn quoted(text: &str) -> String {
+    // a JSON string is a TOML basic string
+    Value::from(text).to_string()
+}
+
+/// `d` as pcq writes durations (`"500ms"`, `"1s"`, `"1h"`).
+fn duration(d: Duration) -> String {
+    quoted(&humantime::format_duration(d).to_string())
+}
+
+impl PcqConfig {
+    /// The real Puppet Server, probed every second while it is down.
+    pub fn puppetserver() -> PcqConfig {
+        PcqConfig::puppetserver_at(&server_url(), Duration::from_secs(1))
+    }
+
+    /// The stand-in server, probed every 500 ms while it is down.
+    pub fn stand_in(fake: &FakeServer) -> PcqConfig {
+        PcqConfig::puppetserver_at(&fake.url, Duration::from_millis(500))
+    }
+
+    fn puppetserver_at(url: &str, probe_interval: Duration) -> PcqConfig {
+        PcqConfig::backend("puppetserver")
+            .set("backend.url", &quoted(url))
+            .set("backend.probe_interval", &duration(probe_interval))
+    }
+
+    /// `puppet catalog compile` (no server).
+    pub fn command() -> PcqConfig {
+        PcqConfig::backend("command")
+    }
+
+    fn backend(kind: &str) -> PcqConfig {
+        let config = PcqConfig {
+            tables: BTreeMap::new(),
+        };
+        config.set("backend.kind", &quoted(kind))
+    }
+
+    /// Puppet Server stores facts and catalogs in PuppetDB (exported
+    /// resources reach their collectors).
+    pub fn persist_to_puppetdb(self) -> PcqConfig {
+        self.set("backend.persist_facts", "true")
+            .set("backend.persist_catalog", "true")
+    }
+
+    /// `core.min_cycle_interval`: `Duration::ZERO` cycles continuously.
+    pub fn cycle_every(self, interval: Duration) -> PcqConfig {
+        self.set("core.min_cycle_interval", &duration(interval))
+    }
+
+    /// No cycle: nodes compile when new, bumped, deployed or their facts
+    /// change.
+    pub fn cycle_off(self) -> PcqConfig {
+        self.set("core.min_cycle_interval", &quoted("off"))
+    }
+
+    pub fn compile_timeout(self, limit: Duration) -> PcqConfig {
+        self.set("core.compile_timeout", &duration(limit))
+    }
+
+    /// `core.backoff`: a failed node's first delay and the cap.
+    pub fn backoff(self, base: Duration, max: Duration) -> PcqConfig {
+        self.set("core.backoff.base", &duration(base))
+            .set("core.backoff.max", &duration(max))
+    }
+
+    /// `core.gate.max_concurrency`.
+    pub fn max_concurrency(self, compiles: u32) -> PcqConfig {
+        self.set("core.gate.max_concurrency", &compiles.to_string())
+    }
+
+    /// The gate ignores this host's load (other work on the test machine
+    /// would hold compiles back).
+    pub fn no_load_gate(self) -> PcqConfig {
+        self.set("core.gate.max_load_per_core", "0.0")
+    }
+
+    /// `ca.poll_interval`: how often the CA's signed certificates are
+    /// listed.
+    pub fn ca_poll(self, interval: Duration) -> PcqConfig {
+        self.set("ca.poll_interval", &duration(interval))
+    }
+
+    /// No CA poll: nodes join by uploading facts.
+    pub fn ca_poll_off(self) -> PcqConfig {
+        self.set("ca.poll_interval", &quoted("off"))
+    }
+
+    fn polls_ca(&self) -> bool {
+        self.get("ca.poll_interval") != Some(&quoted("off"))
+    }
+
+    /// `exports.bump_delay`.
+    pub fn bump_delay(self, delay: Duration) -> PcqConfig {
+        self.set("exports.bump_delay", &duration(delay))
+    }
+
+    /// `notify.command`, an argument list.
+    pub fn notify_command(self, args: &[String]) -> PcqConfig {
+        let list: Vec<String> = args.iter().map(|a| quoted(a)).collect();
+        self.set("notify.command", &format!("[{}]", list.join(", ")))
+    }
+
+    /// `notify.webhook`.
+    pub fn webhook(self, url: &str) -> PcqConfig {
+        self.set("notify.webhook", &quoted(url))
+    }
+
+    /// `notify.attempts`.
+    pub fn notify_attempts(self, attempts: u32) -> PcqConfig {
+        self.set("notify.attempts", &attempts.to_string())
+    }
+
+    /// `shutdown.grace`.
+    pub fn shutdown_grace(self, grace: Duration) -> PcqConfig {
+        self.set("shutdown.grace", &duration(grace))
+    }
+
+    /// Any other key, by its dotted path, with its value written as TOML
+    /// (`set("facts.ignore", "[\"uptime\"]")`); replaces an earlier value.
+    pub fn set(mut self, key: &str, toml_value: &str) -> PcqConfig {
+        let (table, key) = key.rsplit_once('.').unwrap_or(("", key));
+        let entries = self.tables.entry(table.to_string()).or_default();
+        match entries.iter_mut().find(|(k, _)| k == key) {
+            Some(entry) => entry.1 = toml_value.to_string(),
+            None => entries.push((key.to_string(), toml_value.to_string())),
+        }
+        self
+    }
+
+    fn get(&self, key: &str) -> Option<&String> {
+        let (table, key) = key.rsplit_once('.').unwrap_or(("", key));
+        self.tables
+            .get(table)?
+            .iter()
+            .find_map(|(k, v)| (k == key).then_some(v))
+    }
+
+    /// The configuration file.
+    pub fn toml(&self) -> String {
+        let mut text = String::new();
+        // the top level sorts first, before any table
+        for (table, entries) in &self.tables {
+            if !table.is_empty() {
+                text.push_str(&format!("[{table}]\n"));
+            }
+            for (key, value) in entries {
+                text.push_str(&format!("{key} = {value}\n"));
+            }
+        }
+        text
+    }
+}
+
+/// A notify command's record: a line in `<dir>/<certname>` per
+/// notification.
+pub struct Notes {
+    dir: tempfile::TempDir,
+}
+
+impl Notes {
+    pub fn in_tempdir() -> Notes {
+        Notes {
+            dir: tempfile::tempdir().expect("tmp dir"),
+        }
+    }
+
+    /// The `notify.command` that writes them.
+    pub fn command(&self) -> Vec<String> {
+        let append = format!("echo changed >> {}/{{certname}}", self.dir.path().display());
+        vec!["sh".into(), "-c".into(), append]
+    }
+
+    /// How often `certname` was notified.
+    pub fn count(&self, certname: &str) -> usize {
+        std::fs::read_to_string(self.dir.path().join(certname))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    }
+}
+
+/// Facts for [`Pcq::start_compiled`]: [`facts_body`] with `role`.
+pub fn with_role(role: &str) -> impl Fn(&str) -> Value + '_ {
+    move |certname| facts_body(certname, role, 1)
+}
+
+/// Who sends a request to pcq.
+#[derive(Clone, Copy, Debug)]
+pub enum Via<'a> {
+    /// The admin API (plain HTTP on loopback).
+    Admin,
+    /// The TLS API, presenting this certname's Puppet certificate.
+    Tls(&'a str),
 }
 
 impl Pcq {
-    /// Starts pcq with `backend` (a `[backend]` table) and `extra` config.
-    pub async fn start(backend: &str, extra: &str) -> Pcq {
+    /// Starts pcq with `config`, in its own state directory and on free
+    /// ports.
+    pub async fn start(config: &PcqConfig) -> Pcq {
         let dir = tempfile::tempdir().expect("tmp dir");
         let (port, admin) = (free_port(), free_port());
-        let config = dir.path().join("pcq.toml");
-        let text = format!(
-            "state_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n{backend}\n{extra}\n",
-            dir.path().join("state").display()
-        );
-        std::fs::write(&config, text).expect("config");
+        let config_file = dir.path().join("pcq.toml");
+        let text = config
+            .clone()
+            .set(
+                "state_dir",
+                &quoted(&dir.path().join("state").display().to_string()),
+            )
+            .set("api.listen", &quoted(&format!("127.0.0.1:{port}")))
+            .set("api.admin_listen", &quoted(&format!("127.0.0.1:{admin}")))
+            .toml();
+        std::fs::write(&config_file, text).expect("config");
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut pcq = Pcq {
             log: dir.path().join("pcq.log"),
             dir,
             api: format!("http://127.0.0.1:{admin}"),
             tls: format!("https://{}:{port}", host()),
-            config,
+            config: config_file,
             child: None,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -221,6 +434,46 @@ impl Pcq {
         };
         pcq.spawn().await;
         pcq
+    }
+
+    /// Starts pcq with `config` once `names` have signed certificates (made
+    /// if missing), and waits up to 20 s until the CA poll has listed them
+    /// all (each known and waiting for its facts); whether it did.
+    pub async fn start_listed(config: &PcqConfig, names: &[String]) -> (Pcq, bool) {
+        ensure_certs(names);
+        let pcq = Pcq::start(config).await;
+        let listed = pcq
+            .wait(Duration::from_secs(20), || async {
+                for n in names {
+                    let status = pcq.status(n).await;
+                    if status.is_none_or(|s| s["state"] != "waiting_for_facts") {
+                        return false;
+                    }
+                }
+                true
+            })
+            .await;
+        (pcq, listed)
+    }
+
+    /// Starts pcq with `config` and gets `names` compiled, the way nodes
+    /// join: the CA poll lists them (when it is on; [`Pcq::start_listed`],
+    /// not checked: a node it missed joins by its upload), each uploads
+    /// `facts(certname)`, and each has a catalog within `limit`. Returns
+    /// pcq and the catalog hashes, in the order of `names`.
+    pub async fn start_compiled(
+        config: &PcqConfig,
+        names: &[String],
+        facts: impl Fn(&str) -> Value,
+        limit: Duration,
+    ) -> (Pcq, Vec<String>) {
+        let pcq = if config.polls_ca() {
+            Pcq::start_listed(config, names).await.0
+        } else {
+            Pcq::start(config).await
+        };
+        let hashes = pcq.compile(names, facts, limit).await;
+        (pcq, hashes)
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -316,30 +569,30 @@ impl Pcq {
 
     /// A node uploads its own facts over TLS.
     pub async fn put_facts(&self, certname: &str, body: &Value) -> (u16, Value) {
-        let r = self
-            .as_node(certname)
-            .put(format!("{}/puppet/v3/facts/{certname}", self.tls))
-            .json(body)
-            .send()
-            .await
-            .expect("facts upload");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        let body = serde_json::to_vec(body).expect("facts JSON");
+        let path = format!("/puppet/v3/facts/{certname}");
+        let (status, text) = self
+            .request(Via::Tls(certname), reqwest::Method::PUT, &path, &body)
+            .await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    /// A request over TLS as node `certname`.
-    pub async fn raw_as(
+    /// A request with a JSON `body` (may be empty); its status and text.
+    pub async fn request(
         &self,
-        certname: &str,
+        via: Via<'_>,
         method: reqwest::Method,
         path: &str,
-        body: Vec<u8>,
+        body: &[u8],
     ) -> (u16, String) {
-        let r = self
-            .as_node(certname)
-            .request(method, format!("{}{path}", self.tls))
+        let (client, base) = match via {
+            Via::Admin => (self.http.clone(), &self.api),
+            Via::Tls(certname) => (self.as_node(certname), &self.tls),
+        };
+        let r = client
+            .request(method, format!("{base}{path}"))
             .header("content-type", "application/json")
-            .body(body)
+            .body(body.to_vec())
             .send()
             .await
             .expect("request");
@@ -347,18 +600,16 @@ impl Pcq {
         (status, r.text().await.unwrap_or_default())
     }
 
-    /// A request to the admin API.
-    pub async fn raw(&self, method: reqwest::Method, path: &str, body: Vec<u8>) -> (u16, String) {
-        let r = self
-            .http
-            .request(method, format!("{}{path}", self.api))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .expect("request");
-        let status = r.status().as_u16();
-        (status, r.text().await.unwrap_or_default())
+    /// `certname`'s catalog from the admin API, if it has one.
+    pub async fn catalog(&self, certname: &str) -> Option<Value> {
+        let path = format!("/v1/nodes/{certname}/catalog");
+        let (status, text) = self
+            .request(Via::Admin, reqwest::Method::GET, &path, b"")
+            .await;
+        if status != 200 {
+            return None;
+        }
+        serde_json::from_str(&text).ok()
     }
 
     pub async fn status(&self, certname: &str) -> Option<Value> {
@@ -396,14 +647,37 @@ impl Pcq {
             .expect("metrics text")
     }
 
-    /// Uploads facts for each node (certificates are made if missing);
-    /// they all answer 200.
-    pub async fn upload_all(&self, names: &[String], role: &str) {
+    /// Each node uploads `facts(certname)` (certificates are made if
+    /// missing); they all answer 200.
+    pub async fn upload_all(&self, names: &[String], facts: impl Fn(&str) -> Value) {
         ensure_certs(names);
         for n in names {
-            let (status, body) = self.put_facts(n, &facts_body(n, role, 1)).await;
+            let (status, body) = self.put_facts(n, &facts(n)).await;
             assert_eq!(status, 200, "{n}: {body}");
         }
+    }
+
+    /// Gets `names` compiled: [`Pcq::upload_all`], then
+    /// [`Pcq::wait_compiled`].
+    pub async fn compile(
+        &self,
+        names: &[String],
+        facts: impl Fn(&str) -> Value,
+        limit: Duration,
+    ) -> Vec<String> {
+        self.upload_all(names, facts).await;
+        self.wait_compiled(names, limit).await
+    }
+
+    /// Waits up to `limit` until `certname`'s status lists the fact paths
+    /// its catalog reads (the analysis reached it); whether it did.
+    pub async fn wait_analysed(&self, certname: &str, limit: Duration) -> bool {
+        self.wait(limit, || async {
+            self.status(certname)
+                .await
+                .is_some_and(|s| s["fact_paths"].is_array())
+        })
+        .await
     }
 
     /// Waits until every node has a catalog; returns their hashes.
@@ -570,13 +844,6 @@ impl FakeServer {
 
     pub fn set(&self, mode: Mode) {
         self.mode.store(mode as u8, Ordering::SeqCst);
-    }
-
-    pub fn backend(&self) -> String {
-        format!(
-            "[backend]\nkind = \"puppetserver\"\nurl = \"{}\"\nprobe_interval = \"500ms\"\n",
-            self.url
-        )
     }
 }
 
