@@ -264,6 +264,57 @@ async fn a_revoked_certificate_removes_the_node() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_ca_listing_removes_nobody() {
+    let _serial = serial().await;
+    let fake = FakeServer::start(Duration::from_millis(10)).await;
+    let names = nodes("calist", 10);
+    ensure_certs(&names);
+    fake.list_signed(&names);
+    let config = PcqConfig::stand_in(&fake)
+        .cycle_off()
+        .no_load_gate()
+        .ca_poll(Duration::from_secs(1));
+    let (pcq, _) =
+        Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(30)).await;
+    let implausible = |m: &str| metric(m, "pcq_ca_listings_total{result=\"implausible\"}");
+    let known = || async { pcq.queue().await["nodes"].as_u64() };
+
+    // an empty answer, then half the fleet: both ignored, loudly
+    for listing in [Vec::new(), names[5..].to_vec()] {
+        fake.list_signed(&listing);
+        let before = implausible(&pcq.metrics().await);
+        let seen = pcq
+            .wait(Duration::from_secs(20), || async {
+                implausible(&pcq.metrics().await) >= before + 4.0
+            })
+            .await;
+        assert!(seen, "four implausible listings counted");
+        assert_eq!(known().await, Some(10), "nobody removed");
+    }
+    assert!(
+        pcq.catalog(&names[0]).await.is_some(),
+        "the catalogs are still served"
+    );
+    assert!(pcq.log_text().contains("CA listing ignored"));
+
+    // the truth without one node: it leaves after three listings in a row
+    fake.list_signed(&names[1..]);
+    let gone = pcq
+        .wait(Duration::from_secs(20), || async {
+            pcq.status(&names[0]).await.is_none()
+        })
+        .await;
+    assert!(gone, "a node absent from plausible listings leaves");
+    assert_eq!(known().await, Some(9));
+    assert!(
+        pcq.log_text()
+            .contains(&format!("node {} removed", names[0])),
+        "{}",
+        pcq.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn kill_9_during_compiles_loses_and_duplicates_nothing() {
     let _serial = serial().await;
     let names = nodes("e2e", 20);
@@ -495,6 +546,28 @@ async fn max_concurrency_2_is_all_the_server_ever_sees() {
     let max = fake.max_in_flight.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(max, 2, "stand-in server saw {max} at once");
     assert!(fake.requests.load(std::sync::atomic::Ordering::SeqCst) > 20);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_daemon_on_the_same_state_directory_is_refused() {
+    let _serial = serial().await;
+    let fake = FakeServer::start(Duration::from_millis(10)).await;
+    let config = PcqConfig::stand_in(&fake).cycle_off().ca_poll_off();
+    let pcq = Pcq::start(&config).await;
+    // the same file: same state directory (and the same ports, which the
+    // lock must refuse before they are tried)
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_pcq"))
+        .args(["serve", "--config"])
+        .arg(pcq.config_file())
+        .output()
+        .expect("pcq runs");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("another pcq serve runs on this state directory"),
+        "{stderr}"
+    );
+    assert!(pcq.healthy().await, "the first daemon goes on");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -215,6 +215,13 @@ pub struct Ca {
     pub poll_interval: Option<Duration>,
     /// Certnames never scheduled (the CA's own, service certificates).
     pub exclude: Vec<String>,
+    /// A node the CA stops listing (without revoking it) leaves only after
+    /// this many plausible listings in a row without it.
+    pub remove_after_listings: u32,
+    /// A listing without more than this share of the known nodes (at least
+    /// one node) is not plausible: its absences are ignored, logged and
+    /// counted. So is an empty listing while nodes are known.
+    pub max_removal_share: f64,
 }
 
 impl Default for Ca {
@@ -222,6 +229,8 @@ impl Default for Ca {
         Ca {
             poll_interval: Some(Duration::from_secs(30)),
             exclude: Vec::new(),
+            remove_after_listings: 3,
+            max_removal_share: 0.1,
         }
     }
 }
@@ -392,6 +401,12 @@ impl Config {
                 "must be word characters (Puppet: \\w+)",
             );
         }
+        if self.ca.remove_after_listings == 0 {
+            return err("ca.remove_after_listings", "must be at least 1");
+        }
+        if !(self.ca.max_removal_share > 0.0 && self.ca.max_removal_share <= 1.0) {
+            return err("ca.max_removal_share", "must be above 0 and at most 1");
+        }
         if self.api.max_body_bytes < 1024 {
             return err("api.max_body_bytes", "must be at least 1024");
         }
@@ -549,5 +564,12 @@ mod tests {
             msg.starts_with("pcq.toml:6: core.gate.max_concurrency:"),
             "{msg}"
         );
+        for (key, value) in [("max_removal_share", "0.0"), ("remove_after_listings", "0")] {
+            let text = format!("{MINIMAL}[ca]\n{key} = {value}\n");
+            let msg = Config::parse(&text, Path::new("pcq.toml"))
+                .expect_err(key)
+                .to_string();
+            assert!(msg.starts_with(&format!("pcq.toml:6: ca.{key}:")), "{msg}");
+        }
     }
 }

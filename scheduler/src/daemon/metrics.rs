@@ -81,6 +81,8 @@ pub struct Metrics {
     pub notifications: Family<NotifyLabel, Counter>,
     /// Facts uploads: changed, unchanged.
     pub facts_uploads: Family<ResultLabel, Counter>,
+    /// CA listings by result: plausible, implausible (absences ignored).
+    pub ca_listings: Family<ResultLabel, Counter>,
     /// Masters reachable (1) or not (0).
     pub master_up: Family<MasterLabel, Gauge>,
 }
@@ -145,6 +147,12 @@ impl Metrics {
             "Facts uploads by result: changed (a fact the catalog reads changed: bumped), unused (only facts the catalog does not read changed), unchanged",
             facts_uploads.clone(),
         );
+        let ca_listings = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "ca_listings",
+            "CA certificate listings by result: plausible, implausible (empty, or lacking more than ca.max_removal_share of the known nodes: nobody removed)",
+            ca_listings.clone(),
+        );
         let master_up = Family::<MasterLabel, Gauge>::default();
         registry.register(
             "master_up",
@@ -164,6 +172,7 @@ impl Metrics {
             catalogs,
             notifications,
             facts_uploads,
+            ca_listings,
             master_up,
         }
     }

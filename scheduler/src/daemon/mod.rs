@@ -90,6 +90,29 @@ fn io(what: &str, e: impl std::fmt::Display) -> ServeError {
     ServeError::Io(format!("{what}: {e}"))
 }
 
+/// One daemon per state directory: two would both own the queue and
+/// overwrite each other's rows and catalogs. The lock is the process's
+/// (released when it ends, however it ends).
+fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, ServeError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("pcq.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| io(&path.display().to_string(), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServeError::Io(format!(
+            "{}: another pcq serve runs on this state directory",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(&path.display().to_string(), e)),
+    }
+}
+
 /// Builds each master's backend.
 fn masters(config: &Config) -> Result<(Vec<MasterSlot>, Option<PuppetServer>), ServeError> {
     let mut slots = Vec::new();
@@ -137,6 +160,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     std::fs::create_dir_all(dir).map_err(|e| io(&dir.display().to_string(), e))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| io(&dir.display().to_string(), e))?;
+    let _lock = lock_state_dir(dir)?;
 
     let started = std::time::Instant::now();
     let mut sqlite = SqliteStore::open(dir)?;
@@ -166,6 +190,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         metrics: metrics.clone(),
         join_on_facts: poll_ca.is_none(),
         exclude: config.ca.exclude.iter().cloned().collect::<HashSet<_>>(),
+        absence: driver::Absence {
+            listings: config.ca.remove_after_listings,
+            max_share: config.ca.max_removal_share,
+        },
         default_environment: config.default_environment.clone(),
         deps: deps.clone(),
         exports: config.exports.clone(),

@@ -480,6 +480,20 @@ impl Pcq {
         self.dir.path().join("state")
     }
 
+    /// The configuration file this pcq runs with.
+    pub fn config_file(&self) -> &Path {
+        &self.config
+    }
+
+    /// Whether the admin API answers `/healthz` with 200.
+    pub async fn healthy(&self) -> bool {
+        self.http
+            .get(format!("{}/healthz", self.api))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+
     async fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -756,6 +770,8 @@ pub struct FakeServer {
     mode: Arc<AtomicU8>,
     pub max_in_flight: Arc<AtomicUsize>,
     pub requests: Arc<AtomicUsize>,
+    /// What it answers as the CA's list of signed certificates (none: 404).
+    signed: Arc<std::sync::Mutex<Option<Vec<String>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -808,8 +824,31 @@ impl FakeServer {
             }
         };
         let m2 = mode.clone();
+        let signed = Arc::new(std::sync::Mutex::new(None::<Vec<String>>));
+        let listing = signed.clone();
         let app = axum::Router::new()
             .route("/puppet/v4/catalog", post(catalog))
+            .route(
+                "/puppet-ca/v1/certificate_statuses/any",
+                get(move || {
+                    let list = listing.lock().map(|l| l.clone()).unwrap_or(None);
+                    async move {
+                        match list {
+                            Some(names) => {
+                                let statuses: Vec<Value> = names
+                                    .iter()
+                                    .map(|n| json!({"name": n, "state": "signed"}))
+                                    .collect();
+                                (
+                                    axum::http::StatusCode::OK,
+                                    Value::Array(statuses).to_string(),
+                                )
+                            }
+                            None => (axum::http::StatusCode::NOT_FOUND, "no CA here".into()),
+                        }
+                    }
+                }),
+            )
             .route(
                 "/status/v1/simple",
                 get(move || {
@@ -838,12 +877,20 @@ impl FakeServer {
             mode,
             max_in_flight,
             requests,
+            signed,
             task,
         }
     }
 
     pub fn set(&self, mode: Mode) {
         self.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    /// Answers as a CA whose signed certificates are `names`.
+    pub fn list_signed(&self, names: &[String]) {
+        if let Ok(mut l) = self.signed.lock() {
+            *l = Some(names.to_vec());
+        }
     }
 }
 

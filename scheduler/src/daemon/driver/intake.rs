@@ -28,15 +28,47 @@ pub struct Intake {
     join_on_facts: bool,
     /// Environment of nodes that never gave one.
     default_environment: String,
+    /// When a node the CA stops listing may leave.
+    absence: Absence,
+    /// Known nodes missing from plausible listings: how many in a row.
+    absent: HashMap<Certname, u32>,
+}
+
+/// When a node the CA stops listing (without revoking it) may leave: a CA
+/// answer can be wrong for a while, and removing a node drops its catalog,
+/// facts and exports, so an absence must be seen several times, in
+/// listings that are plausible.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Absence {
+    /// Plausible listings in a row without the node.
+    pub listings: u32,
+    /// A listing lacking more than this share of the known nodes (at least
+    /// one node) is not plausible; nor is an empty one while nodes are
+    /// known.
+    pub max_share: f64,
+}
+
+impl Default for Absence {
+    fn default() -> Self {
+        Absence {
+            listings: 3,
+            max_share: 0.1,
+        }
+    }
 }
 
 /// What a CA listing changes.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct CaPlan {
-    /// Known nodes to remove (revoked, or no longer listed as signed).
+    /// Known nodes to remove (revoked, or absent from enough plausible
+    /// listings in a row).
     pub remove: Vec<Certname>,
     /// Signed nodes whose facts are stored: they join, in this environment.
     pub add: Vec<(Certname, String)>,
+    /// Known nodes the listing lacks (not revoked).
+    pub absent: usize,
+    /// The listing is not plausible: its absences were ignored.
+    pub implausible: bool,
 }
 
 /// A known node's facts state, as the driver holds it.
@@ -152,6 +184,7 @@ impl Intake {
         exclude: HashSet<String>,
         join_on_facts: bool,
         default_environment: String,
+        absence: Absence,
     ) -> Intake {
         Intake {
             waiting_for_facts: HashSet::new(),
@@ -159,6 +192,8 @@ impl Intake {
             exclude,
             join_on_facts,
             default_environment,
+            absence,
+            absent: HashMap::new(),
         }
     }
 
@@ -191,6 +226,7 @@ impl Intake {
     pub fn forget(&mut self, certname: &Certname) {
         self.waiting_for_facts.remove(certname);
         self.facts_only.remove(certname);
+        self.absent.remove(certname);
     }
 
     /// An unknown certname's facts were stored.
@@ -205,13 +241,21 @@ impl Intake {
     }
 
     /// What the CA's listing of signed and revoked certnames changes.
-    /// Revoked and unlisted nodes go; signed ones join once they have
-    /// facts, and wait for them otherwise.
+    /// Revoked nodes go at once. A known node the listing lacks goes only
+    /// once it has been absent from [`Absence::listings`] plausible
+    /// listings in a row; an implausible listing (empty while nodes are
+    /// known, or lacking more than [`Absence::max_share`] of them) removes
+    /// nobody. Signed nodes join once they have facts, and wait for them
+    /// otherwise.
     pub fn ca(&mut self, signed: &[String], revoked: &[String], nodes: &Nodes) -> CaPlan {
-        let signed: HashSet<Certname> = signed
+        let listed: HashSet<Certname> = signed
             .iter()
-            .filter(|n| !self.exclude.contains(n.as_str()))
             .filter_map(|n| Certname::parse(n).ok())
+            .collect();
+        let signed: HashSet<Certname> = listed
+            .iter()
+            .filter(|c| !self.exclude.contains(c.as_str()))
+            .cloned()
             .collect();
         let mut plan = CaPlan::default();
         let mut removed = HashSet::new();
@@ -223,16 +267,28 @@ impl Intake {
                 }
             }
         }
-        let mut gone: Vec<Certname> = nodes
+        let mut missing: Vec<Certname> = nodes
             .certnames()
             .filter(|c| !signed.contains(*c) && !removed.contains(*c))
             .cloned()
             .collect();
-        gone.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        for c in &gone {
-            self.forget(c);
+        missing.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        plan.absent = missing.len();
+        let known = nodes.certnames().count();
+        let allowed = ((known as f64 * self.absence.max_share).floor() as usize).max(1);
+        plan.implausible = (listed.is_empty() && known > 0) || missing.len() > allowed;
+        self.absent.retain(|c, _| !signed.contains(c));
+        if !plan.implausible {
+            for c in missing {
+                let seen = self.absent.entry(c.clone()).or_insert(0);
+                *seen += 1;
+                if *seen >= self.absence.listings {
+                    self.forget(&c);
+                    removed.insert(c.clone());
+                    plan.remove.push(c);
+                }
+            }
         }
-        plan.remove.extend(gone);
         self.waiting_for_facts.retain(|c| signed.contains(c));
         let mut signed: Vec<Certname> = signed.into_iter().collect();
         signed.sort_by(|a, b| a.as_str().cmp(b.as_str()));
@@ -280,6 +336,10 @@ mod tests {
             ["pcq.example.com".to_string()].into(),
             false,
             "production".into(),
+            Absence {
+                listings: 1,
+                max_share: 1.0,
+            },
         )
     }
 
@@ -344,11 +404,98 @@ mod tests {
 
     #[test]
     fn join_on_facts_lets_any_uploader_in() {
-        let mut i = Intake::new(HashSet::new(), true, "production".into());
+        let mut i = Intake::new(
+            HashSet::new(),
+            true,
+            "production".into(),
+            Absence::default(),
+        );
         assert_eq!(
             i.newcomer(c("x.example.com"), Some("dev".into())),
             Newcomer::Join("dev".into())
         );
+    }
+
+    #[test]
+    fn an_unlisted_node_leaves_after_enough_plausible_listings_in_a_row() {
+        let mut i = Intake::new(
+            HashSet::new(),
+            false,
+            "production".into(),
+            Absence::default(),
+        );
+        let all: Vec<String> = (0..20).map(|n| format!("n{n:02}.example.com")).collect();
+        let names: Vec<&str> = all.iter().map(String::as_str).collect();
+        let nodes = known(&names);
+        let without = |gone: usize| all[gone..].to_vec();
+        // two listings without n00, then one with it: the count starts over
+        assert!(i.ca(&without(1), &[], &nodes).remove.is_empty());
+        assert!(i.ca(&without(1), &[], &nodes).remove.is_empty());
+        assert!(i.ca(&all, &[], &nodes).remove.is_empty());
+        for _ in 0..2 {
+            let plan = i.ca(&without(2), &[], &nodes);
+            assert!(plan.remove.is_empty() && !plan.implausible);
+            assert_eq!(plan.absent, 2, "10% of 20 may go at once");
+        }
+        let plan = i.ca(&without(2), &[], &nodes);
+        assert_eq!(
+            plan.remove,
+            vec![c("n00.example.com"), c("n01.example.com")]
+        );
+    }
+
+    #[test]
+    fn an_implausible_listing_removes_nobody() {
+        let mut i = Intake::new(
+            HashSet::new(),
+            false,
+            "production".into(),
+            Absence {
+                listings: 1,
+                max_share: 0.1,
+            },
+        );
+        let all: Vec<String> = (0..20).map(|n| format!("n{n:02}.example.com")).collect();
+        let names: Vec<&str> = all.iter().map(String::as_str).collect();
+        let nodes = known(&names);
+        let empty = i.ca(&[], &[], &nodes);
+        assert!(empty.implausible && empty.remove.is_empty(), "{empty:?}");
+        let half = i.ca(&all[10..], &[], &nodes);
+        assert!(half.implausible && half.remove.is_empty(), "{half:?}");
+        assert_eq!(half.absent, 10);
+        let revoked = i.ca(&all[10..], &all[..1], &nodes);
+        assert_eq!(
+            revoked.remove,
+            vec![c("n00.example.com")],
+            "a revocation counts even in an implausible listing"
+        );
+        let small = Intake::new(
+            HashSet::new(),
+            false,
+            "production".into(),
+            Absence {
+                listings: 1,
+                max_share: 0.1,
+            },
+        )
+        .ca(
+            &names_of(&["a.example.com"]),
+            &[],
+            &known(&["a.example.com", "b.example.com"]),
+        );
+        assert_eq!(
+            small.remove,
+            vec![c("b.example.com")],
+            "one node may always go, however small the fleet"
+        );
+        assert!(
+            i.ca(&[], &[], &known(&[])).remove.is_empty(),
+            "an empty listing with no node known is plausible and harmless"
+        );
+    }
+
+    fn names_of(v: &[&str]) -> Vec<String> {
+        names(v)
     }
 
     fn used(fingerprint: u64, hash: u64) -> UsedHash {

@@ -57,6 +57,7 @@ pub use restore::RestoreError;
 pub use view::{LaneView, MasterView, NodeStatus, QueueView, RunningView};
 
 use compile::{CompileJob, Compiled};
+pub use intake::Absence;
 use intake::{BeforeStore, Intake, Known, Newcomer};
 use masters::Masters;
 use nodes::{NodeInfo, Nodes};
@@ -84,6 +85,8 @@ pub struct Parts {
     pub join_on_facts: bool,
     /// Certnames never scheduled.
     pub exclude: HashSet<String>,
+    /// When a node the CA stops listing may leave.
+    pub absence: Absence,
     /// Environment of nodes that never gave one.
     pub default_environment: String,
     /// What catalogs depend on.
@@ -127,6 +130,7 @@ impl Driver {
             parts.exclude.clone(),
             parts.join_on_facts,
             parts.default_environment.clone(),
+            parts.absence,
         );
         for c in restored.facts_only {
             intake.restore_facts_owner(c);
@@ -260,6 +264,20 @@ impl Driver {
             }
             Command::Ca { signed, revoked } => {
                 let plan = self.intake.ca(&signed, &revoked, &self.nodes);
+                if plan.implausible {
+                    tracing::warn!(
+                        "CA listing ignored: it lacks {} of {} known nodes ({} signed listed); nobody removed",
+                        plan.absent,
+                        self.nodes.certnames().count(),
+                        signed.len()
+                    );
+                }
+                let label = if plan.implausible {
+                    "implausible"
+                } else {
+                    "plausible"
+                };
+                Metrics::count(&self.parts.metrics.ca_listings, label);
                 for c in plan.remove {
                     self.remove_node(&c);
                 }
@@ -449,7 +467,7 @@ impl Driver {
         if let Err(e) = self.parts.catalogs.remove(certname) {
             tracing::warn!("removing the catalog of {certname}: {e}");
         }
-        tracing::info!("node {certname} removed (certificate revoked)");
+        tracing::info!("node {certname} removed (revoked, or no longer listed by the CA)");
     }
 
     // --- compiles -------------------------------------------------------
