@@ -9,11 +9,28 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Replaces `path` with `bytes` (mode 0600), atomically and durably.
 pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    stage(path, bytes)?.commit()
+}
+
+/// New contents for `path`, written and fsynced beside it but not in
+/// place yet: [`Staged::commit`] puts them there, dropping throws them
+/// away. A writer that may learn, after the bytes are ready, that they are
+/// no longer wanted (the node was removed meanwhile) stages first.
+#[derive(Debug)]
+pub struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+    done: bool,
+}
+
+/// Writes `bytes` to a temporary of its own beside `path` (mode 0600) and
+/// fsyncs it.
+pub fn stage(path: &Path, bytes: &[u8]) -> io::Result<Staged> {
     static WRITES: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
@@ -21,23 +38,38 @@ pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let n = WRITES.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
-    let written = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
+    let staged = Staged {
+        tmp: dir.join(format!(".{name}.{}.{n}.tmp", std::process::id())),
+        path: path.to_path_buf(),
+        done: false,
+    };
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&staged.tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(staged)
+}
+
+impl Staged {
+    /// Renames the contents into place and fsyncs the directory, so the
+    /// rename survives a power loss.
+    pub fn commit(mut self) -> io::Result<()> {
+        fs::rename(&self.tmp, &self.path)?;
+        self.done = true;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        File::open(dir)?.sync_all()
     }
-    written?;
-    File::open(dir)?.sync_all()
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -60,5 +92,44 @@ mod tests {
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
         assert!(write(&dir.path().join("missing/x"), b"x").is_err());
+    }
+
+    #[test]
+    fn a_staged_write_lands_only_when_committed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("a.json");
+        write(&path, b"old").expect("old");
+        let dropped = stage(&path, b"unwanted").expect("stage");
+        drop(dropped);
+        assert_eq!(fs::read(&path).expect("read"), b"old");
+        let kept = stage(&path, b"new").expect("stage");
+        assert_eq!(fs::read(&path).expect("read"), b"old", "not in place yet");
+        kept.commit().expect("commit");
+        assert_eq!(fs::read(&path).expect("read"), b"new");
+        assert_eq!(
+            fs::read_dir(dir.path()).expect("dir").count(),
+            1,
+            "no temporary left"
+        );
+    }
+
+    #[test]
+    fn concurrent_writers_never_share_a_temporary() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("n.json");
+        let a = vec![b'a'; 1 << 16];
+        let b = vec![b'b'; 1 << 16];
+        std::thread::scope(|s| {
+            for bytes in [&a, &b] {
+                let path = &path;
+                s.spawn(move || {
+                    for _ in 0..200 {
+                        write(path, bytes).expect("every write succeeds");
+                    }
+                });
+            }
+        });
+        let last = fs::read(&path).expect("read");
+        assert!(last == a || last == b, "a whole version, never a mix");
     }
 }

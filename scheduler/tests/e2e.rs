@@ -315,6 +315,61 @@ async fn a_wrong_ca_listing_removes_nobody() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_node_revoked_mid_compile_gets_no_catalog_back() {
+    let _serial = serial().await;
+    let compile = Duration::from_secs(8);
+    let fake = FakeServer::start(compile).await;
+    let names = nodes("midrevoke", 1);
+    let name = &names[0];
+    ensure_certs(&names);
+    fake.list_signed(&names);
+    let config = PcqConfig::stand_in(&fake)
+        .cycle_off()
+        .no_load_gate()
+        .ca_poll(Duration::from_secs(1));
+    let (pcq, _) =
+        Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(60)).await;
+    let file = pcq.state_dir().join(format!("catalogs/{name}.json"));
+    assert!(file.exists());
+
+    // a used fact changes: a compile starts that will change the catalog
+    let (status, body) = pcq.put_facts(name, &facts_body(name, "db", 2)).await;
+    assert_eq!(status, 200, "{body}");
+    let compiling = pcq
+        .wait(Duration::from_secs(10), || async {
+            pcq.status(name)
+                .await
+                .is_some_and(|s| s["state"] == "compiling")
+        })
+        .await;
+    assert!(compiling);
+    let started = Instant::now();
+    // the CA revokes it while the compile runs
+    fake.list(&[], &names);
+    let gone = pcq
+        .wait(Duration::from_secs(10), || async {
+            pcq.status(name).await.is_none()
+        })
+        .await;
+    assert!(gone, "revoked node still known");
+    assert!(
+        started.elapsed() < compile - Duration::from_secs(2),
+        "removed while its compile still ran ({:?})",
+        started.elapsed()
+    );
+    assert!(!file.exists(), "its catalog is deleted");
+    // the compile ends; its catalog must not come back
+    tokio::time::sleep(compile).await;
+    assert!(!file.exists(), "a removed node's catalog was written back");
+    let leftovers: Vec<_> = std::fs::read_dir(pcq.state_dir().join("catalogs"))
+        .expect("catalogs")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn kill_9_during_compiles_loses_and_duplicates_nothing() {
     let _serial = serial().await;
     let names = nodes("e2e", 20);

@@ -20,6 +20,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::certname::Certname;
+use crate::private_file::Staged;
 
 /// A compiled catalog, checked and hashed.
 #[derive(Clone, Debug)]
@@ -230,6 +231,12 @@ impl CatalogFiles {
     /// Replaces the node's catalog atomically and durably, mode 0600.
     pub fn write(&self, certname: &Certname, json: &[u8]) -> io::Result<()> {
         crate::private_file::write(&self.path(certname), json)
+    }
+
+    /// The node's next catalog, written beside the current one; it takes
+    /// the current one's place only when committed.
+    pub fn stage(&self, certname: &Certname, json: &[u8]) -> io::Result<Staged> {
+        crate::private_file::stage(&self.path(certname), json)
     }
 
     /// The node's catalog, if it has one.

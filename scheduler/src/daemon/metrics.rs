@@ -132,7 +132,7 @@ impl Metrics {
         let catalogs = Family::<ResultLabel, Counter>::default();
         registry.register(
             "catalogs",
-            "Catalogs compiled: result changed or unchanged",
+            "Catalogs compiled: result changed, unchanged, or unstored (the file could not be written: the old catalog stays and the next compile tries again)",
             catalogs.clone(),
         );
         let notifications = Family::<NotifyLabel, Counter>::default();

@@ -765,13 +765,17 @@ pub enum Mode {
 
 /// A stand-in Puppet Server over TLS with this host's Puppet certificate:
 /// answers v4 catalog requests per [`Mode`], counting concurrent requests.
+/// A stand-in CA's answer: signed and revoked certnames.
+type CaListing = (Vec<String>, Vec<String>);
+
 pub struct FakeServer {
     pub url: String,
     mode: Arc<AtomicU8>,
     pub max_in_flight: Arc<AtomicUsize>,
     pub requests: Arc<AtomicUsize>,
-    /// What it answers as the CA's list of signed certificates (none: 404).
-    signed: Arc<std::sync::Mutex<Option<Vec<String>>>>,
+    /// What it answers as the CA's signed and revoked certificates (none:
+    /// 404).
+    signed: Arc<std::sync::Mutex<Option<CaListing>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -824,7 +828,7 @@ impl FakeServer {
             }
         };
         let m2 = mode.clone();
-        let signed = Arc::new(std::sync::Mutex::new(None::<Vec<String>>));
+        let signed = Arc::new(std::sync::Mutex::new(None::<CaListing>));
         let listing = signed.clone();
         let app = axum::Router::new()
             .route("/puppet/v4/catalog", post(catalog))
@@ -834,10 +838,14 @@ impl FakeServer {
                     let list = listing.lock().map(|l| l.clone()).unwrap_or(None);
                     async move {
                         match list {
-                            Some(names) => {
-                                let statuses: Vec<Value> = names
-                                    .iter()
-                                    .map(|n| json!({"name": n, "state": "signed"}))
+                            Some((signed, revoked)) => {
+                                let state = |names: Vec<String>, state: &'static str| {
+                                    names
+                                        .into_iter()
+                                        .map(move |n| json!({"name": n, "state": state}))
+                                };
+                                let statuses: Vec<Value> = state(signed, "signed")
+                                    .chain(state(revoked, "revoked"))
                                     .collect();
                                 (
                                     axum::http::StatusCode::OK,
@@ -888,8 +896,13 @@ impl FakeServer {
 
     /// Answers as a CA whose signed certificates are `names`.
     pub fn list_signed(&self, names: &[String]) {
+        self.list(names, &[]);
+    }
+
+    /// Answers as a CA with these signed and revoked certificates.
+    pub fn list(&self, signed: &[String], revoked: &[String]) {
         if let Ok(mut l) = self.signed.lock() {
-            *l = Some(names.to_vec());
+            *l = Some((signed.to_vec(), revoked.to_vec()));
         }
     }
 }

@@ -3,9 +3,11 @@
 //! core.
 //!
 //! A compile reads the node's stored facts, asks the master's backend for
-//! a catalog, checks it, writes it to disk only when its canonical hash
-//! changed (so the last good catalog survives any failure) and works out
-//! its links. Whose fault a failure is decides the core's outcome: a node's
+//! a catalog, checks it, stages it on disk only when its canonical hash
+//! changed, and works out its links. The driver puts the staged file in
+//! place only if the node is still the one the compile was for (not
+//! revoked meanwhile), so the last good catalog survives any failure and a
+//! removed node's catalog never comes back. Whose fault a failure is decides the core's outcome: a node's
 //! own failure parks it, a master's (refused, 503) interrupts the compile
 //! without blame (see [`super::masters`]).
 
@@ -19,6 +21,7 @@ use crate::daemon::catalog::{self, CatalogFiles, Export};
 use crate::daemon::certname::Certname;
 use crate::daemon::dependencies::Dependencies;
 use crate::daemon::store::StoreHandle;
+use crate::private_file::Staged;
 
 use super::links::Links;
 
@@ -60,12 +63,15 @@ pub struct Compiled {
     pub result: Result<Catalog, Failure>,
 }
 
-/// A good catalog, already on disk if it changed.
+/// A good catalog; if it changed, staged beside the node's current one.
 pub struct Catalog {
     /// Its canonical hash.
     pub hash: String,
     /// It differs from the node's last good one.
     pub changed: bool,
+    /// The new file, to commit once the driver knows the node is still
+    /// the one this compile was for (dropped otherwise).
+    pub staged: Option<Staged>,
     /// Its exported resources, for the store.
     pub exports: Vec<Export>,
     /// What it says about the node's links to others.
@@ -114,7 +120,7 @@ pub async fn run(job: CompileJob) -> Compiled {
     }
 }
 
-/// Checks a compile's output, writes the catalog if it changed.
+/// Checks a compile's output and stages the catalog if it changed.
 pub fn keep(
     catalogs: &CatalogFiles,
     certname: &Certname,
@@ -124,15 +130,19 @@ pub fn keep(
 ) -> Result<Catalog, Failure> {
     let mut compiled = catalog::read(bytes).map_err(|e| Failure::Node(e.to_string()))?;
     let changed = previous.as_deref() != Some(compiled.hash.as_str());
-    if changed {
-        catalogs
-            .write(certname, &compiled.json)
-            .map_err(|e| Failure::Node(format!("storing the catalog: {e}")))?;
-    }
+    let staged = match changed {
+        true => Some(
+            catalogs
+                .stage(certname, &compiled.json)
+                .map_err(|e| Failure::Node(format!("storing the catalog: {e}")))?,
+        ),
+        false => None,
+    };
     let links = Links::of(&mut compiled, analysis);
     Ok(Catalog {
         hash: compiled.hash,
         changed,
+        staged,
         exports: compiled.exports,
         links,
     })
@@ -160,6 +170,7 @@ mod tests {
             Ok(Catalog {
                 hash: "h".into(),
                 changed,
+                staged: None,
                 exports: Vec::new(),
                 links: Links::default(),
             })
@@ -182,13 +193,23 @@ mod tests {
         let certname = Certname::parse("web-01.example.com").expect("certname");
         let json =
             br#"{"name":"web-01.example.com","version":1,"resources":[],"edges":[],"classes":[]}"#;
-        let first = keep(&catalogs, &certname, json, None, None).expect("a catalog");
+        let mut first = keep(&catalogs, &certname, json, None, None).expect("a catalog");
         assert!(first.changed);
+        assert!(
+            catalogs.read(&certname).expect("read").is_none(),
+            "staged, not in place"
+        );
+        first
+            .staged
+            .take()
+            .expect("staged")
+            .commit()
+            .expect("commit");
         assert!(catalogs.read(&certname).expect("read").is_some());
         catalogs.remove(&certname).expect("remove");
         let again =
             keep(&catalogs, &certname, json, Some(first.hash.clone()), None).expect("a catalog");
-        assert!(!again.changed);
+        assert!(!again.changed && again.staged.is_none());
         assert!(
             catalogs.read(&certname).expect("read").is_none(),
             "an unchanged catalog is not rewritten"

@@ -541,22 +541,22 @@ impl Driver {
         }
         self.dirty.insert(c.node);
         let environment = self.environment_of(c.node);
-        let cat = match c.result {
+        let mut cat = match c.result {
             Ok(cat) => cat,
             Err(Failure::Server(e)) => return self.master_down(c.master, &e),
             Err(failure) => {
                 tracing::warn!(certname = %c.certname, "{failure}");
-                let text = failure.to_string();
-                if let Some(info) = self.nodes.get_mut(c.node) {
-                    info.last_error = Some(text.clone());
-                }
-                self.pending_writes.push(Write::Error {
-                    certname: c.certname.to_string(),
-                    error: Some(text),
-                });
-                return;
+                return self.record_error(c.node, &c.certname, failure.to_string());
             }
         };
+        if let Some(Err(e)) = cat.staged.take().map(|staged| staged.commit()) {
+            // the database keeps the old hash, so the next compile writes
+            // the file again
+            tracing::error!(certname = %c.certname, "storing the catalog: {e}");
+            Metrics::count(&self.parts.metrics.catalogs, "unstored");
+            let text = format!("storing the catalog: {e}");
+            return self.record_error(c.node, &c.certname, text);
+        }
         let Some(info) = self.nodes.get_mut(c.node) else {
             return;
         };
@@ -586,6 +586,17 @@ impl Driver {
                 catalog_hash: cat.hash,
             });
         }
+    }
+
+    /// A compile that gave no catalog: the node's last error, in its row.
+    fn record_error(&mut self, node: NodeId, certname: &Certname, text: String) {
+        if let Some(info) = self.nodes.get_mut(node) {
+            info.last_error = Some(text.clone());
+        }
+        self.pending_writes.push(Write::Error {
+            certname: certname.to_string(),
+            error: Some(text),
+        });
     }
 
     /// Pauses starts on a master and probes it until it answers.
