@@ -277,6 +277,13 @@ impl Intake {
         let known = nodes.certnames().count();
         let allowed = ((known as f64 * self.absence.max_share).floor() as usize).max(1);
         plan.implausible = (listed.is_empty() && known > 0) || missing.len() > allowed;
+        if plan.implausible {
+            tracing::warn!(
+                "CA listing ignored: it lacks {} of {known} known nodes ({} signed listed); nobody removed",
+                missing.len(),
+                listed.len()
+            );
+        }
         self.absent.retain(|c, _| !signed.contains(c));
         if !plan.implausible {
             for c in missing {

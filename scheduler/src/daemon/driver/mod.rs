@@ -10,7 +10,8 @@
 //! This file is the loop, the restore at start-up and the glue; the
 //! decisions live beside it, each testable without tokio:
 //!
-//! - [`command`]: the messages and their answers;
+//! - [`command`]: the messages and their answers; [`parts`]: what the
+//!   driver is given;
 //! - [`nodes`]: what the driver knows of each node;
 //! - [`restore`]: the queue rebuilt from the store at start-up;
 //! - [`intake`]: who joins and leaves, what a facts upload does;
@@ -30,29 +31,28 @@ pub mod intake;
 pub mod links;
 pub mod masters;
 pub mod nodes;
+pub mod parts;
 pub mod restore;
 pub mod router;
 pub mod upload;
 pub mod view;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
 use crate::core::{BumpReason, Core, Finished, NodeId, Outcome, Poll, Start, Time};
 use crate::daemon::backend::Failure;
-use crate::daemon::catalog::{CatalogFiles, Export};
+use crate::daemon::catalog::Export;
 use crate::daemon::certname::Certname;
-use crate::daemon::config::Exports as ExportsConfig;
-use crate::daemon::dependencies::Dependencies;
 use crate::daemon::metrics::Metrics;
-use crate::daemon::notify::{Notice, Notifier};
-use crate::daemon::store::{StoreHandle, StoredNode, Write};
+use crate::daemon::notify::Notice;
+use crate::daemon::store::{StoredNode, Write};
 
 pub use command::{ApiError, Command, FactsOutcome, FactsUpload, Reply};
 pub use masters::MasterSlot;
+pub use parts::Parts;
 pub use restore::RestoreError;
 pub use view::{LaneView, MasterView, NodeStatus, QueueView, RunningView};
 
@@ -69,30 +69,6 @@ pub fn now() -> Time {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     Time::from_micros(u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
-}
-
-/// What the driver needs besides the core.
-pub struct Parts {
-    /// The store.
-    pub store: StoreHandle,
-    /// The last good catalogs.
-    pub catalogs: CatalogFiles,
-    /// Notifications.
-    pub notifier: Notifier,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Nodes join when their facts arrive (no CA polling).
-    pub join_on_facts: bool,
-    /// Certnames never scheduled.
-    pub exclude: HashSet<String>,
-    /// When a node the CA stops listing may leave.
-    pub absence: Absence,
-    /// Environment of nodes that never gave one.
-    pub default_environment: String,
-    /// What catalogs depend on.
-    pub deps: Arc<Dependencies>,
-    /// Exported resources.
-    pub exports: ExportsConfig,
 }
 
 /// The driver.
@@ -264,14 +240,6 @@ impl Driver {
             }
             Command::Ca { signed, revoked } => {
                 let plan = self.intake.ca(&signed, &revoked, &self.nodes);
-                if plan.implausible {
-                    tracing::warn!(
-                        "CA listing ignored: it lacks {} of {} known nodes ({} signed listed); nobody removed",
-                        plan.absent,
-                        self.nodes.certnames().count(),
-                        signed.len()
-                    );
-                }
                 let label = if plan.implausible {
                     "implausible"
                 } else {
@@ -634,30 +602,13 @@ impl Driver {
     }
 
     fn status(&self, certname: &Certname) -> Option<NodeStatus> {
-        let Some(id) = self.nodes.id(certname) else {
-            return self
-                .intake
-                .is_waiting(certname)
-                .then(|| view::waiting_status(certname, self.intake.default_environment()));
-        };
-        Some(view::node_status(self.core.view(id)?, self.nodes.get(id)?))
+        view::status(&self.core, &self.nodes, &self.intake, certname)
     }
 
     fn queue(&mut self) -> QueueView {
         let t = now();
-        let running = self.running.iter().filter_map(|(id, (m, started))| {
-            Some(RunningView {
-                certname: self.nodes.get(*id)?.certname.to_string(),
-                master: self.masters.get(*m)?.name.clone(),
-                seconds: t.since(*started).as_secs_f64(),
-            })
-        });
         let stats = self.core.stats(t);
-        view::queue_view(
-            &stats,
-            running.collect(),
-            self.masters.all(),
-            self.intake.waiting(),
-        )
+        let running = view::running(&self.running, &self.nodes, &self.masters, t);
+        view::queue_view(&stats, running, self.masters.all(), self.intake.waiting())
     }
 }

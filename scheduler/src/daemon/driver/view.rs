@@ -11,8 +11,13 @@ use serde::{Deserialize, Serialize};
 use crate::core::{Lane, NodeState, NodeView, Stats, Time};
 use crate::daemon::certname::Certname;
 
-use super::masters::MasterSlot;
-use super::nodes::NodeInfo;
+use std::collections::HashMap;
+
+use crate::core::{Core, NodeId};
+
+use super::intake::Intake;
+use super::masters::{MasterSlot, Masters};
+use super::nodes::{NodeInfo, Nodes};
 
 /// One node, as `GET /v1/nodes/{certname}/status` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -101,6 +106,40 @@ pub struct MasterView {
 
 fn secs(t: Time) -> f64 {
     t.as_secs_f64()
+}
+
+/// A node's status: in the queue, or signed and waiting for facts.
+pub fn status(
+    core: &Core,
+    nodes: &Nodes,
+    intake: &Intake,
+    certname: &Certname,
+) -> Option<NodeStatus> {
+    let Some(id) = nodes.id(certname) else {
+        return intake
+            .is_waiting(certname)
+            .then(|| waiting_status(certname, intake.default_environment()));
+    };
+    Some(node_status(core.view(id)?, nodes.get(id)?))
+}
+
+/// The running compiles (node, master index, start) as the API shows them.
+pub fn running(
+    running: &HashMap<NodeId, (usize, Time)>,
+    nodes: &Nodes,
+    masters: &Masters,
+    t: Time,
+) -> Vec<RunningView> {
+    running
+        .iter()
+        .filter_map(|(id, (m, started))| {
+            Some(RunningView {
+                certname: nodes.get(*id)?.certname.to_string(),
+                master: masters.get(*m)?.name.clone(),
+                seconds: t.since(*started).as_secs_f64(),
+            })
+        })
+        .collect()
 }
 
 /// A node in the queue (or compiling, or parked).
