@@ -4,7 +4,8 @@
 //! The bytes go to a temporary file beside the target (a name of its own
 //! per write, so two writers never share one), are fsynced, renamed over
 //! the target, and the directory is fsynced so the rename itself survives
-//! a power loss. A reader sees the old file or the new one, never a part.
+//! a power loss. Temporaries a crash leaves behind are recognised by
+//! [`is_temporary`] and swept by their owner at start. A reader sees the old file or the new one, never a part.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
@@ -14,7 +15,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Replaces `path` with `bytes` (mode 0600), atomically and durably.
 pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    stage(path, bytes)?.commit()
+    stage(path, bytes)?.commit()?;
+    sync_dir(path)
+}
+
+/// Makes the renames in `path`'s directory durable (fsync of the folder).
+pub fn sync_dir(path: &Path) -> io::Result<()> {
+    File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+}
+
+/// Is this a temporary [`stage`] writes (one a crash may leave behind)?
+pub fn is_temporary(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".tmp")
 }
 
 /// New contents for `path`, written and fsynced beside it but not in
@@ -38,29 +50,30 @@ pub fn stage(path: &Path, bytes: &[u8]) -> io::Result<Staged> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let n = WRITES.fetch_add(1, Ordering::Relaxed);
-    let staged = Staged {
-        tmp: dir.join(format!(".{name}.{}.{n}.tmp", std::process::id())),
-        path: path.to_path_buf(),
-        done: false,
-    };
+    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&staged.tmp)?;
+        .open(&tmp)?;
+    // ours from here on: removed unless committed
+    let staged = Staged {
+        tmp,
+        path: path.to_path_buf(),
+        done: false,
+    };
     f.write_all(bytes)?;
     f.sync_all()?;
     Ok(staged)
 }
 
 impl Staged {
-    /// Renames the contents into place and fsyncs the directory, so the
-    /// rename survives a power loss.
+    /// Renames the contents into place: atomic, and cheap enough for the
+    /// driver's own task. [`sync_dir`] then makes it durable.
     pub fn commit(mut self) -> io::Result<()> {
         fs::rename(&self.tmp, &self.path)?;
         self.done = true;
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        File::open(dir)?.sync_all()
+        Ok(())
     }
 }
 

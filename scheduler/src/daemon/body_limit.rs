@@ -26,6 +26,9 @@ use serde_json::json;
 pub const DRAIN_BYTES: usize = 64 << 20;
 /// For at most this long.
 pub const DRAIN_TIME: Duration = Duration::from_secs(5);
+/// A body within the limit must arrive within this (408 otherwise), so a
+/// slow client cannot hold a buffer forever.
+pub const READ_TIME: Duration = Duration::from_secs(30);
 
 /// The middleware: `max` is `api.max_body_bytes`.
 pub async fn limit(State(max): State<usize>, request: Request, next: Next) -> Response {

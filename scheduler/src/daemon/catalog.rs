@@ -20,7 +20,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::certname::Certname;
-use crate::private_file::Staged;
+use crate::private_file::{self, Staged};
 
 /// A compiled catalog, checked and hashed.
 #[derive(Clone, Debug)]
@@ -216,12 +216,25 @@ pub struct CatalogFiles {
 
 impl CatalogFiles {
     /// Opens (creating, mode 0700) `dir`.
+    /// Opens (or makes) the directory, private, and sweeps the staged
+    /// files a crash left behind (the caller holds the state lock).
     pub fn open(dir: &Path) -> io::Result<CatalogFiles> {
         fs::create_dir_all(dir)?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            if private_file::is_temporary(&entry.file_name().to_string_lossy()) {
+                fs::remove_file(entry.path())?;
+            }
+        }
         Ok(CatalogFiles {
             dir: dir.to_owned(),
         })
+    }
+
+    /// Makes the catalogs committed so far durable (fsync of the folder).
+    pub fn sync(&self) -> io::Result<()> {
+        private_file::sync_dir(&self.dir.join("x"))
     }
 
     fn path(&self, certname: &Certname) -> PathBuf {
@@ -230,13 +243,13 @@ impl CatalogFiles {
 
     /// Replaces the node's catalog atomically and durably, mode 0600.
     pub fn write(&self, certname: &Certname, json: &[u8]) -> io::Result<()> {
-        crate::private_file::write(&self.path(certname), json)
+        private_file::write(&self.path(certname), json)
     }
 
     /// The node's next catalog, written beside the current one; it takes
     /// the current one's place only when committed.
     pub fn stage(&self, certname: &Certname, json: &[u8]) -> io::Result<Staged> {
-        crate::private_file::stage(&self.path(certname), json)
+        private_file::stage(&self.path(certname), json)
     }
 
     /// The node's catalog, if it has one.

@@ -267,6 +267,19 @@ impl Intake {
                 }
             }
         }
+        // known nodes excluded since they joined (the list changed across
+        // a restart) go at once: the operator said so
+        let mut excluded: Vec<Certname> = nodes
+            .certnames()
+            .filter(|c| self.exclude.contains(c.as_str()) && !removed.contains(*c))
+            .cloned()
+            .collect();
+        excluded.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        for c in excluded {
+            self.forget(&c);
+            removed.insert(c.clone());
+            plan.remove.push(c);
+        }
         let mut missing: Vec<Certname> = nodes
             .certnames()
             .filter(|c| !signed.contains(*c) && !removed.contains(*c))
@@ -296,7 +309,9 @@ impl Intake {
                 }
             }
         }
-        self.waiting_for_facts.retain(|c| signed.contains(c));
+        if !plan.implausible {
+            self.waiting_for_facts.retain(|c| signed.contains(c));
+        }
         let mut signed: Vec<Certname> = signed.into_iter().collect();
         signed.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         for c in signed {
@@ -499,6 +514,19 @@ mod tests {
             i.ca(&[], &[], &known(&[])).remove.is_empty(),
             "an empty listing with no node known is plausible and harmless"
         );
+        let mut excluding = Intake::new(
+            ["n00.example.com".to_string()].into(),
+            false,
+            "production".into(),
+            Absence::default(),
+        );
+        let plan = excluding.ca(&all, &[], &nodes);
+        assert_eq!(
+            plan.remove,
+            vec![c("n00.example.com")],
+            "a known node excluded since it joined goes at once"
+        );
+        assert!(!plan.implausible);
     }
 
     fn names_of(v: &[&str]) -> Vec<String> {

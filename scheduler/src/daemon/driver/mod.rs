@@ -517,13 +517,24 @@ impl Driver {
                 return self.record_error(c.node, &c.certname, failure.to_string());
             }
         };
-        if let Some(Err(e)) = cat.staged.take().map(|staged| staged.commit()) {
-            // the database keeps the old hash, so the next compile writes
-            // the file again
-            tracing::error!(certname = %c.certname, "storing the catalog: {e}");
-            Metrics::count(&self.parts.metrics.catalogs, "unstored");
-            let text = format!("storing the catalog: {e}");
-            return self.record_error(c.node, &c.certname, text);
+        if self.nodes.get(c.node).is_none() {
+            return; // cannot happen: the core still has the node
+        }
+        if let Some(staged) = cat.staged.take() {
+            if let Err(e) = staged.commit() {
+                // the store keeps the old hash, so the node's next
+                // compile writes the file again
+                tracing::error!(certname = %c.certname, "storing the catalog: {e}");
+                Metrics::count(&self.parts.metrics.catalogs, "unstored");
+                let text = format!("storing the catalog: {e}");
+                return self.record_error(c.node, &c.certname, text);
+            }
+            let catalogs = self.parts.catalogs.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = catalogs.sync() {
+                    tracing::error!("syncing the catalog directory: {e}");
+                }
+            });
         }
         let Some(info) = self.nodes.get_mut(c.node) else {
             return;
