@@ -16,12 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Replaces `path` with `bytes` (mode 0600), atomically and durably.
 pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     stage(path, bytes)?.commit()?;
-    sync_dir(path)
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
-/// Makes the renames in `path`'s directory durable (fsync of the folder).
-pub fn sync_dir(path: &Path) -> io::Result<()> {
-    File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+/// Makes the renames in `dir` durable (fsync of the folder).
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// Is this a temporary [`stage`] writes (one a crash may leave behind)?

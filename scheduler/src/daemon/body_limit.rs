@@ -37,26 +37,45 @@ pub async fn limit(State(max): State<usize>, request: Request, next: Next) -> Re
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let waits_for_continue = request
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let (parts, body) = request.into_parts();
     if declared.is_some_and(|n| n > max as u64) {
-        drain(body, 0).await;
+        // a client waiting for "100 Continue" has sent nothing yet:
+        // reading would invite the body
+        if !waits_for_continue {
+            drain(body, 0).await;
+        }
         return too_large(max);
     }
-    match read(body, max).await {
-        Ok(bytes) => {
+    match tokio::time::timeout(READ_TIME, read(body, max)).await {
+        Ok(Ok(bytes)) => {
             next.run(Request::from_parts(parts, Body::from(bytes)))
                 .await
         }
-        Err(Read::TooLarge { rest, seen }) => {
+        Ok(Err(Read::TooLarge { rest, seen })) => {
             drain(rest, seen).await;
             too_large(max)
         }
-        Err(Read::Broken(e)) => (
-            StatusCode::BAD_REQUEST,
-            Json(json!({ "error": format!("reading the body: {e}") })),
-        )
-            .into_response(),
+        Ok(Err(Read::Broken(e))) => {
+            refusal(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
+        }
+        Err(_) => refusal(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the body took over {READ_TIME:?}"),
+        ),
     }
+}
+
+/// `{"error": ...}` with `status`, and the connection closed after it.
+fn refusal(status: StatusCode, message: String) -> Response {
+    let mut response = (status, Json(json!({ "error": message }))).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 enum Read {
@@ -96,15 +115,10 @@ async fn drain(mut body: Body, mut seen: usize) {
 }
 
 fn too_large(max: usize) -> Response {
-    let mut response = (
+    refusal(
         StatusCode::PAYLOAD_TOO_LARGE,
-        Json(json!({ "error": format!("request body over {max} bytes (api.max_body_bytes)") })),
+        format!("request body over {max} bytes (api.max_body_bytes)"),
     )
-        .into_response();
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
 }
 
 #[cfg(test)]
@@ -169,5 +183,22 @@ mod tests {
         let (status, _, connection) = send(Body::from_stream(chunks), None).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(connection.as_deref(), Some("close"));
+    }
+
+    #[tokio::test]
+    async fn a_client_waiting_for_continue_is_refused_without_reading() {
+        use tower::ServiceExt as _;
+        // a body that never comes: draining it would take DRAIN_TIME
+        let never = futures_util::stream::pending::<Result<Bytes, std::io::Error>>();
+        let request = Request::put("/")
+            .header(header::CONTENT_LENGTH, 5000)
+            .header(header::EXPECT, "100-continue")
+            .body(Body::from_stream(never))
+            .expect("request");
+        let answer = tokio::time::timeout(DRAIN_TIME / 5, app().oneshot(request))
+            .await
+            .expect("answered without waiting for the body")
+            .expect("response");
+        assert_eq!(answer.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 }

@@ -234,16 +234,11 @@ impl CatalogFiles {
 
     /// Makes the catalogs committed so far durable (fsync of the folder).
     pub fn sync(&self) -> io::Result<()> {
-        private_file::sync_dir(&self.dir.join("x"))
+        private_file::sync_dir(&self.dir)
     }
 
     fn path(&self, certname: &Certname) -> PathBuf {
         self.dir.join(format!("{certname}.json"))
-    }
-
-    /// Replaces the node's catalog atomically and durably, mode 0600.
-    pub fn write(&self, certname: &Certname, json: &[u8]) -> io::Result<()> {
-        private_file::write(&self.path(certname), json)
     }
 
     /// The node's next catalog, written beside the current one; it takes
@@ -357,8 +352,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let files = CatalogFiles::open(&dir.path().join("catalogs")).expect("open");
         let n = Certname::parse("web01.example.com").expect("certname");
-        files.write(&n, b"{\"a\":1}").expect("write");
-        files.write(&n, b"{\"a\":2}").expect("write");
+        for json in [&b"{\"a\":1}"[..], b"{\"a\":2}"] {
+            files
+                .stage(&n, json)
+                .expect("stage")
+                .commit()
+                .expect("commit");
+        }
         assert_eq!(
             files.read(&n).expect("read").as_deref(),
             Some(&b"{\"a\":2}"[..])
@@ -373,6 +373,11 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(dmode & 0o777, 0o700);
+        let leftover = dir.path().join("catalogs/.web01.example.com.json.7.0.tmp");
+        fs::write(&leftover, b"torn").expect("leftover");
+        CatalogFiles::open(&dir.path().join("catalogs")).expect("reopen");
+        assert!(!leftover.exists(), "a crash's staged file is swept at open");
+        assert!(files.read(&n).expect("read").is_some(), "catalogs stay");
         files.remove(&n).expect("remove");
         assert_eq!(files.read(&n).expect("read"), None);
     }

@@ -771,6 +771,7 @@ type CaListing = (Vec<String>, Vec<String>);
 pub struct FakeServer {
     pub url: String,
     mode: Arc<AtomicU8>,
+    in_flight: Arc<AtomicUsize>,
     pub max_in_flight: Arc<AtomicUsize>,
     pub requests: Arc<AtomicUsize>,
     /// What it answers as the CA's signed and revoked certificates (none:
@@ -883,6 +884,7 @@ impl FakeServer {
         FakeServer {
             url: format!("https://{}:{port}", host()),
             mode,
+            in_flight,
             max_in_flight,
             requests,
             signed,
@@ -892,6 +894,11 @@ impl FakeServer {
 
     pub fn set(&self, mode: Mode) {
         self.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    /// Catalog requests it is answering right now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     /// Answers as a CA whose signed certificates are `names`.

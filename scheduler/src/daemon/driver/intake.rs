@@ -48,15 +48,6 @@ pub struct Absence {
     pub max_share: f64,
 }
 
-impl Default for Absence {
-    fn default() -> Self {
-        Absence {
-            listings: 3,
-            max_share: 0.1,
-        }
-    }
-}
-
 /// What a CA listing changes.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct CaPlan {
@@ -287,7 +278,7 @@ impl Intake {
             .collect();
         missing.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         plan.absent = missing.len();
-        let known = nodes.certnames().count();
+        let known = nodes.count();
         let allowed = ((known as f64 * self.absence.max_share).floor() as usize).max(1);
         plan.implausible = (listed.is_empty() && known > 0) || missing.len() > allowed;
         if plan.implausible {
@@ -353,16 +344,29 @@ mod tests {
         nodes
     }
 
-    fn intake() -> Intake {
+    /// Intake rules: excluded certnames, join on facts, absence rule.
+    fn rules(exclude: &[&str], join_on_facts: bool, listings: u32, max_share: f64) -> Intake {
         Intake::new(
-            ["pcq.example.com".to_string()].into(),
-            false,
+            exclude.iter().map(|e| e.to_string()).collect(),
+            join_on_facts,
             "production".into(),
             Absence {
-                listings: 1,
-                max_share: 1.0,
+                listings,
+                max_share,
             },
         )
+    }
+
+    fn intake() -> Intake {
+        rules(&["pcq.example.com"], false, 1, 1.0)
+    }
+
+    /// Twenty known nodes, n00 .. n19, and their names.
+    fn fleet() -> (Vec<String>, Nodes) {
+        let all: Vec<String> = (0..20).map(|n| format!("n{n:02}.example.com")).collect();
+        let names: Vec<&str> = all.iter().map(String::as_str).collect();
+        let nodes = known(&names);
+        (all, nodes)
     }
 
     #[test]
@@ -426,12 +430,7 @@ mod tests {
 
     #[test]
     fn join_on_facts_lets_any_uploader_in() {
-        let mut i = Intake::new(
-            HashSet::new(),
-            true,
-            "production".into(),
-            Absence::default(),
-        );
+        let mut i = rules(&[], true, 3, 0.1);
         assert_eq!(
             i.newcomer(c("x.example.com"), Some("dev".into())),
             Newcomer::Join("dev".into())
@@ -440,15 +439,8 @@ mod tests {
 
     #[test]
     fn an_unlisted_node_leaves_after_enough_plausible_listings_in_a_row() {
-        let mut i = Intake::new(
-            HashSet::new(),
-            false,
-            "production".into(),
-            Absence::default(),
-        );
-        let all: Vec<String> = (0..20).map(|n| format!("n{n:02}.example.com")).collect();
-        let names: Vec<&str> = all.iter().map(String::as_str).collect();
-        let nodes = known(&names);
+        let mut i = rules(&[], false, 3, 0.1);
+        let (all, nodes) = fleet();
         let without = |gone: usize| all[gone..].to_vec();
         // two listings without n00, then one with it: the count starts over
         assert!(i.ca(&without(1), &[], &nodes).remove.is_empty());
@@ -468,20 +460,18 @@ mod tests {
 
     #[test]
     fn an_implausible_listing_removes_nobody() {
-        let mut i = Intake::new(
-            HashSet::new(),
-            false,
-            "production".into(),
-            Absence {
-                listings: 1,
-                max_share: 0.1,
-            },
-        );
-        let all: Vec<String> = (0..20).map(|n| format!("n{n:02}.example.com")).collect();
-        let names: Vec<&str> = all.iter().map(String::as_str).collect();
-        let nodes = known(&names);
+        let mut i = rules(&[], false, 1, 0.1);
+        let (all, nodes) = fleet();
+        let mut listing = all.clone();
+        listing.push("new.example.com".into());
+        i.ca(&listing, &[], &nodes);
+        assert!(i.is_waiting(&c("new.example.com")));
         let empty = i.ca(&[], &[], &nodes);
         assert!(empty.implausible && empty.remove.is_empty(), "{empty:?}");
+        assert!(
+            i.is_waiting(&c("new.example.com")),
+            "an implausible listing keeps the nodes waiting for facts"
+        );
         let half = i.ca(&all[10..], &[], &nodes);
         assert!(half.implausible && half.remove.is_empty(), "{half:?}");
         assert_eq!(half.absent, 10);
@@ -491,17 +481,8 @@ mod tests {
             vec![c("n00.example.com")],
             "a revocation counts even in an implausible listing"
         );
-        let small = Intake::new(
-            HashSet::new(),
-            false,
-            "production".into(),
-            Absence {
-                listings: 1,
-                max_share: 0.1,
-            },
-        )
-        .ca(
-            &names_of(&["a.example.com"]),
+        let small = rules(&[], false, 1, 0.1).ca(
+            &names(&["a.example.com"]),
             &[],
             &known(&["a.example.com", "b.example.com"]),
         );
@@ -514,12 +495,7 @@ mod tests {
             i.ca(&[], &[], &known(&[])).remove.is_empty(),
             "an empty listing with no node known is plausible and harmless"
         );
-        let mut excluding = Intake::new(
-            ["n00.example.com".to_string()].into(),
-            false,
-            "production".into(),
-            Absence::default(),
-        );
+        let mut excluding = rules(&["n00.example.com"], false, 3, 0.1);
         let plan = excluding.ca(&all, &[], &nodes);
         assert_eq!(
             plan.remove,
@@ -527,10 +503,6 @@ mod tests {
             "a known node excluded since it joined goes at once"
         );
         assert!(!plan.implausible);
-    }
-
-    fn names_of(v: &[&str]) -> Vec<String> {
-        names(v)
     }
 
     fn used(fingerprint: u64, hash: u64) -> UsedHash {

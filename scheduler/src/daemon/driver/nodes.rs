@@ -156,6 +156,11 @@ impl Nodes {
         self.ids.values().copied()
     }
 
+    /// How many nodes are known.
+    pub fn count(&self) -> usize {
+        self.ids.len()
+    }
+
     /// Every known certname.
     pub fn certnames(&self) -> impl Iterator<Item = &Certname> + '_ {
         self.ids.keys()
