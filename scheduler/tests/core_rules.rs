@@ -661,6 +661,27 @@ fn an_interrupted_compile_goes_back_to_the_front_without_a_failure() {
 }
 
 #[test]
+fn a_deferred_compile_waits_one_backoff_step_without_blame() {
+    let mut config = CoreConfig::default();
+    config.backoff.jitter = 0.0;
+    let base = config.backoff.base;
+    let mut core = core_with(config);
+    let m = core.add_master(secs(0), slots(1)).expect("master");
+    let n = core.add_node(secs(0), "production").expect("node");
+    for round in 0..3u64 {
+        // the same input missing again and again: the wait does not grow
+        let at = Time::ZERO.plus(base * round as u32);
+        let s = starts(&mut core, at);
+        assert_eq!(s.len(), 1, "round {round}");
+        let next = core.finish(at, n, m, Outcome::Deferred).expect("finish");
+        assert_eq!(next, Finished::Next(NodeState::Parked(at.plus(base))));
+        assert_eq!(core.view(n).expect("view").failures, 0);
+        assert!(starts(&mut core, at).is_empty(), "no spin");
+    }
+    assert_eq!(core.stats(secs(0)).finished(Outcome::Deferred), 3);
+}
+
+#[test]
 fn only_a_manual_bump_cuts_a_backoff_short() {
     let mut core = core_with(CoreConfig::default());
     let m = core.add_master(secs(0), slots(1)).expect("master");

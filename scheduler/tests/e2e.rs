@@ -830,6 +830,82 @@ async fn server_faults_park_the_node_or_pause_the_master_and_keep_the_last_catal
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_the_ca_does_not_have_defers_the_compile_without_blame() {
+    let _serial = serial().await;
+    let fake = FakeServer::start(Duration::from_millis(10)).await;
+    let config = PcqConfig::stand_in(&fake)
+        .cycle_off()
+        .backoff(Duration::from_secs(2), Duration::from_secs(4))
+        .no_load_gate()
+        .ca_poll_off();
+    let names = nodes("nocert", 2);
+    let (pcq, hashes) =
+        Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(20)).await;
+    let n = &names[0];
+    let kept = std::fs::read(pcq.state_dir().join(format!("catalogs/{n}.json"))).expect("file");
+
+    // the CA lists the node as signed but answers 404 for its certificate:
+    // its trusted extensions are unknown, so no catalog may come of it
+    fake.withhold_certificate(n, true);
+    let (s, _) = pcq.put_facts(n, &facts_body(n, "db", 1)).await;
+    assert_eq!(s, 200);
+    let deferred = pcq
+        .wait(Duration::from_secs(10), || async {
+            metric(
+                &pcq.metrics().await,
+                "pcq_compile_duration_seconds_count{outcome=\"deferred\"}",
+            ) >= 1.0
+        })
+        .await;
+    let st = pcq.status(n).await.expect("status");
+    assert!(deferred, "{st}");
+    assert_eq!(st["failures"], 0, "not the node's fault: {st}");
+    assert!(
+        st["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no certificate")),
+        "{st}"
+    );
+    assert_eq!(st["catalog_hash"].as_str(), Some(hashes[0].as_str()));
+    let file = std::fs::read(pcq.state_dir().join(format!("catalogs/{n}.json"))).expect("file");
+    assert_eq!(file, kept, "no catalog built without the certificate");
+    // it retries after one backoff step, and nobody else waits for it
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let m = pcq.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "pcq_compile_duration_seconds_count{outcome=\"deferred\"}"
+        ) <= 3.0,
+        "retries are paced by the backoff, not a spin:\n{m}"
+    );
+    let (s, _) = pcq
+        .put_facts(&names[1], &facts_body(&names[1], "db", 1))
+        .await;
+    assert_eq!(s, 200);
+    let other = pcq
+        .wait(Duration::from_secs(10), || async {
+            pcq.status(&names[1])
+                .await
+                .is_some_and(|s| s["catalog_hash"].as_str() != Some(hashes[1].as_str()))
+        })
+        .await;
+    assert!(other, "{:?}", pcq.status(&names[1]).await);
+
+    // the CA answers again: the node compiles with what it asked for
+    fake.withhold_certificate(n, false);
+    let compiled = pcq
+        .wait(Duration::from_secs(15), || async {
+            pcq.status(n)
+                .await
+                .is_some_and(|s| s["catalog_hash"].as_str() != Some(hashes[0].as_str()))
+        })
+        .await;
+    assert!(compiled, "{:?}", pcq.status(n).await);
+    assert_eq!(pcq.status(n).await.expect("status")["failures"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn catalog_api_etags_bumps_deploys_and_the_cli() {
     let _serial = serial().await;
     let fake = FakeServer::start(Duration::from_millis(10)).await;

@@ -23,7 +23,21 @@ async fn main() {
         .unwrap_or_else(|| "https://localhost:8140".into());
     let j: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2);
     let seconds: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(60);
-    let facts = args.next().map(std::fs::read).and_then(Result::ok);
+    // a facts file (the `values` object), or none: the agent facts alone
+    let facts = match args.next().map(std::fs::read) {
+        Some(Ok(bytes)) => match scheduler::daemon::backend::facts_map(&bytes) {
+            Ok(facts) => facts,
+            Err(e) => {
+                eprintln!("compile-load: {e}");
+                std::process::exit(2);
+            }
+        },
+        Some(Err(e)) => {
+            eprintln!("compile-load: the facts file: {e}");
+            std::process::exit(2);
+        }
+        None => serde_json::Map::new(),
+    };
     let prefix = args.next().unwrap_or_else(|| "e2e".into());
     let _ = rustls::crypto::ring::default_provider().install_default();
     let ssl = PuppetSsl::new(

@@ -57,16 +57,22 @@ pub enum Outcome {
     /// was unreachable or answered 503): the node goes back to the front of
     /// the queue, without a failure or a backoff.
     Interrupted,
+    /// The compile could not get its input (the node's facts unreadable,
+    /// its certificate missing at the CA): no catalog, and not the node's
+    /// fault; it waits one backoff step (without counting a failure) and
+    /// retries, so a broken input does not spin a slot.
+    Deferred,
 }
 
 impl Outcome {
     /// Every outcome, in order (index = `as usize`).
-    pub const ALL: [Outcome; 5] = [
+    pub const ALL: [Outcome; 6] = [
         Outcome::Changed,
         Outcome::Unchanged,
         Outcome::Failed,
         Outcome::TimedOut,
         Outcome::Interrupted,
+        Outcome::Deferred,
     ];
 
     /// Lower-case name, for metrics and logs.
@@ -77,6 +83,7 @@ impl Outcome {
             Outcome::Failed => "failed",
             Outcome::TimedOut => "timed_out",
             Outcome::Interrupted => "interrupted",
+            Outcome::Deferred => "deferred",
         }
     }
 

@@ -80,7 +80,7 @@ pub struct Core {
     now: Time,
     rng: ChaCha8Rng,
     starts: [u64; 8],
-    finishes: [u64; 5],
+    finishes: [u64; Outcome::ALL.len()],
     throughput: Throughput,
     blocked: Blocked,
 }
@@ -103,7 +103,7 @@ impl Core {
             now: Time::ZERO,
             rng: ChaCha8Rng::seed_from_u64(seed),
             starts: [0; 8],
-            finishes: [0; 5],
+            finishes: [0; Outcome::ALL.len()],
             throughput: Throughput::new(),
             blocked: Blocked::Empty,
         })
@@ -390,6 +390,14 @@ impl Core {
             self.seq += 1;
             self.enqueue_urgent(id.0, (RANK_FRONT, started, self.seq));
             return Ok(Finished::Next(NodeState::Queued(Lane::Urgent)));
+        }
+        if outcome == Outcome::Deferred {
+            // Not the node's doing either, but retrying at once would spin:
+            // one backoff step, its failure count untouched.
+            let wait = backoff::delay(&self.config.backoff, 1, &mut self.rng);
+            let until = now.plus(wait);
+            self.enqueue_parked(id.0, until);
+            return Ok(Finished::Next(NodeState::Parked(until)));
         }
         let pending = std::mem::replace(&mut node.pending, Pending::None);
         if !outcome.succeeded() {

@@ -60,7 +60,7 @@ pub struct Stats {
     /// Compiles started, by [`Reason`] (index = `Reason as usize`).
     pub starts: [u64; 8],
     /// Compiles finished, by [`Outcome`] (index = `Outcome as usize`).
-    pub finishes: [u64; 5],
+    pub finishes: [u64; Outcome::ALL.len()],
     /// How long compiling every node once takes at the recent finish rate
     /// (nodes / finishes per second over the last few minutes).
     #[serde(with = "humantime_serde")]

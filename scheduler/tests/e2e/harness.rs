@@ -777,6 +777,9 @@ pub struct FakeServer {
     /// What it answers as the CA's signed and revoked certificates (none:
     /// 404).
     signed: Arc<std::sync::Mutex<Option<CaListing>>>,
+    /// Nodes whose certificate it answers 404 for (any other name gets
+    /// this host's certificate, which has no Puppet extensions).
+    withheld: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -831,8 +834,27 @@ impl FakeServer {
         let m2 = mode.clone();
         let signed = Arc::new(std::sync::Mutex::new(None::<CaListing>));
         let listing = signed.clone();
+        let withheld = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        let missing = withheld.clone();
+        let pem = std::fs::read(Path::new(SSL).join(format!("certs/{}.pem", host())))
+            .expect("this host's certificate");
         let app = axum::Router::new()
             .route("/puppet/v4/catalog", post(catalog))
+            .route(
+                "/puppet-ca/v1/certificate/{name}",
+                get(
+                    move |axum::extract::Path(name): axum::extract::Path<String>| {
+                        let gone = missing.lock().map(|m| m.contains(&name)).unwrap_or(true);
+                        let pem = pem.clone();
+                        async move {
+                            match gone {
+                                true => (axum::http::StatusCode::NOT_FOUND, Vec::new()),
+                                false => (axum::http::StatusCode::OK, pem),
+                            }
+                        }
+                    },
+                ),
+            )
             .route(
                 "/puppet-ca/v1/certificate_statuses/any",
                 get(move || {
@@ -888,7 +910,19 @@ impl FakeServer {
             max_in_flight,
             requests,
             signed,
+            withheld,
             task,
+        }
+    }
+
+    /// Answers 404 (or, with `false`, the certificate again) when pcq asks
+    /// the stand-in CA for `certname`'s certificate.
+    pub fn withhold_certificate(&self, certname: &str, withhold: bool) {
+        if let Ok(mut w) = self.withheld.lock() {
+            match withhold {
+                true => w.insert(certname.to_string()),
+                false => w.remove(certname),
+            };
         }
     }
 

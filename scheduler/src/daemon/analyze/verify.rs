@@ -115,7 +115,7 @@ impl Runner<'_> {
         let job = Job {
             certname: self.certname.clone(),
             environment: self.environment.to_string(),
-            facts: serde_json::to_vec(values).ok(),
+            facts: values.clone(),
             timeout: Duration::from_secs(300),
         };
         let bytes = self

@@ -10,7 +10,7 @@ use std::process::Stdio;
 
 use tokio::process::Command;
 
-use super::compiler::{agent_facts, facts_map, BoxFuture, Compiler, Failure, Job};
+use super::compiler::{agent_facts, BoxFuture, Compiler, Failure, Job};
 
 /// Runs a compile command.
 #[derive(Clone, Debug)]
@@ -66,7 +66,7 @@ impl Compiler for CommandCompiler {
             })
             .collect();
         Box::pin(async move {
-            let mut values = facts_map(job.facts.as_deref());
+            let mut values = job.facts.clone();
             agent_facts(&mut values, &job.certname, &job.environment);
             let file = vardir.join(format!("yaml/facts/{}.yaml", job.certname));
             tokio::fs::write(&file, facts_yaml(job.certname.as_str(), &values))

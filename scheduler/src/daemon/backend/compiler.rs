@@ -18,8 +18,9 @@ pub struct Job {
     pub certname: Certname,
     /// Its environment.
     pub environment: String,
-    /// Its last uploaded facts (`values` JSON), if any.
-    pub facts: Option<Vec<u8>>,
+    /// Its last uploaded facts (the `values` object). A compile never runs
+    /// without them: the driver defers a node whose facts it cannot read.
+    pub facts: serde_json::Map<String, serde_json::Value>,
     /// How long the compile may take.
     pub timeout: Duration,
 }
@@ -38,6 +39,12 @@ pub enum Failure {
     /// The compile ran past its deadline.
     #[error("compile timed out after {0:?}")]
     Timeout(Duration),
+    /// The compile's input could not be had (the node's stored facts are
+    /// unreadable or missing, the CA has no certificate for a node it
+    /// listed as signed): no catalog may be built from what is left, the
+    /// node retries later and is not blamed.
+    #[error("input missing: {0}")]
+    Input(String),
 }
 
 /// A way to compile catalogs on one master.
@@ -69,11 +76,11 @@ pub fn agent_facts(
     }
 }
 
-/// Parses stored facts into a map (empty if there are none or they are
-/// not an object).
-pub fn facts_map(facts: Option<&[u8]>) -> serde_json::Map<String, serde_json::Value> {
-    match facts.map(serde_json::from_slice::<serde_json::Value>) {
-        Some(Ok(serde_json::Value::Object(m))) => m,
-        _ => serde_json::Map::new(),
+/// Parses stored facts (a JSON object) into a map.
+pub fn facts_map(facts: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match serde_json::from_slice::<serde_json::Value>(facts) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(_) => Err("the stored facts are not a JSON object".into()),
+        Err(e) => Err(format!("the stored facts do not parse: {e}")),
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use super::compiler::{agent_facts, facts_map, BoxFuture, Compiler, Failure, Job};
+use super::compiler::{agent_facts, BoxFuture, Compiler, Failure, Job};
 use crate::daemon::tls::{PuppetSsl, TlsError};
 use crate::daemon::trusted::trusted_facts;
 
@@ -71,7 +71,7 @@ impl PuppetServer {
     }
 
     fn body(&self, job: &Job, trusted: Value) -> Value {
-        let mut values = facts_map(job.facts.as_deref());
+        let mut values = job.facts.clone();
         agent_facts(&mut values, &job.certname, &job.environment);
         json!({
             "certname": job.certname.as_str(),
@@ -84,14 +84,17 @@ impl PuppetServer {
     }
 }
 
-/// The node's certificate from the CA (PEM); `None` when the CA has none
-/// by that name.
+/// The node's certificate from the CA (PEM). pcq compiles only nodes the
+/// CA listed as signed, so a 404 is a CA that contradicts itself (or a node
+/// revoked and cleaned a moment ago): compiling without the certificate's
+/// extensions could build another node's catalog, so the compile is
+/// deferred instead.
 async fn certificate(
     client: &reqwest::Client,
     ca_url: &str,
     certname: &str,
     timeout: Duration,
-) -> Result<Option<Vec<u8>>, Failure> {
+) -> Result<Vec<u8>, Failure> {
     let url = format!("{ca_url}/puppet-ca/v1/certificate/{certname}");
     let response = client
         .get(&url)
@@ -110,7 +113,9 @@ async fn certificate(
         })?;
     let status = response.status();
     if status == StatusCode::NOT_FOUND {
-        return Ok(None);
+        return Err(Failure::Input(format!(
+            "{url}: 404, the CA has no certificate for {certname} (its trusted extensions are unknown)"
+        )));
     }
     if !status.is_success() {
         return Err(Failure::Server(format!(
@@ -121,7 +126,7 @@ async fn certificate(
         .bytes()
         .await
         .map_err(|e| Failure::Server(format!("{url}: {e}")))?;
-    Ok(Some(body.to_vec()))
+    Ok(body.to_vec())
 }
 
 /// What an HTTP status means for the compile.
@@ -154,7 +159,7 @@ impl Compiler for PuppetServer {
             )
             .await?;
             let timeout = deadline.saturating_sub(started.elapsed());
-            let trusted = trusted_facts(&job.certname, pem.as_deref())
+            let trusted = trusted_facts(&job.certname, Some(&pem))
                 .map_err(|e| Failure::Node(format!("{}'s certificate: {e}", job.certname)))?;
             let response = server
                 .client

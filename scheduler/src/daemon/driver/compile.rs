@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::core::{NodeId, Outcome};
 use crate::daemon::analyze::Analysis;
-use crate::daemon::backend::{Compiler, Failure, Job};
+use crate::daemon::backend::{facts_map, Compiler, Failure, Job};
 use crate::daemon::catalog::{self, CatalogFiles, Export};
 use crate::daemon::certname::Certname;
 use crate::daemon::dependencies::Dependencies;
@@ -82,20 +82,20 @@ pub struct Catalog {
 pub async fn run(job: CompileJob) -> Compiled {
     let started = Instant::now();
     let certname = job.certname.clone();
-    let facts = match job.store.facts(certname.as_str()).await {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::warn!("reading facts of {certname}: {e}");
-            None
+    let facts = facts_of(job.store.facts(certname.as_str()).await);
+    let result = match facts {
+        Err(f) => Err(f),
+        Ok(facts) => {
+            let request = Job {
+                certname: certname.clone(),
+                environment: job.environment.clone(),
+                facts,
+                timeout: job.timeout,
+            };
+            job.compiler.compile(request).await
         }
     };
-    let request = Job {
-        certname: certname.clone(),
-        environment: job.environment.clone(),
-        facts,
-        timeout: job.timeout,
-    };
-    let result = match job.compiler.compile(request).await {
+    let result = match result {
         Ok(bytes) => {
             let c = certname.clone();
             let catalogs = job.catalogs;
@@ -117,6 +117,18 @@ pub async fn run(job: CompileJob) -> Compiled {
         certname,
         started,
         result,
+    }
+}
+
+/// The facts a compile sends, from the store's answer: without them there
+/// is no compile (a catalog built from `{}` would be another node's).
+fn facts_of<E: std::fmt::Display>(
+    stored: Result<Option<Vec<u8>>, E>,
+) -> Result<serde_json::Map<String, serde_json::Value>, Failure> {
+    match stored {
+        Ok(Some(bytes)) => facts_map(&bytes).map_err(Failure::Input),
+        Ok(None) => Err(Failure::Input("no facts stored".into())),
+        Err(e) => Err(Failure::Input(format!("reading the stored facts: {e}"))),
     }
 }
 
@@ -157,6 +169,7 @@ pub fn outcome_of(result: &Result<Catalog, Failure>) -> Outcome {
         Err(Failure::Node(_)) => Outcome::Failed,
         Err(Failure::Timeout(_)) => Outcome::TimedOut,
         Err(Failure::Server(_)) => Outcome::Interrupted,
+        Err(Failure::Input(_)) => Outcome::Deferred,
     }
 }
 
@@ -184,6 +197,25 @@ mod tests {
             Outcome::TimedOut
         );
         assert_eq!(failed(Failure::Server("503".into())), Outcome::Interrupted);
+        assert_eq!(failed(Failure::Input("no facts".into())), Outcome::Deferred);
+    }
+
+    #[test]
+    fn no_compile_without_the_nodes_facts() {
+        let stored = |r: Result<Option<&[u8]>, &str>| facts_of(r.map(|o| o.map(<[u8]>::to_vec)));
+        let facts = stored(Ok(Some(br#"{"os":{"family":"Debian"}}"#))).expect("facts");
+        assert_eq!(facts["os"]["family"], "Debian");
+        for missing in [
+            Ok(None),
+            Err("database disk image is malformed"),
+            Ok(Some(&b"{truncated"[..])),
+            Ok(Some(&b"[]"[..])),
+        ] {
+            assert!(
+                matches!(stored(missing), Err(Failure::Input(_))),
+                "{missing:?}"
+            );
+        }
     }
 
     #[test]

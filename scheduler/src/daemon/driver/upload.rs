@@ -26,7 +26,9 @@ pub async fn store(
     let mut baseline = None;
     if let Some(set) = baseline_set {
         if let Ok(Some(previous)) = store.facts(certname.as_str()).await {
-            baseline = Some(deps.hash_with(&set, &facts_map(Some(&previous))));
+            if let Ok(previous) = facts_map(&previous) {
+                baseline = Some(deps.hash_with(&set, &previous));
+            }
         }
     }
     let result = store
