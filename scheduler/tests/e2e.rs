@@ -829,6 +829,120 @@ async fn server_faults_park_the_node_or_pause_the_master_and_keep_the_last_catal
     assert_eq!(pcq.queue().await["masters"][0]["up"], true);
 }
 
+/// A small file system of its own (tmpfs), unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().expect("tmp dir");
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "this test mounts a tmpfs (run as root)");
+        SmallDisk { dir }
+    }
+
+    /// Writes a file until the disk is full.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.dir.path().join("filler");
+        let mut f = std::fs::File::create(&path).expect("filler");
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.write_all(&chunk[..4096]);
+        while f.write_all(&chunk[..512]).is_ok() {}
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_stops_pcq_loudly_and_loses_nothing() {
+    let _serial = serial().await;
+    let disk = SmallDisk::mount("8m");
+    let fake = FakeServer::start(Duration::from_millis(10)).await;
+    let config = PcqConfig::stand_in(&fake)
+        .state_in(&disk.dir.path().join("state"))
+        .cycle_off()
+        .no_load_gate()
+        .ca_poll_off();
+    let names = nodes("full", 3);
+    let (mut pcq, hashes) =
+        Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(20)).await;
+    let catalogs: Vec<Vec<u8>> = names
+        .iter()
+        .map(|n| std::fs::read(pcq.state_dir().join(format!("catalogs/{n}.json"))).expect("file"))
+        .collect();
+
+    // the disk fills; uploads of new nodes' facts (big ones) must be
+    // written, and cannot be
+    let filler = disk.fill();
+    let mut big = facts_body("full-new-00.example.com", "web", 1);
+    big["values"]["padding"] = Value::from("x".repeat(256 * 1024));
+    let mut refused = None;
+    let mut sick = false;
+    for k in 0..40 {
+        let n = format!("full-new-{k:02}.example.com");
+        big["name"] = Value::from(n.clone());
+        let body = serde_json::to_vec(&big).expect("JSON");
+        let path = format!("/puppet/v3/facts/{n}");
+        let upload = pcq.request(Via::Admin, reqwest::Method::PUT, &path, &body);
+        // while the store retries, /healthz says it is sick
+        let health = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            pcq.http_status("/healthz").await
+        };
+        let ((status, body), health) = tokio::join!(upload, health);
+        sick |= health == Some(503);
+        if status != 200 {
+            refused = Some((status, body));
+            break;
+        }
+    }
+    let (status, body) = refused.expect("an upload the full disk cannot take is refused");
+    assert!(status >= 500, "{status} {body}");
+    assert!(sick, "/healthz answered 503 while the store failed");
+    // the store gives up after its retries; the daemon ends, non-zero
+    let exit = pcq.exited(Duration::from_secs(30)).expect("pcq ends");
+    assert!(!exit.success(), "{exit:?}");
+    let log = pcq.log_text();
+    assert!(log.contains("the store gives up"), "{log}");
+
+    // room again: a restart finds every node and every catalog as it was
+    std::fs::remove_file(filler).expect("free the disk");
+    pcq.restart().await;
+    for (i, n) in names.iter().enumerate() {
+        let st = pcq.status(n).await.expect("status");
+        assert_eq!(
+            st["catalog_hash"].as_str(),
+            Some(hashes[i].as_str()),
+            "{st}"
+        );
+        let file = std::fs::read(pcq.state_dir().join(format!("catalogs/{n}.json"))).expect("file");
+        assert_eq!(file, catalogs[i], "{n}'s last good catalog survives");
+    }
+    assert!(pcq.healthy().await);
+    pcq.kill9();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_certificate_the_ca_does_not_have_defers_the_compile_without_blame() {
     let _serial = serial().await;

@@ -9,7 +9,7 @@
 //! | `POST /v1/deploys` | `{"environment": "production"}`: new code, recompile its nodes |
 //! | `GET /v1/queue` | lanes, depths, ages, running compiles, masters |
 //! | `GET /metrics` | Prometheus text format |
-//! | `GET /healthz` | 200 while the driver answers |
+//! | `GET /healthz` | 200 while the driver answers and the store commits; 503 with the reason |
 //!
 //! Every request carries its [`Caller`] (from the client certificate, or the
 //! loopback admin listener): a node may use the first three for itself
@@ -40,6 +40,7 @@ use super::driver::{ApiError, Command, FactsUpload};
 use super::facts::{Ignore, Upload};
 use super::identity::Caller;
 use super::metrics::Metrics;
+use super::store::StoreHandle;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -54,6 +55,8 @@ pub struct ApiState {
     pub ignore: Arc<Ignore>,
     /// What each node's catalog depends on.
     pub deps: Arc<Dependencies>,
+    /// The store (for `/healthz`).
+    pub store: StoreHandle,
 }
 
 /// The API's routes.
@@ -97,7 +100,15 @@ impl Refusal {
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
+        let mut response = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // busy, stopping or sick: all of them pass; say when to retry
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
+        response
     }
 }
 
@@ -107,13 +118,16 @@ impl From<ApiError> for Refusal {
             ApiError::UnknownNode(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ShuttingDown | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         Refusal::new(status, e.to_string())
     }
 }
 
 type Answer = Result<Response, Refusal>;
+
+/// What every 503 says in `Retry-After`.
+const RETRY_AFTER_SECONDS: &str = "2";
 
 fn certname(raw: &str) -> Result<Certname, Refusal> {
     Certname::parse(raw).map_err(|e| {
@@ -347,7 +361,13 @@ async fn get_metrics(
         .into_response())
 }
 
+/// 200 `ok` while the scheduler answers and the store commits; 503 with
+/// the reason otherwise.
 async fn healthz(State(state): State<ApiState>) -> Answer {
     ask(&state, |reply| Command::Stats { reply }).await?;
+    state
+        .store
+        .health()
+        .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
     Ok((StatusCode::OK, "ok\n").into_response())
 }

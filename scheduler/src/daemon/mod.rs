@@ -36,6 +36,7 @@ pub mod load;
 pub mod metrics;
 pub mod notify;
 pub mod store;
+pub mod tasks;
 
 pub mod tls;
 pub mod trusted;
@@ -61,6 +62,7 @@ use metrics::Metrics;
 use notify::Notifier;
 use store::sqlite::SqliteStore;
 use store::{Store, StoreError, StoreHandle};
+use tasks::{Ends, Tasks};
 use tls::{PuppetSsl, TlsError};
 
 /// Why the daemon could not start or stopped.
@@ -84,6 +86,11 @@ pub enum ServeError {
     /// The configuration.
     #[error("{0}")]
     Config(String),
+    /// A part of the running daemon died (a panic, the store giving up, a
+    /// listener ending): the process ends non-zero so a supervisor restarts
+    /// it, rather than running on half-working.
+    #[error("{0}")]
+    Fatal(String),
 }
 
 fn io(what: &str, e: impl std::fmt::Display) -> ServeError {
@@ -167,7 +174,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let stored = sqlite.load()?;
     let owners = sqlite.facts_owners()?;
     let stored_exports = sqlite.exports()?;
-    let store = StoreHandle::spawn(Box::new(sqlite));
+    let (store, store_died) = StoreHandle::spawn(Box::new(sqlite))?;
     let catalogs =
         CatalogFiles::open(&dir.join("catalogs")).map_err(|e| io("catalog directory", e))?;
     let metrics = Arc::new(Metrics::new());
@@ -184,7 +191,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let (tx, rx) = mpsc::channel::<Command>(1 << 16);
     let poll_ca = config.ca.poll_interval.filter(|_| ca_client.is_some());
     let parts = Parts {
-        store,
+        store: store.clone(),
         catalogs: catalogs.clone(),
         notifier,
         metrics: metrics.clone(),
@@ -213,10 +220,16 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         dir.display(),
         started.elapsed()
     );
-    let driver_task = tokio::spawn(driver.run(rx));
+    let mut tasks = Tasks::default();
+    tasks.spawn("the scheduler", Ends::Cleanly, driver.run(rx));
+    tasks.spawn("the store", Ends::Never, async move {
+        if let Ok(why) = store_died.await {
+            tracing::error!("the store stopped: {why}");
+        }
+    });
 
     let load_tx = tx.clone();
-    tokio::spawn(async move {
+    tasks.spawn("the load sampler", Ends::Never, async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
@@ -247,6 +260,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         metrics,
         ignore,
         deps,
+        store,
     };
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
@@ -258,14 +272,22 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // one router per listener: the admin listener's identity layer must
     // never reach the TLS listener's routes
     let nodes_app = api::router(state.clone(), config.api.max_body_bytes);
-    tokio::spawn(tls::serve(
-        listener,
-        acceptor.clone(),
-        nodes_app,
-        Some(Arc::new(config.admins())),
-    ));
+    tasks.spawn(
+        "the API listener",
+        Ends::Never,
+        tls::serve(
+            listener,
+            acceptor.clone(),
+            nodes_app,
+            Some(Arc::new(config.admins())),
+        ),
+    );
     if let (Some(every), Some(server)) = (poll_ca, ca_client) {
-        tokio::spawn(ca::poll(server, every, tx.clone(), Some((acceptor, ssl))));
+        tasks.spawn(
+            "the CA poller",
+            Ends::Never,
+            ca::poll(server, every, tx.clone(), Some((acceptor, ssl))),
+        );
     }
 
     let grace = config.shutdown.grace;
@@ -281,21 +303,22 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         tracing::info!("admin API on http://{addr} (loopback)");
         let app = api::router(state, config.api.max_body_bytes)
             .layer(axum::Extension(identity::Caller::Admin("loopback".into())));
-        tokio::spawn(async move {
-            axum::serve(admin, app)
+        tasks.spawn("the admin listener", Ends::AtShutdown, async move {
+            if let Err(e) = axum::serve(admin, app)
                 .with_graceful_shutdown(signalled)
                 .await
+            {
+                tracing::error!("the admin listener: {e}");
+            }
         });
     } else {
-        tokio::spawn(signalled);
+        tasks.spawn("the signal handler", Ends::AtShutdown, signalled);
     }
     drop(tx);
     // The driver ends after a shutdown (signal) has drained the compiles
-    // and its last writes are committed.
-    if let Err(e) = driver_task.await {
-        tracing::error!("the scheduler stopped: {e}");
-    }
-    Ok(())
+    // and its last writes are committed; anything else that ends first is
+    // fatal.
+    tasks.supervise().await
 }
 
 /// Resolves on SIGTERM or SIGINT.

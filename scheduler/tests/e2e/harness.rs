@@ -175,6 +175,7 @@ pub struct Pcq {
     /// The TLS API.
     pub tls: String,
     config: PathBuf,
+    state: PathBuf,
     log: PathBuf,
     child: Option<Child>,
     http: reqwest::Client,
@@ -202,6 +203,8 @@ pub fn node_client(certname: &str) -> reqwest::Client {
 pub struct PcqConfig {
     /// TOML values by table (`""`: the top level) and key.
     tables: BTreeMap<String, Vec<(String, String)>>,
+    /// The state directory, when not the test's own temporary one.
+    state: Option<PathBuf>,
 }
 
 /// `text` as a TOML string.
@@ -240,6 +243,7 @@ impl PcqConfig {
     fn backend(kind: &str) -> PcqConfig {
         let config = PcqConfig {
             tables: BTreeMap::new(),
+            state: None,
         };
         config.set("backend.kind", &quoted(kind))
     }
@@ -322,6 +326,12 @@ impl PcqConfig {
     /// `shutdown.grace`.
     pub fn shutdown_grace(self, grace: Duration) -> PcqConfig {
         self.set("shutdown.grace", &duration(grace))
+    }
+
+    /// Keeps the state in `dir` (a test's own file system, say).
+    pub fn state_in(mut self, dir: &Path) -> PcqConfig {
+        self.state = Some(dir.to_path_buf());
+        self
     }
 
     /// Any other key, by its dotted path, with its value written as TOML
@@ -408,12 +418,13 @@ impl Pcq {
         let dir = tempfile::tempdir().expect("tmp dir");
         let (port, admin) = (free_port(), free_port());
         let config_file = dir.path().join("pcq.toml");
+        let state = config
+            .state
+            .clone()
+            .unwrap_or_else(|| dir.path().join("state"));
         let text = config
             .clone()
-            .set(
-                "state_dir",
-                &quoted(&dir.path().join("state").display().to_string()),
-            )
+            .set("state_dir", &quoted(&state.display().to_string()))
             .set("api.listen", &quoted(&format!("127.0.0.1:{port}")))
             .set("api.admin_listen", &quoted(&format!("127.0.0.1:{admin}")))
             .toml();
@@ -425,6 +436,7 @@ impl Pcq {
             api: format!("http://127.0.0.1:{admin}"),
             tls: format!("https://{}:{port}", host()),
             config: config_file,
+            state,
             child: None,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -477,12 +489,34 @@ impl Pcq {
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
+        self.state.clone()
+    }
+
+    /// Waits up to `limit` for the process to end by itself; its exit
+    /// status, if it did.
+    pub fn exited(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    self.child = None;
+                    return Some(status);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// The configuration file this pcq runs with.
     pub fn config_file(&self) -> &Path {
         &self.config
+    }
+
+    /// The admin API's status for a GET of `path` (none: no answer).
+    pub async fn http_status(&self, path: &str) -> Option<u16> {
+        let r = self.http.get(format!("{}{path}", self.api)).send().await;
+        r.ok().map(|r| r.status().as_u16())
     }
 
     /// Whether the admin API answers `/healthz` with 200.

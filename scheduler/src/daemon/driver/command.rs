@@ -15,6 +15,7 @@ use crate::core::{Bumped, LoadSample, Stats};
 use crate::daemon::analyze::Analysis;
 use crate::daemon::certname::Certname;
 use crate::daemon::dependencies::UsedHash;
+use crate::daemon::store::StoreError;
 
 use super::compile::Compiled;
 use super::links::Reloaded;
@@ -54,7 +55,7 @@ pub enum Command {
         /// (when the node's set changed since its last upload).
         baseline: Option<u64>,
         /// The commit's result.
-        result: Result<(), String>,
+        result: Result<(), StoreError>,
         /// The answer to the upload.
         reply: Reply<FactsOutcome>,
     },
@@ -152,4 +153,7 @@ pub enum ApiError {
     /// pcq is stopping.
     #[error("pcq is shutting down")]
     ShuttingDown,
+    /// Too much at once (the store's queue is full): retry in a moment.
+    #[error("{0}")]
+    Busy(String),
 }

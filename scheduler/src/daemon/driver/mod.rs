@@ -48,7 +48,7 @@ use crate::daemon::catalog::Export;
 use crate::daemon::certname::Certname;
 use crate::daemon::metrics::Metrics;
 use crate::daemon::notify::Notice;
-use crate::daemon::store::{StoredNode, Write};
+use crate::daemon::store::{StoreError, StoredNode, Write};
 
 pub use command::{ApiError, Command, FactsOutcome, FactsUpload, Reply};
 pub use masters::MasterSlot;
@@ -168,7 +168,7 @@ impl Driver {
             }
         }
         let last = self.take_writes();
-        if let Err(e) = self.parts.store.write_durably(last).await {
+        if let Err(e) = self.parts.store.write_finally(last).await {
             tracing::error!("last writes: {e}");
         }
         if !self.running.is_empty() {
@@ -187,7 +187,9 @@ impl Driver {
         let t = now();
         let delayed = self.router.next_due().map(|due| due.since(t));
         let core = self.core.next_wakeup().map(|w| w.since(t));
-        [Some(cap), delayed, core]
+        // writes the store's full queue handed back are offered again soon
+        let unwritten = (!self.pending_writes.is_empty()).then(|| Duration::from_millis(20));
+        [Some(cap), delayed, core, unwritten]
             .into_iter()
             .flatten()
             .min()
@@ -207,9 +209,11 @@ impl Driver {
                 result,
                 reply,
             } => {
-                let answer = result
-                    .map(|()| self.facts_stored(upload, baseline))
-                    .map_err(ApiError::Internal);
+                let answer = match result {
+                    Ok(()) => Ok(self.facts_stored(upload, baseline)),
+                    Err(StoreError::Busy) => Err(ApiError::Busy(StoreError::Busy.to_string())),
+                    Err(e) => Err(ApiError::Internal(e.to_string())),
+                };
                 let _ = reply.send(answer);
             }
             Command::Bump { certname, reply } => {
@@ -594,7 +598,10 @@ impl Driver {
     /// Queues the rows of nodes that changed, and any other writes.
     fn flush(&mut self) {
         let batch = self.take_writes();
-        self.parts.store.write(batch);
+        if let Err(back) = self.parts.store.write(batch) {
+            // the store's queue is full: kept, in order, for the next flush
+            self.pending_writes = back;
+        }
     }
 
     fn take_writes(&mut self) -> Vec<Write> {

@@ -12,7 +12,7 @@ use crate::daemon::analyze::UsedFacts;
 use crate::daemon::backend::facts_map;
 use crate::daemon::certname::Certname;
 use crate::daemon::dependencies::Dependencies;
-use crate::daemon::store::{StoreHandle, Write};
+use crate::daemon::store::{StoreError, StoreHandle, Write};
 
 /// Writes an upload durably; with `baseline_set`, first hashes the node's
 /// previous facts with it. Returns that hash and the commit's result.
@@ -22,7 +22,7 @@ pub async fn store(
     certname: &Certname,
     write: Write,
     baseline_set: Option<Arc<UsedFacts>>,
-) -> (Option<u64>, Result<(), String>) {
+) -> (Option<u64>, Result<(), StoreError>) {
     let mut baseline = None;
     if let Some(set) = baseline_set {
         if let Ok(Some(previous)) = store.facts(certname.as_str()).await {
@@ -31,9 +31,6 @@ pub async fn store(
             }
         }
     }
-    let result = store
-        .write_durably(vec![write])
-        .await
-        .map_err(|e| e.to_string());
+    let result = store.write_durably(vec![write]).await;
     (baseline, result)
 }

@@ -93,6 +93,9 @@ pub enum StoreError {
     /// The store thread is gone.
     #[error("store: the store thread stopped")]
     Closed,
+    /// The store's queue is full: try again in a moment.
+    #[error("store: busy, the write queue is full")]
+    Busy,
 }
 
 /// A place to keep the state. Implementations run on one thread; they need

@@ -12,16 +12,39 @@
 //! [`StoreHandle`] runs a store on its own thread and batches writes into
 //! one transaction (group commit): a facts upload waits for its commit, and
 //! thousands of them a second share a handful of commits.
+//!
+//! A store that fails is loud, never quiet: a failed commit is retried a
+//! few times (a locked or briefly full disk), `/healthz` says so meanwhile,
+//! and a commit that still fails ends the store thread and with it the
+//! daemon (non-zero exit), so a supervisor restarts it and nothing is
+//! acknowledged that was not written. The queue in front of the thread is
+//! bounded: when it is full, uploads are refused (503, retry later) instead
+//! of growing memory without end.
 
 pub mod interface;
 pub mod sqlite;
 
 pub use interface::{Store, StoreError, StoredNode, Write};
 
-use std::sync::mpsc;
+use std::sync::mpsc::{self, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
+
+/// Requests that may wait for the store thread; beyond it, uploads get
+/// [`StoreError::Busy`] and the driver keeps its writes for the next flush.
+pub const QUEUE: usize = 8192;
+
+/// The waits before each retry of a failed commit (then the store gives up
+/// and the daemon ends).
+pub const RETRIES: [Duration; 4] = [
+    Duration::from_millis(100),
+    Duration::from_millis(500),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+];
 
 enum Request {
     Write(Vec<Write>, Option<oneshot::Sender<Result<(), String>>>),
@@ -31,55 +54,150 @@ enum Request {
 /// The async front of a store running on its own thread.
 #[derive(Clone, Debug)]
 pub struct StoreHandle {
-    tx: mpsc::Sender<Request>,
+    tx: mpsc::SyncSender<Request>,
+    /// Why the store is not healthy right now (a commit failing, the
+    /// thread gone), if it is not.
+    trouble: Arc<Mutex<Option<String>>>,
+}
+
+/// Resolves, with the reason, when the store thread stops for any reason
+/// but the daemon's own end (it gave up on a commit, or panicked).
+pub type Died = oneshot::Receiver<String>;
+
+/// Sends the store thread's last word when it ends, however it ends.
+struct LastWord {
+    tx: Option<oneshot::Sender<String>>,
+    trouble: Arc<Mutex<Option<String>>>,
+    why: Option<String>,
+}
+
+impl Drop for LastWord {
+    fn drop(&mut self) {
+        let why = match (&self.why, thread::panicking()) {
+            (Some(why), _) => why.clone(),
+            (None, true) => "the store thread panicked".to_string(),
+            (None, false) => return, // every handle dropped: the daemon ended
+        };
+        if let Ok(mut t) = self.trouble.lock() {
+            *t = Some(why.clone());
+        }
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(why);
+        }
+    }
 }
 
 impl StoreHandle {
     /// Moves `store` to a new thread.
-    pub fn spawn(mut store: Box<dyn Store>) -> StoreHandle {
-        let (tx, rx) = mpsc::channel::<Request>();
-        let spawned = thread::Builder::new()
+    pub fn spawn(store: Box<dyn Store>) -> Result<(StoreHandle, Died), StoreError> {
+        StoreHandle::spawn_with(store, QUEUE, &RETRIES)
+    }
+
+    /// [`StoreHandle::spawn`] with a given queue bound and retry waits.
+    pub fn spawn_with(
+        mut store: Box<dyn Store>,
+        queue: usize,
+        retries: &'static [Duration],
+    ) -> Result<(StoreHandle, Died), StoreError> {
+        let (tx, rx) = mpsc::sync_channel::<Request>(queue);
+        let (died_tx, died) = oneshot::channel();
+        let trouble = Arc::new(Mutex::new(None));
+        let mut last_word = LastWord {
+            tx: Some(died_tx),
+            trouble: trouble.clone(),
+            why: None,
+        };
+        let health = trouble.clone();
+        thread::Builder::new()
             .name("pcq-store".into())
-            .spawn(move || run(&mut *store, rx));
-        if let Err(e) = spawned {
-            tracing::error!("cannot start the store thread: {e}");
-        }
-        StoreHandle { tx }
+            .spawn(move || {
+                last_word.why = run(&mut *store, rx, retries, &health).err();
+                drop(last_word);
+            })
+            .map_err(|e| StoreError::Database(format!("cannot start the store thread: {e}")))?;
+        Ok((StoreHandle { tx, trouble }, died))
     }
 
-    /// Queues writes; they commit with the next batch.
-    pub fn write(&self, batch: Vec<Write>) {
-        if !batch.is_empty() {
-            let _ = self.tx.send(Request::Write(batch, None));
+    /// Is the store healthy? The reason when it is not.
+    pub fn health(&self) -> Result<(), String> {
+        match self.trouble.lock() {
+            Ok(t) => t.clone().map_or(Ok(()), Err),
+            Err(_) => Err("the store's health is unknown (a thread panicked)".into()),
         }
     }
 
-    /// Writes and waits until they are committed.
+    /// Queues writes; they commit with the next batch. A full queue hands
+    /// them back, to be offered again at the next flush.
+    pub fn write(&self, batch: Vec<Write>) -> Result<(), Vec<Write>> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match self.tx.try_send(Request::Write(batch, None)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(Request::Write(batch, _))) => Err(batch),
+            // the store thread is gone: the daemon is ending (Died says why)
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Writes and waits until they are committed; [`StoreError::Busy`] at
+    /// once when the store's queue is full.
     pub async fn write_durably(&self, batch: Vec<Write>) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Request::Write(batch, Some(tx)))
-            .map_err(|_| StoreError::Closed)?;
-        rx.await
-            .map_err(|_| StoreError::Closed)?
-            .map_err(StoreError::Database)
+            .try_send(Request::Write(batch, Some(tx)))
+            .map_err(|e| match e {
+                TrySendError::Full(_) => StoreError::Busy,
+                TrySendError::Disconnected(_) => StoreError::Closed,
+            })?;
+        answer(rx).await
     }
 
-    /// The node's last facts.
+    /// Writes and waits until they are committed, waiting for room in a
+    /// full queue (the driver's last writes at shutdown).
+    pub async fn write_finally(&self, batch: Vec<Write>) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.send_waiting(Request::Write(batch, Some(tx))).await?;
+        answer(rx).await
+    }
+
+    /// The node's last facts (waits for room in a full queue).
     pub async fn facts(&self, certname: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Facts(certname.to_owned(), tx))
-            .map_err(|_| StoreError::Closed)?;
-        rx.await
-            .map_err(|_| StoreError::Closed)?
-            .map_err(StoreError::Database)
+        self.send_waiting(Request::Facts(certname.to_owned(), tx))
+            .await?;
+        answer(rx).await
     }
+
+    async fn send_waiting(&self, mut request: Request) -> Result<(), StoreError> {
+        loop {
+            match self.tx.try_send(request) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(r)) => {
+                    request = r;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
+            }
+        }
+    }
+}
+
+async fn answer<T>(rx: oneshot::Receiver<Result<T, String>>) -> Result<T, StoreError> {
+    rx.await
+        .map_err(|_| StoreError::Closed)?
+        .map_err(StoreError::Database)
 }
 
 /// The store thread: waits for a request, takes every request already
 /// queued behind it, commits all their writes in one transaction, answers.
-fn run(store: &mut dyn Store, rx: mpsc::Receiver<Request>) {
+/// Ends with the reason when a commit fails even after its retries.
+fn run(
+    store: &mut dyn Store,
+    rx: mpsc::Receiver<Request>,
+    retries: &[Duration],
+    trouble: &Mutex<Option<String>>,
+) -> Result<(), String> {
     while let Ok(first) = rx.recv() {
         let mut writes = Vec::new();
         let mut waiting = Vec::new();
@@ -96,16 +214,220 @@ fn run(store: &mut dyn Store, rx: mpsc::Receiver<Request>) {
             }
         }
         if !writes.is_empty() || !waiting.is_empty() {
-            let result = store.write(&writes).map_err(|e| e.to_string());
-            if let Err(e) = &result {
-                tracing::error!("{e}");
-            }
+            let result = commit(store, &writes, retries, trouble);
             for reply in waiting {
                 let _ = reply.send(result.clone());
+            }
+            if let Err(e) = result {
+                tracing::error!("{e}; the store gives up and pcq stops");
+                for (_, reply) in reads {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                return Err(e);
             }
         }
         for (certname, reply) in reads {
             let _ = reply.send(store.facts(&certname).map_err(|e| e.to_string()));
         }
+    }
+    Ok(())
+}
+
+/// One batch, retried after each of `retries` while it fails; the store is
+/// reported unhealthy from the first failure to the next success.
+fn commit(
+    store: &mut dyn Store,
+    writes: &[Write],
+    retries: &[Duration],
+    trouble: &Mutex<Option<String>>,
+) -> Result<(), String> {
+    let set = |why: Option<String>| {
+        if let Ok(mut t) = trouble.lock() {
+            *t = why;
+        }
+    };
+    let mut attempt = 0;
+    loop {
+        match store.write(writes) {
+            Ok(()) => {
+                if attempt > 0 {
+                    tracing::info!("the store commits again (after {attempt} retries)");
+                    set(None);
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                let e = format!("committing {} writes: {e}", writes.len());
+                set(Some(e.clone()));
+                let Some(wait) = retries.get(attempt) else {
+                    return Err(e);
+                };
+                tracing::error!("{e}; retrying in {wait:?}");
+                thread::sleep(*wait);
+                attempt += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::catalog::Export;
+    use futures_util::FutureExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A store whose writes fail while `failing` is above zero (each failed
+    /// write counts it down; `usize::MAX`: forever), and take `slow` each.
+    struct Flaky {
+        failing: Arc<AtomicUsize>,
+        writes: Arc<AtomicUsize>,
+        slow: Duration,
+    }
+
+    impl Store for Flaky {
+        fn load(&mut self) -> Result<Vec<StoredNode>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn write(&mut self, batch: &[Write]) -> Result<(), StoreError> {
+            thread::sleep(self.slow);
+            let left = self.failing.load(Ordering::SeqCst);
+            if left > 0 {
+                if left != usize::MAX {
+                    self.failing.store(left - 1, Ordering::SeqCst);
+                }
+                return Err(StoreError::Database("disk I/O error".into()));
+            }
+            self.writes.fetch_add(batch.len(), Ordering::SeqCst);
+            Ok(())
+        }
+        fn facts(&mut self, _: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(None)
+        }
+        fn exports(&mut self) -> Result<Vec<(String, Export)>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn facts_owners(&mut self) -> Result<Vec<String>, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn flaky(
+        failing: usize,
+        slow: Duration,
+    ) -> (Box<dyn Store>, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let failing = Arc::new(AtomicUsize::new(failing));
+        let writes = Arc::new(AtomicUsize::new(0));
+        let store = Flaky {
+            failing: failing.clone(),
+            writes: writes.clone(),
+            slow,
+        };
+        (Box::new(store), failing, writes)
+    }
+
+    fn row(n: usize) -> Write {
+        Write::Error {
+            certname: format!("n{n}"),
+            error: None,
+        }
+    }
+
+    const QUICK: [Duration; 3] = [Duration::from_millis(10); 3];
+
+    #[tokio::test]
+    async fn a_failed_commit_is_retried_and_its_waiter_told_only_the_end() {
+        let (store, _, writes) = flaky(2, Duration::ZERO);
+        let (handle, _died) = StoreHandle::spawn_with(store, 16, &QUICK).expect("spawn");
+        handle
+            .write_durably(vec![row(1)])
+            .await
+            .expect("committed on the third try");
+        assert_eq!(writes.load(Ordering::SeqCst), 1);
+        assert_eq!(handle.health(), Ok(()));
+        // a fire-and-forget batch is retried as well, not dropped
+        let (store, _, writes) = flaky(1, Duration::ZERO);
+        let (handle, _died) = StoreHandle::spawn_with(store, 16, &QUICK).expect("spawn");
+        assert!(handle.write(vec![row(1), row(2)]).is_ok());
+        handle
+            .write_finally(Vec::new())
+            .await
+            .expect("a later commit");
+        assert_eq!(writes.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_store_that_keeps_failing_ends_loudly() {
+        let (store, _, _) = flaky(usize::MAX, Duration::ZERO);
+        let (handle, died) = StoreHandle::spawn_with(store, 16, &QUICK).expect("spawn");
+        let e = handle.write_durably(vec![row(1)]).await;
+        assert!(
+            matches!(e, Err(StoreError::Database(ref m)) if m.contains("disk I/O")),
+            "{e:?}"
+        );
+        let why = tokio::time::timeout(Duration::from_secs(5), died)
+            .await
+            .expect("the daemon hears of it")
+            .expect("a reason");
+        assert!(why.contains("disk I/O error"), "{why}");
+        assert!(handle.health().is_err());
+        assert!(matches!(
+            handle.write_durably(vec![row(2)]).await,
+            Err(StoreError::Closed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_uploads_and_hands_writes_back() {
+        let (store, _, writes) = flaky(0, Duration::from_millis(200));
+        let (handle, _died) = StoreHandle::spawn_with(store, 2, &QUICK).expect("spawn");
+        // the first batch keeps the thread busy; two more fill the queue
+        let mut refused = 0;
+        let mut handed_back = Vec::new();
+        for n in 0..6 {
+            if let Err(batch) = handle.write(vec![row(n)]) {
+                handed_back.extend(batch);
+            }
+            if matches!(
+                handle.write_durably(vec![row(100 + n)]).now_or_never(),
+                Some(Err(StoreError::Busy))
+            ) {
+                refused += 1;
+            }
+        }
+        assert!(refused > 0 && !handed_back.is_empty(), "{refused}");
+        // the handed-back writes go in later, and nothing is lost
+        handle.write_finally(handed_back).await.expect("commit");
+        assert!(writes.load(Ordering::SeqCst) >= 6);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_store_is_reported() {
+        struct Panics;
+        impl Store for Panics {
+            fn load(&mut self) -> Result<Vec<StoredNode>, StoreError> {
+                Ok(Vec::new())
+            }
+            fn write(&mut self, _: &[Write]) -> Result<(), StoreError> {
+                panic!("a bug in the store");
+            }
+            fn facts(&mut self, _: &str) -> Result<Option<Vec<u8>>, StoreError> {
+                Ok(None)
+            }
+            fn exports(&mut self) -> Result<Vec<(String, Export)>, StoreError> {
+                Ok(Vec::new())
+            }
+            fn facts_owners(&mut self) -> Result<Vec<String>, StoreError> {
+                Ok(Vec::new())
+            }
+        }
+        let (handle, died) = StoreHandle::spawn_with(Box::new(Panics), 4, &QUICK).expect("spawn");
+        assert!(handle.write(vec![row(1)]).is_ok());
+        let why = tokio::time::timeout(Duration::from_secs(5), died)
+            .await
+            .expect("reported")
+            .expect("a reason");
+        assert!(why.contains("panicked"), "{why}");
+        assert!(handle.health().is_err());
     }
 }
