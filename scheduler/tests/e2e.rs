@@ -944,6 +944,76 @@ async fn a_full_disk_stops_pcq_loudly_and_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn catalog_files_that_disagree_with_the_database_are_compiled_again() {
+    let _serial = serial().await;
+    let fake = FakeServer::start(Duration::from_millis(10)).await;
+    let config = PcqConfig::stand_in(&fake)
+        .cycle_off()
+        .no_load_gate()
+        .ca_poll_off();
+    let names = nodes("torn", 4);
+    let (mut pcq, hashes) =
+        Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(20)).await;
+    let state = pcq.state_dir();
+    let file = |n: &str| state.join(format!("catalogs/{n}.json"));
+    let (_, clean) = pcq.terminate(Duration::from_secs(10));
+    assert!(clean);
+    // what power loss leaves: a torn file, a rename lost (the file still
+    // holds an older catalog), a file gone; the fourth is intact
+    let whole = std::fs::read(file(&names[0])).expect("file");
+    std::fs::write(file(&names[0]), &whole[..whole.len() / 2]).expect("tear");
+    let older = String::from_utf8(std::fs::read(file(&names[1])).expect("file"))
+        .expect("utf-8")
+        .replace("\"web\"", "\"an older role\"");
+    std::fs::write(file(&names[1]), older).expect("older");
+    std::fs::remove_file(file(&names[2])).expect("lose");
+    let intact = std::fs::read(file(&names[3])).expect("file");
+
+    pcq.restart().await;
+    let m = pcq.metrics().await;
+    let repaired = pcq
+        .wait(Duration::from_secs(20), || async {
+            let mut all = true;
+            for (i, n) in names.iter().enumerate().take(3) {
+                // compiled again: the file is the catalog its ETag names
+                let served = pcq
+                    .request(
+                        Via::Admin,
+                        reqwest::Method::GET,
+                        &format!("/v1/nodes/{n}/catalog"),
+                        b"",
+                    )
+                    .await;
+                all &= served.0 == 200
+                    && scheduler::daemon::catalog::read(served.1.as_bytes())
+                        .is_ok_and(|c| c.hash == hashes[i]);
+            }
+            all
+        })
+        .await;
+    assert!(repaired, "{m}\n{}", pcq.log_text());
+    for n in names.iter().take(3) {
+        let text = std::fs::read(file(n)).expect("file");
+        let c = scheduler::daemon::catalog::read(&text).expect("a whole catalog");
+        assert!(
+            String::from_utf8_lossy(&text).contains("\"web\""),
+            "{n}: {}",
+            c.hash
+        );
+    }
+    assert_eq!(std::fs::read(file(&names[3])).expect("file"), intact);
+    let m = pcq.metrics().await;
+    assert_eq!(
+        metric(&m, "pcq_catalogs_total{result=\"lost\"}"),
+        3.0,
+        "{m}"
+    );
+    assert!(pcq
+        .log_text()
+        .contains("4 catalog files checked, 3 disagree"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_certificate_the_ca_does_not_have_defers_the_compile_without_blame() {
     let _serial = serial().await;
     let fake = FakeServer::start(Duration::from_millis(10)).await;

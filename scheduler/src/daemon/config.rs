@@ -20,6 +20,9 @@ use crate::toml_file::{self, FileError};
 pub struct Config {
     /// Where pcq keeps its database and the last good catalogs.
     pub state_dir: PathBuf,
+    /// How the database keeps what it acknowledged.
+    #[serde(default)]
+    pub store: StoreSettings,
     /// Environment of nodes that never said theirs.
     #[serde(default = "production")]
     pub default_environment: String,
@@ -203,6 +206,27 @@ pub struct Master {
 
 fn yes() -> bool {
     true
+}
+
+/// The database.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// SQLite's `synchronous` level.
+    pub synchronous: Synchronous,
+}
+
+/// How far an acknowledged write survives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// Every commit is on disk before it is acknowledged: survives power
+    /// loss (the default).
+    #[default]
+    Full,
+    /// Commits reach the disk at checkpoints: survives the process being
+    /// killed, not power loss (the last commits may be lost).
+    Normal,
 }
 
 /// Certificate authority polling.

@@ -40,7 +40,7 @@ pub struct ReasonLabel {
 /// Labels `outcome`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
-    /// changed, unchanged, failed, timed_out, interrupted.
+    /// changed, unchanged, failed, timed_out, interrupted, deferred.
     pub outcome: String,
 }
 
@@ -132,7 +132,7 @@ impl Metrics {
         let catalogs = Family::<ResultLabel, Counter>::default();
         registry.register(
             "catalogs",
-            "Catalogs compiled: result changed, unchanged, or unstored (the file could not be written: the old catalog stays and the next compile tries again)",
+            "Catalogs: result changed, unchanged, unstored (the file could not be written: the old catalog stays and the next compile tries again), or lost (found at start not to hold the catalog its recorded hash names: compiled again)",
             catalogs.clone(),
         );
         let notifications = Family::<NotifyLabel, Counter>::default();

@@ -170,13 +170,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let _lock = lock_state_dir(dir)?;
 
     let started = std::time::Instant::now();
-    let mut sqlite = SqliteStore::open(dir)?;
+    let mut sqlite = SqliteStore::open_with(dir, config.store.synchronous)?;
     let stored = sqlite.load()?;
     let owners = sqlite.facts_owners()?;
     let stored_exports = sqlite.exports()?;
-    let (store, store_died) = StoreHandle::spawn(Box::new(sqlite))?;
     let catalogs =
         CatalogFiles::open(&dir.join("catalogs")).map_err(|e| io("catalog directory", e))?;
+    let (store, store_died) = StoreHandle::spawn(Box::new(sqlite), Some(catalogs.clone()))?;
     let metrics = Arc::new(Metrics::new());
     let notifier = Notifier::spawn(config.notify.clone(), metrics.clone());
     let ignore = Arc::new(
@@ -318,7 +318,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // The driver ends after a shutdown (signal) has drained the compiles
     // and its last writes are committed; anything else that ends first is
     // fatal.
-    tasks.supervise().await
+    tasks.supervise().await.map_err(ServeError::Fatal)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -7,8 +7,6 @@
 
 use std::collections::HashMap;
 
-use super::ServeError;
-
 /// How a long-running task of the daemon may end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ends {
@@ -39,8 +37,9 @@ impl Tasks {
         self.names.insert(id, (name, ends));
     }
 
-    /// Waits for the scheduler's clean end, or the first fatal one.
-    pub async fn supervise(mut self) -> Result<(), ServeError> {
+    /// Waits for the scheduler's clean end, or the first fatal one (what
+    /// died and how).
+    pub async fn supervise(mut self) -> Result<(), String> {
         while let Some(ended) = self.set.join_next_with_id().await {
             let (id, panic) = match ended {
                 Ok((id, ())) => (id, None),
@@ -55,7 +54,7 @@ impl Tasks {
                 (None, Ends::Cleanly) => return Ok(()),
                 (None, Ends::AtShutdown) => continue,
                 (None, Ends::Never) => {
-                    return Err(ServeError::Fatal(format!("{name} stopped; pcq stops")));
+                    return Err(format!("{name} stopped; pcq stops"));
                 }
                 (Some(e), _) => {
                     let what = if e.is_panic() {
@@ -63,7 +62,7 @@ impl Tasks {
                     } else {
                         "was cancelled"
                     };
-                    return Err(ServeError::Fatal(format!("{name} {what}; pcq stops")));
+                    return Err(format!("{name} {what}; pcq stops"));
                 }
             }
         }
@@ -89,11 +88,11 @@ mod tests {
             panic!("a bug");
         });
         let e = tasks.supervise().await.expect_err("fatal");
-        assert_eq!(e.to_string(), "the API listener panicked; pcq stops");
+        assert_eq!(e, "the API listener panicked; pcq stops");
         let mut tasks = Tasks::default();
         tasks.spawn("the scheduler", Ends::Cleanly, async { panic!("a bug") });
         let e = tasks.supervise().await.expect_err("fatal");
-        assert_eq!(e.to_string(), "the scheduler panicked; pcq stops");
+        assert_eq!(e, "the scheduler panicked; pcq stops");
     }
 
     #[tokio::test]
@@ -109,6 +108,6 @@ mod tests {
         tasks.spawn("the scheduler", Ends::Cleanly, forever());
         tasks.spawn("the store", Ends::Never, async {});
         let e = tasks.supervise().await.expect_err("fatal");
-        assert_eq!(e.to_string(), "the store stopped; pcq stops");
+        assert_eq!(e, "the store stopped; pcq stops");
     }
 }

@@ -97,6 +97,9 @@ pub enum Command {
         /// The last batch of this environment's reload.
         done: Option<String>,
     },
+    /// Catalog files that disagree with their recorded hash (certname,
+    /// that hash, why), found by the check at start.
+    CatalogsChecked(Vec<(Certname, String, String)>),
     /// A probe found master `.0` answering again.
     MasterBack(usize),
     /// A load reading of this host.

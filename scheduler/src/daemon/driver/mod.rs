@@ -147,6 +147,7 @@ impl Driver {
         for env in environments {
             self.router.analyze(&env);
         }
+        self.check_catalogs();
         loop {
             self.pump();
             self.flush();
@@ -268,6 +269,7 @@ impl Driver {
                 self.router
                     .reloaded(&self.core, &mut self.nodes, batch, done, now());
             }
+            Command::CatalogsChecked(lost) => self.catalogs_lost(lost),
             Command::MasterBack(m) => self.masters.back(&mut self.core, now(), m),
             Command::Load(sample) => self.masters.report_load(&mut self.core, now(), sample),
             Command::Status { certname, reply } => {
@@ -533,12 +535,7 @@ impl Driver {
                 let text = format!("storing the catalog: {e}");
                 return self.record_error(c.node, &c.certname, text);
             }
-            let catalogs = self.parts.catalogs.clone();
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = catalogs.sync() {
-                    tracing::error!("syncing the catalog directory: {e}");
-                }
-            });
+            // the store syncs the directory before it records the hash
         }
         let Some(info) = self.nodes.get_mut(c.node) else {
             return;
@@ -568,6 +565,52 @@ impl Driver {
                 environment,
                 catalog_hash: cat.hash,
             });
+        }
+    }
+
+    /// Checks, in the background, every catalog file against the hash its
+    /// row records.
+    fn check_catalogs(&self) {
+        let recorded: Vec<(Certname, String)> = self
+            .core
+            .node_ids()
+            .filter_map(|id| self.nodes.get(id))
+            .filter_map(|i| Some((i.certname.clone(), i.catalog_hash.clone()?)))
+            .collect();
+        let (catalogs, tx) = (self.parts.catalogs.clone(), self.tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let count = recorded.len();
+            let lost = restore::disagreeing(&catalogs, recorded);
+            tracing::info!("{count} catalog files checked, {} disagree", lost.len());
+            if !lost.is_empty() {
+                let _ = tx.blocking_send(Command::CatalogsChecked(lost));
+            }
+        });
+    }
+
+    /// Nodes whose catalog file is not the catalog their hash names: the
+    /// hash is forgotten (no catalog is served under it) and the node
+    /// compiles again, which writes the file.
+    fn catalogs_lost(&mut self, lost: Vec<(Certname, String, String)>) {
+        let t = now();
+        for (certname, hash, why) in lost {
+            let Some(id) = self.nodes.id(&certname) else {
+                continue;
+            };
+            let Some(info) = self.nodes.get_mut(id) else {
+                continue;
+            };
+            if info.catalog_hash.as_deref() != Some(hash.as_str()) {
+                continue; // compiled since: the file is new
+            }
+            tracing::error!(%certname, "catalog file disagrees with its recorded hash {hash}: {why}; compiling it again");
+            info.catalog_hash = None;
+            Metrics::count(&self.parts.metrics.catalogs, "lost");
+            self.pending_writes.push(Write::CatalogLost {
+                certname: certname.to_string(),
+            });
+            let _ = self.core.bump(t, id, BumpReason::Manual);
+            self.dirty.insert(id);
         }
     }
 

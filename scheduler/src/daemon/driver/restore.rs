@@ -7,13 +7,41 @@
 //! and its row is written again at once. Rows that cannot be trusted (an
 //! invalid certname, a second row for a name) are skipped with a log line,
 //! and the rebuilt core must pass its own audit.
+//!
+//! The disk and the database must agree too: each catalog file is checked
+//! against the hash its row records ([`disagreeing`], in the background
+//! after start). A file that is missing, torn, or holds another catalog
+//! (a rename lost with the power) is not served under a hash that is not
+//! its own: the driver forgets the hash and compiles the node again.
 
 use crate::core::{Core, CoreError, NodeId, NodeState};
-use crate::daemon::catalog::{Export, Exported};
+use crate::daemon::catalog::{self, CatalogFiles, Export, Exported};
 use crate::daemon::certname::Certname;
 use crate::daemon::store::StoredNode;
 
 use super::nodes::{NodeInfo, Nodes};
+
+/// The nodes of `recorded` (certname, recorded catalog hash) whose catalog
+/// file does not hold that catalog, and why.
+pub fn disagreeing(
+    catalogs: &CatalogFiles,
+    recorded: Vec<(Certname, String)>,
+) -> Vec<(Certname, String, String)> {
+    let mut out = Vec::new();
+    for (certname, hash) in recorded {
+        let why = match catalogs.read(&certname) {
+            Ok(Some(bytes)) => match catalog::read(&bytes) {
+                Ok(c) if c.hash == hash => continue,
+                Ok(c) => format!("the file holds catalog {} instead", c.hash),
+                Err(e) => format!("the file is not a catalog ({e})"),
+            },
+            Ok(None) => "the file is missing".to_string(),
+            Err(e) => format!("the file cannot be read ({e})"),
+        };
+        out.push((certname, hash, why));
+    }
+    out
+}
 
 /// Why the queue could not be rebuilt from the store.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +150,50 @@ mod tests {
             facts_hash: None,
             last_error: None,
         }
+    }
+
+    #[test]
+    fn catalog_files_that_disagree_with_their_hash_are_found() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let catalogs = CatalogFiles::open(&dir.path().join("catalogs")).expect("dir");
+        let name = |n: &str| Certname::parse(n).expect("certname");
+        let json = |n: &str, content: &str| {
+            format!(
+                r#"{{"name":"{n}","version":1,"classes":[],"edges":[],"resources":[{{"type":"File","title":"/x","exported":false,"tags":[],"parameters":{{"content":"{content}"}}}}]}}"#
+            )
+        };
+        let hash_of = |text: &str| catalog::read(text.as_bytes()).expect("catalog").hash;
+        let mut recorded = Vec::new();
+        for (n, content) in [("good", "a"), ("torn", "b"), ("older", "c"), ("lost", "d")] {
+            let text = json(n, content);
+            recorded.push((name(n), hash_of(&text)));
+            if n != "lost" {
+                let written = match n {
+                    "torn" => text[..text.len() / 2].to_string(),
+                    "older" => json(n, "an older content"),
+                    _ => text,
+                };
+                catalogs
+                    .stage(&name(n), written.as_bytes())
+                    .expect("stage")
+                    .commit()
+                    .expect("commit");
+            }
+        }
+        let found: Vec<String> = disagreeing(&catalogs, recorded)
+            .into_iter()
+            .map(|(c, _, why)| format!("{c}: {why}"))
+            .collect();
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(
+            found[0].starts_with("torn: the file is not a catalog"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].starts_with("older: the file holds catalog"),
+            "{found:?}"
+        );
+        assert_eq!(found[2], "lost: the file is missing");
     }
 
     #[test]

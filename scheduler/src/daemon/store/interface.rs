@@ -74,6 +74,13 @@ pub enum Write {
         /// The error text.
         error: Option<String>,
     },
+    /// The node's catalog file does not hold the catalog its recorded hash
+    /// names (torn, lost, replaced): the hash is forgotten, so the next
+    /// compile writes the file again.
+    CatalogLost {
+        /// The node.
+        certname: String,
+    },
 }
 
 /// A store failed.

@@ -33,6 +33,8 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use crate::daemon::catalog::CatalogFiles;
+
 /// Requests that may wait for the store thread; beyond it, uploads get
 /// [`StoreError::Busy`] and the driver keeps its writes for the next flush.
 pub const QUEUE: usize = 8192;
@@ -88,14 +90,21 @@ impl Drop for LastWord {
 }
 
 impl StoreHandle {
-    /// Moves `store` to a new thread.
-    pub fn spawn(store: Box<dyn Store>) -> Result<(StoreHandle, Died), StoreError> {
-        StoreHandle::spawn_with(store, QUEUE, &RETRIES)
+    /// Moves `store` to a new thread. A batch that records a catalog is
+    /// committed only after `catalogs`' directory is synced, so a recorded
+    /// hash never outlives (power loss) the rename that put its file in
+    /// place.
+    pub fn spawn(
+        store: Box<dyn Store>,
+        catalogs: Option<CatalogFiles>,
+    ) -> Result<(StoreHandle, Died), StoreError> {
+        StoreHandle::spawn_with(store, catalogs, QUEUE, &RETRIES)
     }
 
     /// [`StoreHandle::spawn`] with a given queue bound and retry waits.
     pub fn spawn_with(
         mut store: Box<dyn Store>,
+        catalogs: Option<CatalogFiles>,
         queue: usize,
         retries: &'static [Duration],
     ) -> Result<(StoreHandle, Died), StoreError> {
@@ -111,7 +120,11 @@ impl StoreHandle {
         thread::Builder::new()
             .name("pcq-store".into())
             .spawn(move || {
-                last_word.why = run(&mut *store, rx, retries, &health).err();
+                let mut store = Synced {
+                    store: &mut *store,
+                    catalogs,
+                };
+                last_word.why = run(&mut store, rx, retries, &health).err();
                 drop(last_word);
             })
             .map_err(|e| StoreError::Database(format!("cannot start the store thread: {e}")))?;
@@ -189,11 +202,29 @@ async fn answer<T>(rx: oneshot::Receiver<Result<T, String>>) -> Result<T, StoreE
         .map_err(StoreError::Database)
 }
 
+/// A store whose catalog rows wait for the catalog directory's sync.
+struct Synced<'a> {
+    store: &'a mut dyn Store,
+    catalogs: Option<CatalogFiles>,
+}
+
+impl Synced<'_> {
+    fn write(&mut self, writes: &[Write]) -> Result<(), StoreError> {
+        let records_a_catalog = writes.iter().any(|w| matches!(w, Write::Catalog { .. }));
+        if let (true, Some(catalogs)) = (records_a_catalog, &self.catalogs) {
+            catalogs
+                .sync()
+                .map_err(|e| StoreError::Database(format!("syncing the catalog directory: {e}")))?;
+        }
+        self.store.write(writes)
+    }
+}
+
 /// The store thread: waits for a request, takes every request already
 /// queued behind it, commits all their writes in one transaction, answers.
 /// Ends with the reason when a commit fails even after its retries.
 fn run(
-    store: &mut dyn Store,
+    store: &mut Synced<'_>,
     rx: mpsc::Receiver<Request>,
     retries: &[Duration],
     trouble: &Mutex<Option<String>>,
@@ -227,7 +258,7 @@ fn run(
             }
         }
         for (certname, reply) in reads {
-            let _ = reply.send(store.facts(&certname).map_err(|e| e.to_string()));
+            let _ = reply.send(store.store.facts(&certname).map_err(|e| e.to_string()));
         }
     }
     Ok(())
@@ -236,7 +267,7 @@ fn run(
 /// One batch, retried after each of `retries` while it fails; the store is
 /// reported unhealthy from the first failure to the next success.
 fn commit(
-    store: &mut dyn Store,
+    store: &mut Synced<'_>,
     writes: &[Write],
     retries: &[Duration],
     trouble: &Mutex<Option<String>>,
@@ -338,7 +369,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_commit_is_retried_and_its_waiter_told_only_the_end() {
         let (store, _, writes) = flaky(2, Duration::ZERO);
-        let (handle, _died) = StoreHandle::spawn_with(store, 16, &QUICK).expect("spawn");
+        let (handle, _died) = StoreHandle::spawn_with(store, None, 16, &QUICK).expect("spawn");
         handle
             .write_durably(vec![row(1)])
             .await
@@ -347,7 +378,7 @@ mod tests {
         assert_eq!(handle.health(), Ok(()));
         // a fire-and-forget batch is retried as well, not dropped
         let (store, _, writes) = flaky(1, Duration::ZERO);
-        let (handle, _died) = StoreHandle::spawn_with(store, 16, &QUICK).expect("spawn");
+        let (handle, _died) = StoreHandle::spawn_with(store, None, 16, &QUICK).expect("spawn");
         assert!(handle.write(vec![row(1), row(2)]).is_ok());
         handle
             .write_finally(Vec::new())
@@ -359,7 +390,7 @@ mod tests {
     #[tokio::test]
     async fn a_store_that_keeps_failing_ends_loudly() {
         let (store, _, _) = flaky(usize::MAX, Duration::ZERO);
-        let (handle, died) = StoreHandle::spawn_with(store, 16, &QUICK).expect("spawn");
+        let (handle, died) = StoreHandle::spawn_with(store, None, 16, &QUICK).expect("spawn");
         let e = handle.write_durably(vec![row(1)]).await;
         assert!(
             matches!(e, Err(StoreError::Database(ref m)) if m.contains("disk I/O")),
@@ -380,7 +411,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_refuses_uploads_and_hands_writes_back() {
         let (store, _, writes) = flaky(0, Duration::from_millis(200));
-        let (handle, _died) = StoreHandle::spawn_with(store, 2, &QUICK).expect("spawn");
+        let (handle, _died) = StoreHandle::spawn_with(store, None, 2, &QUICK).expect("spawn");
         // the first batch keeps the thread busy; two more fill the queue
         let mut refused = 0;
         let mut handed_back = Vec::new();
@@ -421,7 +452,8 @@ mod tests {
                 Ok(Vec::new())
             }
         }
-        let (handle, died) = StoreHandle::spawn_with(Box::new(Panics), 4, &QUICK).expect("spawn");
+        let (handle, died) =
+            StoreHandle::spawn_with(Box::new(Panics), None, 4, &QUICK).expect("spawn");
         assert!(handle.write(vec![row(1)]).is_ok());
         let why = tokio::time::timeout(Duration::from_secs(5), died)
             .await

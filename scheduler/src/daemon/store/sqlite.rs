@@ -1,8 +1,10 @@
 //! The embedded store: SQLite in WAL mode under the state directory.
 //!
-//! WAL with `synchronous = NORMAL` survives the process being killed at any
-//! moment (what the daemon must survive); a batch is one transaction, so a
-//! crash leaves either all of a batch or none of it.
+//! WAL with `synchronous = FULL` (the default, `[store] synchronous`)
+//! keeps every acknowledged commit through power loss; `NORMAL` only
+//! through the process being killed. A batch is one transaction, so a crash
+//! leaves either all of a batch or none of it; group commit (see
+//! [`super::StoreHandle`]) shares one fsync among many uploads.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -13,6 +15,7 @@ use crate::core::{BumpReason, Lane, MasterId, NodeId, NodeState, NodeView, Pendi
 
 use super::interface::{Store, StoreError, StoredNode, Write};
 use crate::daemon::catalog::Export;
+use crate::daemon::config::Synchronous;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS nodes (
@@ -59,15 +62,26 @@ fn db_err(e: rusqlite::Error) -> StoreError {
 }
 
 impl SqliteStore {
-    /// Opens (creating) `state.db` in `dir`; the file is private (0600).
+    /// Opens (creating) `state.db` in `dir` with the durable default; the
+    /// file is private (0600).
     pub fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(dir, Synchronous::Full)
+    }
+
+    /// Opens (creating) `state.db` in `dir`, committing as `synchronous`
+    /// says.
+    pub fn open_with(dir: &Path, synchronous: Synchronous) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Database(format!("{}: {e}", dir.display())))?;
         let path = dir.join("state.db");
         let db = Connection::open(&path).map_err(db_err)?;
         db.pragma_update(None, "journal_mode", "WAL")
             .map_err(db_err)?;
-        db.pragma_update(None, "synchronous", "NORMAL")
+        let level = match synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        };
+        db.pragma_update(None, "synchronous", level)
             .map_err(db_err)?;
         db.pragma_update(None, "foreign_keys", "OFF")
             .map_err(db_err)?;
@@ -296,6 +310,11 @@ impl Store for SqliteStore {
                 Write::Error { certname, error } => {
                     tx.prepare_cached("UPDATE nodes SET last_error = ?2 WHERE certname = ?1")
                         .and_then(|mut s| s.execute(params![certname, error]))
+                        .map_err(db_err)?;
+                }
+                Write::CatalogLost { certname } => {
+                    tx.prepare_cached("UPDATE nodes SET catalog_hash = NULL WHERE certname = ?1")
+                        .and_then(|mut s| s.execute(params![certname]))
                         .map_err(db_err)?;
                 }
             }
