@@ -68,7 +68,16 @@ fn values(file: Option<&str>) -> serde_json::Map<String, Value> {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let base = values(args.facts.as_deref());
+    // the facts as JSON members, each followed by a comma (uptime and the
+    // role are appended per request)
+    let mut facts = values(args.facts.as_deref());
+    facts.remove("uptime_seconds");
+    facts.remove("pcq_role");
+    let base: Arc<str> = facts
+        .iter()
+        .map(|(k, v)| format!("{}:{v},", Value::from(k.as_str())))
+        .collect::<String>()
+        .into();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let ssl = PuppetSsl::new(
         std::path::Path::new("/var/lib/puppet/ssl"),
@@ -111,16 +120,21 @@ async fn main() {
                 i = i.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 let node = (i >> 33) as usize % nodes;
                 let certname = format!("{prefix}{node:06}.example.com");
-                let mut v = base.clone();
-                v.insert("uptime_seconds".into(), json!(i % 100_000));
-                if change {
-                    v.insert("pcq_role".into(), json!(format!("r{i}")));
-                }
-                let body = json!({"name": certname, "values": v, "timestamp": "2026-11-25T00:00:00Z", "expiration": "2026-11-26T00:00:00Z"});
+                // the body spliced from the facts serialized once: the load
+                // generator shares the machine with pcq, so it must be cheap
+                let role = if change {
+                    format!(",\"pcq_role\":\"r{i}\"")
+                } else {
+                    String::new()
+                };
+                let body = format!(
+                    "{{\"name\":\"{certname}\",\"values\":{{{base}\"uptime_seconds\":{}{role}}},\"timestamp\":\"2026-11-25T00:00:00Z\",\"expiration\":\"2026-11-26T00:00:00Z\"}}",
+                    i % 100_000
+                );
                 let req = client
                     .put(format!("{url}/puppet/v3/facts/{certname}"))
                     .header("content-type", "application/json")
-                    .body(body.to_string());
+                    .body(body);
                 match req.send().await {
                     Ok(r) if r.status().is_success() => {
                         let _ = r.bytes().await;
