@@ -7,6 +7,8 @@
 //!   or no master has a free slot;
 //! - the starvation bound: a lower lane past its `max_wait` is served
 //!   first, and a lower lane that stays ready gets its `min_share` of starts;
+//! - per-node coalescing: a node never starts for a facts or exports bump
+//!   sooner than `min_urgent_interval` after its last compile ended;
 //! - determinism: the same inputs give the same actions, byte for byte.
 
 use std::time::Duration;
@@ -14,7 +16,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use scheduler::core::{
     Blocked, BumpReason, Core, CoreConfig, Finished, GateConfig, Lane, LoadSample, MasterId,
-    MasterSpec, NodeId, NodeState, Outcome, Poll, Time,
+    MasterSpec, NodeId, NodeState, Outcome, Poll, Reason, Time,
 };
 
 const CASES: u32 = 256;
@@ -74,6 +76,9 @@ struct Harness {
     masters: Vec<MasterId>,
     load_gate: bool,
     log: Vec<String>,
+    /// The end of each node's last compile that gave a catalog (a retry of
+    /// one that did not, or of one interrupted, is the same bump).
+    compiled: std::collections::HashMap<NodeId, Time>,
 }
 
 impl Harness {
@@ -87,6 +92,7 @@ impl Harness {
             masters: Vec::new(),
             load_gate,
             log: Vec::new(),
+            compiled: std::collections::HashMap::new(),
         };
         h.apply(&Op::AddMaster(2));
         h
@@ -117,6 +123,7 @@ impl Harness {
                     .add_node(now, ENVS[env as usize % 3])
                     .expect("add");
                 self.nodes.push(id);
+                self.compiled.remove(&id);
                 format!("add {id}")
             }
             Op::RemoveNode(i) => match Self::pick(&self.nodes, i.into()) {
@@ -144,6 +151,9 @@ impl Harness {
                         .finish(now, id, m, outcome)
                         .expect("finish of a running compile");
                     self.running.retain(|&(n, _)| n != id);
+                    if outcome.succeeded() {
+                        self.compiled.insert(id, now);
+                    }
                     if r == Finished::Released {
                         assert!(!self.nodes.contains(&id));
                     }
@@ -218,6 +228,20 @@ impl Harness {
                             s.lane
                         );
                     }
+                    let interval = self.core.config().min_urgent_interval;
+                    if let (Some(&last), Reason::Facts | Reason::Exports) =
+                        (self.compiled.get(&s.node), s.reason)
+                    {
+                        assert!(
+                            self.now >= last.plus(interval),
+                            "{} started for {:?} at {:?}, {:?} after its last compile ended\n{}",
+                            s.node,
+                            s.reason,
+                            self.now,
+                            self.now.since(last),
+                            self.log.join("\n")
+                        );
+                    }
                     self.running.push((s.node, s.master));
                     self.log.push(format!("start {s:?}"));
                 }
@@ -276,8 +300,11 @@ proptest! {
         max_wait in prop::option::of(1u64..120),
         load_gate in any::<bool>(),
         seed in any::<u64>(),
+        urgent_interval in prop_oneof![Just(0u64), 1u64..300],
     ) {
-        let mut h = Harness::new(config(interval, share, max_wait), seed, load_gate);
+        let mut c = config(interval, share, max_wait);
+        c.min_urgent_interval = Duration::from_secs(urgent_interval);
+        let mut h = Harness::new(c, seed, load_gate);
         for op in &ops {
             h.apply(op);
         }

@@ -24,6 +24,15 @@ fn slots(n: u32) -> MasterSpec {
     )
 }
 
+/// The defaults without per-node coalescing, for the rules of bumps and
+/// lanes themselves (coalescing has its own tests below).
+fn unheld() -> CoreConfig {
+    CoreConfig {
+        min_urgent_interval: Duration::ZERO,
+        ..CoreConfig::default()
+    }
+}
+
 fn core_with(config: CoreConfig) -> Core {
     Core::new(config, 42).expect("valid config")
 }
@@ -111,7 +120,7 @@ fn finished_nodes_go_to_the_back_of_the_cycle_and_cycle_round_robin() {
 fn cycle_pacing_waits_min_cycle_interval_but_bumps_do_not() {
     let config = CoreConfig {
         min_cycle_interval: Some(Duration::from_secs(60)),
-        ..CoreConfig::default()
+        ..unheld()
     };
     let mut core = core_with(config);
     let m = core.add_master(secs(0), slots(4)).expect("master");
@@ -166,7 +175,7 @@ fn with_the_cycle_off_only_bumps_compile() {
 
 #[test]
 fn a_bump_keeps_the_earliest_urgent_time() {
-    let mut core = core_with(CoreConfig::default());
+    let mut core = core_with(unheld());
     let m = core.add_master(secs(0), slots(1)).expect("master");
     let ids = add(&mut core, 3, "production", secs(0));
     settle(&mut core, m, secs(1));
@@ -201,7 +210,7 @@ fn a_bump_keeps_the_earliest_urgent_time() {
 
 #[test]
 fn a_bump_during_a_compile_requeues_the_node_urgently_after_it() {
-    let mut core = core_with(CoreConfig::default());
+    let mut core = core_with(unheld());
     let m = core.add_master(secs(0), slots(1)).expect("master");
     let ids = add(&mut core, 2, "production", secs(0));
     settle(&mut core, m, secs(1));
@@ -301,7 +310,7 @@ fn a_deploy_moves_its_environment_oldest_catalog_first() {
 
 #[test]
 fn a_deploy_during_a_compile_sends_the_node_to_the_deploy_lane_after_it() {
-    let mut core = core_with(CoreConfig::default());
+    let mut core = core_with(unheld());
     let m = core.add_master(secs(0), slots(1)).expect("master");
     add(&mut core, 2, "production", secs(0));
     settle(&mut core, m, secs(1));
@@ -332,7 +341,7 @@ fn a_deploy_during_a_compile_sends_the_node_to_the_deploy_lane_after_it() {
 fn a_bump_storm_cannot_freeze_the_cycle() {
     // cycle share 0.1: while nodes wait in the cycle, at least one start in
     // ten comes from it, however many bumps arrive
-    let mut core = core_with(CoreConfig::default());
+    let mut core = core_with(unheld());
     let m = core.add_master(secs(0), slots(1)).expect("master");
     let ids = add(&mut core, 100, "production", secs(0));
     settle(&mut core, m, secs(1));
@@ -360,7 +369,7 @@ fn a_bump_storm_cannot_freeze_the_cycle() {
 
 #[test]
 fn a_lane_past_its_max_wait_goes_first() {
-    let mut config = CoreConfig::default();
+    let mut config = unheld();
     config.lanes.cycle.min_share = 0.0;
     config.lanes.cycle.max_wait = Some(Duration::from_secs(30));
     let mut core = core_with(config);
@@ -679,6 +688,109 @@ fn a_deferred_compile_waits_one_backoff_step_without_blame() {
         assert!(starts(&mut core, at).is_empty(), "no spin");
     }
     assert_eq!(core.stats(secs(0)).finished(Outcome::Deferred), 3);
+}
+
+/// One minute of a fleet on one master with 2 slots and compiles of 1 s:
+/// `flapper` (if any) has a used fact change every 100 ms; every 3 s one of
+/// 20 other nodes is bumped. Returns the flapper's starts and the other
+/// nodes' bump-to-start waits.
+fn flapping_minute(config: CoreConfig, flapper: bool) -> (usize, Vec<Duration>) {
+    let config = CoreConfig {
+        min_cycle_interval: None,
+        ..config
+    };
+    let mut core = core_with(config);
+    let m = core.add_master(Time::ZERO, slots(2)).expect("master");
+    let f = core.add_node(Time::ZERO, "production").expect("flapper");
+    let others = add(&mut core, 20, "production", Time::ZERO);
+    let mut running: Vec<(Time, NodeId)> = Vec::new();
+    let mut bumped: std::collections::HashMap<NodeId, Time> = Default::default();
+    let (mut flapper_starts, mut waits) = (0, Vec::new());
+    let step = Duration::from_millis(100);
+    for k in 0..=600u32 {
+        let now = Time::ZERO.plus(step * k);
+        running.retain(|&(end, id)| {
+            if end <= now {
+                core.finish(now, id, m, Outcome::Changed).expect("finish");
+                false
+            } else {
+                true
+            }
+        });
+        if flapper && k > 0 {
+            core.bump(now, f, BumpReason::Facts).expect("bump");
+        }
+        if k > 30 && k % 30 == 0 {
+            let n = others[(k as usize / 30) % others.len()];
+            core.bump(now, n, BumpReason::Facts).expect("bump");
+            bumped.entry(n).or_insert(now);
+        }
+        for s in starts(&mut core, now) {
+            if s.node == f {
+                flapper_starts += 1;
+            } else if let Some(at) = bumped.remove(&s.node) {
+                waits.push(now.since(at));
+            }
+            running.push((now.plus(Duration::from_secs(1)), s.node));
+        }
+    }
+    (flapper_starts, waits)
+}
+
+#[test]
+fn a_flapping_node_compiles_once_per_urgent_interval_and_delays_nobody() {
+    let config = CoreConfig::default();
+    let interval = config.min_urgent_interval;
+    let (starts, waits) = flapping_minute(config.clone(), true);
+    // its first compile (it is new) and at most one per interval after it
+    let bound = 1 + (60.0 / interval.as_secs_f64()).ceil() as usize;
+    assert!(starts <= bound, "{starts} starts, bound {bound}");
+    let (_, alone) = flapping_minute(config, false);
+    assert_eq!(
+        waits, alone,
+        "the others wait as long as without the flapper"
+    );
+    // without coalescing the flapper takes a slot for the whole minute
+    let (unheld_starts, _) = flapping_minute(unheld(), true);
+    assert!(unheld_starts > 20, "{unheld_starts}");
+}
+
+#[test]
+fn a_held_bump_merges_and_compiles_for_its_reason_when_the_interval_passes() {
+    let mut core = core_with(CoreConfig::default());
+    let interval = core.config().min_urgent_interval;
+    let m = core.add_master(secs(0), slots(1)).expect("master");
+    let n = core.add_node(secs(0), "production").expect("node");
+    starts(&mut core, secs(0));
+    core.finish(secs(1), n, m, Outcome::Changed)
+        .expect("finish");
+    let until = secs(1).plus(interval);
+    assert_eq!(core.bump(secs(2), n, BumpReason::Facts), Ok(Bumped::Held));
+    assert_eq!(core.state(n), Some(NodeState::Parked(until)));
+    // more bumps merge; nothing starts before the interval
+    assert_eq!(
+        core.bump(secs(3), n, BumpReason::Exports),
+        Ok(Bumped::AfterBackoff)
+    );
+    assert!(starts(&mut core, secs(30)).is_empty());
+    let s = starts(&mut core, until);
+    assert_eq!((s.len(), s[0].node, s[0].reason), (1, n, Reason::Facts));
+    // bumped while compiling: held again, from the end of this compile
+    core.bump(until.plus(Duration::from_secs(1)), n, BumpReason::Facts)
+        .expect("bump");
+    let next = core
+        .finish(until.plus(Duration::from_secs(2)), n, m, Outcome::Changed)
+        .expect("finish");
+    let again = until.plus(Duration::from_secs(2)).plus(interval);
+    assert_eq!(next, Finished::Next(NodeState::Parked(again)));
+    // a manual bump is never held
+    assert_eq!(
+        core.bump(until.plus(Duration::from_secs(3)), n, BumpReason::Manual),
+        Ok(Bumped::Queued)
+    );
+    let s = starts(&mut core, until.plus(Duration::from_secs(3)));
+    assert_eq!(s[0].reason, Reason::Manual);
+    assert_eq!(core.view(n).expect("view").failures, 0);
 }
 
 #[test]

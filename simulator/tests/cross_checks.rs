@@ -60,6 +60,8 @@ notify = false
 
 [queue.core]
 min_cycle_interval = "off"
+# the formulas know no per-node coalescing
+min_urgent_interval = "0s"
 
 [queue.core.gate]
 max_load_per_core = 0.0

@@ -105,6 +105,10 @@ pub enum Bumped {
     AfterCompile,
     /// Waiting out a backoff; it goes to the urgent lane when that ends.
     AfterBackoff,
+    /// Compiled less than `min_urgent_interval` ago: held (shown as parked)
+    /// until the interval has passed, then it goes to the urgent lane;
+    /// further bumps meanwhile merge into that one compile.
+    Held,
 }
 
 /// What a finish did with the node.

@@ -33,6 +33,16 @@ pub struct CoreConfig {
     #[serde(with = "humantime_serde")]
     pub compile_timeout: Duration,
 
+    /// Per-node coalescing: a node is not started for a facts or exports
+    /// bump sooner than this after its last compile (that gave a catalog)
+    /// ended; bumps in between merge
+    /// into one compile when the interval has passed. One node whose used
+    /// facts flap (or whose collected export moves on every compile) cannot
+    /// hold a compile slot for good. Manual bumps, deploys and the cycle
+    /// are not held. `"0s"` switches it off. Default `"1m"`.
+    #[serde(with = "humantime_serde")]
+    pub min_urgent_interval: Duration,
+
     /// Backoff of nodes whose compile failed or timed out.
     pub backoff: BackoffConfig,
 
@@ -48,6 +58,7 @@ impl Default for CoreConfig {
         CoreConfig {
             min_cycle_interval: Some(Duration::ZERO),
             compile_timeout: Duration::from_secs(600),
+            min_urgent_interval: Duration::from_secs(60),
             backoff: BackoffConfig::default(),
             lanes: LanesConfig::default(),
             gate: GateConfig::default(),

@@ -294,6 +294,22 @@ impl Core {
                 Ok(Bumped::AfterCompile)
             }
             Slot::Parked if why != BumpReason::Manual => Ok(Bumped::AfterBackoff),
+            Slot::Deploy | Slot::Cycle if why != BumpReason::Manual => {
+                match self.held_until(id.0, now) {
+                    Some(until) => {
+                        self.leave_queue(id.0);
+                        self.hold(id.0, why, now, until);
+                        Ok(Bumped::Held)
+                    }
+                    None => {
+                        self.leave_queue(id.0);
+                        self.nodes.nodes[id.index()].reason = why.into();
+                        self.seq += 1;
+                        self.enqueue_urgent(id.0, (RANK_NORMAL, now, self.seq));
+                        Ok(Bumped::Queued)
+                    }
+                }
+            }
             Slot::Deploy | Slot::Cycle | Slot::Parked => {
                 self.leave_queue(id.0);
                 self.nodes.nodes[id.index()].reason = why.into();
@@ -393,7 +409,10 @@ impl Core {
         }
         if outcome == Outcome::Deferred {
             // Not the node's doing either, but retrying at once would spin:
-            // one backoff step, its failure count untouched.
+            // one backoff step, its failure count untouched. A bump that
+            // came meanwhile merges into the retry (it reads the newest
+            // input), which starts as a retry, not as a fresh bump.
+            node.pending = Pending::None;
             let wait = backoff::delay(&self.config.backoff, 1, &mut self.rng);
             let until = now.plus(wait);
             self.enqueue_parked(id.0, until);
@@ -411,6 +430,14 @@ impl Core {
         node.failures = 0;
         node.last_compile = Some(now);
         let since = node.pending_since;
+        if let Pending::Urgent(why) = pending {
+            if let Some(until) = self.held_until(id.0, now) {
+                // bumped while compiling: it has just compiled
+                self.hold(id.0, why, since, until);
+                return Ok(Finished::Next(NodeState::Parked(until)));
+            }
+        }
+        let node = &mut self.nodes.nodes[id.index()];
         self.seq += 1;
         let lane = match pending {
             Pending::Urgent(why) => {
@@ -746,12 +773,37 @@ impl Core {
             self.parked.pop(&self.nodes.nodes);
             let node = &mut self.nodes.nodes[e.node as usize];
             node.ticket = node.ticket.wrapping_add(1);
-            node.reason = Reason::Retry;
+            // a held bump compiles for its own reason; a backoff retries
+            node.reason = match node.pending {
+                Pending::Urgent(why) => why.into(),
+                _ => Reason::Retry,
+            };
             node.pending = Pending::None;
             self.seq += 1;
             self.enqueue_urgent(e.node, (RANK_NORMAL, e.key.0, self.seq));
         }
         now
+    }
+
+    /// Until when a bump of `id` at `now` is held: the end of its last
+    /// compile that gave a catalog plus `min_urgent_interval`, if that is
+    /// still ahead.
+    fn held_until(&self, id: u32, now: Time) -> Option<Time> {
+        let interval = self.config.min_urgent_interval;
+        let last = self.nodes.nodes.get(id as usize)?.last_compile?;
+        let until = last.plus(interval);
+        (!interval.is_zero() && until > now).then_some(until)
+    }
+
+    /// Holds `id` (out of any lane) until `until`, with the bump `why`
+    /// pending since `since`: it is parked, and goes to the urgent lane for
+    /// that reason when the time comes.
+    fn hold(&mut self, id: u32, why: BumpReason, since: Time, until: Time) {
+        let node = &mut self.nodes.nodes[id as usize];
+        node.pending = Pending::Urgent(why);
+        node.pending_since = since;
+        node.reason = why.into();
+        self.enqueue_parked(id, until);
     }
 
     /// When a node that finished at `now` is due in the cycle lane.

@@ -11,7 +11,7 @@
 //! unrouted, until then. The decisions are plain functions over
 //! [`Nodes`]; the driver carries them out.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -140,8 +140,11 @@ pub fn collectors(nodes: &Nodes, exporter: NodeId, changed: &[(Exported, bool)])
 /// Export changes on their way to the collectors.
 #[derive(Default)]
 pub struct Routing {
-    /// Bumps of collectors, due at their time.
-    delayed: Vec<(Time, NodeId)>,
+    /// Bumps of collectors, due at their time, in time order...
+    delayed: BTreeSet<(Time, NodeId)>,
+    /// ...and each waiting collector's time: a fan-out to thousands of
+    /// collectors stays linear, however many are already waiting.
+    due_at: HashMap<NodeId, Time>,
     /// Nodes whose exports changed while their environment's collectors
     /// were not known (analysis pending, or its reload running).
     pub unrouted: HashSet<NodeId>,
@@ -155,31 +158,37 @@ impl Routing {
     pub fn schedule(&mut self, collectors: Vec<NodeId>, t: Time, delay: Duration) {
         let due = t.plus(delay);
         for id in collectors {
-            if !self.delayed.iter().any(|(_, d)| *d == id) {
-                self.delayed.push((due, id));
+            if let std::collections::hash_map::Entry::Vacant(e) = self.due_at.entry(id) {
+                e.insert(due);
+                self.delayed.insert((due, id));
             }
         }
     }
 
     /// The collectors whose delay is over at `t`, taken out.
     pub fn due(&mut self, t: Time) -> Vec<NodeId> {
-        if self.delayed.iter().all(|(due, _)| *due > t) {
-            return Vec::new();
+        let mut ready = Vec::new();
+        while let Some(&(due, id)) = self.delayed.first() {
+            if due > t {
+                break;
+            }
+            self.delayed.pop_first();
+            self.due_at.remove(&id);
+            ready.push(id);
         }
-        let (ready, later): (Vec<_>, Vec<_>) =
-            self.delayed.drain(..).partition(|(due, _)| *due <= t);
-        self.delayed = later;
-        ready.into_iter().map(|(_, id)| id).collect()
+        ready
     }
 
     /// When the next delayed bump is due.
     pub fn next_due(&self) -> Option<Time> {
-        self.delayed.iter().map(|(due, _)| *due).min()
+        self.delayed.first().map(|(due, _)| *due)
     }
 
     /// Forgets a removed node.
     pub fn forget(&mut self, id: NodeId) {
-        self.delayed.retain(|(_, d)| *d != id);
+        if let Some(due) = self.due_at.remove(&id) {
+            self.delayed.remove(&(due, id));
+        }
         self.unrouted.remove(&id);
     }
 }
