@@ -1014,6 +1014,128 @@ async fn catalog_files_that_disagree_with_the_database_are_compiled_again() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_node_flapping_a_used_fact_compiles_once_per_interval_and_delays_nobody() {
+    let _serial = serial().await;
+    let fake = FakeServer::start(Duration::from_millis(10)).await;
+    let config = PcqConfig::stand_in(&fake)
+        .cycle_off()
+        .no_load_gate()
+        .ca_poll_off()
+        .set("core.min_urgent_interval", "\"4s\"");
+    let names = nodes("flap", 2);
+    let (pcq, hashes) =
+        Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(20)).await;
+    let (flapper, other) = (&names[0], &names[1]);
+    let before = fake.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let started = Instant::now();
+    let mut other_wait = None;
+    let mut k = 0u64;
+    // the flapper's role changes every 100 ms for 10 s
+    while started.elapsed() < Duration::from_secs(10) {
+        k += 1;
+        let (s, _) = pcq
+            .put_facts(flapper, &facts_body(flapper, &format!("r{k}"), 1))
+            .await;
+        assert_eq!(s, 200);
+        if other_wait.is_none() && started.elapsed() > Duration::from_secs(5) {
+            let t = Instant::now();
+            pcq.put_facts(other, &facts_body(other, "db", 1)).await;
+            let compiled = pcq
+                .wait(Duration::from_secs(5), || async {
+                    pcq.status(other)
+                        .await
+                        .is_some_and(|s| s["catalog_hash"].as_str() != Some(hashes[1].as_str()))
+                })
+                .await;
+            assert!(compiled, "the other node compiles while the flapper flaps");
+            other_wait = Some(t.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let compiles = fake.requests.load(std::sync::atomic::Ordering::SeqCst) - before;
+    // the other node's one, and the flapper's at most once per 4 s after
+    // its last compile: 2 in 10 s (3 with a tick of slack)
+    assert!(compiles <= 4, "{compiles} compiles for {k} changes");
+    let wait = other_wait.expect("the other node was bumped");
+    assert!(
+        wait < Duration::from_secs(2),
+        "the other node waited {wait:?}"
+    );
+    // nothing is lost: the flapper's last change is compiled within the
+    // interval after its last compile
+    let last = format!("r{k}");
+    let settled = pcq
+        .wait(Duration::from_secs(8), || async {
+            pcq.catalog(flapper)
+                .await
+                .is_some_and(|c| c.to_string().contains(&format!("\"{last}\"")))
+        })
+        .await;
+    assert!(settled, "{:?}", pcq.status(flapper).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_node_classifier_decides_the_environment_not_the_node() {
+    let _serial = serial().await;
+    // puppet-setup's classifier pins pinned-* to production and leaves
+    // free-* to their request; both ask for pcq_other
+    let names = vec![
+        "pinned-01.example.com".to_string(),
+        "free-01.example.com".to_string(),
+    ];
+    let config = PcqConfig::puppetserver().cycle_off().no_load_gate();
+    let (pcq, listed) = Pcq::start_listed(&config, &names).await;
+    assert!(listed, "{}", pcq.log_text());
+    for n in &names {
+        let body = serde_json::to_vec(&facts_body(n, "web", 1)).expect("JSON");
+        let path = format!("/puppet/v3/facts/{n}?environment=pcq_other");
+        let (status, text) = pcq
+            .request(Via::Tls(n), reqwest::Method::PUT, &path, &body)
+            .await;
+        assert_eq!(status, 200, "{text}");
+    }
+    let compiled = pcq.wait_compiled(&names, Duration::from_secs(120)).await;
+    assert_eq!(compiled.len(), 2, "{}", pcq.log_text());
+    let environment_of = |catalog: Option<Value>| {
+        catalog.map(|c| c["environment"].as_str().unwrap_or("").to_string())
+    };
+    // the classifier wins: compiled in production, and pcq says so
+    assert_eq!(
+        environment_of(pcq.catalog(&names[0]).await).as_deref(),
+        Some("production")
+    );
+    let pinned = pcq.status(&names[0]).await.expect("status");
+    assert_eq!(pinned["environment"], "production", "{pinned}");
+    // where it names none, the request counts
+    let free = pcq.catalog(&names[1]).await;
+    assert!(
+        free.as_ref()
+            .is_some_and(|c| c.to_string().contains("/tmp/pcq-e2e/environment")),
+        "{free:?}"
+    );
+    assert_eq!(environment_of(free).as_deref(), Some("pcq_other"));
+    assert_eq!(
+        pcq.status(&names[1]).await.expect("status")["environment"],
+        "pcq_other"
+    );
+    // deploys follow the classifier's environment
+    for (env, node) in [("pcq_other", &names[1]), ("production", &names[0])] {
+        let body = serde_json::to_vec(&serde_json::json!({ "environment": env })).expect("JSON");
+        let (status, text) = pcq
+            .request(Via::Admin, reqwest::Method::POST, "/v1/deploys", &body)
+            .await;
+        assert_eq!(status, 202, "{text}");
+        let answer: Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(answer["nodes"], 1, "{env}: {answer}");
+        let st = pcq.status(node).await.expect("status");
+        assert!(
+            st["reason"] == "deploy" || st["state"] == "compiling",
+            "{env}: {st}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_certificate_the_ca_does_not_have_defers_the_compile_without_blame() {
     let _serial = serial().await;
     let fake = FakeServer::start(Duration::from_millis(10)).await;

@@ -41,6 +41,11 @@ pub struct Compiled {
     pub types: Vec<String>,
     /// Type and title of every resource that is not exported.
     pub titles: Vec<(String, String)>,
+    /// The node it is for (`name`).
+    pub name: String,
+    /// The environment it was compiled in (what the node classifier
+    /// decided), if the catalog says.
+    pub environment: Option<String>,
 }
 
 /// An exported resource, whole: what a collector's query looks at.
@@ -97,9 +102,13 @@ pub fn read(bytes: &[u8]) -> Result<Compiled, CatalogError> {
     let Some(Value::Array(resources)) = map.get("resources") else {
         return Err(CatalogError::NotACatalog("no resources array"));
     };
-    if !map.contains_key("name") {
+    let Some(name) = map.get("name").and_then(Value::as_str).map(String::from) else {
         return Err(CatalogError::NotACatalog("no name"));
-    }
+    };
+    let environment = map
+        .get("environment")
+        .and_then(Value::as_str)
+        .map(String::from);
     let mut exported = Vec::new();
     let mut titles = Vec::new();
     let mut types = std::collections::BTreeSet::new();
@@ -166,6 +175,8 @@ pub fn read(bytes: &[u8]) -> Result<Compiled, CatalogError> {
         classes,
         types: types.into_iter().collect(),
         titles,
+        name,
+        environment,
     })
 }
 

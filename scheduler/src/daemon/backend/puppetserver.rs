@@ -79,7 +79,9 @@ impl PuppetServer {
             "persistence": {"facts": self.persist_facts, "catalog": self.persist_catalog},
             "facts": {"values": values},
             "trusted_facts": {"values": trusted},
-            "options": {"prefer_requested_environment": true, "capture_logs": false},
+            // as for an agent's request: the node classifier's environment
+            // wins, the requested one counts only where it names none
+            "options": {"prefer_requested_environment": false, "capture_logs": false},
         })
     }
 }

@@ -76,6 +76,8 @@ pub struct Catalog {
     pub exports: Vec<Export>,
     /// What it says about the node's links to others.
     pub links: Links,
+    /// The environment it was compiled in (the classifier's choice).
+    pub environment: Option<String>,
 }
 
 /// Runs one compile to its end.
@@ -100,11 +102,15 @@ pub async fn run(job: CompileJob) -> Compiled {
             let c = certname.clone();
             let catalogs = job.catalogs;
             let previous = job.previous;
-            // the analysis as of now: one that finished during the compile
-            // applies to its catalog
-            let analysis = job.deps.analysis(&job.environment);
+            let deps = job.deps;
+            let requested = job.environment;
             tokio::task::spawn_blocking(move || {
-                keep(&catalogs, &c, &bytes, previous, analysis.as_deref())
+                // the analysis as of now (one that finished during the
+                // compile applies to its catalog), of the environment the
+                // classifier compiled it in
+                keep(&catalogs, &c, &bytes, previous, |env| {
+                    deps.analysis(env.unwrap_or(&requested))
+                })
             })
             .await
             .unwrap_or_else(|e| Err(Failure::Node(format!("catalog task: {e}"))))
@@ -132,15 +138,24 @@ fn facts_of<E: std::fmt::Display>(
     }
 }
 
-/// Checks a compile's output and stages the catalog if it changed.
+/// Checks a compile's output and stages the catalog if it changed;
+/// `analysis` gives the analysis of the environment the catalog names.
 pub fn keep(
     catalogs: &CatalogFiles,
     certname: &Certname,
     bytes: &[u8],
     previous: Option<String>,
-    analysis: Option<&Analysis>,
+    analysis: impl FnOnce(Option<&str>) -> Option<Arc<Analysis>>,
 ) -> Result<Catalog, Failure> {
     let mut compiled = catalog::read(bytes).map_err(|e| Failure::Node(e.to_string()))?;
+    if compiled.name != certname.as_str() {
+        // never keep (or serve) another node's catalog as this one's
+        return Err(Failure::Node(format!(
+            "the server answered with a catalog for {:?}",
+            compiled.name
+        )));
+    }
+    let analysis = analysis(compiled.environment.as_deref());
     let changed = previous.as_deref() != Some(compiled.hash.as_str());
     let staged = match changed {
         true => Some(
@@ -150,13 +165,14 @@ pub fn keep(
         ),
         false => None,
     };
-    let links = Links::of(&mut compiled, analysis);
+    let links = Links::of(&mut compiled, analysis.as_deref());
     Ok(Catalog {
         hash: compiled.hash,
         changed,
         staged,
         exports: compiled.exports,
         links,
+        environment: compiled.environment,
     })
 }
 
@@ -186,6 +202,7 @@ mod tests {
                 staged: None,
                 exports: Vec::new(),
                 links: Links::default(),
+                environment: None,
             })
         };
         assert_eq!(outcome_of(&ok(true)), Outcome::Changed);
@@ -225,7 +242,7 @@ mod tests {
         let certname = Certname::parse("web-01.example.com").expect("certname");
         let json =
             br#"{"name":"web-01.example.com","version":1,"resources":[],"edges":[],"classes":[]}"#;
-        let mut first = keep(&catalogs, &certname, json, None, None).expect("a catalog");
+        let mut first = keep(&catalogs, &certname, json, None, |_| None).expect("a catalog");
         assert!(first.changed);
         assert!(
             catalogs.read(&certname).expect("read").is_none(),
@@ -239,15 +256,17 @@ mod tests {
             .expect("commit");
         assert!(catalogs.read(&certname).expect("read").is_some());
         catalogs.remove(&certname).expect("remove");
-        let again =
-            keep(&catalogs, &certname, json, Some(first.hash.clone()), None).expect("a catalog");
+        let again = keep(&catalogs, &certname, json, Some(first.hash.clone()), |_| {
+            None
+        })
+        .expect("a catalog");
         assert!(!again.changed && again.staged.is_none());
         assert!(
             catalogs.read(&certname).expect("read").is_none(),
             "an unchanged catalog is not rewritten"
         );
         assert!(matches!(
-            keep(&catalogs, &certname, b"<html>", None, None),
+            keep(&catalogs, &certname, b"<html>", None, |_| None),
             Err(Failure::Node(_))
         ));
     }

@@ -310,7 +310,7 @@ impl Driver {
             return;
         }
         let id = self.nodes.id(&upload.certname);
-        let env = id.map(|id| self.environment_of(id)).unwrap_or_default();
+        let env = id.map(|id| self.requested_of(id)).unwrap_or_default();
         let known = id.and_then(|id| self.nodes.get(id)).map(|i| Known {
             facts_hash: i.facts_hash.as_deref(),
             environment: &env,
@@ -368,7 +368,7 @@ impl Driver {
                 Newcomer::Wait => FactsOutcome::Stored,
             };
         };
-        let env = self.environment_of(id);
+        let env = self.requested_of(id);
         let Some(info) = self.nodes.get(id) else {
             return FactsOutcome::Stored;
         };
@@ -384,12 +384,15 @@ impl Driver {
             used.as_ref(),
             baseline,
         );
+        let compiled_in = self.environment_of(id);
         if let Some(info) = self.nodes.get_mut(id) {
             info.facts_hash = Some(hash);
             info.used = after.used;
-        }
-        if let Some(env) = after.environment {
-            let _ = self.core.set_environment(id, &env);
+            if let Some(env) = after.environment {
+                // a request: the next compile asks for it, and the catalog
+                // says where the classifier put the node
+                info.requested_environment = (env != compiled_in).then_some(env);
+            }
         }
         // (the facts write already put the hash in the node's row)
         self.dirty.insert(id);
@@ -472,11 +475,7 @@ impl Driver {
                 .finish(t, start.node, start.master, Outcome::Interrupted);
             return;
         };
-        let environment = self
-            .core
-            .view(start.node)
-            .map(|v| v.environment)
-            .unwrap_or_else(|| self.parts.default_environment.clone());
+        let environment = self.requested_of(start.node);
         let job = CompileJob {
             node: start.node,
             master: m,
@@ -536,6 +535,9 @@ impl Driver {
                 return self.record_error(c.node, &c.certname, text);
             }
             // the store syncs the directory before it records the hash
+        }
+        if let Some(env) = cat.environment.as_deref() {
+            self.classified(c.node, &c.certname, env);
         }
         let Some(info) = self.nodes.get_mut(c.node) else {
             return;
@@ -611,6 +613,32 @@ impl Driver {
             });
             let _ = self.core.bump(t, id, BumpReason::Manual);
             self.dirty.insert(id);
+        }
+    }
+
+    /// The environment a node's next compile asks for: what it requested,
+    /// or else the one it compiled in last.
+    fn requested_of(&self, id: NodeId) -> String {
+        self.nodes
+            .get(id)
+            .and_then(|i| i.requested_environment.clone())
+            .unwrap_or_else(|| self.environment_of(id))
+    }
+
+    /// The catalog says which environment the node classifier compiled the
+    /// node in: that is its environment for deploys and the views.
+    fn classified(&mut self, id: NodeId, certname: &Certname, env: &str) {
+        let was = self.environment_of(id);
+        if env == was || !crate::daemon::config::valid_environment(env) {
+            return;
+        }
+        let asked = self.requested_of(id);
+        if self.core.set_environment(id, env).is_ok() {
+            if env != asked {
+                tracing::info!(%certname, "asked for environment {asked}; the node classifier put it in {env}");
+            }
+            self.dirty.insert(id);
+            self.router.ensure_analysed(env);
         }
     }
 

@@ -40,6 +40,11 @@ pub struct NodeInfo {
     pub exports_whole: bool,
     /// Its resources of collected types, (lower-case type, title).
     pub held: Vec<(String, String)>,
+    /// The environment it last asked for (`?environment=` on a facts
+    /// upload), when that differs from the one it compiles in: the node
+    /// classifier decides, the request counts only where it names none.
+    /// Not kept in the store (after a restart the node asks again).
+    pub requested_environment: Option<String>,
 }
 
 impl NodeInfo {
@@ -56,6 +61,7 @@ impl NodeInfo {
             exports: Vec::new(),
             exports_whole: true,
             held: Vec::new(),
+            requested_environment: None,
         }
     }
 
