@@ -5,7 +5,13 @@
 //! `--force`) the new one is written atomically where Puppet's agent caches
 //! its catalog (`$client_datadir/catalog/<certname>.json`) and applied with
 //! `puppet agent --onetime --no-daemonize --use_cached_catalog`, which asks
-//! the server for nothing but sends its report. Facts are gathered at most
+//! the server for nothing but sends its report. That skips pluginsync, so
+//! before an apply sync fetches the environment's plugins (`puppet plugin
+//! download`) whenever the code pcq compiled with moved since the last
+//! apply (a deploy, a pcq restart, a failed apply) or was never fetched:
+//! a catalog using a new custom type is never applied without it. A
+//! catalog whose `name` is not this node's certname is refused (newer
+//! agents refuse it too). Facts are gathered at most
 //! every `--facts-interval` (running facter is the expensive part) and
 //! uploaded only when a fact the node's catalog can read changed: pcq's
 //! status endpoint lists those paths (from its analysis of the code); when
@@ -47,6 +53,9 @@ pub struct Options {
     pub facts_interval: Duration,
     /// Command applying the cached catalog.
     pub apply_command: Vec<String>,
+    /// Command fetching plugins (`{environment}`: the catalog's); empty:
+    /// never.
+    pub plugin_command: Vec<String>,
     /// Environment to send with facts.
     pub environment: Option<String>,
     /// Apply even if the catalog did not change.
@@ -67,6 +76,10 @@ struct State {
     facts_at: f64,
     /// When facts were last uploaded (seconds since the epoch).
     uploaded_at: f64,
+    /// The code version (pcq's status) whose plugins the last successful
+    /// apply had.
+    #[serde(default)]
+    code_version: Option<String>,
 }
 
 /// How a sync ended.
@@ -203,11 +216,29 @@ pub async fn sync(o: &Options) -> Report {
         Ok(b) => b,
         Err(e) => return fail(format!("reading the catalog: {e}")),
     };
-    if serde_json::from_slice::<Value>(&catalog)
-        .map(|v| v["name"].as_str() != Some(o.certname.as_str()))
-        .unwrap_or(true)
-    {
+    let parsed = serde_json::from_slice::<Value>(&catalog).unwrap_or(Value::Null);
+    if parsed["name"].as_str() != Some(o.certname.as_str()) {
         return fail("the catalog pcq sent is not this node's".into());
+    }
+    // its plugins first, when the code moved since the last apply
+    let version = code_version(o, &client, base).await;
+    if !o.plugin_command.is_empty() && (version.is_none() || version != state.code_version) {
+        let environment = parsed["environment"].as_str().unwrap_or("production");
+        let argv: Vec<String> = o
+            .plugin_command
+            .iter()
+            .map(|a| a.replace("{environment}", environment))
+            .collect();
+        if let Err(e) = run(&argv, Stdio::null()).await {
+            return Report {
+                status: 2,
+                line: format!(
+                    "pcq sync: fetching the plugins of {environment} failed ({e}); not applied, the last catalog stays in place"
+                ),
+                applied: false,
+            };
+        }
+        notes.push(format!("plugins of {environment} fetched"));
     }
     let cached = o
         .client_datadir
@@ -216,10 +247,11 @@ pub async fn sync(o: &Options) -> Report {
         return fail(format!("writing {}: {e}", cached.display()));
     }
     let t = Instant::now();
-    let outcome = run(&o.apply_command).await;
+    let outcome = run(&o.apply_command, Stdio::inherit()).await;
     match outcome {
         Ok(()) => {
             state.etag = etag.clone();
+            state.code_version = version;
             save_state(&o.state_file, &state);
             notes.push(format!(
                 "catalog {} applied in {:.1} s",
@@ -232,15 +264,20 @@ pub async fn sync(o: &Options) -> Report {
                 applied: true,
             }
         }
-        Err(e) => Report {
-            status: 2,
-            line: format!(
-                "pcq sync: catalog {} written to {} but the apply failed: {e}",
-                short(etag.as_deref().unwrap_or("")),
-                cached.display()
-            ),
-            applied: false,
-        },
+        Err(e) => {
+            // fetch the plugins again next time: they may be what failed
+            state.code_version = None;
+            save_state(&o.state_file, &state);
+            Report {
+                status: 2,
+                line: format!(
+                    "pcq sync: catalog {} written to {} but the apply failed: {e}",
+                    short(etag.as_deref().unwrap_or("")),
+                    cached.display()
+                ),
+                applied: false,
+            }
+        }
     }
 }
 
@@ -311,21 +348,33 @@ async fn upload_facts(
 /// The fact paths this node's catalog can read, as pcq's status says
 /// (`None`: not known, or any fact may be read).
 async fn fact_paths(o: &Options, client: &reqwest::Client, base: &str) -> Option<Vec<String>> {
+    let status = node_status(o, client, base).await?;
+    let paths = status.get("fact_paths")?.as_array()?;
+    paths.iter().map(|p| p.as_str().map(String::from)).collect()
+}
+
+/// The version of the node's environment's code, as pcq's status says.
+async fn code_version(o: &Options, client: &reqwest::Client, base: &str) -> Option<String> {
+    let status = node_status(o, client, base).await?;
+    status.get("code_version")?.as_str().map(String::from)
+}
+
+async fn node_status(o: &Options, client: &reqwest::Client, base: &str) -> Option<Value> {
     let url = format!("{base}/v1/nodes/{}/status", o.certname);
     let response = client.get(&url).send().await.ok()?;
     if !response.status().is_success() {
         return None;
     }
-    let status: Value = response.json().await.ok()?;
-    let paths = status.get("fact_paths")?.as_array()?;
-    paths.iter().map(|p| p.as_str().map(String::from)).collect()
+    response.json().await.ok()
 }
 
-async fn run(argv: &[String]) -> Result<(), String> {
-    let (program, args) = argv.split_first().ok_or("no apply command")?;
+/// Runs `argv`; its standard output goes to `stdout` (errors always show).
+async fn run(argv: &[String], stdout: Stdio) -> Result<(), String> {
+    let (program, args) = argv.split_first().ok_or("no command")?;
     let status = tokio::process::Command::new(program)
         .args(args)
         .stdin(Stdio::null())
+        .stdout(stdout)
         .status()
         .await
         .map_err(|e| format!("{program}: {e}"))?;

@@ -1587,6 +1587,153 @@ async fn a_node_sees_only_itself_and_strangers_are_refused_at_tls() {
     );
 }
 
+/// A module with a custom type and its provider (what pluginsync carries).
+const PCQ_MARKER_TYPE: &str = r#"Puppet::Type.newtype(:pcq_marker) do
+  @doc = 'A file written by a provider that pluginsync must bring first.'
+  ensurable do
+    defaultvalues
+    defaultto :present
+  end
+  newparam(:path, namevar: true)
+  newparam(:content)
+end
+"#;
+const PCQ_MARKER_PROVIDER: &str = r#"Puppet::Type.type(:pcq_marker).provide(:ruby) do
+  def exists?
+    File.exist?(resource[:path])
+  end
+
+  def create
+    File.write(resource[:path], resource[:content])
+  end
+
+  def destroy
+    File.delete(resource[:path])
+  end
+end
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deployed_custom_type_is_fetched_before_the_catalog_using_it_is_applied() {
+    let _serial = serial().await;
+    let env = "pcq_plugin_test";
+    let envdir = std::path::PathBuf::from(format!("/etc/puppet/code/environments/{env}"));
+    let _ = std::fs::remove_dir_all(&envdir);
+    std::fs::create_dir_all(envdir.join("manifests")).expect("environment");
+    let node = "sync-plugin.example.com".to_string();
+    let marker = std::path::PathBuf::from(format!("/tmp/pcq-e2e/{node}.marker"));
+    let _ = std::fs::remove_file(&marker);
+    std::fs::create_dir_all("/tmp/pcq-e2e").expect("/tmp/pcq-e2e");
+    // the agent must not have the type from an earlier run
+    let libdir = std::process::Command::new("puppet")
+        .args(["config", "print", "libdir"])
+        .output()
+        .expect("puppet config");
+    let libdir = std::path::PathBuf::from(String::from_utf8_lossy(&libdir.stdout).trim());
+    let _ = std::fs::remove_file(libdir.join("puppet/type/pcq_marker.rb"));
+    let _ = std::fs::remove_dir_all(libdir.join("puppet/provider/pcq_marker"));
+    std::fs::write(
+        envdir.join("manifests/site.pp"),
+        format!("node default {{\n  file {{ '/tmp/pcq-e2e/{node}.before': content => \"before\\n\" }}\n}}\n"),
+    )
+    .expect("site.pp");
+
+    let config = PcqConfig::puppetserver()
+        .cycle_off()
+        .no_load_gate()
+        .ca_poll(Duration::from_secs(1));
+    let (pcq, listed) = Pcq::start_listed(&config, std::slice::from_ref(&node)).await;
+    assert!(listed);
+    let work = tempfile::tempdir().expect("tmp");
+    let sync = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pcq"))
+            .args(["sync", "--server", &pcq.tls, "--certname", &node])
+            .args(["--environment", env, "--facts-interval", "0s"])
+            .args(["--facts-command", "facter --json"])
+            .arg("--state-file")
+            .arg(work.path().join("state.json"))
+            .output()
+            .expect("pcq sync");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
+    };
+    // the first apply fetches the plugins first
+    let mut first = None;
+    for _ in 0..60 {
+        let (code, text) = sync();
+        assert_eq!(code, 0, "{text}");
+        if text.contains("applied") {
+            first = Some(text);
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let first = first.unwrap_or_else(|| panic!("never applied:\n{}", pcq.log_text()));
+    assert!(
+        first.contains(&format!("plugins of {env} fetched")),
+        "{first}"
+    );
+    let (code, text) = sync();
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        !text.contains("plugins"),
+        "nothing changed, nothing fetched: {text}"
+    );
+    let before = pcq.status(&node).await.expect("status")["catalog_hash"].clone();
+
+    // a deploy brings a module with a custom type the node's code now uses
+    let module = envdir.join("modules/pcq_plugin/lib/puppet");
+    std::fs::create_dir_all(module.join("type")).expect("module");
+    std::fs::create_dir_all(module.join("provider/pcq_marker")).expect("module");
+    std::fs::write(module.join("type/pcq_marker.rb"), PCQ_MARKER_TYPE).expect("type");
+    std::fs::write(
+        module.join("provider/pcq_marker/ruby.rb"),
+        PCQ_MARKER_PROVIDER,
+    )
+    .expect("provider");
+    std::fs::write(
+        envdir.join("manifests/site.pp"),
+        format!("node default {{\n  pcq_marker {{ '{}': content => \"made by a custom type\\n\" }}\n}}\n", marker.display()),
+    )
+    .expect("site.pp");
+    let body = serde_json::to_vec(&serde_json::json!({ "environment": env })).expect("JSON");
+    let (status, text) = pcq
+        .request(Via::Admin, reqwest::Method::POST, "/v1/deploys", &body)
+        .await;
+    assert_eq!(status, 202, "{text}");
+    let recompiled = pcq
+        .wait(Duration::from_secs(60), || async {
+            pcq.status(&node)
+                .await
+                .is_some_and(|s| s["catalog_hash"] != before && !s["catalog_hash"].is_null())
+        })
+        .await;
+    assert!(
+        recompiled,
+        "{:?}\n{}",
+        pcq.status(&node).await,
+        pcq.log_text()
+    );
+
+    // the next sync fetches the plugins, then applies: the type works
+    let (code, text) = sync();
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(&format!("plugins of {env} fetched")),
+        "{text}"
+    );
+    assert!(text.contains("applied"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(&marker).expect("the custom type made the file"),
+        "made by a custom type\n"
+    );
+    let _ = std::fs::remove_dir_all(&envdir);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pcq_sync_applies_with_a_real_agent_only_what_changed() {
     let _serial = serial().await;

@@ -141,6 +141,13 @@ pub struct SyncArgs {
     /// --detailed-exitcodes --certname <certname>.
     #[arg(long)]
     pub apply_command: Option<String>,
+    /// Command fetching the environment's plugins (custom types, providers,
+    /// facts, functions) before a catalog is applied, when the code changed
+    /// since the last apply (`--use_cached_catalog` skips pluginsync).
+    /// Split on spaces, `{environment}` is the catalog's; default: puppet
+    /// plugin download --certname <certname> --environment {environment}.
+    #[arg(long)]
+    pub plugin_command: Option<String>,
     /// Environment sent with the facts (default: puppet.conf's).
     #[arg(long)]
     pub environment: Option<String>,

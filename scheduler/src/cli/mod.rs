@@ -136,6 +136,12 @@ fn node_sync(args: &SyncArgs) -> ExitCode {
             "puppet agent --onetime --no-daemonize --use_cached_catalog --detailed-exitcodes --certname {certname}"
         )),
     };
+    let plugins = match &args.plugin_command {
+        Some(c) => split(c),
+        None => split(&format!(
+            "puppet plugin download --certname {certname} --environment {{environment}}"
+        )),
+    };
     let options = sync::Options {
         server: args.server.clone(),
         ssl: PuppetSsl::new(&ssldir, &certname),
@@ -151,6 +157,7 @@ fn node_sync(args: &SyncArgs) -> ExitCode {
         facts_command: split(&args.facts_command),
         facts_interval: *args.facts_interval,
         apply_command: apply,
+        plugin_command: plugins,
         environment: args.environment.clone().or(puppet.environment),
         force: args.force,
         splay: *args.splay,

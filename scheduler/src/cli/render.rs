@@ -152,6 +152,7 @@ mod tests {
             failures: 0,
             last_error: None,
             fact_paths: Some(vec!["os.family".into(), "networking.fqdn".into()]),
+            code_version: Some("1764000000.2".into()),
         };
         let text = status(&s);
         assert!(text.contains("catalog_hash        abc\n"), "{text}");

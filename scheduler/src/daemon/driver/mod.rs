@@ -83,6 +83,10 @@ pub struct Driver {
     running: HashMap<NodeId, (usize, Time)>,
     dirty: BTreeSet<NodeId>,
     pending_writes: Vec<Write>,
+    /// Deploys announced per environment since start, and when this daemon
+    /// started (seconds since the epoch): a node's code version.
+    deploys: HashMap<String, u64>,
+    started_at: u64,
     draining: Option<Instant>,
 }
 
@@ -127,6 +131,8 @@ impl Driver {
             running: HashMap::new(),
             dirty: restored.requeued.into_iter().collect(),
             pending_writes: Vec::new(),
+            deploys: HashMap::new(),
+            started_at: now().as_micros() / 1_000_000,
             draining: None,
         })
     }
@@ -240,6 +246,7 @@ impl Driver {
                     }
                 }
                 tracing::info!("deploy to {environment}: {n} nodes to recompile");
+                *self.deploys.entry(environment.clone()).or_default() += 1;
                 self.router.analyze(&environment);
                 let _ = reply.send(n);
             }
@@ -691,7 +698,10 @@ impl Driver {
     }
 
     fn status(&self, certname: &Certname) -> Option<NodeStatus> {
-        view::status(&self.core, &self.nodes, &self.intake, certname)
+        let mut status = view::status(&self.core, &self.nodes, &self.intake, certname)?;
+        let deploys = self.deploys.get(&status.environment).copied().unwrap_or(0);
+        status.code_version = Some(format!("{}.{deploys}", self.started_at));
+        Some(status)
     }
 
     fn queue(&mut self) -> QueueView {

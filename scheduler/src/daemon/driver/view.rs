@@ -46,6 +46,12 @@ pub struct NodeStatus {
     /// The fact paths its catalog can read; absent when not known or when
     /// any fact may be read (then every change counts).
     pub fact_paths: Option<Vec<String>>,
+    /// The version of its environment's code as pcq knows it (changes with
+    /// each deploy, and when pcq restarts): `pcq sync` fetches plugins
+    /// (`puppet plugin download`) before applying a catalog when this
+    /// moved since its last apply.
+    #[serde(default)]
+    pub code_version: Option<String>,
 }
 
 /// The queue, as `GET /v1/queue` and `pcq queue` show it.
@@ -165,6 +171,7 @@ pub fn node_status(view: NodeView, info: &NodeInfo) -> NodeStatus {
             .as_ref()
             .filter(|d| !d.facts.all)
             .map(|d| d.facts.paths()),
+        code_version: None,
     }
 }
 
@@ -182,6 +189,7 @@ pub fn waiting_status(certname: &Certname, environment: &str) -> NodeStatus {
         failures: 0,
         last_error: None,
         fact_paths: None,
+        code_version: None,
     }
 }
 
