@@ -1645,21 +1645,10 @@ async fn a_deployed_custom_type_is_fetched_before_the_catalog_using_it_is_applie
     let (pcq, listed) = Pcq::start_listed(&config, std::slice::from_ref(&node)).await;
     assert!(listed);
     let work = tempfile::tempdir().expect("tmp");
+    let state = work.path().join("state.json");
     let sync = || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pcq"))
-            .args(["sync", "--server", &pcq.tls, "--certname", &node])
-            .args(["--environment", env, "--facts-interval", "0s"])
-            .args(["--facts-command", "facter --json"])
-            .arg("--state-file")
-            .arg(work.path().join("state.json"))
-            .output()
-            .expect("pcq sync");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code().unwrap_or(-1), text)
+        let args = ["--environment", env, "--facts-command", "facter --json"];
+        harness::pcq_sync(&pcq.tls, &node, &state, &args)
     };
     // the first apply fetches the plugins first
     let mut first = None;
@@ -1752,31 +1741,10 @@ async fn pcq_sync_applies_with_a_real_agent_only_what_changed() {
     let target = std::path::PathBuf::from(format!("/tmp/pcq-e2e/{node}.role"));
     let _ = std::fs::remove_file(&target);
     role_fact("web");
+    let state = work.path().join("state.json");
+    let facts_command = format!("facter --json --external-dir {}", facts_d.display());
     let sync = |server: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pcq"))
-            .args([
-                "sync",
-                "--server",
-                server,
-                "--certname",
-                &node,
-                "--facts-interval",
-                "0s",
-            ])
-            .arg("--state-file")
-            .arg(work.path().join("state.json"))
-            .args([
-                "--facts-command",
-                &format!("facter --json --external-dir {}", facts_d.display()),
-            ])
-            .output()
-            .expect("pcq sync");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code().unwrap_or(-1), text)
+        harness::pcq_sync(server, &node, &state, &["--facts-command", &facts_command])
     };
 
     // first sync: facts go up, the node joins; sync until the catalog is applied

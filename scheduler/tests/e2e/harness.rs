@@ -182,6 +182,24 @@ pub struct Pcq {
     nodes: std::sync::Mutex<std::collections::HashMap<String, reqwest::Client>>,
 }
 
+/// Runs `pcq sync` as `certname` against `server` (facts every time), its
+/// state in `state`, with `extra` arguments; its exit code and output.
+pub fn pcq_sync(server: &str, certname: &str, state: &Path, extra: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pcq"))
+        .args(["sync", "--server", server, "--certname", certname])
+        .args(["--facts-interval", "0s", "--state-file"])
+        .arg(state)
+        .args(extra)
+        .output()
+        .expect("pcq sync");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
 /// A client presenting `certname`'s Puppet certificate.
 pub fn node_client(certname: &str) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();

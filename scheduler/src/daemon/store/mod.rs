@@ -309,11 +309,13 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A store whose writes fail while `failing` is above zero (each failed
-    /// write counts it down; `usize::MAX`: forever), and take `slow` each.
+    /// write counts it down; `usize::MAX`: forever), and take `slow` each;
+    /// or, with `panics`, one whose writes panic.
     struct Flaky {
         failing: Arc<AtomicUsize>,
         writes: Arc<AtomicUsize>,
         slow: Duration,
+        panics: bool,
     }
 
     impl Store for Flaky {
@@ -321,6 +323,7 @@ mod tests {
             Ok(Vec::new())
         }
         fn write(&mut self, batch: &[Write]) -> Result<(), StoreError> {
+            assert!(!self.panics, "a bug in the store");
             thread::sleep(self.slow);
             let left = self.failing.load(Ordering::SeqCst);
             if left > 0 {
@@ -353,6 +356,7 @@ mod tests {
             failing: failing.clone(),
             writes: writes.clone(),
             slow,
+            panics: false,
         };
         (Box::new(store), failing, writes)
     }
@@ -434,26 +438,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_store_is_reported() {
-        struct Panics;
-        impl Store for Panics {
-            fn load(&mut self) -> Result<Vec<StoredNode>, StoreError> {
-                Ok(Vec::new())
-            }
-            fn write(&mut self, _: &[Write]) -> Result<(), StoreError> {
-                panic!("a bug in the store");
-            }
-            fn facts(&mut self, _: &str) -> Result<Option<Vec<u8>>, StoreError> {
-                Ok(None)
-            }
-            fn exports(&mut self) -> Result<Vec<(String, Export)>, StoreError> {
-                Ok(Vec::new())
-            }
-            fn facts_owners(&mut self) -> Result<Vec<String>, StoreError> {
-                Ok(Vec::new())
-            }
-        }
+        let panics = Flaky {
+            failing: Arc::new(AtomicUsize::new(0)),
+            writes: Arc::new(AtomicUsize::new(0)),
+            slow: Duration::ZERO,
+            panics: true,
+        };
         let (handle, died) =
-            StoreHandle::spawn_with(Box::new(Panics), None, 4, &QUICK).expect("spawn");
+            StoreHandle::spawn_with(Box::new(panics), None, 4, &QUICK).expect("spawn");
         assert!(handle.write(vec![row(1)]).is_ok());
         let why = tokio::time::timeout(Duration::from_secs(5), died)
             .await
