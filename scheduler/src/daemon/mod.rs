@@ -318,7 +318,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // The driver ends after a shutdown (signal) has drained the compiles
     // and its last writes are committed; anything else that ends first is
     // fatal.
-    tasks.supervise().await.map_err(ServeError::Fatal)
+    let ended = tasks.supervise().await;
+    if ended.is_err() {
+        // a moment for answers already on their way (the store's last
+        // failure, say) before the process ends
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    ended.map_err(ServeError::Fatal)
 }
 
 /// Resolves on SIGTERM or SIGINT.
