@@ -758,9 +758,7 @@ async fn server_faults_park_the_node_or_pause_the_master_and_keep_the_last_catal
     let names = nodes("fault", 4);
     let (pcq, hashes) =
         Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(20)).await;
-    let catalog = |n: &str| {
-        std::fs::read(pcq.state_dir().join(format!("catalogs/{n}.json"))).expect("catalog")
-    };
+    let catalog = |n: &str| pcq.catalog_file(n);
 
     // compile error (500) and garbage: the node is parked, its catalog kept
     for (i, mode, text) in [
@@ -887,10 +885,7 @@ async fn a_full_disk_stops_pcq_loudly_and_loses_nothing() {
     let names = nodes("full", 3);
     let (mut pcq, hashes) =
         Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(20)).await;
-    let catalogs: Vec<Vec<u8>> = names
-        .iter()
-        .map(|n| std::fs::read(pcq.state_dir().join(format!("catalogs/{n}.json"))).expect("file"))
-        .collect();
+    let catalogs: Vec<Vec<u8>> = names.iter().map(|n| pcq.catalog_file(n)).collect();
 
     // the disk fills; uploads of new nodes' facts (big ones) must be
     // written, and cannot be
@@ -949,7 +944,7 @@ async fn a_full_disk_stops_pcq_loudly_and_loses_nothing() {
             Some(hashes[i].as_str()),
             "{st}"
         );
-        let file = std::fs::read(pcq.state_dir().join(format!("catalogs/{n}.json"))).expect("file");
+        let file = pcq.catalog_file(n);
         assert_eq!(file, catalogs[i], "{n}'s last good catalog survives");
     }
     assert!(pcq.healthy().await);
@@ -1161,7 +1156,7 @@ async fn a_certificate_the_ca_does_not_have_defers_the_compile_without_blame() {
     let (pcq, hashes) =
         Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(20)).await;
     let n = &names[0];
-    let kept = std::fs::read(pcq.state_dir().join(format!("catalogs/{n}.json"))).expect("file");
+    let kept = pcq.catalog_file(n);
 
     // the CA lists the node as signed but answers 404 for its certificate:
     // its trusted extensions are unknown, so no catalog may come of it
@@ -1186,7 +1181,7 @@ async fn a_certificate_the_ca_does_not_have_defers_the_compile_without_blame() {
         "{st}"
     );
     assert_eq!(st["catalog_hash"].as_str(), Some(hashes[0].as_str()));
-    let file = std::fs::read(pcq.state_dir().join(format!("catalogs/{n}.json"))).expect("file");
+    let file = pcq.catalog_file(n);
     assert_eq!(file, kept, "no catalog built without the certificate");
     // it retries after one backoff step, and nobody else waits for it
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -514,6 +514,12 @@ impl Pcq {
         self.state.clone()
     }
 
+    /// The node's last good catalog file, as pcq keeps it.
+    pub fn catalog_file(&self, certname: &str) -> Vec<u8> {
+        let path = self.state.join(format!("catalogs/{certname}.json"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
     /// Waits up to `limit` for the process to end by itself; its exit
     /// status, if it did.
     pub fn exited(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
