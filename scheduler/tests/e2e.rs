@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use harness::{
     ensure_certs, facts_body, metric, serial, with_role, FakeServer, Mode, Notes, Pcq, PcqConfig,
-    Via,
+    Via, ADMIN_TOKEN,
 };
 use reqwest::Method;
 use serde_json::Value;
@@ -904,6 +904,7 @@ async fn a_full_disk_stops_pcq_loudly_and_loses_nothing() {
         let upload = async {
             let r = reqwest::Client::new()
                 .put(format!("{}{path}", pcq.api))
+                .bearer_auth(ADMIN_TOKEN)
                 .header("content-type", "application/json")
                 .body(body)
                 .send()
@@ -1250,7 +1251,8 @@ async fn catalog_api_etags_bumps_deploys_and_the_cli() {
     let cli = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_pcq"))
             .args(args)
-            .args(["--api", &pcq.api])
+            .arg("--api")
+            .arg(&pcq.socket)
             .output()
             .expect("pcq");
         assert!(
@@ -1292,7 +1294,7 @@ async fn catalog_api_etags_bumps_deploys_and_the_cli() {
     assert!(m.contains("pcq_lane_oldest_age_seconds{lane=\"urgent\"}"));
     assert!(m.contains("pcq_gate_blocked{reason=\"empty\"}"));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pcq"))
-        .args(["status", "x", "--api", "http://127.0.0.1:1"])
+        .args(["status", "x", "--api", "/nonexistent/admin.sock"])
         .output()
         .expect("pcq");
     assert!(!out.status.success());
@@ -1482,7 +1484,8 @@ async fn a_node_sees_only_itself_and_strangers_are_refused_at_tls() {
     let config = PcqConfig::puppetserver()
         .cycle_off()
         .no_load_gate()
-        .ca_poll(Duration::from_secs(1));
+        .ca_poll(Duration::from_secs(1))
+        .set("ca.crl_refresh_interval", "\"1s\"");
     let (pcq, _) = Pcq::start_compiled(
         &config,
         &[a.clone(), b.clone()],

@@ -164,11 +164,16 @@ pub struct SyncArgs {
 
 #[derive(clap::Args)]
 pub struct ApiArgs {
-    /// The daemon's admin API: the plain loopback listener
-    /// (api.admin_listen), or https://... with this host's Puppet
-    /// certificate (it must be on api.admins).
-    #[arg(long, default_value = "http://127.0.0.1:8144")]
+    /// The daemon's admin API: its Unix socket (api.admin_socket; you
+    /// must be pcq's user or in api.admin_group), the loopback listener
+    /// http://127.0.0.1:PORT (api.admin_listen, with --token-file), or
+    /// https://... with this host's Puppet certificate (it must be on
+    /// api.admins).
+    #[arg(long, default_value = "/run/pcq/admin.sock")]
     pub api: String,
+    /// The bearer token for an http:// --api (api.admin_token_file).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
     /// Print the raw JSON.
     #[arg(long)]
     pub json: bool,

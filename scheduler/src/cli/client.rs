@@ -1,10 +1,13 @@
 //! The CLI's side of the admin API: `pcq bump`, `pcq deploy`, `pcq queue`
-//! and `pcq status` talk to a running daemon over HTTP.
+//! and `pcq status` talk to a running daemon.
 //!
-//! The plain loopback listener (`api.admin_listen`) needs nothing; an
-//! `https://` address is called with this host's Puppet certificate, which
-//! must be on `api.admins`.
+//! Three ways in: the daemon's Unix socket (a path; the default), where
+//! the socket's file permissions decide; the loopback listener
+//! (`http://127.0.0.1:PORT`), with the bearer token of `--token-file`; or
+//! `https://`, with this host's Puppet certificate, which must be on
+//! `api.admins`.
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -12,33 +15,58 @@ use serde_json::Value;
 use crate::daemon::tls::PuppetSsl;
 use crate::puppet_conf::PuppetSettings;
 
-/// Calls the API at `base` (`http://127.0.0.1:8144`) and returns the JSON
-/// body of a 2xx answer. Anything else is an error that says what went
-/// wrong: pcq not running there, or the status with pcq's own message.
+/// Calls the API at `base` (a socket path, `http://127.0.0.1:8144` with
+/// `token_file`, or `https://...`) and returns the JSON body of a 2xx
+/// answer. Anything else is an error that says what went wrong: pcq not
+/// running there, or the status with pcq's own message.
 pub async fn call(
     base: &str,
+    token_file: Option<&Path>,
     method: reqwest::Method,
     path: &str,
     body: Option<Value>,
 ) -> Result<Value, String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
-    if base.starts_with("https://") {
+    let mut token = None;
+    let root = if let Some(rest) = base.strip_prefix("https://") {
         let puppet = PuppetSettings::discover();
         let ssl = PuppetSsl::new(&puppet.ssldir, &puppet.certname);
         builder =
             builder.tls_backend_preconfigured(ssl.client_config().map_err(|e| e.to_string())?);
-    }
+        format!("https://{rest}")
+    } else if base.starts_with("http://") {
+        let file = token_file.ok_or_else(|| {
+            format!("{base}: the loopback listener needs --token-file (api.admin_token_file)")
+        })?;
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("--token-file {}: {e}", file.display()))?;
+        token = Some(text.trim().to_string());
+        base.to_string()
+    } else {
+        let socket = base.strip_prefix("unix:").unwrap_or(base);
+        builder = builder.unix_socket(socket);
+        "http://localhost".to_string()
+    };
     let client = builder.build().map_err(|e| e.to_string())?;
-    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let url = format!("{}{path}", root.trim_end_matches('/'));
     let mut request = client.request(method, &url);
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
     if let Some(b) = body {
         request = request.json(&b);
     }
-    let response = request
-        .send()
-        .await
-        .map_err(|e| format!("{url}: {e} (is `pcq serve` running there?)"))?;
+    let response = request.send().await.map_err(|e| {
+        // reqwest's own text leaves out the cause (refused, permission denied)
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            text = format!("{text}: {c}");
+            cause = c.source();
+        }
+        format!("{base}: {text} (is `pcq serve` running there, and may you use it?)")
+    })?;
     let status = response.status().as_u16();
     let text = response.text().await.map_err(|e| e.to_string())?;
     let value = serde_json::from_str(&text).unwrap_or(Value::String(text));

@@ -101,7 +101,7 @@ async fn dispatch(command: Command) -> Result<()> {
 }
 
 async fn call(api: &ApiArgs, method: Method, path: &str, body: Option<Value>) -> Result<Value> {
-    client::call(&api.api, method, path, body)
+    client::call(&api.api, api.token_file.as_deref(), method, path, body)
         .await
         .map_err(anyhow::Error::msg)
 }

@@ -11,11 +11,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use std::sync::Arc;
-
 use super::backend::puppetserver::PuppetServer;
 use super::driver::Command;
-use super::tls::{parse_crls, Acceptor, PuppetSsl};
 
 #[derive(Debug, Deserialize)]
 struct Status {
@@ -79,16 +76,9 @@ pub async fn crl(server: &PuppetServer) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("{url}: {e}"))
 }
 
-/// Polls forever: each successful listing goes to the driver, and a changed
-/// CRL to the API's TLS acceptor (revoked certificates are refused at the
-/// handshake).
-pub async fn poll(
-    server: PuppetServer,
-    every: Duration,
-    driver: mpsc::Sender<Command>,
-    tls: Option<(Arc<Acceptor>, PuppetSsl)>,
-) {
-    let mut last_crl = Vec::new();
+/// Polls forever: each successful listing goes to the driver (the CRL is
+/// refreshed by [`super::crl::refresh`] on its own interval).
+pub async fn poll(server: PuppetServer, every: Duration, driver: mpsc::Sender<Command>) {
     loop {
         match list(&server).await {
             Ok((signed, revoked)) => {
@@ -97,22 +87,6 @@ pub async fn poll(
                 }
             }
             Err(e) => tracing::warn!("CA poll: {e}"),
-        }
-        if let Some((acceptor, ssl)) = &tls {
-            match crl(&server).await {
-                Ok(pem) if pem != last_crl => {
-                    match parse_crls(&pem).and_then(|crls| ssl.mutual_server_config(crls)) {
-                        Ok(config) => {
-                            acceptor.replace(config);
-                            tracing::info!("API: CRL from the CA loaded");
-                            last_crl = pem;
-                        }
-                        Err(e) => tracing::warn!("CA's CRL: {e}"),
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!("CA's CRL: {e}"),
-            }
         }
         tokio::time::sleep(every).await;
     }

@@ -96,11 +96,33 @@ pub struct Api {
     /// Certnames allowed the admin endpoints (bumps, deploys, the queue,
     /// metrics, any node's catalog). Default: pcq's own certname.
     pub admins: Vec<String>,
-    /// An extra plain-HTTP address for the admin endpoints (the `pcq`
-    /// CLI, Prometheus). Loopback only; off unless set.
+    /// The local admin channel: a Unix socket, mode 0660, for the user
+    /// pcq runs as and `admin_group`. The `pcq` CLI's default.
+    pub admin_socket: PathBuf,
+    /// The group (name or number) the admin socket belongs to: its members
+    /// are administrators. Default: pcq's own group.
+    pub admin_group: Option<String>,
+    /// An extra plain-HTTP address for the admin endpoints (Prometheus, a
+    /// CLI given `--token-file`). Loopback only; off unless set. Every
+    /// request but `/healthz` needs the bearer token of `admin_token_file`
+    /// and a loopback Host header.
     pub admin_listen: Option<SocketAddr>,
+    /// The bearer token of `admin_listen` (mode 0600; made with a random
+    /// token if missing). Default: `admin.token` in the state directory.
+    pub admin_token_file: Option<PathBuf>,
     /// Largest request body accepted (facts uploads), bytes.
     pub max_body_bytes: usize,
+    /// API connections open at once; more wait in the kernel's backlog.
+    /// Lowered at start to what the process's open-file limit allows.
+    pub max_connections: usize,
+    /// The longest a client may take for its TLS handshake or request
+    /// headers, or stay silent on an open connection.
+    #[serde(with = "humantime_serde")]
+    pub client_timeout: Duration,
+    /// The longest an API connection lives (its certificate is checked
+    /// again when the client reconnects).
+    #[serde(with = "humantime_serde")]
+    pub max_connection_age: Duration,
 }
 
 impl Default for Api {
@@ -108,8 +130,14 @@ impl Default for Api {
         Api {
             listen: SocketAddr::from(([0, 0, 0, 0], 8143)),
             admins: Vec::new(),
+            admin_socket: PathBuf::from("/run/pcq/admin.sock"),
+            admin_group: None,
             admin_listen: None,
+            admin_token_file: None,
             max_body_bytes: 4 << 20,
+            max_connections: 8192,
+            client_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::from_secs(600),
         }
     }
 }
@@ -246,6 +274,10 @@ pub struct Ca {
     /// one node) is not plausible: its absences are ignored, logged and
     /// counted. So is an empty listing while nodes are known.
     pub max_removal_share: f64,
+    /// How often the CRL is refreshed (from the CA with the `puppetserver`
+    /// backend, from `crl.pem` in Puppet's SSL directory with `command`).
+    #[serde(with = "humantime_serde")]
+    pub crl_refresh_interval: Duration,
 }
 
 impl Default for Ca {
@@ -255,6 +287,7 @@ impl Default for Ca {
             exclude: Vec::new(),
             remove_after_listings: 3,
             max_removal_share: 0.1,
+            crl_refresh_interval: Duration::from_secs(300),
         }
     }
 }
@@ -433,6 +466,18 @@ impl Config {
         }
         if self.api.max_body_bytes < 1024 {
             return err("api.max_body_bytes", "must be at least 1024");
+        }
+        if self.ca.crl_refresh_interval < Duration::from_secs(1) {
+            return err("ca.crl_refresh_interval", "must be at least 1s");
+        }
+        if self.api.max_connections == 0 {
+            return err("api.max_connections", "must be at least 1");
+        }
+        if self.api.client_timeout < Duration::from_millis(100) {
+            return err("api.client_timeout", "must be at least 100ms");
+        }
+        if self.api.max_connection_age < Duration::from_secs(1) {
+            return err("api.max_connection_age", "must be at least 1s");
         }
         if self.api.admin_listen.is_some_and(|a| !a.ip().is_loopback()) {
             return err(

@@ -5,7 +5,8 @@
 //! CRL). The certificate's common name is the caller's certname. A node may
 //! act only for itself; certnames on `api.admins` may do anything (bumps,
 //! deploys, the queue, any node's catalog: the master holds every secret
-//! already). The plain-HTTP admin listener, loopback only, acts as admin.
+//! already). The local admin channel ([`super::admin`]: the Unix socket,
+//! or the loopback listener with its token) acts as admin.
 
 use std::fmt;
 

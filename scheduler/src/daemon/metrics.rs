@@ -85,6 +85,20 @@ pub struct Metrics {
     pub ca_listings: Family<ResultLabel, Counter>,
     /// Masters reachable (1) or not (0).
     pub master_up: Family<MasterLabel, Gauge>,
+    /// API connections open.
+    pub connections: Gauge,
+    /// API connections closed, by reason.
+    pub connections_closed: Family<ResultLabel, Counter>,
+    /// Times the accept loop found `api.max_connections` open.
+    pub connection_cap_reached: Counter,
+    /// Failed accepts (no file descriptor left, say).
+    pub accept_errors: Counter,
+    /// CRL refreshes, by result.
+    pub crl_refreshes: Family<ResultLabel, Counter>,
+    /// Seconds since the CRL in force was last confirmed current.
+    pub crl_age: FGauge,
+    /// Seconds until the CRL in force passes its next update.
+    pub crl_expires_in: FGauge,
 }
 
 impl Metrics {
@@ -159,6 +173,48 @@ impl Metrics {
             "1 while a master is reachable",
             master_up.clone(),
         );
+        let connections = Gauge::default();
+        registry.register(
+            "api_connections",
+            "API connections open",
+            connections.clone(),
+        );
+        let connections_closed = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "api_connections_closed",
+            "API connections closed, by result: client (the client closed), client_timeout (silent for api.client_timeout), max_age, crl_changed, handshake_refused, handshake_timeout",
+            connections_closed.clone(),
+        );
+        let connection_cap_reached = Counter::default();
+        registry.register(
+            "api_connection_cap_reached",
+            "Times the API found api.max_connections open and stopped accepting until one closed",
+            connection_cap_reached.clone(),
+        );
+        let accept_errors = Counter::default();
+        registry.register(
+            "api_accept_errors",
+            "Failed accepts of API connections (no file descriptor left, say); each pauses accepting",
+            accept_errors.clone(),
+        );
+        let crl_refreshes = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "crl_refreshes",
+            "CRL refreshes by result: loaded (a newer valid CRL is in force), unchanged, failed (no answer), invalid (not a CRL signed by Puppet's CA), older (older than the CRL in force); only loaded and unchanged confirm the CRL current",
+            crl_refreshes.clone(),
+        );
+        let crl_age = FGauge::default();
+        registry.register(
+            "crl_age_seconds",
+            "Seconds since the CRL in force was last confirmed current by a refresh",
+            crl_age.clone(),
+        );
+        let crl_expires_in = FGauge::default();
+        registry.register(
+            "crl_expires_in_seconds",
+            "Seconds until the CRL in force passes its next update (negative: expired, every client refused)",
+            crl_expires_in.clone(),
+        );
         Metrics {
             registry,
             nodes,
@@ -174,6 +230,13 @@ impl Metrics {
             facts_uploads,
             ca_listings,
             master_up,
+            connections,
+            connections_closed,
+            connection_cap_reached,
+            accept_errors,
+            crl_refreshes,
+            crl_age,
+            crl_expires_in,
         }
     }
 

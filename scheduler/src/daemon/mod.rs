@@ -13,12 +13,14 @@
 //!   certnames from the network;
 //! - [`ca`]: node intake from the CA; [`load`]: this host's load for the
 //!   gate; [`notify`]: changed-catalog notifications; [`metrics`]:
-//!   Prometheus; [`tls`]: Puppet's certificates; [`config`]: the file.
+//!   Prometheus; [`tls`]: Puppet's certificates; [`listener`]: accepting
+//!   connections within limits; [`config`]: the file.
 //!
 //! [`serve`] wires them together and handles SIGTERM: stop starting
 //! compiles, give running ones `shutdown.grace`, then exit; whatever still
 //! ran is queued again at the front on the next start.
 
+pub mod admin;
 pub mod analyze;
 pub mod api;
 pub mod backend;
@@ -28,10 +30,12 @@ pub mod catalog;
 pub mod certname;
 
 pub mod config;
+pub mod crl;
 pub mod dependencies;
 pub mod driver;
 pub mod facts;
 pub mod identity;
+pub mod listener;
 pub mod load;
 pub mod metrics;
 pub mod notify;
@@ -243,25 +247,40 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // plain admin listener on loopback
     let ssl = PuppetSsl::new(&config.puppet.ssldir, &config.certname());
     let crl_file = config.puppet.ssldir.join("crl.pem");
-    let crls = match std::fs::read(&crl_file) {
-        Ok(pem) => tls::parse_crls(&pem)?,
-        Err(e) => {
-            tracing::warn!(
-                "{}: {e}; revoked certificates are refused only once the CA's CRL is fetched",
-                crl_file.display()
-            );
-            Vec::new()
-        }
+    let crl = crl::initial(&crl_file, &ssl).map_err(ServeError::Config)?;
+    let acceptor = tls::Acceptor::new(
+        ssl.mutual_server_config(crl.as_ref().map(crl::Crl::ders).unwrap_or_default())?,
+    );
+    let crl_source = match &ca_client {
+        Some(server) => crl::Source::Ca(server.clone()),
+        None => crl::Source::File(crl_file),
     };
-    let acceptor = tls::Acceptor::new(ssl.mutual_server_config(crls)?);
+    tasks.spawn(
+        "the CRL refresher",
+        Ends::Never,
+        crl::refresh(
+            crl_source,
+            config.ca.crl_refresh_interval,
+            crl,
+            acceptor.clone(),
+            ssl.clone(),
+            metrics.clone(),
+        ),
+    );
     let state = api::ApiState {
         driver: tx.clone(),
         catalogs,
-        metrics,
+        metrics: metrics.clone(),
         ignore,
         deps,
         store,
     };
+    let limits = listener::Limits {
+        max_connections: config.api.max_connections,
+        client_timeout: config.api.client_timeout,
+        max_connection_age: config.api.max_connection_age,
+    }
+    .within(listener::raise_fd_limit());
     let listener = tokio::net::TcpListener::bind(config.api.listen)
         .await
         .map_err(|e| io(&format!("listening on {}", config.api.listen), e))?;
@@ -275,18 +294,20 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     tasks.spawn(
         "the API listener",
         Ends::Never,
-        tls::serve(
+        listener::serve(
             listener,
             acceptor.clone(),
             nodes_app,
             Some(Arc::new(config.admins())),
+            limits,
+            metrics.clone(),
         ),
     );
     if let (Some(every), Some(server)) = (poll_ca, ca_client) {
         tasks.spawn(
             "the CA poller",
             Ends::Never,
-            ca::poll(server, every, tx.clone(), Some((acceptor, ssl))),
+            ca::poll(server, every, tx.clone()),
         );
     }
 
@@ -296,23 +317,42 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         terminated().await;
         let _ = stop.send(Command::Shutdown { grace }).await;
     };
+    tasks.spawn("the signal handler", Ends::AtShutdown, signalled);
+    let socket = admin::bind_socket(&config.api.admin_socket, config.api.admin_group.as_deref())
+        .map_err(ServeError::Config)?;
+    tracing::info!(
+        "admin API on {} (a Unix socket, mode 0660)",
+        config.api.admin_socket.display()
+    );
+    let app = api::router(state.clone(), config.api.max_body_bytes)
+        .layer(axum::Extension(identity::Caller::Admin("socket".into())));
+    tasks.spawn("the admin socket", Ends::Never, async move {
+        if let Err(e) = axum::serve(socket, app).await {
+            tracing::error!("the admin socket: {e}");
+        }
+    });
     if let Some(addr) = config.api.admin_listen {
-        let admin = tokio::net::TcpListener::bind(addr)
+        let token_file = config
+            .api
+            .admin_token_file
+            .clone()
+            .unwrap_or_else(|| admin::default_token_file(dir));
+        let guard = admin::Guard::new(admin::token(&token_file).map_err(ServeError::Config)?);
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| io(&format!("listening on {addr}"), e))?;
-        tracing::info!("admin API on http://{addr} (loopback)");
+        tracing::info!(
+            "admin API on http://{addr} (loopback; bearer token in {})",
+            token_file.display()
+        );
         let app = api::router(state, config.api.max_body_bytes)
-            .layer(axum::Extension(identity::Caller::Admin("loopback".into())));
-        tasks.spawn("the admin listener", Ends::AtShutdown, async move {
-            if let Err(e) = axum::serve(admin, app)
-                .with_graceful_shutdown(signalled)
-                .await
-            {
+            .layer(axum::Extension(identity::Caller::Admin("loopback".into())))
+            .layer(axum::middleware::from_fn_with_state(guard, admin::guard));
+        tasks.spawn("the admin listener", Ends::Never, async move {
+            if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!("the admin listener: {e}");
             }
         });
-    } else {
-        tasks.spawn("the signal handler", Ends::AtShutdown, signalled);
     }
     drop(tx);
     // The driver ends after a shutdown (signal) has drained the compiles

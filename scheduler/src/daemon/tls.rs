@@ -67,6 +67,11 @@ impl PuppetSsl {
         Ok(roots)
     }
 
+    /// The CA chain's certificates.
+    pub fn ca_certs(&self) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+        read_certs(&self.ca)
+    }
+
     /// Certificate chain and key.
     pub fn identity(
         &self,
@@ -152,9 +157,12 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         })
 }
 
-/// A TLS acceptor that can be replaced while serving (a new CRL).
+/// A TLS acceptor that can be replaced while serving (a new CRL). Each
+/// replacement bumps a generation that open connections watch: they close
+/// and their clients' certificates are checked again on reconnecting.
 pub struct Acceptor {
     current: std::sync::RwLock<Arc<tokio_rustls::TlsAcceptor>>,
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl Acceptor {
@@ -164,19 +172,33 @@ impl Acceptor {
             current: std::sync::RwLock::new(Arc::new(tokio_rustls::TlsAcceptor::from(Arc::new(
                 config,
             )))),
+            generation: tokio::sync::watch::Sender::new(0),
         })
     }
 
-    /// Replaces the configuration for new connections.
+    /// Replaces the configuration for new connections and tells the open
+    /// ones to close.
     pub fn replace(&self, config: rustls::ServerConfig) {
         let next = Arc::new(tokio_rustls::TlsAcceptor::from(Arc::new(config)));
-        if let Ok(mut current) = self.current.write() {
-            *current = next;
+        match self.current.write() {
+            Ok(mut current) => *current = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
         }
+        self.generation.send_modify(|g| *g += 1);
     }
 
-    fn get(&self) -> Option<Arc<tokio_rustls::TlsAcceptor>> {
-        self.current.read().ok().map(|a| a.clone())
+    /// The acceptor for a new connection, and the generation it must watch.
+    pub fn current(
+        &self,
+    ) -> (
+        Arc<tokio_rustls::TlsAcceptor>,
+        tokio::sync::watch::Receiver<u64>,
+    ) {
+        let acceptor = match self.current.read() {
+            Ok(a) => a.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        (acceptor, self.generation.subscribe())
     }
 }
 
@@ -204,7 +226,12 @@ impl PuppetSsl {
             PuppetSsl::provider(),
         );
         if !crls.is_empty() {
-            verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
+            // a CRL past its next update refuses every client: who was
+            // revoked since is unknown
+            verifier = verifier
+                .with_crls(crls)
+                .only_check_end_entity_revocation()
+                .enforce_revocation_expiration();
         }
         let verifier = verifier.build().map_err(|e| err(&e))?;
         rustls::ServerConfig::builder_with_provider(PuppetSsl::provider())
@@ -213,75 +240,5 @@ impl PuppetSsl {
             .with_client_cert_verifier(verifier)
             .with_single_cert(certs, key)
             .map_err(|e| err(&e))
-    }
-}
-
-/// Serves `router` over TLS on `listener` until the process ends, one task
-/// per connection. With `admins`, clients must have presented a
-/// certificate (the acceptor's verifier checked it); each request carries
-/// the [`Caller`](super::identity::Caller) it makes as an extension.
-/// Without, no client identity is taken (a stand-in server in tests).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    acceptor: Arc<Acceptor>,
-    router: axum::Router,
-    admins: Option<Arc<Vec<String>>>,
-) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::server::conn::auto::Builder;
-    use hyper_util::service::TowerToHyperService;
-
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("accept: {e}");
-                continue;
-            }
-        };
-        let Some(acceptor) = acceptor.get() else {
-            continue;
-        };
-        let router = router.clone();
-        let admins = admins.clone();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(
-                std::time::Duration::from_secs(10),
-                acceptor.accept(tcp),
-            )
-            .await
-            {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    tracing::info!("TLS handshake with {peer} refused: {e}");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let router = match admins {
-                Some(admins) => {
-                    let caller = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|der| super::identity::caller_of(der, &admins));
-                    let Some(caller) = caller else {
-                        tracing::warn!("{peer}: client certificate without a usable certname");
-                        return;
-                    };
-                    tracing::debug!("{peer}: {caller}");
-                    router.layer(axum::Extension(caller))
-                }
-                None => router,
-            };
-            let service = TowerToHyperService::new(router);
-            if let Err(e) = Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!("connection from {peer}: {e}");
-            }
-        });
     }
 }

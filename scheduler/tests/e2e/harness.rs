@@ -177,9 +177,30 @@ pub struct Pcq {
     config: PathBuf,
     state: PathBuf,
     log: PathBuf,
+    nofile: Option<(u64, u64)>,
+    /// The admin socket.
+    pub socket: PathBuf,
+    /// The admin listener's bearer token file.
+    pub token_file: PathBuf,
     child: Option<Child>,
     http: reqwest::Client,
     nodes: std::sync::Mutex<std::collections::HashMap<String, reqwest::Client>>,
+}
+
+/// The admin listener's bearer token in the tests.
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef";
+
+/// Writes `text` to `path`, mode 0600.
+pub fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    std::io::Write::write_all(&mut f, text.as_bytes()).expect("write");
 }
 
 /// Runs `pcq sync` as `certname` against `server` (facts every time), its
@@ -223,6 +244,8 @@ pub struct PcqConfig {
     tables: BTreeMap<String, Vec<(String, String)>>,
     /// The state directory, when not the test's own temporary one.
     state: Option<PathBuf>,
+    /// The open-file limit pcq starts with (soft, hard), if not inherited.
+    nofile: Option<(u64, u64)>,
 }
 
 /// `text` as a TOML string.
@@ -253,6 +276,13 @@ impl PcqConfig {
             .set("backend.probe_interval", &duration(probe_interval))
     }
 
+    /// pcq starts with this open-file limit (soft, hard), as a service
+    /// manager would give it.
+    pub fn nofile(mut self, soft: u64, hard: u64) -> PcqConfig {
+        self.nofile = Some((soft, hard));
+        self
+    }
+
     /// `puppet catalog compile` (no server).
     pub fn command() -> PcqConfig {
         PcqConfig::backend("command")
@@ -262,6 +292,7 @@ impl PcqConfig {
         let config = PcqConfig {
             tables: BTreeMap::new(),
             state: None,
+            nofile: None,
         };
         // tests of everything but per-node coalescing bump a node again
         // moments after its compile; the coalescing tests set their own
@@ -440,6 +471,9 @@ impl Pcq {
         let dir = tempfile::tempdir().expect("tmp dir");
         let (port, admin) = (free_port(), free_port());
         let config_file = dir.path().join("pcq.toml");
+        let token_file = dir.path().join("admin.token");
+        write_private(&token_file, ADMIN_TOKEN);
+        let socket = dir.path().join("admin.sock");
         let state = config
             .state
             .clone()
@@ -449,8 +483,19 @@ impl Pcq {
             .set("state_dir", &quoted(&state.display().to_string()))
             .set("api.listen", &quoted(&format!("127.0.0.1:{port}")))
             .set("api.admin_listen", &quoted(&format!("127.0.0.1:{admin}")))
+            .set(
+                "api.admin_token_file",
+                &quoted(&token_file.display().to_string()),
+            )
+            .set("api.admin_socket", &quoted(&socket.display().to_string()))
             .toml();
         std::fs::write(&config_file, text).expect("config");
+        let mut headers = reqwest::header::HeaderMap::new();
+        let bearer = format!("Bearer {ADMIN_TOKEN}");
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            bearer.parse().expect("header value"),
+        );
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut pcq = Pcq {
             log: dir.path().join("pcq.log"),
@@ -462,8 +507,12 @@ impl Pcq {
             child: None,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
+                .default_headers(headers)
                 .build()
                 .expect("client"),
+            socket,
+            token_file,
+            nofile: config.nofile,
             nodes: std::sync::Mutex::new(std::collections::HashMap::new()),
         };
         pcq.spawn().await;
@@ -508,6 +557,11 @@ impl Pcq {
         };
         let hashes = pcq.compile(names, facts, limit).await;
         (pcq, hashes)
+    }
+
+    /// The process id of the running pcq.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("pcq runs")
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -562,7 +616,17 @@ impl Pcq {
             .append(true)
             .open(&self.log)
             .expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_pcq"))
+        let mut command = match self.nofile {
+            Some((soft, hard)) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={soft}:{hard}"))
+                    .arg("--")
+                    .arg(env!("CARGO_BIN_EXE_pcq"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_pcq")),
+        };
+        let child = command
             .args(["serve", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info,scheduler=debug")
@@ -842,6 +906,8 @@ pub struct FakeServer {
     /// Nodes whose certificate it answers 404 for (any other name gets
     /// this host's certificate, which has no Puppet extensions).
     withheld: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// What it answers as the CA's CRL (none: 404).
+    crl: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -900,8 +966,22 @@ impl FakeServer {
         let missing = withheld.clone();
         let pem = std::fs::read(Path::new(SSL).join(format!("certs/{}.pem", host())))
             .expect("this host's certificate");
+        let crl = Arc::new(std::sync::Mutex::new(None::<Vec<u8>>));
+        let crl_answer = crl.clone();
         let app = axum::Router::new()
             .route("/puppet/v4/catalog", post(catalog))
+            .route(
+                "/puppet-ca/v1/certificate_revocation_list/ca",
+                get(move || {
+                    let answer = crl_answer.lock().map(|c| c.clone()).unwrap_or(None);
+                    async move {
+                        match answer {
+                            Some(pem) => (axum::http::StatusCode::OK, pem),
+                            None => (axum::http::StatusCode::NOT_FOUND, b"no CRL".to_vec()),
+                        }
+                    }
+                }),
+            )
             .route(
                 "/puppet-ca/v1/certificate/{name}",
                 get(
@@ -964,7 +1044,15 @@ impl FakeServer {
             .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let acceptor = scheduler::daemon::tls::Acceptor::new(config);
-        let task = tokio::spawn(scheduler::daemon::tls::serve(listener, acceptor, app, None));
+        let limits = scheduler::daemon::listener::Limits {
+            max_connections: 1024,
+            client_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::from_secs(600),
+        };
+        let metrics = std::sync::Arc::new(scheduler::daemon::metrics::Metrics::new());
+        let task = tokio::spawn(scheduler::daemon::listener::serve(
+            listener, acceptor, app, None, limits, metrics,
+        ));
         FakeServer {
             url: format!("https://{}:{port}", host()),
             mode,
@@ -973,7 +1061,15 @@ impl FakeServer {
             requests,
             signed,
             withheld,
+            crl,
             task,
+        }
+    }
+
+    /// Answers `pem` as the CA's CRL (none: 404).
+    pub fn serve_crl(&self, pem: Option<Vec<u8>>) {
+        if let Ok(mut c) = self.crl.lock() {
+            *c = pem;
         }
     }
 

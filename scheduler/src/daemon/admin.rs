@@ -1,0 +1,283 @@
+//! The local admin channel: who on this host may act as administrator.
+//!
+//! An administrator reads any node's catalog (every secret in the fleet)
+//! and can bump, deploy and upload facts for anyone, so "any local user" is
+//! not good enough. The default channel is a Unix socket
+//! (`api.admin_socket`) whose file permissions decide: mode 0660, owned by
+//! the user pcq runs as and `api.admin_group`. The `pcq` CLI uses it by
+//! default.
+//!
+//! A loopback TCP listener (`api.admin_listen`, for a Prometheus that
+//! cannot read a socket, say) is still possible, but every request on it
+//! except `/healthz` must carry `Authorization: Bearer <token>`, the token
+//! read from `api.admin_token_file` (mode 0600, made with a random token if
+//! missing), and a `Host` header naming loopback, so a web page on the
+//! host cannot reach it by DNS rebinding.
+
+use std::io::Read as _;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+/// Binds the admin socket at `path`, mode 0660 and, with `group`, owned by
+/// that group (a name or a number). A socket left there by a pcq that is
+/// gone is replaced; one that answers belongs to a running pcq and is an
+/// error.
+pub fn bind_socket(path: &Path, group: Option<&str>) -> Result<tokio::net::UnixListener, String> {
+    let shown = path.display();
+    let gid = group.map(gid_of).transpose()?;
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(format!("{shown}: another pcq serve answers on this socket"));
+        }
+        std::fs::remove_file(path).map_err(|e| format!("{shown}: {e}"))?;
+    }
+    // bound under a name of its own, given its mode and group, then moved
+    // in place: never reachable with the umask's mode
+    let staged = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&staged);
+    let listener = tokio::net::UnixListener::bind(&staged).map_err(|e| format!("{shown}: {e}"))?;
+    let placed = std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o660))
+        .and_then(|()| std::os::unix::fs::chown(&staged, None, gid))
+        .and_then(|()| std::fs::rename(&staged, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&staged);
+        return Err(format!("{shown}: {e}"));
+    }
+    Ok(listener)
+}
+
+/// The group id of `group` (a name or a number).
+fn gid_of(group: &str) -> Result<u32, String> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let name = std::ffi::CString::new(group)
+        .map_err(|_| format!("api.admin_group: {group:?} is not a group name"))?;
+    let mut entry = std::mem::MaybeUninit::<libc::group>::uninit();
+    let mut buf = vec![0 as libc::c_char; 1 << 16];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is to memory of the size given, alive for the
+    // call; the entry is read only when getgrnam_r says it filled it.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            name.as_ptr(),
+            entry.as_mut_ptr(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        return Err(format!("api.admin_group: no group {group:?} on this host"));
+    }
+    // SAFETY: filled by getgrnam_r (found is not null)
+    Ok(unsafe { entry.assume_init() }.gr_gid)
+}
+
+/// The bearer token in `path`, made (32 random bytes, hex, mode 0600) if
+/// the file does not exist. A file others may read is refused: the token
+/// is an admin's key.
+pub fn token(path: &Path) -> Result<String, String> {
+    let shown = path.display();
+    if !path.exists() {
+        let mut bytes = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .map_err(|e| format!("/dev/urandom: {e}"))?;
+        let text = format!("{}\n", hex::encode(bytes));
+        crate::private_file::write(path, text.as_bytes()).map_err(|e| format!("{shown}: {e}"))?;
+        tracing::info!("admin token written to {shown}");
+    }
+    let meta = std::fs::metadata(path).map_err(|e| format!("{shown}: {e}"))?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(format!(
+            "{shown}: mode {:o}; the admin token must be readable by its owner only (chmod 600)",
+            meta.mode() & 0o777
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
+    let token = text.trim().to_string();
+    if token.len() < 16 {
+        return Err(format!(
+            "{shown}: the admin token must be at least 16 characters"
+        ));
+    }
+    Ok(token)
+}
+
+/// Where the token file is when `api.admin_token_file` is not set.
+pub fn default_token_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("admin.token")
+}
+
+/// What the loopback TCP listener checks on each request.
+pub struct Guard {
+    token: String,
+}
+
+impl Guard {
+    /// A guard requiring `token`.
+    pub fn new(token: String) -> Arc<Guard> {
+        Arc::new(Guard { token })
+    }
+
+    /// Why a request with these `host` and `authorization` headers is
+    /// refused, if it is.
+    fn refuse(&self, host: Option<&str>, authorization: Option<&str>) -> Option<Refused> {
+        if !host.is_some_and(names_loopback) {
+            return Some(Refused::Host);
+        }
+        let given = authorization
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .map(str::trim);
+        match given {
+            Some(t) if constant_time_eq(t.as_bytes(), self.token.as_bytes()) => None,
+            _ => Some(Refused::Token),
+        }
+    }
+}
+
+enum Refused {
+    Host,
+    Token,
+}
+
+/// Is `host` (a Host header) loopback: `127.0.0.1`, `[::1]` or `localhost`,
+/// with or without a port?
+fn names_loopback(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    matches!(name, "127.0.0.1" | "::1" | "localhost")
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The middleware of the loopback TCP admin listener.
+pub async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
+    if request.uri().path() == "/healthz" {
+        return next.run(request).await;
+    }
+    let headers = request.headers();
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    match guard.refuse(text(header::HOST), text(header::AUTHORIZATION)) {
+        None => next.run(request).await,
+        Some(Refused::Host) => {
+            tracing::warn!(
+                "admin listener: a request with Host {:?} refused (not loopback)",
+                text(header::HOST)
+            );
+            (
+                StatusCode::FORBIDDEN,
+                Json(json!({"error": "the Host header must name loopback (127.0.0.1, [::1] or localhost)"})),
+            )
+                .into_response()
+        }
+        Some(Refused::Token) => {
+            tracing::warn!("admin listener: a request without the admin token refused");
+            let mut response = (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"error": "Authorization: Bearer <the token in api.admin_token_file> is required"})),
+            )
+                .into_response();
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            response
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_hosts_and_the_token_pass() {
+        let g = Guard {
+            token: "0123456789abcdef0123".into(),
+        };
+        let ok = Some("Bearer 0123456789abcdef0123");
+        assert!(g.refuse(Some("127.0.0.1:8144"), ok).is_none());
+        assert!(g.refuse(Some("localhost:8144"), ok).is_none());
+        assert!(g.refuse(Some("[::1]:8144"), ok).is_none());
+        assert!(g.refuse(Some("localhost"), ok).is_none());
+        assert!(matches!(
+            g.refuse(Some("evil.example:8144"), ok),
+            Some(Refused::Host)
+        ));
+        assert!(matches!(
+            g.refuse(Some("127.0.0.1.evil.example"), ok),
+            Some(Refused::Host)
+        ));
+        assert!(matches!(g.refuse(None, ok), Some(Refused::Host)));
+        assert!(matches!(
+            g.refuse(Some("127.0.0.1"), None),
+            Some(Refused::Token)
+        ));
+        assert!(matches!(
+            g.refuse(Some("127.0.0.1"), Some("Bearer 0123456789abcdef0124")),
+            Some(Refused::Token)
+        ));
+        assert!(matches!(
+            g.refuse(Some("127.0.0.1"), Some("Bearer 0123")),
+            Some(Refused::Token)
+        ));
+    }
+
+    #[test]
+    fn a_token_file_is_made_private_and_a_readable_one_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("admin.token");
+        let made = token(&path).expect("made");
+        assert_eq!(made.len(), 64);
+        let mode = std::fs::metadata(&path).expect("meta").mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(token(&path).expect("read again"), made);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let e = token(&path).expect_err("world-readable");
+        assert!(e.contains("chmod 600"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_0660_in_its_group_and_a_live_one_is_not_taken() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("run/admin.sock");
+        let gid = std::fs::metadata(dir.path()).expect("meta").gid();
+        let listener = bind_socket(&path, Some(&gid.to_string())).expect("bound");
+        let meta = std::fs::metadata(&path).expect("socket");
+        assert_eq!(meta.mode() & 0o777, 0o660);
+        assert_eq!(meta.gid(), gid);
+        let e = bind_socket(&path, None).expect_err("in use");
+        assert!(e.contains("another pcq"), "{e}");
+        drop(listener);
+        // a stale socket (nobody listening) is replaced
+        bind_socket(&path, None).expect("stale socket replaced");
+        assert!(gid_of("no-such-group-pcq").is_err());
+    }
+}
