@@ -9,13 +9,13 @@
 //!
 //! A loopback TCP listener (`api.admin_listen`, for a Prometheus that
 //! cannot read a socket, say) is still possible, but every request on it
-//! except `/healthz` must carry `Authorization: Bearer <token>`, the token
+//! but `/healthz` must carry `Authorization: Bearer <token>`, the token
 //! read from `api.admin_token_file` (mode 0600, made with a random token if
 //! missing), and a `Host` header naming loopback, so a web page on the
 //! host cannot reach it by DNS rebinding.
 
 use std::io::Read as _;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -40,31 +40,54 @@ pub fn bind_socket(path: &Path, group: Option<&str>) -> Result<tokio::net::UnixL
                 .map_err(|e| format!("{}: {e}", dir.display()))?;
         }
     }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!("{shown}: another pcq serve answers on this socket"));
+    clear_stale(path)?;
+    // bound in a private directory of its own, given its mode and group,
+    // then moved in place: never reachable with the umask's mode
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let private = path.with_file_name(format!(".{name}.{}.d", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|e| format!("{}: {e}", private.display()))?;
+    let staged = private.join("admin.sock");
+    let bound = tokio::net::UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o660))?;
+        std::os::unix::fs::chown(&staged, None, gid)?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_dir_all(&private);
+    bound.map_err(|e| format!("{shown}: {e}"))
+}
+
+/// Removes what a pcq that is gone left at `path`: only a socket, and only
+/// one that refuses connections. Anything else is an error.
+fn clear_stale(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let shown = path.display();
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("{shown}: {e}")),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(format!(
+            "{shown}: there is something else than a socket there; pcq removes nothing it did not make"
+        ));
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(format!("{shown}: another pcq serve answers on this socket")),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            std::fs::remove_file(path).map_err(|e| format!("{shown}: {e}"))
         }
-        std::fs::remove_file(path).map_err(|e| format!("{shown}: {e}"))?;
+        Err(e) => Err(format!(
+            "{shown}: {e}; it may belong to a running pcq serve, so it stays"
+        )),
     }
-    // bound under a name of its own, given its mode and group, then moved
-    // in place: never reachable with the umask's mode
-    let staged = path.with_file_name(format!(
-        ".{}.{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&staged);
-    let listener = tokio::net::UnixListener::bind(&staged).map_err(|e| format!("{shown}: {e}"))?;
-    let placed = std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o660))
-        .and_then(|()| std::os::unix::fs::chown(&staged, None, gid))
-        .and_then(|()| std::fs::rename(&staged, path));
-    if let Err(e) = placed {
-        let _ = std::fs::remove_file(&staged);
-        return Err(format!("{shown}: {e}"));
-    }
-    Ok(listener)
 }
 
 /// The group id of `group` (a name or a number).
@@ -177,14 +200,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The middleware of the loopback TCP admin listener.
+/// The middleware of the loopback TCP admin listener (`/healthz` needs
+/// the loopback Host but no token).
 pub async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
-    if request.uri().path() == "/healthz" {
-        return next.run(request).await;
-    }
     let headers = request.headers();
     let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    match guard.refuse(text(header::HOST), text(header::AUTHORIZATION)) {
+    let mut refused = guard.refuse(text(header::HOST), text(header::AUTHORIZATION));
+    if request.uri().path() == "/healthz" && matches!(refused, Some(Refused::Token)) {
+        // health checks need no token, but a loopback Host all the same
+        refused = None;
+    }
+    match refused {
         None => next.run(request).await,
         Some(Refused::Host) => {
             tracing::warn!(
@@ -278,6 +304,12 @@ mod tests {
         drop(listener);
         // a stale socket (nobody listening) is replaced
         bind_socket(&path, None).expect("stale socket replaced");
+        // anything else at the path is left alone
+        let file = dir.path().join("run/not-a-socket");
+        std::fs::write(&file, "keep me").expect("file");
+        let e = bind_socket(&file, None).expect_err("a file");
+        assert!(e.contains("something else than a socket"), "{e}");
+        assert_eq!(std::fs::read_to_string(&file).expect("kept"), "keep me");
         assert!(gid_of("no-such-group-pcq").is_err());
     }
 }

@@ -467,17 +467,20 @@ impl Config {
         if self.api.max_body_bytes < 1024 {
             return err("api.max_body_bytes", "must be at least 1024");
         }
-        if self.ca.crl_refresh_interval < Duration::from_secs(1) {
-            return err("ca.crl_refresh_interval", "must be at least 1s");
+        let day = Duration::from_secs(86_400);
+        if !(Duration::from_secs(1)..=day).contains(&self.ca.crl_refresh_interval) {
+            return err("ca.crl_refresh_interval", "must be from 1s to 1d");
         }
         if self.api.max_connections == 0 {
             return err("api.max_connections", "must be at least 1");
         }
-        if self.api.client_timeout < Duration::from_millis(100) {
-            return err("api.client_timeout", "must be at least 100ms");
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600))
+            .contains(&self.api.client_timeout)
+        {
+            return err("api.client_timeout", "must be from 100ms to 1h");
         }
-        if self.api.max_connection_age < Duration::from_secs(1) {
-            return err("api.max_connection_age", "must be at least 1s");
+        if !(Duration::from_secs(1)..=day).contains(&self.api.max_connection_age) {
+            return err("api.max_connection_age", "must be from 1s to 1d");
         }
         if self.api.admin_listen.is_some_and(|a| !a.ip().is_loopback()) {
             return err(

@@ -53,7 +53,7 @@ impl Crl {
                 .map_err(|e| format!("Puppet's CA certificate: {e}"))?;
             cas.push(cert);
         }
-        let mut issued = Vec::new();
+        let mut issued: Vec<(Vec<u8>, i64, Option<Vec<u8>>)> = Vec::new();
         let mut next_update: Option<i64> = None;
         for der in &ders {
             let (_, crl) =
@@ -66,6 +66,10 @@ impl Crl {
             crl.verify_signature(signer.public_key())
                 .map_err(|e| format!("the signature of {issuer}'s CRL does not verify: {e}"))?;
             let number = crl.crl_number().map(|n| n.to_bytes_be());
+            if issued.iter().any(|(i, ..)| i == issuer.as_raw()) {
+                // the verifier would use the first and might take the older
+                return Err(format!("two CRLs from {issuer}"));
+            }
             issued.push((
                 issuer.as_raw().to_vec(),
                 crl.last_update().timestamp(),
@@ -92,16 +96,20 @@ impl Crl {
             else {
                 return Some("it lacks the CRL of an issuer the CRL in force has".into());
             };
-            if new_at < at {
+            // the CRL number where both have one (a CA whose clock was
+            // corrected still counts up), the issue time otherwise
+            let by_number = match (new_number, number) {
+                // big-endian magnitudes: longer is larger, then bytewise
+                (Some(n), Some(old)) => Some((n.len(), n).cmp(&(old.len(), old))),
+                _ => None,
+            };
+            if by_number == Some(std::cmp::Ordering::Less) {
+                return Some("its CRL number is below the CRL in force's".into());
+            }
+            if by_number != Some(std::cmp::Ordering::Greater) && new_at < at {
                 return Some(format!(
                     "it was issued at {new_at}, before the CRL in force ({at}; seconds since the epoch)"
                 ));
-            }
-            if let (Some(n), Some(old)) = (new_number, number) {
-                // big-endian magnitudes: longer is larger, then bytewise
-                if (n.len(), n) < (old.len(), old) {
-                    return Some("its CRL number is below the CRL in force's".into());
-                }
             }
         }
         None
@@ -173,10 +181,15 @@ pub async fn refresh(
     ssl: PuppetSsl,
     metrics: Arc<Metrics>,
 ) {
-    let mut confirmed = current.as_ref().map(|_| Instant::now());
+    let mut confirmed = None;
     let started = Instant::now();
+    let mut first = true;
     loop {
-        tokio::time::sleep(every).await;
+        // the first refresh at once: the file pcq started with may be
+        // missing or behind the CA
+        if !std::mem::take(&mut first) {
+            tokio::time::sleep(every).await;
+        }
         let result = match source.fetch().await {
             Err(e) => Err(("failed", e)),
             Ok(pem) if current.as_ref().is_some_and(|c| c.pem == pem) => Ok(None),
@@ -302,6 +315,10 @@ mod tests {
             issued: vec![(b"ca".to_vec(), 100, Some(vec![4]))],
             ..a.clone()
         };
+        let clock_back = Crl {
+            issued: vec![(b"ca".to_vec(), 50, Some(vec![6]))],
+            ..a.clone()
+        };
         let other = Crl {
             issued: vec![(b"other".to_vec(), 200, None)],
             ..a.clone()
@@ -314,5 +331,9 @@ mod tests {
         assert!(lower_number.older_than(&a).is_some());
         assert!(other.older_than(&a).is_some());
         assert!(newer.older_than(&a).is_none());
+        assert!(
+            clock_back.older_than(&a).is_none(),
+            "a higher CRL number wins"
+        );
     }
 }

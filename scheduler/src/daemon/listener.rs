@@ -5,12 +5,16 @@
 //! - they are capped ([`Limits::max_connections`]): at the cap pcq stops
 //!   accepting and the kernel's backlog holds newcomers until a slot frees;
 //! - a client gets [`Limits::client_timeout`] for its TLS handshake and for
-//!   its request headers, and a connection whose client stays silent that
-//!   long (idle between requests, a stalled body) is closed: gracefully
-//!   first (a request in flight is answered), outright after as long again;
+//!   its request headers, and a connection with no request in flight whose
+//!   client stays silent that long is closed (a request in flight is
+//!   bounded by its own limits: the body's read timeout, the handler's);
 //! - a connection lives at most [`Limits::max_connection_age`], and one open
 //!   when the CRL changes is closed as well, so a revoked certificate keeps
-//!   no connection it made before;
+//!   no connection it made before: gracefully (a request in flight is
+//!   answered), and outright [`CLOSING_GRACE`] later whatever the client
+//!   does;
+//! - HTTP/1 only: what agents and `pcq sync` speak, and no stream
+//!   multiplexing to hold a connection open with;
 //! - an accept error (no file descriptor left, say) pauses the loop,
 //!   doubling from 10 ms to 1 s, with one log line per 10 s rather than one
 //!   per attempt.
@@ -38,6 +42,13 @@ pub struct Limits {
     /// The longest a connection lives.
     pub max_connection_age: Duration,
 }
+
+/// How long a connection told to close may still finish what it is doing
+/// before it is dropped.
+pub const CLOSING_GRACE: Duration = Duration::from_secs(45);
+
+/// Connections the local admin listeners hold at once.
+pub const ADMIN_CONNECTIONS: usize = 64;
 
 /// File descriptors kept for everything but API connections (the store,
 /// catalog files, connections to the masters, notifications).
@@ -103,28 +114,18 @@ pub async fn serve(
     limits: Limits,
     metrics: Arc<Metrics>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let mut pause = AcceptPause::default();
+    let mut gate = AcceptGate::new(limits.max_connections, metrics.clone());
     loop {
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                metrics.connection_cap_reached.inc();
-                pause.cap_reached(limits.max_connections);
-                match slots.clone().acquire_owned().await {
-                    Ok(slot) => slot,
-                    Err(_) => return,
-                }
-            }
+        let Some(slot) = gate.slot().await else {
+            return;
         };
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => {
-                pause.accepted();
+                gate.accepted();
                 c
             }
             Err(e) => {
-                metrics.accept_errors.inc();
-                tokio::time::sleep(pause.failed(&e)).await;
+                gate.failed(&e).await;
                 continue;
             }
         };
@@ -194,8 +195,7 @@ pub async fn connection<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
 
     let heard = Heard::new();
@@ -203,60 +203,179 @@ where
         inner: io,
         heard: heard.clone(),
     };
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let counted = in_flight.clone();
+    let router = router.layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let counted = counted.clone();
+            async move {
+                let _busy = Busy::new(counted);
+                next.run(request).await
+            }
+        },
+    ));
+    let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.client_timeout);
-    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(router));
+        .header_read_timeout(limits.client_timeout)
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(router));
     tokio::pin!(conn);
     let age = tokio::time::sleep(limits.max_connection_age);
     tokio::pin!(age);
     let mut tick =
         tokio::time::interval((limits.client_timeout / 4).max(Duration::from_millis(10)));
     let mut crl_open = true;
-    let mut closing: Option<&'static str> = None;
+    let mut closing: Option<(&'static str, Instant)> = None;
     loop {
         tokio::select! {
             ended = conn.as_mut() => {
                 let Err(e) = ended else {
-                    return closing.unwrap_or("client");
+                    return closing.map_or("client", |c| c.0);
                 };
                 tracing::debug!("connection: {e}");
-                // hyper's own header read timeout
-                let timed_out = e
-                    .downcast_ref::<hyper::Error>()
-                    .is_some_and(hyper::Error::is_timeout);
                 return match closing {
-                    Some(why) => why,
-                    None if timed_out => "client_timeout",
+                    Some((why, _)) => why,
+                    // hyper's own header read timeout
+                    None if e.is_timeout() => "client_timeout",
                     None => "client",
                 };
             }
             _ = &mut age, if closing.is_none() => {
                 conn.as_mut().graceful_shutdown();
-                closing = Some("max_age");
+                closing = Some(("max_age", Instant::now()));
             }
             changed = crl.changed(), if closing.is_none() && crl_open => {
                 match changed {
                     Ok(()) => {
                         conn.as_mut().graceful_shutdown();
-                        closing = Some("crl_changed");
+                        closing = Some(("crl_changed", Instant::now()));
                     }
                     Err(_) => crl_open = false,
                 }
             }
             _ = tick.tick() => {
-                let silent = heard.silent_for();
-                if silent >= limits.client_timeout * 2 {
-                    return "client_timeout";
-                }
-                if silent >= limits.client_timeout && closing.is_none() {
+                if let Some((why, since)) = closing {
+                    if since.elapsed() >= CLOSING_GRACE {
+                        return why;
+                    }
+                } else if heard.silent_for() >= limits.client_timeout
+                    && in_flight.load(Ordering::Relaxed) == 0
+                {
                     conn.as_mut().graceful_shutdown();
-                    closing = Some("client_timeout");
+                    closing = Some(("client_timeout", Instant::now()));
                 }
             }
         }
+    }
+}
+
+/// A request in flight on a connection, counted while it lives.
+struct Busy(Arc<AtomicU64>);
+
+impl Busy {
+    fn new(count: Arc<AtomicU64>) -> Busy {
+        count.fetch_add(1, Ordering::Relaxed);
+        Busy(count)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A listener the local admin API is served on (TCP on loopback, or the
+/// Unix socket): no TLS, the same limits.
+pub trait Accept: Send + 'static {
+    /// A connection.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// The next connection.
+    fn next(&self) -> impl std::future::Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn next(&self) -> std::io::Result<Self::Stream> {
+        self.accept().await.map(|(s, _)| s)
+    }
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn next(&self) -> std::io::Result<Self::Stream> {
+        self.accept().await.map(|(s, _)| s)
+    }
+}
+
+/// Serves `router` without TLS on a local admin `listener`, at most
+/// [`ADMIN_CONNECTIONS`] at once, each within `limits`.
+pub async fn serve_plain<A: Accept>(
+    listener: A,
+    router: axum::Router,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+) {
+    let mut gate = AcceptGate::new(ADMIN_CONNECTIONS, metrics);
+    // nothing to revoke here: a generation that never changes
+    let (_never, crl) = watch::channel(0u64);
+    loop {
+        let Some(slot) = gate.slot().await else {
+            return;
+        };
+        let stream = match listener.next().await {
+            Ok(s) => {
+                gate.accepted();
+                s
+            }
+            Err(e) => {
+                gate.failed(&e).await;
+                continue;
+            }
+        };
+        let (router, crl) = (router.clone(), crl.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            connection(stream, router, limits, crl).await;
+        });
+    }
+}
+
+/// The accept loop's cap and its pause after errors.
+struct AcceptGate {
+    slots: Arc<Semaphore>,
+    cap: usize,
+    pause: AcceptPause,
+    metrics: Arc<Metrics>,
+}
+
+impl AcceptGate {
+    fn new(cap: usize, metrics: Arc<Metrics>) -> AcceptGate {
+        AcceptGate {
+            slots: Arc::new(Semaphore::new(cap)),
+            cap,
+            pause: AcceptPause::default(),
+            metrics,
+        }
+    }
+
+    /// A free slot, waiting (counted and logged) at the cap.
+    async fn slot(&mut self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            return Some(slot);
+        }
+        self.metrics.connection_cap_reached.inc();
+        self.pause.cap_reached(self.cap);
+        self.slots.clone().acquire_owned().await.ok()
+    }
+
+    fn accepted(&mut self) {
+        self.pause.accepted();
+    }
+
+    /// Counts a failed accept and pauses.
+    async fn failed(&mut self, e: &std::io::Error) {
+        self.metrics.accept_errors.inc();
+        tokio::time::sleep(self.pause.failed(e)).await;
     }
 }
 
@@ -488,6 +607,19 @@ mod tests {
             lived >= Duration::from_millis(600) && lived < Duration::from_secs(2),
             "{lived:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_handler_slower_than_the_client_timeout_is_still_answered() {
+        let (addr, _crl) = server(limits(200, 60_000), 1_000).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(GET).await.expect("request");
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
     }
 
     #[tokio::test]

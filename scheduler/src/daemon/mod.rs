@@ -326,11 +326,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     );
     let app = api::router(state.clone(), config.api.max_body_bytes)
         .layer(axum::Extension(identity::Caller::Admin("socket".into())));
-    tasks.spawn("the admin socket", Ends::Never, async move {
-        if let Err(e) = axum::serve(socket, app).await {
-            tracing::error!("the admin socket: {e}");
-        }
-    });
+    tasks.spawn(
+        "the admin socket",
+        Ends::Never,
+        listener::serve_plain(socket, app, limits, metrics.clone()),
+    );
     if let Some(addr) = config.api.admin_listen {
         let token_file = config
             .api
@@ -348,11 +348,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         let app = api::router(state, config.api.max_body_bytes)
             .layer(axum::Extension(identity::Caller::Admin("loopback".into())))
             .layer(axum::middleware::from_fn_with_state(guard, admin::guard));
-        tasks.spawn("the admin listener", Ends::Never, async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!("the admin listener: {e}");
-            }
-        });
+        tasks.spawn(
+            "the admin listener",
+            Ends::Never,
+            listener::serve_plain(listener, app, limits, metrics.clone()),
+        );
     }
     drop(tx);
     // The driver ends after a shutdown (signal) has drained the compiles

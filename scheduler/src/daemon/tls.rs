@@ -194,11 +194,14 @@ impl Acceptor {
         Arc<tokio_rustls::TlsAcceptor>,
         tokio::sync::watch::Receiver<u64>,
     ) {
+        // subscribed first: a replacement between the two is seen as a
+        // change, never missed
+        let generation = self.generation.subscribe();
         let acceptor = match self.current.read() {
             Ok(a) => a.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
-        (acceptor, self.generation.subscribe())
+        (acceptor, generation)
     }
 }
 
