@@ -497,3 +497,81 @@ async fn the_admin_channel_is_a_socket_for_its_group_and_a_token_on_loopback() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("chmod 600"), "{said}");
 }
+
+/// The CA's CRL with its own CRL (the intermediate's, which lists node
+/// certificates) replaced by one the CA key signs now, numbered above any
+/// the CA has issued and due `seconds` from now.
+fn crl_due_in(seconds: u32) -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("tmp");
+    let ca = std::path::Path::new(harness::SSL).join("ca");
+    let script = format!(
+        "openssl x509 -in {ca}/ca_crt.pem -out inter.pem && touch index.txt && echo 7FFFFFFF > crlnumber \
+         && printf '[ca]\\ndefault_ca=x\\n[x]\\ndatabase=index.txt\\ncrlnumber=crlnumber\\ndefault_md=sha256\\n' > ca.cnf \
+         && openssl ca -batch -gencrl -config ca.cnf -keyfile {ca}/ca_key.pem -cert inter.pem -crlsec {seconds} -out own.pem",
+        ca = ca.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .current_dir(dir.path())
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut pem = std::fs::read(dir.path().join("own.pem")).expect("CRL");
+    // the root's CRL as the CA has it (the second in its file)
+    let text = String::from_utf8(ca_crl()).expect("PEM");
+    let second = text
+        .match_indices("-----BEGIN X509 CRL-----")
+        .nth(1)
+        .map(|(i, _)| i)
+        .expect("the root's CRL");
+    pem.extend_from_slice(text[second..].as_bytes());
+    pem
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crl_past_its_next_update_refuses_every_client() {
+    let _serial = serial().await;
+    let fake = FakeServer::start(Duration::from_millis(10)).await;
+    let node = "crl-expiry.example.com".to_string();
+    harness::ensure_certs(std::slice::from_ref(&node));
+    fake.serve_crl(Some(ca_crl()));
+    let config = quiet(&fake).set("ca.crl_refresh_interval", "\"1s\"");
+    let pcq = Pcq::start(&config).await;
+    let accepted = || {
+        let url = format!("{}/v1/nodes/{node}/status", pcq.tls);
+        let client = harness::node_client(&node);
+        async move { client.get(url).send().await.is_ok() }
+    };
+    assert!(accepted().await);
+    // a valid CRL, newer than the CA's, due in 3 s; after that pcq cannot
+    // know who was revoked since, and refuses everyone
+    let loaded = metric(
+        &pcq.metrics().await,
+        "pcq_crl_refreshes_total{result=\"loaded\"}",
+    );
+    fake.serve_crl(Some(crl_due_in(3)));
+    let taken = pcq
+        .wait(Duration::from_secs(10), || async {
+            metric(
+                &pcq.metrics().await,
+                "pcq_crl_refreshes_total{result=\"loaded\"}",
+            ) > loaded
+        })
+        .await;
+    assert!(taken, "{}", pcq.log_text());
+    let refused = pcq
+        .wait(Duration::from_secs(15), || async { !accepted().await })
+        .await;
+    assert!(refused, "a client was accepted past the CRL's next update");
+    let expired = pcq
+        .wait(Duration::from_secs(5), || async {
+            metric(&pcq.metrics().await, "pcq_crl_expires_in_seconds") < 0.0
+                && pcq.log_text().contains("every client is refused")
+        })
+        .await;
+    assert!(expired, "{}\n{}", pcq.metrics().await, pcq.log_text());
+}

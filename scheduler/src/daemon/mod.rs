@@ -319,7 +319,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     };
     tasks.spawn("the signal handler", Ends::AtShutdown, signalled);
     let socket = admin::bind_socket(&config.api.admin_socket, config.api.admin_group.as_deref())
-        .map_err(ServeError::Config)?;
+        .map_err(|e| ServeError::Config(format!("api.admin_socket: {e}")))?;
     tracing::info!(
         "admin API on {} (a Unix socket, mode 0660)",
         config.api.admin_socket.display()
@@ -337,7 +337,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             .admin_token_file
             .clone()
             .unwrap_or_else(|| admin::default_token_file(dir));
-        let guard = admin::Guard::new(admin::token(&token_file).map_err(ServeError::Config)?);
+        let token = admin::token(&token_file)
+            .map_err(|e| ServeError::Config(format!("api.admin_token_file: {e}")))?;
+        let guard = admin::Guard::new(token);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| io(&format!("listening on {addr}"), e))?;
