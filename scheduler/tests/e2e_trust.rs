@@ -528,7 +528,7 @@ fn crl_due_in(seconds: u32) -> Vec<u8> {
         .nth(1)
         .map(|(i, _)| i)
         .expect("the root's CRL");
-    pem.extend_from_slice(text[second..].as_bytes());
+    pem.extend_from_slice(&text.as_bytes()[second..]);
     pem
 }
 
