@@ -28,6 +28,15 @@ fn quiet(fake: &FakeServer) -> PcqConfig {
         .ca_poll_off()
 }
 
+/// pcq with `config`, and `node` (certificate made if missing) compiled.
+async fn with_one_node(config: &PcqConfig, node: &str) -> Pcq {
+    let names = [node.to_string()];
+    harness::ensure_certs(&names);
+    Pcq::start_compiled(config, &names, with_role("web"), Duration::from_secs(20))
+        .await
+        .0
+}
+
 /// Open files of process `pid`.
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
@@ -119,19 +128,12 @@ async fn thousands_of_idle_and_slow_connections_neither_exhaust_nor_slow_the_api
     let _serial = serial().await;
     let fake = FakeServer::start(Duration::from_millis(10)).await;
     let node = "conn-flood.example.com".to_string();
-    harness::ensure_certs(std::slice::from_ref(&node));
     // the open-file limit systemd gives a service (soft 1,024); pcq raises
     // it to the hard limit itself
     let config = quiet(&fake)
         .set("api.client_timeout", "\"20s\"")
         .nofile(1024, 16384);
-    let (pcq, _) = Pcq::start_compiled(
-        &config,
-        std::slice::from_ref(&node),
-        with_role("web"),
-        Duration::from_secs(20),
-    )
-    .await;
+    let pcq = with_one_node(&config, &node).await;
     let pid = pcq.pid();
     let addr = tls_addr(&pcq);
     let baseline = fds(pid);
@@ -212,19 +214,12 @@ async fn at_its_file_limit_pcq_caps_connections_without_spinning_and_recovers() 
     let _serial = serial().await;
     let fake = FakeServer::start(Duration::from_millis(10)).await;
     let node = "conn-cap.example.com".to_string();
-    harness::ensure_certs(std::slice::from_ref(&node));
     // a hard limit of 1,024 open files: pcq cannot raise it, so it lowers
     // its connection cap to fit instead of failing accepts in a loop
     let config = quiet(&fake)
         .set("api.client_timeout", "\"30s\"")
         .nofile(1024, 1024);
-    let (pcq, _) = Pcq::start_compiled(
-        &config,
-        std::slice::from_ref(&node),
-        with_role("web"),
-        Duration::from_secs(20),
-    )
-    .await;
+    let pcq = with_one_node(&config, &node).await;
     let pid = pcq.pid();
     assert!(
         pcq.log_text().contains("at most 768 connections"),
