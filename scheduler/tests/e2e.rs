@@ -53,6 +53,8 @@ async fn twenty_nodes_compile_on_puppet_server_and_keep_cycling() {
         "CA poll did not list the nodes: {}",
         pcq.queue().await
     );
+    let m = pcq.metrics().await;
+    assert_eq!(metric(&m, "pcq_nodes_waiting_for_facts"), 20.0, "{m}");
     pcq.compile(&names, with_role("web"), Duration::from_secs(180))
         .await;
 
@@ -703,6 +705,20 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
         )
         .await;
     assert_eq!(s, 400);
+    // a deploy of an environment pcq does not know is an error (a typo in a
+    // deploy hook), unless announced as new
+    let deploy = |body: &'static [u8]| {
+        let pcq = &pcq;
+        async move {
+            pcq.request(Via::Admin, Method::POST, "/v1/deploys", body)
+                .await
+        }
+    };
+    let (s, text) = deploy(b"{\"environment\": \"nosuchenv\"}").await;
+    assert_eq!(s, 404, "{text}");
+    assert!(text.contains("--new"), "{text}");
+    let (s, text) = deploy(b"{\"environment\": \"nosuchenv\", \"new\": true}").await;
+    assert_eq!(s, 202, "{text}");
     let (s, _) = pcq
         .request(
             Via::Admin,
@@ -1264,6 +1280,13 @@ async fn catalog_api_etags_bumps_deploys_and_the_cli() {
     };
     let before = fake.requests.load(std::sync::atomic::Ordering::SeqCst);
     assert!(cli(&["bump", &names[1]]).contains("queued"));
+    let typo = std::process::Command::new(env!("CARGO_BIN_EXE_pcq"))
+        .args(["deploy", "productoin", "--api"])
+        .arg(&pcq.socket)
+        .output()
+        .expect("pcq");
+    assert!(!typo.status.success(), "a deploy of an unknown environment passed");
+    assert!(String::from_utf8_lossy(&typo.stderr).contains("unknown environment productoin"));
     let deploy = cli(&["deploy", "production"]);
     assert!(deploy.contains("3 nodes"), "{deploy}");
     let queue = cli(&["queue"]);

@@ -43,6 +43,11 @@ pub enum Command {
     Deploy {
         /// The environment.
         environment: String,
+        /// Announce an environment pcq does not know yet (no node in it,
+        /// not in the code directory); without it, an unknown environment
+        /// is an error (a typo in a deploy hook).
+        #[arg(long)]
+        new: bool,
         #[command(flatten)]
         api: ApiArgs,
     },

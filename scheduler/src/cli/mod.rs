@@ -75,8 +75,12 @@ async fn dispatch(command: Command) -> Result<()> {
                 format!("{node}: {}\n", v["result"].as_str().unwrap_or("?"))
             })?;
         }
-        Command::Deploy { environment, api } => {
-            let body = json!({ "environment": environment });
+        Command::Deploy {
+            environment,
+            new,
+            api,
+        } => {
+            let body = json!({ "environment": environment, "new": new });
             let v = call(&api, Method::POST, "/v1/deploys", Some(body)).await?;
             show(&api, &v, |v: &Value| {
                 format!("{environment}: {} nodes to recompile\n", v["nodes"])

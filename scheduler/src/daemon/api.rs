@@ -115,7 +115,7 @@ impl IntoResponse for Refusal {
 impl From<ApiError> for Refusal {
     fn from(e: ApiError) -> Refusal {
         let status = match &e {
-            ApiError::UnknownNode(_) => StatusCode::NOT_FOUND,
+            ApiError::UnknownNode(_) | ApiError::UnknownEnvironment(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::ShuttingDown | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -310,6 +310,10 @@ async fn post_bump(
 #[serde(deny_unknown_fields)]
 struct DeployBody {
     environment: String,
+    /// An environment pcq does not know yet (no node in it, not on disk
+    /// where the analysis reads code) is announced on purpose.
+    #[serde(default)]
+    new: bool,
 }
 
 async fn post_deploy(
@@ -330,7 +334,13 @@ async fn post_deploy(
         )));
     }
     let environment = deploy.environment.clone();
-    let n = ask(&state, |reply| Command::Deploy { environment, reply }).await?;
+    let new = deploy.new;
+    let n = ask(&state, |reply| Command::Deploy {
+        environment,
+        new,
+        reply,
+    })
+    .await??;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "environment": deploy.environment, "nodes": n })),
@@ -349,8 +359,9 @@ async fn get_metrics(
     Extension(caller): Extension<Caller>,
 ) -> Answer {
     admin(&caller, "metrics")?;
-    let stats = ask(&state, |reply| Command::Stats { reply }).await?;
+    let (stats, waiting) = ask(&state, |reply| Command::Stats { reply }).await?;
     state.metrics.update(&stats);
+    state.metrics.set_waiting_for_facts(waiting);
     Ok((
         [(
             header::CONTENT_TYPE,

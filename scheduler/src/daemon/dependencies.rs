@@ -101,6 +101,14 @@ impl Dependencies {
         true
     }
 
+    /// Whether the code directory the analysis reads has `environment`
+    /// (false with analysis off: no directory is known then).
+    pub fn on_disk(&self, environment: &str) -> bool {
+        self.settings
+            .as_ref()
+            .is_some_and(|s| s.environments_dir.join(environment).is_dir())
+    }
+
     /// Whether `environment` was ever analysed (or is being).
     pub fn known(&self, environment: &str) -> bool {
         self.environments

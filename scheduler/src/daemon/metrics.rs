@@ -71,6 +71,7 @@ pub struct Metrics {
     in_flight: Gauge,
     blocked: Family<ReasonLabel, Gauge>,
     cycle_time: FGauge,
+    waiting_for_facts: Gauge,
     /// Compiles started, by reason.
     pub starts: Family<ReasonLabel, Counter>,
     /// Compile durations, by outcome.
@@ -126,7 +127,7 @@ impl Metrics {
         let cycle_time = FGauge::default();
         registry.register(
             "cycle_time_seconds",
-            "Time to compile every node once at the recent finish rate",
+            "Time to compile every node once at the recent finish rate (NaN until compiles have finished)",
             cycle_time.clone(),
         );
         let starts = Family::<ReasonLabel, Counter>::default();
@@ -215,7 +216,13 @@ impl Metrics {
             "Seconds until the CRL in force passes its next update (negative: expired, every client refused)",
             crl_expires_in.clone(),
         );
-        Metrics {
+        let waiting_for_facts = Gauge::default();
+        registry.register(
+            "nodes_waiting_for_facts",
+            "Nodes the CA signed that have not uploaded facts yet (not scheduled until they do)",
+            waiting_for_facts.clone(),
+        );
+        let metrics = Metrics {
             registry,
             nodes,
             lane_depth,
@@ -223,6 +230,7 @@ impl Metrics {
             in_flight,
             blocked,
             cycle_time,
+            waiting_for_facts,
             starts,
             compile_seconds,
             catalogs,
@@ -237,7 +245,69 @@ impl Metrics {
             crl_refreshes,
             crl_age,
             crl_expires_in,
+        };
+        metrics.every_series_from_the_start();
+        metrics
+    }
+
+    /// Creates every known label set at zero, so dashboards and `rate()`
+    /// see each series from the first scrape, and none appears later;
+    /// gauges not known yet say NaN.
+    fn every_series_from_the_start(&self) {
+        use crate::core::{Outcome, Reason};
+        for r in Reason::ALL {
+            drop(self.starts.get_or_create(&ReasonLabel {
+                reason: r.name().into(),
+            }));
         }
+        for o in Outcome::ALL {
+            drop(self.compile_seconds.get_or_create(&OutcomeLabel {
+                outcome: o.name().into(),
+            }));
+        }
+        let results: [(&Family<ResultLabel, Counter>, &[&str]); 5] = [
+            (&self.catalogs, &["changed", "unchanged", "unstored", "lost"]),
+            (&self.facts_uploads, &["changed", "unused", "unchanged"]),
+            (&self.ca_listings, &["plausible", "implausible"]),
+            (
+                &self.connections_closed,
+                &[
+                    "client",
+                    "client_timeout",
+                    "max_age",
+                    "crl_changed",
+                    "handshake_refused",
+                    "handshake_timeout",
+                ],
+            ),
+            (
+                &self.crl_refreshes,
+                &["loaded", "unchanged", "failed", "invalid", "older"],
+            ),
+        ];
+        for (family, labels) in results {
+            for l in labels {
+                drop(family.get_or_create(&ResultLabel {
+                    result: (*l).into(),
+                }));
+            }
+        }
+        for channel in ["command", "webhook"] {
+            for result in ["sent", "failed"] {
+                drop(self.notifications.get_or_create(&NotifyLabel {
+                    channel: channel.into(),
+                    result: result.into(),
+                }));
+            }
+        }
+        self.cycle_time.set(f64::NAN);
+        self.crl_age.set(f64::NAN);
+        self.crl_expires_in.set(f64::NAN);
+    }
+
+    /// Nodes waiting for their first facts.
+    pub fn set_waiting_for_facts(&self, n: usize) {
+        self.waiting_for_facts.set(n as i64);
     }
 
     /// Copies the core's snapshot into the gauges.
@@ -262,7 +332,7 @@ impl Metrics {
                 .set(i64::from(b == stats.blocked));
         }
         self.cycle_time
-            .set(stats.cycle_time.map_or(0.0, |d| d.as_secs_f64()));
+            .set(stats.cycle_time.map_or(f64::NAN, |d| d.as_secs_f64()));
     }
 
     /// The text format.
@@ -314,5 +384,32 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_is_there_from_the_first_scrape() {
+        let text = Metrics::new().encode();
+        for series in [
+            "pcq_compile_duration_seconds_count{outcome=\"failed\"} 0",
+            "pcq_compile_duration_seconds_count{outcome=\"changed\"} 0",
+            "pcq_catalogs_total{result=\"changed\"} 0",
+            "pcq_facts_uploads_total{result=\"unchanged\"} 0",
+            "pcq_compiles_started_total{reason=\"facts\"} 0",
+            "pcq_ca_listings_total{result=\"implausible\"} 0",
+            "pcq_notifications_total{channel=\"webhook\",result=\"failed\"} 0",
+            "pcq_crl_refreshes_total{result=\"invalid\"} 0",
+            "pcq_api_connections_closed_total{result=\"client_timeout\"} 0",
+            "pcq_nodes_waiting_for_facts 0",
+            // unknown, not zero
+            "pcq_cycle_time_seconds NaN",
+            "pcq_crl_age_seconds NaN",
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
     }
 }

@@ -70,8 +70,11 @@ pub enum Command {
     Deploy {
         /// The environment.
         environment: String,
-        /// Nodes moved or marked.
-        reply: oneshot::Sender<usize>,
+        /// Accepted even if pcq does not know the environment.
+        new: bool,
+        /// Nodes moved or marked; an unknown environment without `new` is
+        /// an error (a typo in a deploy hook must not pass unnoticed).
+        reply: Reply<usize>,
     },
     /// The CA's signed and revoked certnames.
     Ca {
@@ -118,8 +121,9 @@ pub enum Command {
     },
     /// The core's stats.
     Stats {
-        /// The answer.
-        reply: oneshot::Sender<Stats>,
+        /// The answer: the core's, and the nodes waiting for their first
+        /// facts.
+        reply: oneshot::Sender<(Stats, usize)>,
     },
     /// Stop starting compiles; end when running ones are done or `grace`
     /// has passed.
@@ -147,6 +151,9 @@ pub enum ApiError {
     /// The node is not known.
     #[error("unknown node {0}")]
     UnknownNode(String),
+    /// A deploy of an environment pcq does not know.
+    #[error("unknown environment {0}: no node is in it and the code directory has no such environment; announce a new one with `pcq deploy {0} --new` (\"new\": true)")]
+    UnknownEnvironment(String),
     /// A bad request.
     #[error("{0}")]
     BadRequest(String),

@@ -235,7 +235,21 @@ impl Driver {
                 };
                 let _ = reply.send(answer);
             }
-            Command::Deploy { environment, reply } => {
+            Command::Deploy {
+                environment,
+                new,
+                reply,
+            } => {
+                let members = self
+                    .core
+                    .node_ids()
+                    .filter(|&id| self.environment_of(id) == environment)
+                    .count();
+                if members == 0 && !new && !self.parts.deps.on_disk(&environment) {
+                    tracing::warn!("deploy to {environment} refused: an unknown environment");
+                    let _ = reply.send(Err(ApiError::UnknownEnvironment(environment)));
+                    return;
+                }
                 let n = self.core.deploy(now(), &environment);
                 if n > 0 {
                     let ids: Vec<NodeId> = self.core.node_ids().collect();
@@ -248,7 +262,7 @@ impl Driver {
                 tracing::info!("deploy to {environment}: {n} nodes to recompile");
                 *self.deploys.entry(environment.clone()).or_default() += 1;
                 self.router.analyze(&environment);
-                let _ = reply.send(n);
+                let _ = reply.send(Ok(n));
             }
             Command::Ca { signed, revoked } => {
                 let plan = self.intake.ca(&signed, &revoked, &self.nodes);
@@ -286,7 +300,7 @@ impl Driver {
                 let _ = reply.send(self.queue());
             }
             Command::Stats { reply } => {
-                let _ = reply.send(self.core.stats(now()));
+                let _ = reply.send((self.core.stats(now()), self.intake.waiting()));
             }
             Command::Shutdown { grace } => {
                 tracing::info!(
