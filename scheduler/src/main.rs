@@ -10,5 +10,5 @@ use clap::Parser;
 use scheduler::cli::args::Cli;
 
 fn main() -> ExitCode {
-    scheduler::cli::run(Cli::parse().command)
+    scheduler::cli::run(Cli::parse())
 }

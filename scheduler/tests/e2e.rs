@@ -634,6 +634,28 @@ async fn a_second_daemon_on_the_same_state_directory_is_refused() {
         "{stderr}"
     );
     assert!(pcq.healthy().await, "the first daemon goes on");
+    // logs for a journal: no colour codes when stderr is not a terminal,
+    // the start-up line says what runs; --log-format json for shippers
+    let log = pcq.log_text();
+    assert!(!log.contains('\u{1b}'), "colour codes in a file:\n{log}");
+    let starting = format!("pcq {} starting with", env!("CARGO_PKG_VERSION"));
+    assert!(log.contains(&starting), "{log}");
+    assert!(log.contains("master local: https://"), "{log}");
+    let json = std::process::Command::new(env!("CARGO_BIN_EXE_pcq"))
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(pcq.config_file())
+        .output()
+        .expect("pcq runs");
+    let stderr = String::from_utf8_lossy(&json.stderr);
+    let first: Value = serde_json::from_str(stderr.lines().next().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(first["level"], "INFO", "{first}");
+    assert!(
+        first["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&starting)),
+        "{first}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -17,6 +17,23 @@ pub struct Cli {
     #[command(subcommand)]
     /// What to do.
     pub command: Command,
+    /// Log format on stderr: text (coloured only on a terminal) or json
+    /// (one object per line, for log shippers).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log pcq's own debug lines too (RUST_LOG, when set, decides instead:
+    /// e.g. RUST_LOG=info,scheduler=debug).
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]

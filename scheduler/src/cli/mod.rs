@@ -25,21 +25,16 @@ use crate::daemon::serve;
 use crate::daemon::tls::PuppetSsl;
 use crate::puppet_conf::PuppetSettings;
 use crate::sync;
-use args::{ApiArgs, Command, SyncArgs};
+use args::{ApiArgs, Cli, Command, LogFormat, SyncArgs};
 use render::emit;
 
 /// Runs one subcommand; the exit status says how it went.
-pub fn run(command: Command) -> ExitCode {
+pub fn run(cli: Cli) -> ExitCode {
+    let command = cli.command;
     if let Command::Sync(args) = &command {
         return node_sync(args);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logging(cli.log_format, cli.verbose);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -61,9 +56,37 @@ pub fn run(command: Command) -> ExitCode {
     }
 }
 
+/// Log lines on stderr: RUST_LOG decides what, else `info` (with
+/// `--verbose`, pcq's own debug lines too); colour only on a terminal
+/// (under systemd stderr is a journal, not a terminal).
+fn logging(format: LogFormat, verbose: bool) {
+    use std::io::IsTerminal;
+    let default = if verbose { "info,scheduler=debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
 async fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::Serve { config } => serve(Config::load(&config)?).await?,
+        Command::Serve { config: path } => {
+            let config = Config::load(&path)?;
+            tracing::info!(
+                "pcq {} starting with {}: certname {}, state in {}",
+                env!("CARGO_PKG_VERSION"),
+                path.display(),
+                config.certname(),
+                config.state_dir.display()
+            );
+            serve(config).await?
+        }
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
             print!("{}", toml::to_string(&config)?);

@@ -79,9 +79,17 @@ pub async fn crl(server: &PuppetServer) -> Result<Vec<u8>, String> {
 /// Polls forever: each successful listing goes to the driver (the CRL is
 /// refreshed by [`super::crl::refresh`] on its own interval).
 pub async fn poll(server: PuppetServer, every: Duration, driver: mpsc::Sender<Command>) {
+    let mut first = true;
     loop {
         match list(&server).await {
             Ok((signed, revoked)) => {
+                if std::mem::take(&mut first) {
+                    tracing::info!(
+                        "the CA lists {} signed and {} revoked certificates",
+                        signed.len(),
+                        revoked.len()
+                    );
+                }
                 if driver.send(Command::Ca { signed, revoked }).await.is_err() {
                     return;
                 }

@@ -138,6 +138,11 @@ fn masters(config: &Config) -> Result<(Vec<MasterSlot>, Option<PuppetServer>), S
             Backend::Puppetserver(p) => {
                 let ssl = PuppetSsl::new(&config.puppet.ssldir, &config.certname());
                 let url = m.url.clone().unwrap_or_else(|| p.url.clone());
+                tracing::info!(
+                    "master {}: {url} ({cores} cores, at most {} compiles at once)",
+                    m.name,
+                    spec.gate.max_concurrency
+                );
                 let server = PuppetServer::new(&url, &ssl, p.persist_facts, p.persist_catalog)?
                     .with_ca(&p.url);
                 if ca_client.is_none() {
@@ -146,6 +151,7 @@ fn masters(config: &Config) -> Result<(Vec<MasterSlot>, Option<PuppetServer>), S
                 (Arc::new(server), p.probe_interval)
             }
             Backend::Command(c) => {
+                tracing::info!("master {}: the command {:?}", m.name, c.command);
                 let vardir = config.state_dir.join("compile-vardir");
                 let compiler = CommandCompiler::new(c.command.clone(), &vardir)
                     .map_err(|e| io(&vardir.display().to_string(), e))?;
