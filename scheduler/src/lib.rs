@@ -3,7 +3,8 @@
 //! - [`core`]: the scheduling state machine (lanes, gate, backoff), with no
 //!   I/O. The daemon and the simulator both drive it.
 //! - [`toml_file`]: TOML files whose errors name the line and key (the
-//!   daemon's config, the simulator's scenarios).
+//!   daemon's config, the simulator's scenarios); [`exit`]: the exit
+//!   statuses both programs share.
 //!
 //! Behind the feature `daemon` (on by default), everything that does I/O:
 //!
@@ -17,9 +18,10 @@
 //!   hold secrets, written 0600, atomically and durably.
 //!
 //! Arrows only run downward: `cli` -> `sync` -> `daemon` -> `puppet_conf`, `private_file`,
-//! `toml_file`, `core`; `scripts/check-module-graph` checks it.
+//! `toml_file`, `exit`, `core`; `scripts/check-module-graph` checks it.
 
 pub mod core;
+pub mod exit;
 pub mod toml_file;
 
 #[cfg(feature = "daemon")]

@@ -19,14 +19,17 @@
 //! A daily upload is the safety net. Identity is the node's own Puppet certificate; pcq
 //! checks it and serves the node nothing but its own catalog.
 //!
-//! Exit status: 0 (nothing to do, or applied), 1 (pcq unreachable or
-//! refusing; the last catalog stays in place), 2 (the apply failed).
+//! Exit status ([`crate::exit`]): 0 (nothing to do, or applied), 1 (pcq
+//! unreachable or refusing; the last catalog stays in place), 4 (the apply,
+//! or the plugin fetch before it, failed).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use crate::exit;
 use serde_json::{json, Value};
 
 use crate::daemon::analyze::UsedFacts;
@@ -137,7 +140,7 @@ pub async fn sync(o: &Options) -> Report {
         tokio::time::sleep(wait).await;
     }
     let fail = |line: String| Report {
-        status: 1,
+        status: exit::FAILED,
         line: format!("pcq sync: {line}; the last catalog stays in place"),
         applied: false,
     };
@@ -186,7 +189,7 @@ pub async fn sync(o: &Options) -> Report {
             short(state.etag.as_deref().unwrap_or(""))
         ));
         return Report {
-            status: 0,
+            status: exit::OK,
             line: format!("pcq sync: {}", notes.join("; ")),
             applied: false,
         };
@@ -200,7 +203,7 @@ pub async fn sync(o: &Options) -> Report {
         if status.as_u16() == 404 && message.contains("no catalog") {
             notes.push("no catalog compiled yet".into());
             return Report {
-                status: 0,
+                status: exit::OK,
                 line: format!("pcq sync: {}", notes.join("; ")),
                 applied: false,
             };
@@ -231,7 +234,7 @@ pub async fn sync(o: &Options) -> Report {
             .collect();
         if let Err(e) = run(&argv, Stdio::null()).await {
             return Report {
-                status: 2,
+                status: exit::APPLY,
                 line: format!(
                     "pcq sync: fetching the plugins of {environment} failed ({e}); not applied, the last catalog stays in place"
                 ),
@@ -259,7 +262,7 @@ pub async fn sync(o: &Options) -> Report {
                 t.elapsed().as_secs_f64()
             ));
             Report {
-                status: 0,
+                status: exit::OK,
                 line: format!("pcq sync: {}", notes.join("; ")),
                 applied: true,
             }
@@ -269,7 +272,7 @@ pub async fn sync(o: &Options) -> Report {
             state.code_version = None;
             save_state(&o.state_file, &state);
             Report {
-                status: 2,
+                status: exit::APPLY,
                 line: format!(
                     "pcq sync: catalog {} written to {} but the apply failed: {e}",
                     short(etag.as_deref().unwrap_or("")),

@@ -14,15 +14,15 @@ use serde::de::DeserializeOwned;
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     /// The file could not be read.
-    #[error("{file}: {source}")]
+    #[error("{file}: {why}")]
     Read {
         /// The file.
         file: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (not a `source`: said once, here).
+        why: std::io::Error,
     },
     /// Bad syntax, an unknown key, a value of the wrong type or range.
-    #[error("{file}:{line}: {key}: {message}")]
+    #[error("{file}:{line}: {key}: {message}{example}")]
     Invalid {
         /// The file.
         file: PathBuf,
@@ -32,28 +32,36 @@ pub enum FileError {
         key: String,
         /// What is wrong.
         message: String,
+        /// The key's line in the documented example file (`; for example:
+        /// ...`), or nothing.
+        example: String,
     },
 }
 
 /// Reads a whole file, naming it in the error.
 pub fn read(path: &Path) -> Result<String, FileError> {
-    std::fs::read_to_string(path).map_err(|source| FileError::Read {
+    std::fs::read_to_string(path).map_err(|why| FileError::Read {
         file: path.to_owned(),
-        source,
+        why,
     })
 }
 
 /// Parses `text` (the contents of `file`) into `T`, then runs `check`,
 /// which names a dotted key and what is wrong with its value; either
-/// failure comes back located at its line.
+/// failure comes back located at its line, with the key's line in
+/// `example` (the documented example file) when it has one.
 pub fn load<T: DeserializeOwned>(
     text: &str,
     file: &Path,
+    example: &str,
     check: impl FnOnce(&mut T) -> Result<(), (String, String)>,
 ) -> Result<T, FileError> {
     let invalid = |e: TomlError| FileError::Invalid {
         file: file.to_owned(),
         line: e.line,
+        example: example_of(example, &e.key)
+            .map(|line| format!("; for example: {line}"))
+            .unwrap_or_default(),
         key: e.key,
         message: e.message,
     };
@@ -81,10 +89,12 @@ pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T, TomlError> {
         let start = span.as_ref().map_or(0, |s| s.start);
         // A bad value inside a table that serde reports by its header (an
         // internally tagged table): find the value itself.
-        let offset = quoted_value(&message)
+        let value = bad_value(&message);
+        let offset = value
+            .as_ref()
             .and_then(|v| {
                 let after = text.get(start..)?;
-                Some(start + after.find(&format!("\"{v}\""))?)
+                Some(start + value_offset(after, v)?)
             })
             .unwrap_or(start);
         let line = if span.is_some() {
@@ -92,7 +102,19 @@ pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T, TomlError> {
         } else {
             0
         };
-        let key = between_backticks(&message).unwrap_or_else(|| key_at_line(text, line));
+        // "unknown field `x`" names the key; "invalid type: integer `8140`"
+        // names a value, and the key is the one written at its line
+        let named = match value {
+            None => between_backticks(&message),
+            Some(_) => None,
+        };
+        let key = match named {
+            Some(k) => match table_at_line(text, line) {
+                t if t.is_empty() => k,
+                t => format!("{t}.{k}"),
+            },
+            None => key_at_line(text, line),
+        };
         TomlError { line, key, message }
     })
 }
@@ -157,26 +179,116 @@ fn between_backticks(message: &str) -> Option<String> {
     Some(message[start..start + len].to_string())
 }
 
-/// The string value a serde message quotes: `invalid value: string "x"`.
-fn quoted_value(message: &str) -> Option<&str> {
-    let start = message.find("string \"")? + "string \"".len();
-    let len = message[start..].find('"')?;
-    Some(&message[start..start + len])
+/// The value a serde message complains about: `string "x"` (as written,
+/// quoted) or `` integer `8140` `` (bare).
+fn bad_value(message: &str) -> Option<String> {
+    if let Some(start) = message.find("string \"").map(|i| i + "string \"".len()) {
+        let len = message[start..].find('"')?;
+        return Some(format!("\"{}\"", &message[start..start + len]));
+    }
+    if message.starts_with("invalid type") || message.starts_with("invalid value") {
+        return between_backticks(message);
+    }
+    None
 }
 
-/// The key written at a line, for errors that name none.
+/// Where `value` is written as a value (after `=`) in `text`.
+fn value_offset(text: &str, value: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = text.get(from..)?.find(value) {
+        let at = from + i;
+        let before = text[..at].trim_end_matches([' ', '\t']);
+        if before.ends_with('=') || before.ends_with('[') || before.ends_with(',') {
+            return Some(at);
+        }
+        from = at + value.len().max(1);
+    }
+    None
+}
+
+/// The dotted name of the table a line is in (`masters[1]`, `core.gate`;
+/// empty at the top level).
+fn table_at_line(text: &str, line: usize) -> String {
+    let mut table = String::new();
+    let mut arrays: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for l in text.lines().take(line) {
+        let l = l.trim();
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_string();
+            let n = arrays.entry(name.clone()).or_insert(0);
+            table = format!("{name}[{n}]");
+            *n += 1;
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = name.trim().to_string();
+        }
+    }
+    table
+}
+
+/// The dotted key written at a line, for errors that name none.
 fn key_at_line(text: &str, line: usize) -> String {
-    text.lines()
-        .nth(line.saturating_sub(1))
-        .and_then(|l| l.split('=').next())
-        .map(|k| k.trim().trim_matches(['[', ']']).to_string())
-        .unwrap_or_default()
+    let Some(written) = text.lines().nth(line.saturating_sub(1)) else {
+        return String::new();
+    };
+    let written = written.trim();
+    if written.starts_with('[') {
+        return written.trim_matches(['[', ']']).trim().to_string();
+    }
+    let key = written.split('=').next().unwrap_or("").trim();
+    match table_at_line(text, line) {
+        t if t.is_empty() => key.to_string(),
+        t => format!("{t}.{key}"),
+    }
+}
+
+/// The line for dotted `key` in an example file (`pcq.example.toml`), to
+/// show with an error: `url = "https://puppet.example.com:8140"`.
+pub fn example_of(example: &str, key: &str) -> Option<String> {
+    // indexes of arrays of tables are the example's own: look at the first
+    let plain: String = key
+        .split('.')
+        .map(|p| p.split('[').next().unwrap_or(p))
+        .collect::<Vec<_>>()
+        .join(".");
+    let (table, name) = match plain.rsplit_once('.') {
+        Some((t, n)) => (t.to_string(), n.to_string()),
+        None => (String::new(), plain.clone()),
+    };
+    let mut current = String::new();
+    for l in example.lines() {
+        let t = l.trim();
+        if t.starts_with('[') {
+            current = t.trim_matches(['[', ']']).trim().to_string();
+            continue;
+        }
+        // commented-out examples count too
+        let t = t.trim_start_matches('#').trim();
+        if current == table && t.split('=').next().map(str::trim) == Some(name.as_str()) {
+            return Some(t.to_string());
+        }
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde::Deserialize;
+
+    #[test]
+    fn examples_are_found_by_dotted_key() {
+        let example = "top = 1\n[backend]\nurl = \"https://x:8140\"\n[api]\n# admin_listen = \"127.0.0.1:8144\"\n";
+        assert_eq!(
+            example_of(example, "backend.url").as_deref(),
+            Some("url = \"https://x:8140\"")
+        );
+        assert_eq!(
+            example_of(example, "api.admin_listen").as_deref(),
+            Some("admin_listen = \"127.0.0.1:8144\"")
+        );
+        assert_eq!(example_of(example, "top").as_deref(), Some("top = 1"));
+        assert_eq!(example_of(example, "backend.nothing"), None);
+    }
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -197,9 +309,13 @@ mod tests {
     #[test]
     fn errors_say_line_and_key() {
         let e = parse::<T>("a = 1\n[[sub]]\nb = 2\n[[sub]]\nc = 3\n").expect_err("unknown key");
-        assert_eq!((e.line, e.key.as_str()), (5, "c"));
+        assert_eq!((e.line, e.key.as_str()), (5, "sub[1].c"));
         let e = parse::<T>("a = -1\n").expect_err("negative");
         assert_eq!(e.line, 1);
+        let e = parse::<T>("a = 1\n[[sub]]\nb = 2\n[[sub]]\nb = \"x\"\n").expect_err("type");
+        assert_eq!((e.line, e.key.as_str()), (5, "sub[1].b"), "{}", e.message);
+        let e = parse::<T>("a = true\n").expect_err("type");
+        assert_eq!((e.line, e.key.as_str()), (1, "a"), "{}", e.message);
         let text = "a = 1\n[[sub]]\nb = 2\n[[sub]]\nb = 3\n";
         assert_eq!(line_of(text, "sub[1].b"), 5);
         assert_eq!(line_of(text, "sub[0]"), 2);

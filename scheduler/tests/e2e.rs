@@ -1307,7 +1307,10 @@ async fn catalog_api_etags_bumps_deploys_and_the_cli() {
         .arg(&pcq.socket)
         .output()
         .expect("pcq");
-    assert!(!typo.status.success(), "a deploy of an unknown environment passed");
+    assert!(
+        !typo.status.success(),
+        "a deploy of an unknown environment passed"
+    );
     assert!(String::from_utf8_lossy(&typo.stderr).contains("unknown environment productoin"));
     let deploy = cli(&["deploy", "production"]);
     assert!(deploy.contains("3 nodes"), "{deploy}");

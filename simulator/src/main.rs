@@ -12,6 +12,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use scheduler::exit;
 use simulator::metrics::RunResult;
 use simulator::plan::{plan, PlanOptions};
 use simulator::policy::Policy;
@@ -106,7 +107,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("pcq-sim: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(exit::of(e.chain()))
         }
     }
 }
@@ -221,7 +222,7 @@ fn execute(cli: Cli) -> Result<ExitCode> {
                         s.masters.count,
                         missed.join("; ")
                     );
-                    return Ok(ExitCode::from(1));
+                    return Ok(ExitCode::from(exit::FAILED));
                 }
                 println!("check: {} masters meet every SLO (queue)", s.masters.count);
             }

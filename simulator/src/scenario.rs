@@ -423,6 +423,10 @@ impl Default for Plan {
     }
 }
 
+/// The documented example scenario: errors quote its line for the key
+/// they are about.
+pub const EXAMPLE: &str = include_str!("../../scenarios/example.toml");
+
 impl Scenario {
     /// Reads and checks a scenario file. Relative paths inside it (an
     /// empirical compile-time CSV) are taken from the file's folder.
@@ -434,7 +438,7 @@ impl Scenario {
     /// Parses and checks scenario text; `file` names it in errors, `base`
     /// resolves relative paths.
     pub fn parse(text: &str, file: &Path, base: &Path) -> Result<Scenario, FileError> {
-        toml_file::load(text, file, |s: &mut Scenario| {
+        toml_file::load(text, file, EXAMPLE, |s: &mut Scenario| {
             s.check()?;
             s.compile.load_samples(base)
         })
@@ -629,7 +633,7 @@ slots = 2
     fn unknown_keys_are_refused_with_line_and_key() {
         let text = MINIMAL.replace("slots = 2", "slots = 2\nslot = 3");
         let (line, key, message) = invalid(&text);
-        assert_eq!(key, "slot");
+        assert_eq!(key, "masters.slot");
         assert_eq!(line, 15);
         assert!(message.contains("unknown field"), "{message}");
     }

@@ -28,9 +28,18 @@ fn example() -> String {
 fn bad_scenarios_are_refused_with_file_line_and_key() {
     let dir = scratch("bad");
     for (edit, key, marker) in [
-        (("slots = 2", "slots = 2\nsloths = 3"), "sloths", "sloths"),
+        (
+            ("slots = 2", "slots = 2\nsloths = 3"),
+            "masters.sloths",
+            "sloths",
+        ),
         (("slots = 2", "slots = 0"), "masters.slots", "slots = 0"),
-        (("mean = \"6s\"", "mean = \"6 parsecs\""), "mean", "parsecs"),
+        (
+            ("mean = \"6s\"", "mean = \"6 parsecs\""),
+            "compile.mean",
+            "parsecs",
+        ),
+        (("slots = 2", "slots = \"two\""), "masters.slots", "\"two\""),
     ] {
         let text = example().replacen(edit.0, edit.1, 1);
         let line = 1 + text
@@ -40,7 +49,8 @@ fn bad_scenarios_are_refused_with_file_line_and_key() {
         let file = dir.join("bad.toml");
         std::fs::write(&file, text).expect("write");
         let out = pcq_sim(&["run", file.to_str().expect("utf-8 path")]);
-        assert_eq!(out.status.code(), Some(2));
+        // 3: the scenario is at fault (2 is a wrong command line)
+        assert_eq!(out.status.code(), Some(3));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             err.contains(&format!("bad.toml:{line}:")) && err.contains(key),
@@ -48,8 +58,12 @@ fn bad_scenarios_are_refused_with_file_line_and_key() {
         );
     }
     let out = pcq_sim(&["run", "/no/such/scenario.toml"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/scenario.toml"));
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("No such file").count(), 1, "said once: {err}");
+    assert!(err.contains("/no/such/scenario.toml"), "{err}");
+    let out = pcq_sim(&["run", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2), "clap's usage status");
 }
 
 #[test]

@@ -23,6 +23,7 @@ use crate::daemon::config::Config;
 use crate::daemon::driver::{NodeStatus, QueueView};
 use crate::daemon::serve;
 use crate::daemon::tls::PuppetSsl;
+use crate::exit;
 use crate::puppet_conf::PuppetSettings;
 use crate::sync;
 use args::{ApiArgs, Cli, Command, LogFormat, SyncArgs};
@@ -51,7 +52,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pcq: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::of(e.chain()))
         }
     }
 }
@@ -61,7 +62,11 @@ pub fn run(cli: Cli) -> ExitCode {
 /// (under systemd stderr is a journal, not a terminal).
 fn logging(format: LogFormat, verbose: bool) {
     use std::io::IsTerminal;
-    let default = if verbose { "info,scheduler=debug" } else { "info" };
+    let default = if verbose {
+        "info,scheduler=debug"
+    } else {
+        "info"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
@@ -196,7 +201,7 @@ fn node_sync(args: &SyncArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pcq sync: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(exit::FAILED);
         }
     };
     let report = runtime.block_on(sync::sync(&options));

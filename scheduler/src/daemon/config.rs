@@ -436,6 +436,10 @@ impl Default for Shutdown {
     }
 }
 
+/// The documented example configuration: errors quote its line for the
+/// key they are about.
+pub const EXAMPLE: &str = include_str!("../../../pcq.example.toml");
+
 impl Config {
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> Result<Config, FileError> {
@@ -444,7 +448,7 @@ impl Config {
 
     /// Parses and checks configuration text; `file` names it in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Config, FileError> {
-        toml_file::load(text, file, |c: &mut Config| c.check())
+        toml_file::load(text, file, EXAMPLE, |c: &mut Config| c.check())
     }
 
     fn check(&self) -> Result<(), (String, String)> {
@@ -596,8 +600,7 @@ mod tests {
 
     #[test]
     fn the_example_file_is_valid() {
-        let text = include_str!("../../../pcq.example.toml");
-        if let Err(e) = Config::parse(text, Path::new("pcq.example.toml")) {
+        if let Err(e) = Config::parse(EXAMPLE, Path::new("pcq.example.toml")) {
             panic!("{e}");
         }
     }
@@ -607,7 +610,43 @@ mod tests {
         let text = format!("{MINIMAL}[ca]\npoll_intervall = \"10s\"\n");
         let e = Config::parse(&text, Path::new("pcq.toml")).expect_err("typo");
         let msg = e.to_string();
-        assert!(msg.starts_with("pcq.toml:6: poll_intervall:"), "{msg}");
+        assert!(msg.starts_with("pcq.toml:6: ca.poll_intervall:"), "{msg}");
+    }
+
+    #[test]
+    fn type_errors_and_bad_durations_name_the_full_key_and_show_an_example() {
+        // a number where the URL goes: the key, not the value, and the
+        // example file's line
+        let text = "state_dir = \"/tmp/pcq\"\n[backend]\nkind = \"puppetserver\"\nurl = 8140\n";
+        let msg = Config::parse(text, Path::new("pcq.toml"))
+            .expect_err("type")
+            .to_string();
+        assert!(
+            msg.starts_with("pcq.toml:4: backend.url: invalid type"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("for example: url = \"https://puppet.example.com:8140\""),
+            "{msg}"
+        );
+        let text = format!("{MINIMAL}[core]\nmin_cycle_interval = \"30 parsecs\"\n");
+        let msg = Config::parse(&text, Path::new("pcq.toml"))
+            .expect_err("duration")
+            .to_string();
+        assert!(
+            msg.starts_with("pcq.toml:6: core.min_cycle_interval:"),
+            "{msg}"
+        );
+        assert!(msg.contains("for example: min_cycle_interval = "), "{msg}");
+    }
+
+    #[test]
+    fn a_missing_file_is_said_once() {
+        let e = Config::load(Path::new("/nonexistent/pcq.toml")).expect_err("missing");
+        let chain = anyhow::Error::from(e);
+        let text = format!("{chain:#}");
+        assert_eq!(text.matches("No such file").count(), 1, "{text}");
+        assert_eq!(crate::exit::of(chain.chain()), crate::exit::CONFIG);
     }
 
     #[test]

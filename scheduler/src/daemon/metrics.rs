@@ -266,7 +266,10 @@ impl Metrics {
             }));
         }
         let results: [(&Family<ResultLabel, Counter>, &[&str]); 5] = [
-            (&self.catalogs, &["changed", "unchanged", "unstored", "lost"]),
+            (
+                &self.catalogs,
+                &["changed", "unchanged", "unstored", "lost"],
+            ),
             (&self.facts_uploads, &["changed", "unused", "unchanged"]),
             (&self.ca_listings, &["plausible", "implausible"]),
             (

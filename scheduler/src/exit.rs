@@ -1,0 +1,28 @@
+//! Exit statuses, one meaning for `pcq` and `pcq-sim`, so a script, a
+//! cron mail filter or a unit's `SuccessExitStatus` reads them one way.
+
+/// It worked (`pcq sync`: nothing to do, or applied).
+pub const OK: u8 = 0;
+/// It ran and failed: pcq unreachable or refusing, a `--check` that
+/// missed its SLO, a daemon that died.
+pub const FAILED: u8 = 1;
+/// The command line was wrong (clap's own status).
+pub const USAGE: u8 = 2;
+/// The configuration or scenario file is unreadable or invalid.
+pub const CONFIG: u8 = 3;
+/// `pcq sync`: the catalog could not be applied (or the plugins it needs
+/// could not be fetched); the node runs what it ran before.
+pub const APPLY: u8 = 4;
+
+/// The status for an error, given its chain (`anyhow::Error::chain`):
+/// [`CONFIG`] when a file is at fault, [`FAILED`] otherwise.
+pub fn of<'a>(chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>) -> u8 {
+    let config = chain
+        .into_iter()
+        .any(|c| c.downcast_ref::<crate::toml_file::FileError>().is_some());
+    if config {
+        CONFIG
+    } else {
+        FAILED
+    }
+}
