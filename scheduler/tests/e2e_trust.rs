@@ -570,3 +570,33 @@ async fn a_crl_past_its_next_update_refuses_every_client() {
         .await;
     assert!(expired, "{}\n{}", pcq.metrics().await, pcq.log_text());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_master_whose_certificate_does_not_name_the_url_is_down_and_says_why() {
+    let _serial = serial().await;
+    let fake = FakeServer::start(Duration::from_millis(10)).await;
+    // the stand-in presents this host's certificate, which does not name
+    // "localhost": every request fails at TLS
+    let port = fake.url.rsplit(':').next().expect("port").to_string();
+    let config = PcqConfig::stand_in(&fake)
+        .cycle_off()
+        .no_load_gate()
+        .set("backend.url", &format!("\"https://localhost:{port}\""))
+        .ca_poll(Duration::from_secs(1));
+    let pcq = Pcq::start(&config).await;
+    let down = pcq
+        .wait(Duration::from_secs(10), || async {
+            let m = pcq.metrics().await;
+            metric(&m, "pcq_master_up{master=\"local\"}") == 0.0
+                && metric(&m, "pcq_ca_listings_total{result=\"failed\"}") >= 1.0
+        })
+        .await;
+    assert!(down, "{}\n{}", pcq.metrics().await, pcq.log_text());
+    let log = pcq.log_text();
+    assert!(
+        log.contains("not valid for name") && log.contains("localhost"),
+        "the TLS cause is not in the log:\n{log}"
+    );
+    let queue = pcq.queue().await;
+    assert_eq!(queue["masters"][0]["up"], false, "{queue}");
+}

@@ -6,13 +6,15 @@
 //! with the `pp_cli_auth` extension, which the CA host's own has) and hands
 //! the driver the full lists; the driver works out what changed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::backend::puppetserver::PuppetServer;
+use super::backend::puppetserver::{why, PuppetServer};
 use super::driver::Command;
+use super::metrics::Metrics;
 
 #[derive(Debug, Deserialize)]
 struct Status {
@@ -30,7 +32,7 @@ pub async fn list(server: &PuppetServer) -> Result<(Vec<String>, Vec<String>), S
         .timeout(Duration::from_secs(30))
         .send()
         .await
-        .map_err(|e| format!("{url}: {e}"))?;
+        .map_err(|e| format!("{url}: {}", why(&e)))?;
     let status = response.status();
     if !status.is_success() {
         let body = response.text().await.unwrap_or_default();
@@ -65,7 +67,7 @@ pub async fn crl(server: &PuppetServer) -> Result<Vec<u8>, String> {
         .timeout(Duration::from_secs(30))
         .send()
         .await
-        .map_err(|e| format!("{url}: {e}"))?;
+        .map_err(|e| format!("{url}: {}", why(&e)))?;
     if !response.status().is_success() {
         return Err(format!("{url}: {}", response.status()));
     }
@@ -78,7 +80,12 @@ pub async fn crl(server: &PuppetServer) -> Result<Vec<u8>, String> {
 
 /// Polls forever: each successful listing goes to the driver (the CRL is
 /// refreshed by [`super::crl::refresh`] on its own interval).
-pub async fn poll(server: PuppetServer, every: Duration, driver: mpsc::Sender<Command>) {
+pub async fn poll(
+    server: PuppetServer,
+    every: Duration,
+    driver: mpsc::Sender<Command>,
+    metrics: Arc<Metrics>,
+) {
     let mut first = true;
     loop {
         match list(&server).await {
@@ -94,7 +101,10 @@ pub async fn poll(server: PuppetServer, every: Duration, driver: mpsc::Sender<Co
                     return;
                 }
             }
-            Err(e) => tracing::warn!("CA poll: {e}"),
+            Err(e) => {
+                tracing::warn!("CA poll: {e}");
+                Metrics::count(&metrics.ca_listings, "failed");
+            }
         }
         tokio::time::sleep(every).await;
     }

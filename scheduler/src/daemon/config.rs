@@ -497,6 +497,9 @@ impl Config {
                 if !(p.url.starts_with("https://")) {
                     return err("backend.url", "must be an https:// URL of Puppet Server");
                 }
+                if let Some(why) = self.named_by_address(&p.url) {
+                    return err("backend.url", &why);
+                }
                 if p.probe_interval.is_zero() {
                     return err("backend.probe_interval", "must be above zero");
                 }
@@ -526,6 +529,9 @@ impl Config {
                     "must be an https:// URL".into(),
                 ));
             }
+            if let Some(why) = m.url.as_deref().and_then(|u| self.named_by_address(u)) {
+                return Err((format!("masters[{i}].url"), why));
+            }
         }
         for (i, p) in self.facts.ignore.iter().enumerate() {
             if let Err(e) = globset::Glob::new(p) {
@@ -541,6 +547,37 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Why `url` cannot work if it names the server by IP address: TLS
+    /// checks the name in the URL against Puppet Server's certificate
+    /// (its certname and dns_alt_names), which holds names, and every
+    /// request would fail. Says which names this host's certificate has.
+    fn named_by_address(&self, url: &str) -> Option<String> {
+        let rest = url.strip_prefix("https://")?;
+        let authority = rest.split('/').next().unwrap_or(rest);
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => authority.split(':').next().unwrap_or(""),
+        };
+        host.parse::<std::net::IpAddr>().ok()?;
+        let cert = self
+            .puppet
+            .ssldir
+            .join(format!("certs/{}.pem", self.certname()));
+        let names = certificate_names(&cert);
+        let known = if names.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (this host's certificate {} names: {})",
+                cert.display(),
+                names.join(", ")
+            )
+        };
+        Some(format!(
+            "{url} names Puppet Server by IP address, but TLS checks the name in the URL against the server's certificate (its certname and dns_alt_names): use one of those names{known}"
+        ))
     }
 
     /// The certname pcq presents.
@@ -581,6 +618,41 @@ pub fn valid_environment(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 255
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The DNS names a PEM certificate holds (subject alternative names, else
+/// its common name); none if it cannot be read.
+fn certificate_names(path: &Path) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok(pem) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(&pem) else {
+        return Vec::new();
+    };
+    let Ok(cert) = pem.parse_x509() else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(d) => Some(d.to_string()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if names.is_empty() {
+        names.extend(
+            cert.subject()
+                .iter_common_name()
+                .filter_map(|c| c.as_str().ok().map(str::to_string)),
+        );
+    }
+    names
 }
 
 #[cfg(test)]
@@ -638,6 +710,23 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("for example: min_cycle_interval = "), "{msg}");
+    }
+
+    #[test]
+    fn a_server_named_by_ip_address_is_refused_with_the_names_to_use() {
+        let text = MINIMAL.replace("https://puppet:8140", "https://127.0.0.1:8140");
+        let msg = Config::parse(&text, Path::new("pcq.toml"))
+            .expect_err("an address")
+            .to_string();
+        assert!(msg.starts_with("pcq.toml:4: backend.url:"), "{msg}");
+        assert!(msg.contains("by IP address"), "{msg}");
+        let text = format!("{MINIMAL}[[masters]]\nname = \"b\"\nurl = \"https://[::1]:8140\"\n");
+        let msg = Config::parse(&text, Path::new("pcq.toml"))
+            .expect_err("an address")
+            .to_string();
+        assert!(msg.contains("masters[0].url"), "{msg}");
+        // names are fine
+        assert!(Config::parse(MINIMAL, Path::new("pcq.toml")).is_ok());
     }
 
     #[test]

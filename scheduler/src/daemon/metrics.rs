@@ -165,7 +165,7 @@ impl Metrics {
         let ca_listings = Family::<ResultLabel, Counter>::default();
         registry.register(
             "ca_listings",
-            "CA certificate listings by result: plausible, implausible (empty, or lacking more than ca.max_removal_share of the known nodes: nobody removed)",
+            "CA certificate listings by result: plausible, implausible (empty, or lacking more than ca.max_removal_share of the known nodes: nobody removed), failed (no listing: the CA did not answer, or TLS failed; the log says why)",
             ca_listings.clone(),
         );
         let master_up = Family::<MasterLabel, Gauge>::default();
@@ -271,7 +271,7 @@ impl Metrics {
                 &["changed", "unchanged", "unstored", "lost"],
             ),
             (&self.facts_uploads, &["changed", "unused", "unchanged"]),
-            (&self.ca_listings, &["plausible", "implausible"]),
+            (&self.ca_listings, &["plausible", "implausible", "failed"]),
             (
                 &self.connections_closed,
                 &[

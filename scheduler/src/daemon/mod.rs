@@ -313,7 +313,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         tasks.spawn(
             "the CA poller",
             Ends::Never,
-            ca::poll(server, every, tx.clone()),
+            ca::poll(server, every, tx.clone(), metrics.clone()),
         );
     }
 

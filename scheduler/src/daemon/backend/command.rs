@@ -102,8 +102,8 @@ impl Compiler for CommandCompiler {
         })
     }
 
-    fn probe(&self) -> BoxFuture<bool> {
-        Box::pin(async { true })
+    fn probe(&self) -> BoxFuture<Result<(), String>> {
+        Box::pin(async { Ok(()) })
     }
 }
 

@@ -53,7 +53,7 @@ pub trait Compiler: Send + Sync {
     /// `{"catalog": ...}`).
     fn compile(&self, job: Job) -> BoxFuture<Result<Vec<u8>, Failure>>;
     /// Is the master answering again?
-    fn probe(&self) -> BoxFuture<bool>;
+    fn probe(&self) -> BoxFuture<Result<(), String>>;
 }
 
 /// The facts Puppet's agent adds to facter's, filled in when an upload

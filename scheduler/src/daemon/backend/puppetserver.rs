@@ -121,7 +121,8 @@ async fn certificate(
                 Failure::Timeout(timeout)
             } else {
                 Failure::Server(format!(
-                    "cannot reach the CA for {certname}'s certificate: {e}"
+                    "cannot reach the CA for {certname}'s certificate: {}",
+                    why(&e)
                 ))
             }
         })?;
@@ -190,7 +191,7 @@ impl Compiler for PuppetServer {
                     if e.is_timeout() {
                         Failure::Timeout(deadline)
                     } else {
-                        Failure::Server(format!("cannot reach Puppet Server: {e}"))
+                        Failure::Server(format!("cannot reach Puppet Server: {}", why(&e)))
                     }
                 })?;
             let status = response.status();
@@ -209,15 +210,14 @@ impl Compiler for PuppetServer {
         })
     }
 
-    fn probe(&self) -> BoxFuture<bool> {
-        let request = self
-            .client
-            .get(format!("{}/status/v1/simple", self.url))
-            .timeout(Duration::from_secs(5));
+    fn probe(&self) -> BoxFuture<Result<(), String>> {
+        let url = format!("{}/status/v1/simple", self.url);
+        let request = self.client.get(&url).timeout(Duration::from_secs(5));
         Box::pin(async move {
             match request.send().await {
-                Ok(r) => r.status().is_success(),
-                Err(_) => false,
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(format!("{url}: {}", r.status())),
+                Err(e) => Err(format!("{url}: {}", why(&e))),
             }
         })
     }
@@ -227,6 +227,23 @@ impl TlsError {
     fn from_client(why: String) -> TlsError {
         TlsError::new("http client", why)
     }
+}
+
+/// An HTTP client error with its causes: reqwest's own text leaves out
+/// why ("error sending request"), and the cause is what an operator needs
+/// (connection refused, a certificate not valid for the name, an unknown
+/// CA).
+pub fn why(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 #[cfg(test)]

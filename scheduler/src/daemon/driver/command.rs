@@ -105,6 +105,14 @@ pub enum Command {
     CatalogsChecked(Vec<(Certname, String, String)>),
     /// A probe found master `.0` answering again.
     MasterBack(usize),
+    /// The start-time probe of a master failed: it is down until a probe
+    /// finds it answering.
+    MasterUnreachable {
+        /// The master's index.
+        m: usize,
+        /// Why, with the cause (refused, TLS).
+        why: String,
+    },
     /// A load reading of this host.
     Load(LoadSample),
     /// One node's status.

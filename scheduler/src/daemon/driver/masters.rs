@@ -128,8 +128,9 @@ impl Masters {
         Some(async move {
             loop {
                 tokio::time::sleep(every).await;
-                if compiler.probe().await {
-                    return;
+                match compiler.probe().await {
+                    Ok(()) => return,
+                    Err(why) => tracing::debug!("probe: {why}"),
                 }
             }
         })

@@ -154,6 +154,7 @@ impl Driver {
             self.router.analyze(&env);
         }
         self.check_catalogs();
+        self.probe_masters();
         loop {
             self.pump();
             self.flush();
@@ -292,6 +293,7 @@ impl Driver {
             }
             Command::CatalogsChecked(lost) => self.catalogs_lost(lost),
             Command::MasterBack(m) => self.masters.back(&mut self.core, now(), m),
+            Command::MasterUnreachable { m, why } => self.master_down(m, &why),
             Command::Load(sample) => self.masters.report_load(&mut self.core, now(), sample),
             Command::Status { certname, reply } => {
                 let _ = reply.send(self.status(&certname));
@@ -672,6 +674,20 @@ impl Driver {
             certname: certname.to_string(),
             error: Some(text),
         });
+    }
+
+    /// Asks every master once at start: one that does not answer (a URL
+    /// whose name is not in the server's certificate, say) is down, with
+    /// the reason logged, rather than shown up while every request fails.
+    fn probe_masters(&self) {
+        for (m, slot) in self.masters.all().iter().enumerate() {
+            let (compiler, tx) = (slot.compiler.clone(), self.tx.clone());
+            tokio::spawn(async move {
+                if let Err(why) = compiler.probe().await {
+                    let _ = tx.send(Command::MasterUnreachable { m, why }).await;
+                }
+            });
+        }
     }
 
     /// Pauses starts on a master and probes it until it answers.
