@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::daemon::backend::puppetserver::why;
 use crate::exit;
 use serde_json::{json, Value};
 
@@ -40,7 +41,7 @@ use crate::daemon::tls::PuppetSsl;
 /// Where things are and what to run.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// pcq's API, `https://pcq.example.com:8143`.
+    /// pcq's API, `https://pcq.example.com:8145`.
     pub server: String,
     /// This node's certname.
     pub certname: String,
@@ -180,7 +181,7 @@ pub async fn sync(o: &Options) -> Report {
     }
     let response = match request.send().await {
         Ok(r) => r,
-        Err(e) => return fail(format!("cannot reach pcq at {base}: {e}")),
+        Err(e) => return fail(format!("cannot reach pcq at {base}: {}", why(&e))),
     };
     let status = response.status();
     if status.as_u16() == 304 {
@@ -339,7 +340,7 @@ async fn upload_facts(
         .json(&body)
         .send()
         .await
-        .map_err(|e| format!("cannot reach pcq at {base}: {e}"))?;
+        .map_err(|e| format!("cannot reach pcq at {base}: {}", why(&e)))?;
     if !response.status().is_success() {
         return Err(format!("facts upload: pcq answered {}", response.status()));
     }

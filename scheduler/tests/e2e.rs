@@ -1302,6 +1302,18 @@ async fn catalog_api_etags_bumps_deploys_and_the_cli() {
     };
     let before = fake.requests.load(std::sync::atomic::Ordering::SeqCst);
     assert!(cli(&["bump", &names[1]]).contains("queued"));
+    // without --api, the admin socket of the configuration
+    let from_config = std::process::Command::new(env!("CARGO_BIN_EXE_pcq"))
+        .args(["queue", "--config"])
+        .arg(pcq.config_file())
+        .output()
+        .expect("pcq");
+    assert!(
+        from_config.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_config.stderr)
+    );
+    assert!(String::from_utf8_lossy(&from_config.stdout).contains("lane"));
     let typo = std::process::Command::new(env!("CARGO_BIN_EXE_pcq"))
         .args(["deploy", "productoin", "--api"])
         .arg(&pcq.socket)

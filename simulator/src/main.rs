@@ -68,8 +68,8 @@ enum Command {
         /// Output format; JSON is one RunResult per policy (an array).
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
-        /// Masters (default: the scenario's masters.count).
-        #[arg(long)]
+        /// Masters (default: the scenario's masters.count); at least 1.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         masters: Option<u32>,
         /// Nodes (default: the scenario's fleet.nodes).
         #[arg(long)]
@@ -128,7 +128,7 @@ fn execute(cli: Cli) -> Result<ExitCode> {
             for p in policy.0 {
                 let mut spec = RunSpec::of(&s, p);
                 spec.seed = seed.unwrap_or(s.seed);
-                spec.masters = masters.unwrap_or(spec.masters).max(1);
+                spec.masters = masters.unwrap_or(spec.masters);
                 spec.nodes = nodes.unwrap_or(spec.nodes);
                 let mut r = run(&spec).context("running the scenario")?;
                 if no_series {
@@ -192,8 +192,9 @@ fn execute(cli: Cli) -> Result<ExitCode> {
                     r.nodes,
                     r.policy.name(),
                     r.masters
-                        .map_or("no count tried meets the SLOs".into(), |m| format!(
-                            "{m} masters"
+                        .map_or("no count tried meets the SLOs".into(), |m| counted(
+                            u64::from(m),
+                            "master"
                         ))
                 );
             }
@@ -218,13 +219,16 @@ fn execute(cli: Cli) -> Result<ExitCode> {
                     .unwrap_or_default();
                 if !missed.is_empty() {
                     eprintln!(
-                        "pcq-sim: check failed: {} masters miss: {}",
-                        s.masters.count,
+                        "pcq-sim: check failed: {} miss: {}",
+                        counted(u64::from(s.masters.count), "master"),
                         missed.join("; ")
                     );
                     return Ok(ExitCode::from(exit::FAILED));
                 }
-                println!("check: {} masters meet every SLO (queue)", s.masters.count);
+                println!(
+                    "check: {} meet every SLO (queue)",
+                    counted(u64::from(s.masters.count), "master")
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -245,25 +249,41 @@ fn load(path: Option<&std::path::Path>) -> Result<Scenario> {
     })
 }
 
+/// `1 master`, `2 masters`.
+fn counted(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 fn table(results: &[RunResult]) -> String {
     let mut out = String::new();
     let header: Vec<String> = results
         .iter()
         .map(|r| r.policy.name().to_string())
         .collect();
+    let title = results.first().map_or(String::new(), |r| {
+        format!(
+            "{} ({}, {})",
+            r.scenario,
+            counted(u64::from(r.nodes), "node"),
+            counted(u64::from(r.masters), "master")
+        )
+    });
+    // the first column fits the longest label or the title, so the
+    // columns stay aligned whatever the scenario's name
+    let first = title.chars().count().max(34) + 2;
     let row = |name: &str, f: &dyn Fn(&RunResult) -> String| {
         let cells: Vec<String> = results.iter().map(f).collect();
         format!(
-            "{name:<34}{}\n",
+            "{name:<first$}{}\n",
             cells.iter().map(|c| format!("{c:>20}")).collect::<String>()
         )
     };
     out.push_str(&format!(
-        "{:<34}{}\n",
-        results.first().map_or(String::new(), |r| format!(
-            "{} ({} nodes, {} masters)",
-            r.scenario, r.nodes, r.masters
-        )),
+        "{title:<first$}{}\n",
         header
             .iter()
             .map(|h| format!("{h:>20}"))

@@ -152,3 +152,24 @@ fn plan_writes_the_report_and_check_fails_on_a_missed_slo() {
     assert_eq!(failed.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&failed.stderr).contains("oldest_age"));
 }
+
+#[test]
+fn the_table_is_aligned_with_plurals_and_zero_masters_is_refused() {
+    let out = pcq_sim(&["run", "--masters", "1", "--no-series"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    assert!(lines[0].contains(", 1 master)"), "{text}");
+    let width = lines[0].chars().count();
+    for l in &lines {
+        assert_eq!(l.chars().count(), width, "misaligned: {l:?}\n{text}");
+    }
+    let out = pcq_sim(&["run", "--masters", "0"]);
+    assert_eq!(out.status.code(), Some(2), "a wrong command line");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--masters"), "{err}");
+}

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 #[derive(Parser)]
 struct Args {
-    /// pcq's API, e.g. http://127.0.0.1:8143
+    /// pcq's API, e.g. http://127.0.0.1:8145
     url: String,
     /// Nodes to spread uploads over.
     nodes: usize,

@@ -7,6 +7,10 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// Where `serve`, `check-config` and the admin commands find the
+/// configuration unless told.
+pub const DEFAULT_CONFIG: &str = "/etc/pcq/pcq.toml";
+
 #[derive(Parser)]
 #[command(
     name = "pcq",
@@ -41,13 +45,14 @@ pub enum Command {
     /// Run the daemon: compile out of the queue, serve the API.
     Serve {
         /// The configuration file (see pcq.example.toml).
-        #[arg(long, short)]
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Check a configuration file and print it with every default filled in.
     CheckConfig {
-        /// The file to check.
-        file: PathBuf,
+        /// The configuration file to check.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
     },
     /// Move a node to the front of the queue.
     Bump {
@@ -76,10 +81,10 @@ pub enum Command {
     /// On a node, from cron: upload facts if they changed, fetch the
     /// catalog if it changed, and apply it with Puppet's agent.
     Sync(SyncArgs),
-    /// Show one node's status, or the daemon's.
+    /// Show one node's status (`pcq queue` shows the daemon's).
     Status {
-        /// The node's certname (none: the queue summary).
-        node: Option<String>,
+        /// The node's certname.
+        node: String,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -135,8 +140,8 @@ pub struct AnalyzeArgs {
 
 #[derive(clap::Args)]
 pub struct SyncArgs {
-    /// pcq's API, e.g. https://pcq.example.com:8143.
-    #[arg(long)]
+    /// pcq's API, e.g. https://pcq.example.com:8145.
+    #[arg(long, value_parser = https_url)]
     pub server: String,
     /// This node's certname (default: puppet.conf's, else the host name).
     #[arg(long)]
@@ -176,8 +181,9 @@ pub struct SyncArgs {
     /// Apply even if the catalog did not change.
     #[arg(long)]
     pub force: bool,
-    /// Sleep a random time up to this first (spreads a fleet's cron).
-    #[arg(long, default_value = "0s")]
+    /// Sleep a random time up to this first (spreads a fleet's cron), a
+    /// duration with its unit: 5m, 90s.
+    #[arg(long, default_value = "0s", value_parser = duration_with_unit)]
     pub splay: humantime::Duration,
     /// Print nothing when nothing changed.
     #[arg(long, short)]
@@ -186,17 +192,66 @@ pub struct SyncArgs {
 
 #[derive(clap::Args)]
 pub struct ApiArgs {
-    /// The daemon's admin API: its Unix socket (api.admin_socket; you
-    /// must be pcq's user or in api.admin_group), the loopback listener
-    /// http://127.0.0.1:PORT (api.admin_listen, with --token-file), or
-    /// https://... with this host's Puppet certificate (it must be on
-    /// api.admins).
-    #[arg(long, default_value = "/run/pcq/admin.sock")]
-    pub api: String,
+    /// The daemon's admin API: its Unix socket (you must be pcq's user or
+    /// in api.admin_group), the loopback listener http://127.0.0.1:PORT
+    /// (api.admin_listen, with --token-file), or https://... with this
+    /// host's Puppet certificate (it must be on api.admins). Default: the
+    /// api.admin_socket of --config, else /run/pcq/admin.sock.
+    #[arg(long)]
+    pub api: Option<String>,
+    /// The configuration whose admin socket --api defaults to.
+    #[arg(long, short, default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
     /// The bearer token for an http:// --api (api.admin_token_file).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
     /// Print the raw JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// An `https://` URL: pcq's API speaks TLS only.
+fn https_url(text: &str) -> Result<String, String> {
+    if text.starts_with("https://") {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} needs https:// in front (pcq's API is TLS only), e.g. https://{}:8145",
+            text.trim_start_matches("http://")
+                .split(['/', ':'])
+                .next()
+                .filter(|h| !h.is_empty())
+                .unwrap_or("pcq.example.com")
+        ))
+    }
+}
+
+/// A duration with its unit (`5m`, `90s`); a bare number says which unit
+/// is missing rather than humantime's own message.
+fn duration_with_unit(text: &str) -> Result<humantime::Duration, String> {
+    if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!(
+            "{text:?} needs a unit: {text}m for minutes, {text}s for seconds"
+        ));
+    }
+    text.parse::<humantime::Duration>()
+        .map_err(|e| format!("{text:?}: {e} (e.g. 5m or 90s)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn sync_arguments_say_what_they_want() {
+        let e = https_url("vm:8145").expect_err("no scheme");
+        assert!(e.contains("https://vm:8145"), "{e}");
+        assert!(https_url("https://vm:8145").is_ok());
+        let e = duration_with_unit("5").expect_err("no unit");
+        assert!(e.contains("5m"), "{e}");
+        assert!(duration_with_unit("5m").is_ok());
+        let parsed = Cli::try_parse_from(["pcq", "sync", "--server", "vm:8145"]);
+        assert!(parsed.is_err());
+    }
 }

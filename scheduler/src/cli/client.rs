@@ -73,6 +73,21 @@ pub async fn call(
     answer(status, value)
 }
 
+/// Where the admin API is: `--api`, else the admin socket of the
+/// configuration (when this user can read it), else the default socket.
+pub fn base(api: &super::args::ApiArgs) -> String {
+    if let Some(base) = &api.api {
+        return base.clone();
+    }
+    match crate::daemon::config::Config::load(&api.config) {
+        Ok(config) => config.api.admin_socket.display().to_string(),
+        Err(_) => crate::daemon::config::Api::default()
+            .admin_socket
+            .display()
+            .to_string(),
+    }
+}
+
 /// A 2xx body, or the error pcq gave (`{"error": ...}`) with the status.
 fn answer(status: u16, body: Value) -> Result<Value, String> {
     if (200..300).contains(&status) {

@@ -92,7 +92,7 @@ async fn dispatch(command: Command) -> Result<()> {
             );
             serve(config).await?
         }
-        Command::CheckConfig { file } => {
+        Command::CheckConfig { config: file } => {
             let config = Config::load(&file)?;
             print!("{}", toml::to_string(&config)?);
         }
@@ -114,14 +114,11 @@ async fn dispatch(command: Command) -> Result<()> {
                 format!("{environment}: {} nodes to recompile\n", v["nodes"])
             })?;
         }
-        Command::Queue { api } | Command::Status { node: None, api } => {
+        Command::Queue { api } => {
             let v = call(&api, Method::GET, "/v1/queue", None).await?;
             show(&api, &v, |q: &QueueView| render::queue(q))?;
         }
-        Command::Status {
-            node: Some(node),
-            api,
-        } => {
+        Command::Status { node, api } => {
             let path = format!("/v1/nodes/{node}/status");
             let v = call(&api, Method::GET, &path, None).await?;
             show(&api, &v, |s: &NodeStatus| render::status(s))?;
@@ -133,9 +130,15 @@ async fn dispatch(command: Command) -> Result<()> {
 }
 
 async fn call(api: &ApiArgs, method: Method, path: &str, body: Option<Value>) -> Result<Value> {
-    client::call(&api.api, api.token_file.as_deref(), method, path, body)
-        .await
-        .map_err(anyhow::Error::msg)
+    client::call(
+        &client::base(api),
+        api.token_file.as_deref(),
+        method,
+        path,
+        body,
+    )
+    .await
+    .map_err(anyhow::Error::msg)
 }
 
 /// Prints the raw JSON (`--json`) or the answer read as `T` and rendered.

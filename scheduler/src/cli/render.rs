@@ -17,36 +17,77 @@ pub fn age(secs: f64) -> String {
 /// The lanes with their depth and oldest job, the masters, the compiles.
 pub fn queue(q: &QueueView) -> String {
     let mut out = format!(
-        "{} nodes, {} waiting for facts; blocked: {}; cycle time: {}\n\nlane      depth  oldest\n",
-        q.nodes,
+        "{}, {} waiting for facts; blocked: {}; cycle time: {}\n\n",
+        counted(q.nodes, "node"),
         q.waiting_for_facts,
         q.blocked,
         q.cycle_time_seconds.map_or("-".into(), age)
     );
+    let mut lanes = vec![vec!["lane".to_string(), "depth".into(), "oldest".into()]];
     for l in &q.lanes {
-        out += &format!(
-            "{:<8} {:>6}  {}\n",
-            l.lane,
-            l.depth,
-            age(l.oldest_age_seconds)
-        );
+        lanes.push(vec![
+            l.lane.clone(),
+            l.depth.to_string(),
+            age(l.oldest_age_seconds),
+        ]);
     }
-    out += "\nmaster    up   running  load/core\n";
+    out += &columns(&lanes, &[false, true, true]);
+    let mut masters = vec![vec![
+        "master".to_string(),
+        "up".into(),
+        "running".into(),
+        "load/core".into(),
+    ]];
     for m in &q.masters {
-        out += &format!(
-            "{:<8} {:<4} {:>3}/{:<3}  {:.2}\n",
-            m.name,
-            if m.up { "yes" } else { "NO" },
-            m.in_flight,
-            m.max_concurrency,
-            m.load_per_core
-        );
+        masters.push(vec![
+            m.name.clone(),
+            if m.up { "yes" } else { "NO" }.into(),
+            format!("{}/{}", m.in_flight, m.max_concurrency),
+            format!("{:.2}", m.load_per_core),
+        ]);
     }
+    out += "\n";
+    out += &columns(&masters, &[false, false, true, true]);
     if !q.in_flight.is_empty() {
         out += "\ncompiling\n";
         for r in &q.in_flight {
             out += &format!("  {} on {} for {}\n", r.certname, r.master, age(r.seconds));
         }
+    }
+    out
+}
+
+/// `1 node`, `2 nodes`.
+fn counted(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// Rows as columns as wide as their widest cell, two spaces apart; a
+/// column marked in `right` is right-aligned.
+fn columns(rows: &[Vec<String>], right: &[bool]) -> String {
+    let mut widths = vec![0; right.len()];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .zip(right)
+            .map(|((cell, &w), &r)| match r {
+                true => format!("{cell:>w$}"),
+                false => format!("{cell:<w$}"),
+            })
+            .collect();
+        out += cells.join("  ").trim_end();
+        out += "\n";
     }
     out
 }
@@ -130,8 +171,15 @@ mod tests {
         let text = queue(&q);
         assert!(text
             .starts_with("20 nodes, 4 waiting for facts; blocked: concurrency; cycle time: -\n"));
-        assert!(text.contains("urgent        3  10.0m\n"), "{text}");
-        assert!(text.contains("local    NO     1/2    0.50\n"), "{text}");
+        // columns as wide as their widest cell, aligned with the header
+        assert!(
+            text.contains("lane    depth  oldest\nurgent      3   10.0m\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("master  up  running  load/core\nlocal   NO      1/2       0.50\n"),
+            "{text}"
+        );
         assert!(
             text.contains("  web-01.example.com on local for 1s\n"),
             "{text}"

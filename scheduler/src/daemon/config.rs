@@ -128,7 +128,7 @@ pub struct Api {
 impl Default for Api {
     fn default() -> Self {
         Api {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8143)),
+            listen: SocketAddr::from(([0, 0, 0, 0], 8145)),
             admins: Vec::new(),
             admin_socket: PathBuf::from("/run/pcq/admin.sock"),
             admin_group: None,
@@ -664,7 +664,7 @@ mod tests {
     #[test]
     fn minimal_config_gets_defaults() {
         let c = Config::parse(MINIMAL, Path::new("pcq.toml")).expect("valid");
-        assert_eq!(c.api.listen.to_string(), "0.0.0.0:8143");
+        assert_eq!(c.api.listen.to_string(), "0.0.0.0:8145");
         assert_eq!(c.admins(), vec![c.certname()]);
         assert_eq!(c.masters().len(), 1);
         assert!(c.facts.ignore.iter().any(|p| p == "uptime_seconds"));
