@@ -34,6 +34,12 @@ pub struct PuppetSettings {
     pub vardir: PathBuf,
     /// `environment`, if set.
     pub environment: Option<String>,
+    /// The server's `environmentpath` (its first directory).
+    pub environments_dir: PathBuf,
+    /// The server's `basemodulepath`.
+    pub basemodulepath: Vec<PathBuf>,
+    /// The server's global `hiera_config`.
+    pub hiera_config: PathBuf,
 }
 
 impl PuppetSettings {
@@ -77,6 +83,25 @@ impl PuppetSettings {
                 .iter()
                 .find_map(|s| sections.get(*s).and_then(|m| m.get(key)).cloned())
         };
+        // the server's settings: [server] (Puppet 7+; [master] before), [main]
+        let server = |key: &str| -> Option<String> {
+            ["server", "master", "main"]
+                .iter()
+                .find_map(|s| sections.get(*s).and_then(|m| m.get(key)).cloned())
+        };
+        let (default_codedir, default_modules) = if aio {
+            (
+                "/etc/puppetlabs/code",
+                "$codedir/modules:/opt/puppetlabs/puppet/modules",
+            )
+        } else {
+            (
+                "/etc/puppet/code",
+                "$codedir/modules:/usr/share/puppet/modules",
+            )
+        };
+        let codedir = server("codedir").unwrap_or_else(|| default_codedir.to_string());
+        let code = |v: String| v.replace("$codedir", &codedir).replace("$confdir", confdir);
         let vardir = get("vardir").unwrap_or_else(|| default_vardir.to_string());
         let default_ssldir = if aio {
             format!("{confdir}/ssl")
@@ -101,6 +126,21 @@ impl PuppetSettings {
             )),
             vardir: PathBuf::from(&vardir),
             environment: get("environment"),
+            environments_dir: PathBuf::from(code(
+                server("environmentpath")
+                    .and_then(|p| p.split(':').next().map(str::to_string))
+                    .unwrap_or_else(|| "$codedir/environments".into()),
+            )),
+            basemodulepath: code(
+                server("basemodulepath").unwrap_or_else(|| default_modules.to_string()),
+            )
+            .split(':')
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .collect(),
+            hiera_config: PathBuf::from(code(
+                server("hiera_config").unwrap_or_else(|| "$confdir/hiera.yaml".into()),
+            )),
         }
     }
 }
@@ -130,5 +170,32 @@ mod tests {
             true,
         );
         assert_eq!(a.ssldir, PathBuf::from("/etc/puppetlabs/puppet/ssl"));
+        // the code, Puppet's own packages and Debian's
+        assert_eq!(
+            a.environments_dir,
+            PathBuf::from("/etc/puppetlabs/code/environments")
+        );
+        assert_eq!(
+            a.basemodulepath,
+            vec![
+                PathBuf::from("/etc/puppetlabs/code/modules"),
+                PathBuf::from("/opt/puppetlabs/puppet/modules")
+            ]
+        );
+        assert_eq!(a.hiera_config, PathBuf::from("/etc/puppetlabs/puppet/hiera.yaml"));
+        assert_eq!(d.environments_dir, PathBuf::from("/etc/puppet/code/environments"));
+        assert_eq!(
+            d.basemodulepath,
+            vec![
+                PathBuf::from("/etc/puppet/code/modules"),
+                PathBuf::from("/usr/share/puppet/modules")
+            ]
+        );
+        assert_eq!(d.hiera_config, PathBuf::from("/etc/puppet/hiera.yaml"));
+        // a server section moves them
+        let conf = "[server]\nenvironmentpath = /srv/envs:/other\nbasemodulepath = $codedir/site\ncodedir = /srv/code\n";
+        let c = PuppetSettings::from_conf(conf, "/etc/puppet", "/var/cache/puppet", false);
+        assert_eq!(c.environments_dir, PathBuf::from("/srv/envs"));
+        assert_eq!(c.basemodulepath, vec![PathBuf::from("/srv/code/site")]);
     }
 }

@@ -9,19 +9,31 @@ use crate::daemon::analyze::{default_ruby, verify, Analysis};
 use crate::daemon::backend::puppetserver::PuppetServer;
 use crate::daemon::certname::Certname;
 use crate::daemon::tls::PuppetSsl;
-use crate::puppet_conf::hostname;
+use crate::puppet_conf::{hostname, PuppetSettings};
 
 /// Runs the analysis, prints what was asked, then verifies the given nodes.
 pub async fn analyze(args: AnalyzeArgs) -> Result<()> {
+    // what is not given comes from this host's layout, as puppet.conf
+    // says (the same place serve and sync read it)
+    let puppet = PuppetSettings::discover();
+    let envdir = args
+        .envdir
+        .clone()
+        .unwrap_or_else(|| puppet.environments_dir.join("production"));
+    let modulepath = match args.modulepath.is_empty() {
+        true => puppet.basemodulepath.clone(),
+        false => args.modulepath.clone(),
+    };
     let ruby = args.ruby.clone().unwrap_or_else(default_ruby);
-    let hiera: Vec<_> = Some(args.hiera.clone())
+    let hiera: Vec<_> = Some(args.hiera.clone().unwrap_or(puppet.hiera_config.clone()))
         .filter(|h| h.is_file())
         .into_iter()
         .collect();
-    let analysis = Analysis::run(&ruby, &args.envdir, &args.modulepath, &hiera)?;
+    let analysis = Analysis::run(&ruby, &envdir, &modulepath, &hiera)?;
     emit(&report(&args, &analysis)?);
     if args.verify {
-        verify_nodes(&args, &analysis).await?;
+        let ssldir = args.ssldir.clone().unwrap_or(puppet.ssldir);
+        verify_nodes(&args, &envdir, &ssldir, &analysis).await?;
     }
     Ok(())
 }
@@ -56,7 +68,12 @@ fn report(args: &AnalyzeArgs, analysis: &Analysis) -> Result<String> {
 
 /// Compiles each `--certname` through Puppet Server (see
 /// [`verify::verify`]); fails when the analysis missed a fact of any.
-async fn verify_nodes(args: &AnalyzeArgs, analysis: &Analysis) -> Result<()> {
+async fn verify_nodes(
+    args: &AnalyzeArgs,
+    envdir: &std::path::Path,
+    ssldir: &std::path::Path,
+    analysis: &Analysis,
+) -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let facts_file = args
         .facts
@@ -68,16 +85,15 @@ async fn verify_nodes(args: &AnalyzeArgs, analysis: &Analysis) -> Result<()> {
     // what-if compiles: the node need not have a certificate
     let server = PuppetServer::new(
         &args.server,
-        &PuppetSsl::new(&args.ssldir, &me),
+        &PuppetSsl::new(ssldir, &me),
         false,
         false,
     )?
     .allow_missing_certificates();
-    let environment = args
-        .envdir
+    let environment = envdir
         .file_name()
         .and_then(|n| n.to_str())
-        .ok_or_else(|| anyhow!("{}: no environment name", args.envdir.display()))?
+        .ok_or_else(|| anyhow!("{}: no environment name", envdir.display()))?
         .to_string();
     let mut unsound = 0;
     for name in &args.certnames {

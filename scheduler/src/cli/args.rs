@@ -96,16 +96,18 @@ pub enum Command {
 
 #[derive(clap::Args)]
 pub struct AnalyzeArgs {
-    /// The environment directory.
-    #[arg(default_value = "/etc/puppet/code/environments/production")]
-    pub envdir: PathBuf,
+    /// The environment directory (default: `production` in puppet.conf's
+    /// environmentpath: /etc/puppetlabs/code/environments with Puppet's
+    /// own packages, /etc/puppet/code/environments with Debian's).
+    pub envdir: Option<PathBuf>,
     /// Module directories after the environment's `modules` (Puppet's
-    /// basemodulepath); repeat for several.
-    #[arg(long, default_values = ["/etc/puppet/code/modules", "/usr/share/puppet/modules"])]
+    /// basemodulepath, default: puppet.conf's); repeat for several.
+    #[arg(long)]
     pub modulepath: Vec<PathBuf>,
-    /// Puppet's global hiera.yaml (read when it exists).
-    #[arg(long, default_value = "/etc/puppet/hiera.yaml")]
-    pub hiera: PathBuf,
+    /// Puppet's global hiera.yaml, read when it exists (default:
+    /// puppet.conf's hiera_config).
+    #[arg(long)]
+    pub hiera: Option<PathBuf>,
     /// The Ruby that has Puppet (default: Puppet's own, else `ruby`).
     #[arg(long)]
     pub ruby: Option<String>,
@@ -130,9 +132,9 @@ pub struct AnalyzeArgs {
     /// Puppet Server (its v4 catalog endpoint must allow --as).
     #[arg(long, default_value = "https://puppet:8140")]
     pub server: String,
-    /// Puppet's SSL directory.
-    #[arg(long, default_value = "/var/lib/puppet/ssl")]
-    pub ssldir: PathBuf,
+    /// Puppet's SSL directory (default: puppet.conf's).
+    #[arg(long)]
+    pub ssldir: Option<PathBuf>,
     /// The certificate to present (default: this host's name).
     #[arg(long = "as")]
     pub as_certname: Option<String>,

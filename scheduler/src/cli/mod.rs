@@ -90,10 +90,16 @@ async fn dispatch(command: Command) -> Result<()> {
                 config.certname(),
                 config.state_dir.display()
             );
+            for w in config.warnings() {
+                tracing::warn!("{}: {w}", path.display());
+            }
             serve(config).await?
         }
         Command::CheckConfig { config: file } => {
             let config = Config::load(&file)?;
+            for w in config.warnings() {
+                eprintln!("pcq: warning: {}: {w}", file.display());
+            }
             print!("{}", toml::to_string(&config)?);
         }
         Command::Bump { node, api } => {

@@ -175,7 +175,7 @@ pub struct Puppetserver {
 }
 
 fn ssldir() -> PathBuf {
-    PathBuf::from("/var/lib/puppet/ssl")
+    crate::puppet_conf::PuppetSettings::discover().ssldir
 }
 
 fn five_seconds() -> Duration {
@@ -355,15 +355,15 @@ pub struct Analysis {
 
 impl Default for Analysis {
     fn default() -> Self {
+        // this host's layout, as puppet.conf says (Puppet's own packages
+        // or Debian's)
+        let puppet = crate::puppet_conf::PuppetSettings::discover();
         Analysis {
             enabled: true,
             ruby: None,
-            environments_dir: PathBuf::from("/etc/puppet/code/environments"),
-            modulepath: vec![
-                PathBuf::from("/etc/puppet/code/modules"),
-                PathBuf::from("/usr/share/puppet/modules"),
-            ],
-            hiera_config: PathBuf::from("/etc/puppet/hiera.yaml"),
+            environments_dir: puppet.environments_dir,
+            modulepath: puppet.basemodulepath,
+            hiera_config: puppet.hiera_config,
         }
     }
 }
@@ -580,6 +580,34 @@ impl Config {
         ))
     }
 
+    /// What is configured but not there: directories and files pcq will
+    /// need (`check-config` prints them, `serve` logs them). Not errors:
+    /// a host may be set up in that order.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut missing = |key: &str, path: &Path, what: &str| {
+            if !path.exists() {
+                out.push(format!("{key}: {} does not exist ({what})", path.display()));
+            }
+        };
+        missing(
+            "puppet.ssldir",
+            &self.puppet.ssldir.join("certs/ca.pem"),
+            "pcq needs Puppet's CA and its own certificate there",
+        );
+        if self.analysis.enabled {
+            missing(
+                "analysis.environments_dir",
+                &self.analysis.environments_dir,
+                "without the code, every fact change recompiles",
+            );
+            for (i, m) in self.analysis.modulepath.iter().enumerate() {
+                missing(&format!("analysis.modulepath[{i}]"), m, "modules there are not read");
+            }
+        }
+        out
+    }
+
     /// The certname pcq presents.
     pub fn certname(&self) -> String {
         self.puppet
@@ -727,6 +755,18 @@ mod tests {
         assert!(msg.contains("masters[0].url"), "{msg}");
         // names are fine
         assert!(Config::parse(MINIMAL, Path::new("pcq.toml")).is_ok());
+    }
+
+    #[test]
+    fn directories_that_do_not_exist_are_warned_about() {
+        let text = format!(
+            "{MINIMAL}[puppet]\nssldir = \"/nonexistent/ssl\"\n[analysis]\nenvironments_dir = \"/nonexistent/envs\"\nmodulepath = [\"/nonexistent/modules\"]\n"
+        );
+        let c = Config::parse(&text, Path::new("pcq.toml")).expect("valid");
+        let w = c.warnings().join("\n");
+        assert!(w.contains("puppet.ssldir: /nonexistent/ssl/certs/ca.pem does not exist"), "{w}");
+        assert!(w.contains("analysis.environments_dir: /nonexistent/envs"), "{w}");
+        assert!(w.contains("analysis.modulepath[0]: /nonexistent/modules"), "{w}");
     }
 
     #[test]
