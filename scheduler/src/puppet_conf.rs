@@ -182,8 +182,14 @@ mod tests {
                 PathBuf::from("/opt/puppetlabs/puppet/modules")
             ]
         );
-        assert_eq!(a.hiera_config, PathBuf::from("/etc/puppetlabs/puppet/hiera.yaml"));
-        assert_eq!(d.environments_dir, PathBuf::from("/etc/puppet/code/environments"));
+        assert_eq!(
+            a.hiera_config,
+            PathBuf::from("/etc/puppetlabs/puppet/hiera.yaml")
+        );
+        assert_eq!(
+            d.environments_dir,
+            PathBuf::from("/etc/puppet/code/environments")
+        );
         assert_eq!(
             d.basemodulepath,
             vec![

@@ -53,8 +53,9 @@ async fn twenty_nodes_compile_on_puppet_server_and_keep_cycling() {
         "CA poll did not list the nodes: {}",
         pcq.queue().await
     );
+    // (the shared CA has other tests' certificates too: at least these)
     let m = pcq.metrics().await;
-    assert_eq!(metric(&m, "pcq_nodes_waiting_for_facts"), 20.0, "{m}");
+    assert!(metric(&m, "pcq_nodes_waiting_for_facts") >= 20.0, "{m}");
     pcq.compile(&names, with_role("web"), Duration::from_secs(180))
         .await;
 
@@ -778,9 +779,12 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
         .arg(&bad)
         .output()
         .expect("pcq");
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(3), "a bad configuration's status");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml:5: min_cycle_intervall"), "{err}");
+    assert!(
+        err.contains("bad.toml:5: core.min_cycle_intervall"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -207,11 +207,16 @@ fn execute(cli: Cli) -> Result<ExitCode> {
                             .iter()
                             .filter(|c| !c.met)
                             .map(|c| {
+                                // durations in minutes or hours, shares in percent
+                                let shown = |v: f64| match c.slo.starts_with("failed") {
+                                    true => format!("{:.2}%", v * 100.0),
+                                    false => simulator::report::human(v),
+                                };
                                 format!(
-                                    "{} (upper 95% bound {:.4} > target {:.4})",
+                                    "{} (upper 95% bound {} > target {})",
                                     c.slo,
-                                    c.value.high(),
-                                    c.target
+                                    shown(c.value.high()),
+                                    shown(c.target)
                                 )
                             })
                             .collect()
@@ -317,7 +322,7 @@ fn table(results: &[RunResult]) -> String {
     out.push_str(&row("compiles per hour", &|r| {
         format!("{:.0}", r.compiles.per_hour)
     }));
-    out.push_str(&row("wasted compiles", &|r| {
+    out.push_str(&row("no-op compiles (same catalog)", &|r| {
         format!("{:.1}%", r.compiles.wasted_ratio * 100.0)
     }));
     out.push_str(&row("oldest queued age max", &|r| human(r.oldest_age.max)));

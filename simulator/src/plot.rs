@@ -35,6 +35,8 @@ pub struct Axes<'a> {
     pub log_y: bool,
     /// x values are whole numbers (master counts).
     pub whole_x: bool,
+    /// A target drawn as a horizontal line (an SLO), with its label.
+    pub target: Option<(f64, &'a str)>,
 }
 
 /// A vertical marker (a herd's start).
@@ -92,7 +94,10 @@ fn draw(
     lines: &[Line],
     markers: &[Marker],
 ) -> PlotResult {
-    let (x0, x1, y0, y1) = bounds(lines);
+    let (x0, x1, y0, mut y1) = bounds(lines);
+    if let Some((t, _)) = axes.target {
+        y1 = y1.max(t);
+    }
     let mut builder = ChartBuilder::on(root);
     builder
         .caption(axes.title, ("sans-serif", 20))
@@ -129,12 +134,63 @@ fn fill<'a, Y: Ranged<ValueType = f64> + ValueFormatter<f64>>(
 ) -> PlotResult {
     let whole = |x: &f64| format!("{x:.0}");
     let decimal = |x: &f64| format!("{x:.1}");
+    // as many digits as the value needs, so a log axis's ticks read 0.5,
+    // 2, 50, 300 rather than one label per decade
+    let readable = |y: &f64| match y.abs() {
+        v if v >= 10.0 || y.fract() == 0.0 => format!("{y:.0}"),
+        v if v >= 1.0 => format!("{y:.1}"),
+        _ => format!("{y:.2}"),
+    };
     chart
         .configure_mesh()
         .x_desc(axes.x)
         .y_desc(axes.y)
         .x_label_formatter(if axes.whole_x { &whole } else { &decimal })
+        .y_labels(12)
+        .y_label_formatter(&readable)
         .draw()?;
+    if axes.log_y {
+        // a log axis labels only powers of ten: label 2x and 5x inside the
+        // plot too, so values between decades can be read
+        let left = chart.x_range().start;
+        let mut decade = 10f64.powf(floor.max(1e-9).log10().floor());
+        let mut ticks = Vec::new();
+        while decade <= top {
+            for k in [2.0, 5.0] {
+                let v = decade * k;
+                if v > floor && v < top {
+                    ticks.push(v);
+                }
+            }
+            decade *= 10.0;
+        }
+        chart.draw_series(ticks.into_iter().map(|v| {
+            Text::new(
+                readable(&v),
+                (left, v),
+                ("sans-serif", 11).into_font().color(&BLACK.mix(0.6)),
+            )
+        }))?;
+    }
+    if let Some((t, label)) = axes.target {
+        let (x0, x1) = {
+            let r = chart.x_range();
+            (r.start, r.end)
+        };
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![(x0, t), (x1, t)],
+                2,
+                3,
+                ShapeStyle::from(&BLACK).stroke_width(1),
+            ))?
+            .label(label.to_string())
+            .legend(|(x, y)| {
+                let style = ShapeStyle::from(&BLACK).stroke_width(1);
+                let seg = |a: i32| PathElement::new(vec![(a, 0), (a + 3, 0)], style);
+                EmptyElement::at((x, y)) + seg(0) + seg(6) + seg(12)
+            });
+    }
     for m in markers {
         chart.draw_series(DashedLineSeries::new(
             vec![(m.x, floor), (m.x, top)],
@@ -157,9 +213,12 @@ fn fill<'a, Y: Ranged<ValueType = f64> + ValueFormatter<f64>>(
         } else {
             chart.draw_series(LineSeries::new(pts.clone(), style))?
         };
-        drawn
-            .label(l.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+        // the legend's sample is drawn as the line is: dashed or solid
+        let gap = if l.dashed { 3 } else { 0 };
+        drawn.label(l.label.clone()).legend(move |(x, y)| {
+            let seg = |a: i32| PathElement::new(vec![(a, 0), (a + 6 - gap, 0)], style);
+            EmptyElement::at((x, y)) + seg(0) + seg(6) + seg(12)
+        });
         if pts.len() <= 40 {
             chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
         }

@@ -132,6 +132,17 @@ fn plan_writes_the_report_and_check_fails_on_a_missed_slo() {
             && report.contains("compiles an hour saved"),
         "the report states what fact filtering saves"
     );
+    // the recommendation states the freshness each count buys, and the
+    // staleness plot draws the SLO
+    assert!(
+        report.contains("masters** (change-to-applied p95 "),
+        "{report}"
+    );
+    let svg = std::fs::read_to_string(out.join("staleness.svg")).expect("svg");
+    assert!(
+        svg.contains("SLO: p95 &lt;= ") || svg.contains("SLO: p95 <= "),
+        "no SLO line"
+    );
     let points = std::fs::read_to_string(out.join("points.csv")).expect("csv");
     // header + 3 master counts x 2 policies
     assert_eq!(points.lines().count(), 7, "{points}");
@@ -150,7 +161,10 @@ fn plan_writes_the_report_and_check_fails_on_a_missed_slo() {
         "--check",
     ]);
     assert_eq!(failed.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&failed.stderr).contains("oldest_age"));
+    let said = String::from_utf8_lossy(&failed.stderr);
+    assert!(said.contains("oldest_age"), "{said}");
+    // durations as people read them, not raw seconds
+    assert!(said.contains("> target 30 s)"), "{said}");
 }
 
 #[test]

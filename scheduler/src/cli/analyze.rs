@@ -83,13 +83,8 @@ async fn verify_nodes(
     let facts = verify::facts_of(&text).map_err(|e| anyhow!("{}: {e}", facts_file.display()))?;
     let me = args.as_certname.clone().unwrap_or_else(hostname);
     // what-if compiles: the node need not have a certificate
-    let server = PuppetServer::new(
-        &args.server,
-        &PuppetSsl::new(ssldir, &me),
-        false,
-        false,
-    )?
-    .allow_missing_certificates();
+    let server = PuppetServer::new(&args.server, &PuppetSsl::new(ssldir, &me), false, false)?
+        .allow_missing_certificates();
     let environment = envdir
         .file_name()
         .and_then(|n| n.to_str())

@@ -602,7 +602,11 @@ impl Config {
                 "without the code, every fact change recompiles",
             );
             for (i, m) in self.analysis.modulepath.iter().enumerate() {
-                missing(&format!("analysis.modulepath[{i}]"), m, "modules there are not read");
+                missing(
+                    &format!("analysis.modulepath[{i}]"),
+                    m,
+                    "modules there are not read",
+                );
             }
         }
         out
@@ -764,9 +768,18 @@ mod tests {
         );
         let c = Config::parse(&text, Path::new("pcq.toml")).expect("valid");
         let w = c.warnings().join("\n");
-        assert!(w.contains("puppet.ssldir: /nonexistent/ssl/certs/ca.pem does not exist"), "{w}");
-        assert!(w.contains("analysis.environments_dir: /nonexistent/envs"), "{w}");
-        assert!(w.contains("analysis.modulepath[0]: /nonexistent/modules"), "{w}");
+        assert!(
+            w.contains("puppet.ssldir: /nonexistent/ssl/certs/ca.pem does not exist"),
+            "{w}"
+        );
+        assert!(
+            w.contains("analysis.environments_dir: /nonexistent/envs"),
+            "{w}"
+        );
+        assert!(
+            w.contains("analysis.modulepath[0]: /nonexistent/modules"),
+            "{w}"
+        );
     }
 
     #[test]

@@ -33,11 +33,18 @@ pub fn markdown(s: &Scenario, plan: &PlanResult, plots: &[(String, String)]) -> 
     for nodes in plan.fleet_sizes() {
         let _ = write!(md, "| {nodes} nodes |");
         for p in &pols {
-            let _ = write!(
-                md,
-                " {} |",
-                masters_text(plan.recommended(*p, nodes), max_tried)
-            );
+            let recommended = plan.recommended(*p, nodes);
+            // the count and the freshness it buys, side by side
+            let p95 = recommended
+                .and_then(|m| plan.point(*p, nodes, m))
+                .map(|x| {
+                    format!(
+                        " (change-to-applied p95 {})",
+                        human(x.stats.staleness_applied_p95.mean)
+                    )
+                })
+                .unwrap_or_default();
+            let _ = write!(md, " {}{p95} |", masters_text(recommended, max_tried));
         }
         md.push('\n');
     }
@@ -184,7 +191,7 @@ fn scenario_summary(s: &Scenario) -> String {
 
 fn point_table(plan: &PlanResult, policy: Policy, nodes: u32) -> String {
     let mut out = String::from(
-        "| masters | applied p95 | compiled p95 | queue wait p95 | failed runs | oldest age | utilization | compiles/h | wasted | node CPU s/day | SLOs |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| masters | applied p95 | compiled p95 | queue wait p95 | failed runs | oldest age | utilization | compiles/h | no-op compiles | node CPU s/day | SLOs |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for p in plan
         .points
@@ -208,6 +215,11 @@ fn point_table(plan: &PlanResult, policy: Policy, nodes: u32) -> String {
             slo_marks(p),
         );
     }
+    out.push_str(
+        "\nNo-op compiles: the share of compiles that changed nothing for the node (the same \
+         catalog as last time, or finished for an agent that had given up, or lost with a \
+         master).\n",
+    );
     out
 }
 

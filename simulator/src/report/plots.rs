@@ -23,7 +23,12 @@ pub fn write_plots(dir: &Path, s: &Scenario, plan: &PlanResult) -> Vec<(String, 
         }
     };
 
-    // staleness percentiles against masters
+    // staleness percentiles against masters, with the SLO
+    let slo_minutes = s.slo.staleness_applied_p95.map(|d| d.as_secs_f64() / 60.0);
+    let slo_label = format!(
+        "SLO: p95 <= {}",
+        slo_minutes.map_or(String::new(), |m| format!("{m:.0} min"))
+    );
     let mut lines = Vec::new();
     for (pi, p) in pols.iter().enumerate() {
         for (k, (name, f)) in [
@@ -56,6 +61,7 @@ pub fn write_plots(dir: &Path, s: &Scenario, plan: &PlanResult) -> Vec<(String, 
                 y: "minutes (log)",
                 log_y: true,
                 whole_x: true,
+                target: slo_minutes.map(|m| (m, slo_label.as_str())),
             },
             &lines,
             &[],
@@ -84,6 +90,7 @@ pub fn write_plots(dir: &Path, s: &Scenario, plan: &PlanResult) -> Vec<(String, 
                 y: "% of compile slots busy",
                 log_y: false,
                 whole_x: true,
+                target: None,
             },
             &lines,
             &[],
@@ -130,6 +137,7 @@ pub fn write_plots(dir: &Path, s: &Scenario, plan: &PlanResult) -> Vec<(String, 
                 y: "minutes",
                 log_y: false,
                 whole_x: false,
+                target: None,
             },
             &lines,
             &markers,
@@ -166,6 +174,7 @@ pub fn write_plots(dir: &Path, s: &Scenario, plan: &PlanResult) -> Vec<(String, 
                     y: "oldest queued job, minutes",
                     log_y: false,
                     whole_x: false,
+                    target: None,
                 },
                 &lines,
                 std::slice::from_ref(&marker),

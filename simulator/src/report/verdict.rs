@@ -24,7 +24,12 @@ pub fn verdict(s: &Scenario, plan: &PlanResult, nodes: u32) -> String {
         })
         .collect();
     let mut out = format!("For {nodes} nodes: ");
-    out.push_str(&masters_needed(&needs));
+    if needs.iter().all(|n| n.masters.is_none()) {
+        out.push_str(&nothing_meets(s, plan, nodes));
+    } else {
+        out.push_str(&masters_needed(&needs));
+    }
+    out.push_str(&freshness(s, plan, nodes));
     out.push_str(&figures(s, plan, nodes));
     if let Some(f) = plan.filtering.iter().find(|f| f.nodes == nodes) {
         let saved = f.without.mean - f.with.mean;
@@ -47,6 +52,148 @@ pub fn verdict(s: &Scenario, plan: &PlanResult, nodes: u32) -> String {
     out
 }
 
+/// The queue's and the other policies' points for `nodes`, by master count.
+fn points_of(plan: &PlanResult, p: Policy, nodes: u32) -> Vec<&Point> {
+    let mut pts: Vec<&Point> = plan
+        .points
+        .iter()
+        .filter(|x| x.policy == p && x.nodes == nodes)
+        .collect();
+    pts.sort_by_key(|x| x.masters);
+    pts
+}
+
+/// When a metric no longer moves with the master count: the last three
+/// counts tried within 5% of each other.
+fn flat(values: &[f64]) -> bool {
+    let tail = &values[values.len().saturating_sub(3)..];
+    if tail.len() < 3 {
+        return false;
+    }
+    let (lo, hi) = tail
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    hi - lo <= 0.05 * hi.abs().max(1e-9)
+}
+
+/// How often nodes apply what the queue compiled, and the scenario key
+/// that says it.
+fn sync_setting(s: &Scenario) -> String {
+    let key = if s.queue.sync_interval.is_some() {
+        "queue.sync_interval"
+    } else {
+        "agents.interval"
+    };
+    match s.sync_interval() {
+        Some(d) => format!("{key} = {}", human(d.as_secs_f64())),
+        None => format!("{key} = off"),
+    }
+}
+
+/// No count meets the SLOs: "try larger counts" only when more masters
+/// still help; when the queue's staleness is flat in the master count,
+/// the setting that bounds it.
+fn nothing_meets(s: &Scenario, plan: &PlanResult, nodes: u32) -> String {
+    let queue: Vec<f64> = points_of(plan, Policy::ALL[0], nodes)
+        .iter()
+        .map(|x| x.stats.staleness_applied_p95.mean)
+        .collect();
+    let misses_staleness = s
+        .slo
+        .staleness_applied_p95
+        .is_some_and(|t| queue.last().is_some_and(|v| *v > t.as_secs_f64()));
+    if misses_staleness && flat(&queue) {
+        return format!(
+            "no master count tried meets every SLO, and more masters would not help: the \
+             queue's change-to-applied p95 stays at {} whatever the count, bound by how often \
+             nodes apply their catalog ({}); shorten that interval, or relax the SLO. ",
+            human(queue.last().copied().unwrap_or(0.0)),
+            sync_setting(s)
+        );
+    }
+    "no master count tried meets every SLO; try larger counts. ".into()
+}
+
+/// The trade-off at the recommended counts, and the queue's master count
+/// for the same freshness as the other policy (or why there is none).
+fn freshness(s: &Scenario, plan: &PlanResult, nodes: u32) -> String {
+    let Some((&first, rest)) = Policy::ALL.split_first() else {
+        return String::new();
+    };
+    let Some(&other) = rest.first() else {
+        return String::new();
+    };
+    let (Some(qm), Some(om)) = (
+        plan.recommended(first, nodes),
+        plan.recommended(other, nodes),
+    ) else {
+        return String::new();
+    };
+    let (Some(q), Some(o)) = (plan.point(first, nodes, qm), plan.point(other, nodes, om)) else {
+        return String::new();
+    };
+    let (qp, op) = (&first.description().prose, &other.description().prose);
+    let (qs, os) = (
+        q.stats.staleness_applied_p95.mean,
+        o.stats.staleness_applied_p95.mean,
+    );
+    if qs <= os {
+        return format!(
+            "At those counts {} is also at least as fresh: change-to-applied p95 {} against {}. ",
+            qp.subject,
+            human(qs),
+            human(os)
+        );
+    }
+    let mut out = format!(
+        "The trade-off: at those counts nodes are staler with {} (change-to-applied p95 {} \
+         against {}). ",
+        qp.subject,
+        human(qs),
+        human(os)
+    );
+    let queue = points_of(plan, first, nodes);
+    match queue
+        .iter()
+        .find(|x| x.stats.staleness_applied_p95.mean <= os)
+    {
+        Some(x) => {
+            let _ = write!(
+                out,
+                "For the same freshness as {}, {} {} {} master(s). ",
+                op.short,
+                qp.subject,
+                qp.verb("need"),
+                x.masters
+            );
+        }
+        None => {
+            let values: Vec<f64> = queue
+                .iter()
+                .map(|x| x.stats.staleness_applied_p95.mean)
+                .collect();
+            if flat(&values) {
+                let _ = write!(
+                    out,
+                    "No master count gives {} that freshness: its p95 stays at {} whatever the \
+                     count, bound by how often nodes apply their catalog ({}); shorten that \
+                     interval for fresher nodes. ",
+                    qp.subject,
+                    human(values.last().copied().unwrap_or(0.0)),
+                    sync_setting(s)
+                );
+            } else {
+                let _ = write!(
+                    out,
+                    "None of the counts tried gives {} that freshness. ",
+                    qp.subject
+                );
+            }
+        }
+    }
+    out
+}
+
 /// A policy's words and the master count recommended for it.
 struct Needs {
     prose: &'static Prose,
@@ -54,11 +201,9 @@ struct Needs {
 }
 
 /// The first policy's master count against each other policy's, a sentence
-/// each.
+/// each (at least one policy meets the SLOs; [`nothing_meets`] says it
+/// otherwise).
 fn masters_needed(needs: &[Needs]) -> String {
-    if needs.iter().all(|n| n.masters.is_none()) {
-        return "no master count tried meets every SLO; try larger counts. ".into();
-    }
     let Some((first, others)) = needs.split_first() else {
         return String::new();
     };
@@ -200,7 +345,6 @@ mod tests {
             (Some(3), Some(2), "on-demand compiles need 2 master(s), the queue 3. "),
             (Some(1), None, "the queue meets every SLO with 1 master(s); on-demand compiles meet them with none of the counts tried. "),
             (None, Some(2), "on-demand compiles meet every SLO with 2 master(s); the queue with none of the counts tried. "),
-            (None, None, "no master count tried meets every SLO; try larger counts. "),
         ] {
             assert_eq!(masters_needed(&needs(&[(queue, q), (on_demand, o)])), text);
         }
@@ -225,9 +369,12 @@ mod tests {
              counts tried. Neither the queue nor the third way meets every SLO with the counts \
              tried. "
         );
-        assert_eq!(
-            masters_needed(&needs(&[(queue, None), (on_demand, None), (&THIRD, None)])),
-            "no master count tried meets every SLO; try larger counts. "
-        );
+    }
+
+    #[test]
+    fn a_metric_is_flat_when_the_last_counts_tried_do_not_move_it() {
+        assert!(flat(&[9000.0, 3400.0, 3390.0, 3385.0, 3380.0]));
+        assert!(!flat(&[9000.0, 6000.0, 4000.0]));
+        assert!(!flat(&[3400.0, 3390.0]), "too few counts to tell");
     }
 }
