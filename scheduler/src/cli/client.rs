@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::daemon::backend::puppetserver::why;
 use crate::daemon::tls::PuppetSsl;
 use crate::puppet_conf::PuppetSettings;
 
@@ -58,14 +59,10 @@ pub async fn call(
         request = request.json(&b);
     }
     let response = request.send().await.map_err(|e| {
-        // reqwest's own text leaves out the cause (refused, permission denied)
-        let mut text = e.to_string();
-        let mut cause = std::error::Error::source(&e);
-        while let Some(c) = cause {
-            text = format!("{text}: {c}");
-            cause = c.source();
-        }
-        format!("{base}: {text} (is `pcq serve` running there, and may you use it?)")
+        format!(
+            "{base}: {} (is `pcq serve` running there, and may you use it?)",
+            why(&e)
+        )
     })?;
     let status = response.status().as_u16();
     let text = response.text().await.map_err(|e| e.to_string())?;
