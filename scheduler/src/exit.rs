@@ -3,13 +3,16 @@
 
 /// It worked (`pcq sync`: nothing to do, or applied).
 pub const OK: u8 = 0;
-/// It ran and failed: pcq unreachable or refusing, a `--check` that
-/// missed its SLO, a daemon that died.
+/// It ran and failed: pcq unreachable or refusing, a daemon that died,
+/// a simulation that could not run.
 pub const FAILED: u8 = 1;
 /// The command line was wrong (clap's own status).
 pub const USAGE: u8 = 2;
 /// The configuration or scenario file is unreadable or invalid.
 pub const CONFIG: u8 = 3;
+/// `pcq-sim plan --check`: the scenario's master count misses an SLO (a
+/// verdict, not a failure to run).
+pub const SLO_MISSED: u8 = 5;
 /// `pcq sync`: the catalog could not be applied (or the plugins it needs
 /// could not be fetched); the node runs what it ran before.
 pub const APPLY: u8 = 4;

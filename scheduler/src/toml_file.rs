@@ -92,10 +92,7 @@ pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T, TomlError> {
         let value = bad_value(&message);
         let offset = value
             .as_ref()
-            .and_then(|v| {
-                let after = text.get(start..)?;
-                Some(start + value_offset(after, v)?)
-            })
+            .and_then(|v| value_offset(text, start, v))
             .unwrap_or(start);
         let line = if span.is_some() {
             line_at(text, offset)
@@ -109,6 +106,14 @@ pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T, TomlError> {
             Some(_) => None,
         };
         let key = match named {
+            // reported at a table's header: the header is the key ("unknown
+            // field `notfy`" at `[notfy]`)
+            Some(k)
+                if header_at_line(text, line)
+                    .is_some_and(|h| h.rsplit('.').next() == Some(k.as_str())) =>
+            {
+                key_at_line(text, line)
+            }
             Some(k) => match table_at_line(text, line) {
                 t if t.is_empty() => k,
                 t => format!("{t}.{k}"),
@@ -192,18 +197,29 @@ fn bad_value(message: &str) -> Option<String> {
     None
 }
 
-/// Where `value` is written as a value (after `=`) in `text`.
-fn value_offset(text: &str, value: &str) -> Option<usize> {
-    let mut from = 0;
+/// Where `value` is written as a whole value (after `=`, `[` or `,`) in
+/// `text`, at or after byte `start`.
+fn value_offset(text: &str, start: usize, value: &str) -> Option<usize> {
+    let mut from = start;
     while let Some(i) = text.get(from..)?.find(value) {
         let at = from + i;
         let before = text[..at].trim_end_matches([' ', '\t']);
-        if before.ends_with('=') || before.ends_with('[') || before.ends_with(',') {
+        let next = text[at + value.len()..].chars().next();
+        let whole = !next.is_some_and(|c| c.is_alphanumeric() || c == '.' || c == '_');
+        if whole && (before.ends_with('=') || before.ends_with('[') || before.ends_with(',')) {
             return Some(at);
         }
         from = at + value.len().max(1);
     }
     None
+}
+
+/// The table a header line names (`[a.b]` or `[[a]]`), if the line is one.
+fn header_at_line(text: &str, line: usize) -> Option<String> {
+    let written = text.lines().nth(line.checked_sub(1)?)?.trim();
+    written
+        .starts_with('[')
+        .then(|| written.trim_matches(['[', ']']).trim().to_string())
 }
 
 /// The dotted name of the table a line is in (`masters[1]`, `core.gate`;
@@ -316,6 +332,12 @@ mod tests {
         assert_eq!((e.line, e.key.as_str()), (5, "sub[1].b"), "{}", e.message);
         let e = parse::<T>("a = true\n").expect_err("type");
         assert_eq!((e.line, e.key.as_str()), (1, "a"), "{}", e.message);
+        // the value's own line, not a later one with the same value
+        let e = parse::<T>("a = \"30\"\n[[sub]]\nb = 30\n").expect_err("type");
+        assert_eq!((e.line, e.key.as_str()), (1, "a"), "{}", e.message);
+        // a typo in a table's header names the header once
+        let e = parse::<T>("a = 1\n[subb]\nb = 1\n").expect_err("unknown table");
+        assert_eq!((e.line, e.key.as_str()), (2, "subb"), "{}", e.message);
         let text = "a = 1\n[[sub]]\nb = 2\n[[sub]]\nb = 3\n";
         assert_eq!(line_of(text, "sub[1].b"), 5);
         assert_eq!(line_of(text, "sub[0]"), 2);

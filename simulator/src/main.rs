@@ -92,7 +92,7 @@ enum Command {
         /// Which policies to sweep.
         #[arg(long, value_parser = policies_arg(), default_value = EVERY_POLICY)]
         policy: Policies,
-        /// Exit with status 1 when the scenario's masters.count misses an SLO
+        /// Exit with status 5 when the scenario's masters.count misses an SLO
         /// under the queue policy.
         #[arg(long)]
         check: bool,
@@ -228,7 +228,7 @@ fn execute(cli: Cli) -> Result<ExitCode> {
                         counted(u64::from(s.masters.count), "master"),
                         missed.join("; ")
                     );
-                    return Ok(ExitCode::from(exit::FAILED));
+                    return Ok(ExitCode::from(exit::SLO_MISSED));
                 }
                 println!(
                     "check: {} meet every SLO (queue)",

@@ -155,7 +155,7 @@ fn fill<'a, Y: Ranged<ValueType = f64> + ValueFormatter<f64>>(
         let left = chart.x_range().start;
         let mut decade = 10f64.powf(floor.max(1e-9).log10().floor());
         let mut ticks = Vec::new();
-        while decade <= top {
+        while decade <= top && decade.is_finite() && decade > 0.0 {
             for k in [2.0, 5.0] {
                 let v = decade * k;
                 if v > floor && v < top {

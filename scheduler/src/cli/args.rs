@@ -53,6 +53,9 @@ pub enum Command {
         /// The configuration file to check.
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// The file to check, as earlier versions took it (overrides
+        /// --config).
+        file: Option<PathBuf>,
     },
     /// Move a node to the front of the queue.
     Bump {
@@ -231,7 +234,7 @@ fn https_url(text: &str) -> Result<String, String> {
 /// A duration with its unit (`5m`, `90s`); a bare number says which unit
 /// is missing rather than humantime's own message.
 fn duration_with_unit(text: &str) -> Result<humantime::Duration, String> {
-    if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
+    if text != "0" && !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
         return Err(format!(
             "{text:?} needs a unit: {text}m for minutes, {text}s for seconds"
         ));
@@ -253,6 +256,7 @@ mod tests {
         let e = duration_with_unit("5").expect_err("no unit");
         assert!(e.contains("5m"), "{e}");
         assert!(duration_with_unit("5m").is_ok());
+        assert!(duration_with_unit("0").is_ok(), "no splay");
         let parsed = Cli::try_parse_from(["pcq", "sync", "--server", "vm:8145"]);
         assert!(parsed.is_err());
     }

@@ -95,7 +95,8 @@ async fn dispatch(command: Command) -> Result<()> {
             }
             serve(config).await?
         }
-        Command::CheckConfig { config: file } => {
+        Command::CheckConfig { config, file } => {
+            let file = file.unwrap_or(config);
             let config = Config::load(&file)?;
             for w in config.warnings() {
                 eprintln!("pcq: warning: {}: {w}", file.display());
@@ -114,7 +115,11 @@ async fn dispatch(command: Command) -> Result<()> {
             new,
             api,
         } => {
-            let body = json!({ "environment": environment, "new": new });
+            // "new" only when asked: an older daemon refuses unknown keys
+            let body = match new {
+                true => json!({ "environment": environment, "new": true }),
+                false => json!({ "environment": environment }),
+            };
             let v = call(&api, Method::POST, "/v1/deploys", Some(body)).await?;
             show(&api, &v, |v: &Value| {
                 format!("{environment}: {} nodes to recompile\n", v["nodes"])

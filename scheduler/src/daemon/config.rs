@@ -560,21 +560,22 @@ impl Config {
             Some(v6) => v6.split(']').next().unwrap_or(""),
             None => authority.split(':').next().unwrap_or(""),
         };
-        host.parse::<std::net::IpAddr>().ok()?;
+        let ip = host.parse::<std::net::IpAddr>().ok()?;
         let cert = self
             .puppet
             .ssldir
             .join(format!("certs/{}.pem", self.certname()));
         let names = certificate_names(&cert);
-        let known = if names.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " (this host's certificate {} names: {})",
-                cert.display(),
-                names.join(", ")
-            )
-        };
+        // only what can be told: a certificate here that lacks the address
+        // (an IP in dns_alt_names works; no certificate here, no verdict)
+        if names.is_empty() || names.contains(&ip.to_string()) {
+            return None;
+        }
+        let known = format!(
+            " (this host's certificate {} names: {})",
+            cert.display(),
+            names.join(", ")
+        );
         Some(format!(
             "{url} names Puppet Server by IP address, but TLS checks the name in the URL against the server's certificate (its certname and dns_alt_names): use one of those names{known}"
         ))
@@ -672,6 +673,15 @@ fn certificate_names(path: &Path) -> Vec<String> {
             .iter()
             .filter_map(|n| match n {
                 GeneralName::DNSName(d) => Some(d.to_string()),
+                GeneralName::IPAddress(b) => match b.len() {
+                    4 => <[u8; 4]>::try_from(*b)
+                        .ok()
+                        .map(|a| std::net::IpAddr::from(a).to_string()),
+                    16 => <[u8; 16]>::try_from(*b)
+                        .ok()
+                        .map(|a| std::net::IpAddr::from(a).to_string()),
+                    _ => None,
+                },
                 _ => None,
             })
             .collect(),

@@ -49,6 +49,8 @@ pub struct UsedHash {
 #[derive(Debug)]
 pub struct Dependencies {
     settings: Option<Settings>,
+    /// Puppet's environmentpath, known with analysis off too.
+    environments_dir: PathBuf,
     ignore: Arc<Ignore>,
     environments: RwLock<HashMap<String, EnvAnalysis>>,
     nodes: RwLock<HashMap<Certname, Arc<NodeDeps>>>,
@@ -74,6 +76,7 @@ impl Dependencies {
         });
         Dependencies {
             settings,
+            environments_dir: config.environments_dir.clone(),
             ignore,
             environments: RwLock::new(HashMap::new()),
             nodes: RwLock::new(HashMap::new()),
@@ -101,12 +104,10 @@ impl Dependencies {
         true
     }
 
-    /// Whether the code directory the analysis reads has `environment`
-    /// (false with analysis off: no directory is known then).
+    /// Whether Puppet's environmentpath (`analysis.environments_dir`, with
+    /// analysis on or off) has `environment`.
     pub fn on_disk(&self, environment: &str) -> bool {
-        self.settings
-            .as_ref()
-            .is_some_and(|s| s.environments_dir.join(environment).is_dir())
+        self.environments_dir.join(environment).is_dir()
     }
 
     /// Whether `environment` was ever analysed (or is being).
