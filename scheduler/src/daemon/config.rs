@@ -688,11 +688,7 @@ fn certificate_names(path: &Path) -> Vec<String> {
         _ => Vec::new(),
     };
     if names.is_empty() {
-        names.extend(
-            cert.subject()
-                .iter_common_name()
-                .filter_map(|c| c.as_str().ok().map(str::to_string)),
-        );
+        names.extend(super::identity::common_name(&pem.contents));
     }
     names
 }

@@ -190,19 +190,6 @@ pub struct Pcq {
 /// The admin listener's bearer token in the tests.
 pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef";
 
-/// Writes `text` to `path`, mode 0600.
-pub fn write_private(path: &Path, text: &str) {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    std::io::Write::write_all(&mut f, text.as_bytes()).expect("write");
-}
-
 /// Runs `pcq sync` as `certname` against `server` (facts every time), its
 /// state in `state`, with `extra` arguments; its exit code and output.
 pub fn pcq_sync(server: &str, certname: &str, state: &Path, extra: &[&str]) -> (i32, String) {
@@ -472,7 +459,7 @@ impl Pcq {
         let (port, admin) = (free_port(), free_port());
         let config_file = dir.path().join("pcq.toml");
         let token_file = dir.path().join("admin.token");
-        write_private(&token_file, ADMIN_TOKEN);
+        scheduler::private_file::write(&token_file, ADMIN_TOKEN.as_bytes()).expect("token file");
         let socket = dir.path().join("admin.sock");
         let state = config
             .state
