@@ -140,7 +140,7 @@ pub async fn serve(
                 match tokio::time::timeout(limits.client_timeout, tls_acceptor.accept(tcp)).await {
                     Ok(Ok(t)) => Some(t),
                     Ok(Err(e)) => {
-                        tracing::info!("TLS handshake with {peer} refused: {e}");
+                        tracing::debug!("TLS handshake with {peer} refused: {e}");
                         Metrics::count(&metrics.connections_closed, "handshake_refused");
                         None
                     }
