@@ -135,12 +135,20 @@ fn every_installed_module_is_analysed_and_known_reads_are_found() {
         "ipaddress",
         "${::ipaddress}",
     );
+    // a key with a dot in it ('systemd-resolved.service') cannot be named
+    // by a dotted path: the read is of its parent, whole
     assert_reads(
         &a,
         "classes",
         "systemd",
-        "systemd_internal_services.systemd-resolved.service",
+        "systemd_internal_services",
         "['systemd-resolved.service']",
+    );
+    assert!(
+        reads(&a, "classes", "systemd")
+            .iter()
+            .all(|(p, _)| !p.contains("systemd-resolved")),
+        "no path through a dotted key"
     );
     assert_reads(
         &a,

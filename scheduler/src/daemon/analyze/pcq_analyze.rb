@@ -62,13 +62,17 @@
 #
 # Structure: PcqAnalyze::Main.run drives it; Environment finds the modules;
 # Scanner reads each kind of file into a Result (the document being built);
-# Walker walks the Puppet model of one .pp or .epp file; ErbScan reads ERB
-# text; Modules scans the modules in forked workers and merges their
-# Results in a fixed order.
+# Walker walks the Puppet model of one .pp or .epp file; RubyScan reads
+# ERB templates and Ruby functions with Ruby's parser; Modules scans the
+# modules in forked workers and merges their Results in a fixed order.
+require 'erb'
 require 'json'
+require 'ripper'
 require 'puppet'
 require 'yaml'
 require 'etc'
+require 'fileutils'
+require 'tmpdir'
 
 module PcqAnalyze
   # Variables Puppet sets that are not facts.
@@ -120,8 +124,14 @@ module PcqAnalyze
       @out['files'] += 1
     end
 
-    def fact(unit, path, file, line)
-      unit['facts'] << { 'path' => path, 'file' => file, 'line' => line }
+    # A read of the fact at `keys` (["os", "family"]). pcq's paths are
+    # dotted, so a key that holds a dot (or is not a string) ends the path
+    # at its parent, read whole; with no parent left it widens.
+    def fact(unit, keys, file, line)
+      keys = keys.map(&:to_s)
+      kept = keys.take_while { |k| !k.empty? && !k.include?('.') }
+      return widen(unit, "a fact named #{keys.first.inspect}, which pcq's dotted paths cannot name", file, line) if kept.empty?
+      unit['facts'] << { 'path' => kept.join('.'), 'file' => file, 'line' => line }
     end
 
     def widen(unit, cause, file, line)
@@ -135,13 +145,20 @@ module PcqAnalyze
       widen(unit, "unparsable: #{message}", file, 0)
     end
 
-    # What ERB `text` reads, all at `file`:`line`.
-    def erb(unit, text, file, line)
-      ErbScan.scan(text).each do |kind, value|
+    # What ERB `text` reads: at `file`:`line` (an inline template), or at
+    # its own lines (`line` nil: a template file).
+    def erb(unit, text, file, line = nil)
+      ruby_reads(unit, RubyScan.erb(text), file, line)
+    end
+
+    # Records what RubyScan found; `line` overrides the lines it found.
+    def ruby_reads(unit, found, file, line = nil)
+      found.each do |kind, value, at|
+        at = line || at
         case kind
-        when :fact then fact(unit, value.join('.'), file, line)
+        when :fact then fact(unit, value, file, at)
         when :function then unit['functions'] << value
-        else widen(unit, value, file, line)
+        else widen(unit, value, file, at)
         end
       end
     end
@@ -228,36 +245,424 @@ module PcqAnalyze
     end
   end
 
-  # --- templates -----------------------------------------------------------------
+  # --- Ruby that runs against a scope: ERB templates, Ruby functions -------------
+  #
+  # Read with Ruby's own parser (Ripper), sound by construction: a read is
+  # recorded when its form is fully resolved (a literal path into the facts,
+  # a top-scope variable by literal name, a function by literal name), and
+  # every other access to the scope widens, with the form and its line;
+  # nothing that reaches the scope is dropped. A literal path that stops
+  # early (`@facts['os'][k]`) is a read of what it reached (`os`, whole).
+  module RubyScan
+    # Where Ruby code runs: an ERB template (self is Puppet's template
+    # wrapper, scope variables are `@`-variables), a 3.x function (self is
+    # the scope), a 4.x function (the scope is `closure_scope`, or a
+    # `scope_param`).
+    MODES = %i[erb function3 function4].freeze
 
-  # What a piece of ERB reads.
-  module ErbScan
-    # [[:fact, path] | [:function, name] | [:widen, cause]]
-    def self.scan(text)
-      found = []
-      text.scan(/@([a-z_][a-zA-Z0-9_]*)(?:\[['"]([^'"]+)['"]\](?:\[['"]([^'"]+)['"]\])?)?/) do |var, k1, k2|
-        if var == 'facts'
-          found << (k1 ? [:fact, [k1, k2].compact] : [:widen, '@facts used as a whole'])
-        elsif !NOT_FACTS.include?(var)
-          found << [:fact, [var]]
-        end
+    # Scope methods that read no variable: logging, the function calls
+    # handled on their own, the environment, and resources of the catalog
+    # (whose values came from code the catalog's analysis already counts).
+    SCOPE_SAFE = %w[
+      debug info notice warning err alert emerg crit deprecation_warning call_function
+      environment tags raise_error source resource findresource lookupdefaults setvar catalog
+    ].freeze
+
+    # Methods a whole scope may be handed to: the function's own dispatcher,
+    # and Puppet's type lookups, which read the environment, not variables.
+    SCOPE_TAKERS = %w[
+      dispatch parse find_resource_type_or_class find_resource_type find_hostclass find_definition
+    ].freeze
+
+    # Calls that reach variables by a name computed at run time, in any mode.
+    REFLECTION = %w[
+      instance_variables instance_variable_get binding eval instance_eval instance_exec
+      send public_send __send__ method methods
+    ].freeze
+
+    # Methods of Puppet's scope (on self in a 3.x function), known once
+    # Puppet is loaded.
+    def self.scope_methods
+      @scope_methods ||= begin
+        (Puppet::Parser::Scope.public_instance_methods(true) - Object.public_instance_methods).map(&:to_s)
+      rescue StandardError
+        %w[lookupvar [] to_hash compiler catalog include? exist? setvar]
       end
-      text.scan(/scope(?:\.lookupvar\(|\[)\s*(['"]?)([^'")\]]*)\1\s*[)\]]/) do |quote, name|
-        if quote.empty?
-          found << [:widen, 'scope lookup of a name computed at run time']
-        else
-          bare = name.sub(/\A::/, '')
-          found << [:fact, [bare]] unless bare.include?('::') || NOT_FACTS.include?(bare)
-        end
+    end
+
+    # [[:fact, [keys], line] | [:function, name, line] | [:widen, cause, line]]
+    def self.erb(text)
+      src = ERB.new(text, trim_mode: '-').src
+      # ERB's code keeps the template's lines, after a `#coding` line
+      shift = src.start_with?('#coding') ? 1 : 0
+      code(src, :erb).map { |kind, value, line| [kind, value, [line - shift, 1].max] }
+    rescue StandardError, SyntaxError => e
+      [[:widen, "ERB the parser refused: #{e.message.lines.first.to_s.strip}", 0]]
+    end
+
+    def self.code(src, mode)
+      sexp = Ripper.sexp(src)
+      return [[:widen, 'Ruby the parser refused', 0]] unless sexp
+      found = Walk.new(mode).run(sexp)
+      if mode == :function4 && src.include?('scope_param') && src !~ /def\s+\w+[?!]?\s*\(?\s*scope\b/
+        found << [:widen, 'scope_param bound to a parameter not named scope', 0]
       end
-      text.scan(/has_variable\?\(\s*['"]:{0,2}([a-z_][a-zA-Z0-9_]*)['"]\s*\)/) do |(var)|
-        found << [:fact, [var]] unless NOT_FACTS.include?(var)
-      end
-      text.scan(/scope\.(?:call_function\(\s*['"]([a-z0-9_:]+)['"]|function_([a-z0-9_]+))/) do |a, b|
-        found << [:function, (a || b).downcase]
-      end
-      found << [:widen, 'scope.to_hash'] if text.include?('scope.to_hash') || text.include?('scope.all_local')
       found
+    end
+
+    # Walks one Ripper tree.
+    class Walk
+      # Nodes a whole scope or facts hash may be handed to without widening:
+      # lists, `+`, parentheses on the way to an assignment or a call.
+      PASS_THROUGH = %i[array args_add_block arg_paren args_add_star binary paren].freeze
+
+      def initialize(mode)
+        @mode = mode
+        @found = []
+        @parents = []
+        # locals that hold the scope or the facts hash: name => :scope | :facts
+        @aliases = {}
+        @own_methods = SCOPE_TAKERS.dup
+      end
+
+      # A first walk finds the methods defined here and the locals that hold
+      # the scope or the facts (wherever they are assigned); the second
+      # records what is read.
+      def run(sexp)
+        collect_defs(sexp)
+        visit(sexp)
+        return @found if @aliases.empty?
+        @found = []
+        visit(sexp)
+        @found
+      end
+
+      private
+
+      def collect_defs(n)
+        return unless n.is_a?(Array)
+        @own_methods << name_of(n[1]) if n[0] == :def
+        n.each { |c| collect_defs(c) }
+      end
+
+      def visit(n)
+        return unless n.is_a?(Array)
+        return if n[0].is_a?(Symbol) && chain(n)
+        @parents.push(n)
+        n.each { |c| visit(c) if c.is_a?(Array) }
+        @parents.pop
+      end
+
+      # Where a whole value at `n` goes: [:local, name] (assigned to a
+      # local), [:call, method] (an argument), or nil (anywhere else).
+      def destination(n)
+        child = n
+        @parents.reverse_each do |p|
+          kind = p[0]
+          if !kind.is_a?(Symbol) || PASS_THROUGH.include?(kind)
+            child = p
+            next
+          end
+          case kind
+          when :assign
+            target = p[1]
+            return nil unless p[2].equal?(child) && target[0] == :var_field && target[1].is_a?(Array) && target[1][0] == :@ident
+            return [:local, target[1][1]]
+          when :method_add_arg
+            callee = p[1]
+            return [:call, name_of(callee[0] == :fcall ? callee[1] : callee[3])]
+          when :command then return [:call, name_of(p[1])]
+          when :command_call then return [:call, name_of(p[3])]
+          else return nil
+          end
+        end
+        nil
+      end
+
+      # A whole scope or facts hash (`kind`) at `n`: kept when it goes into
+      # a local (which then stands for it) or to this file's own methods;
+      # anything else widens.
+      def whole(kind, n, line, cause)
+        to = destination(n)
+        if to && to[0] == :local
+          @aliases[to[1]] = kind
+        elsif !(to && to[0] == :call && kind == :scope && @own_methods.include?(to[1]))
+          widen(cause, line)
+        end
+      end
+
+      # The first [line, column] in a tree.
+      def line_of(n)
+        return 0 unless n.is_a?(Array)
+        return n[0] if n.length == 2 && n.all?(Integer)
+        n.each do |c|
+          l = line_of(c)
+          return l if l.positive?
+        end
+        0
+      end
+
+      def name_of(token)
+        token.is_a?(Array) ? token[1].to_s : token.to_s
+      end
+
+      # The argument nodes of an argument list, or nil when they cannot be
+      # listed (a splat).
+      def args_of(a)
+        return [] if a.nil? || a == false
+        case a[0]
+        when :arg_paren then args_of(a[1])
+        when :args_add_block then args_of(a[1])
+        when :args_add_star then nil
+        when Symbol then [a]
+        else a
+        end
+      end
+
+      def literal(n)
+        return nil unless n.is_a?(Array)
+        case n[0]
+        when :string_literal
+          parts = n[1].is_a?(Array) ? n[1][1..] : []
+          return nil unless parts.all? { |p| p.is_a?(Array) && p[0] == :@tstring_content }
+          parts.map { |p| p[1] }.join
+        when :symbol_literal
+          s = n[1]
+          s = s[1] if s.is_a?(Array) && s[0] == :symbol
+          s.is_a?(Array) && %i[@ident @const @kw].include?(s[0]) ? s[1] : nil
+        end
+      end
+
+      # One step down a postfix chain: [receiver, [method, args], blocks].
+      # args nil: not listable. nil when `n` is a chain's base.
+      def step(n)
+        case n[0]
+        when :aref then [n[1], ['[]', args_of(n[2])]]
+        when :call, :field
+          n[3] == :call ? [n[1], ['call', []]] : [n[1], [name_of(n[3]), []]]
+        when :command_call then [n[1], [name_of(n[3]), args_of(n[4])]]
+        when :method_add_arg
+          inner = n[1]
+          args = args_of(n[2])
+          case inner[0]
+          when :call then [inner[1], [inner[3] == :call ? 'call' : name_of(inner[3]), args]]
+          when :fcall then [[:pcq_self_call, name_of(inner[1]), args], nil]
+          end
+        when :method_add_block then [n[1], nil, n[2]]
+        end
+      end
+
+      # A chain from its outermost node: [base, ops, extra nodes to visit].
+      def unroll(n)
+        ops = []
+        extra = []
+        loop do
+          s = step(n)
+          break unless s
+          n, op, block = s
+          ops.unshift(op) if op
+          extra << block if block
+        end
+        n = [:pcq_self_call, name_of(n[1]), args_of(n[2])] if n[0] == :command
+        n = [:pcq_self_call, name_of(n[1]), []] if %i[fcall vcall].include?(n[0])
+        [n, ops, extra]
+      end
+
+      # Handles `n` if it is a chain on something that reaches the scope;
+      # false to let the walk go on into it.
+      def chain(n)
+        base, ops, extra = unroll(n)
+        line = line_of(n)
+        @node = n
+        handled =
+          case base[0]
+          when :var_ref then var_chain(base, ops, line)
+          when :pcq_self_call then self_call_chain(base, ops, line)
+          when :top_const_ref then const_chain(name_of(base[1]), ops, line)
+          when :const_path_ref then const_chain(name_of(base[2]), ops, line)
+          end
+        return false unless handled
+        visit(base[2]) if base[0] == :pcq_self_call && base[2]
+        ops.each { |_, args| args&.each { |a| visit(a) } }
+        extra.each { |e| visit(e) }
+        true
+      end
+
+      def var_chain(base, ops, line)
+        token = base[1]
+        return false unless token.is_a?(Array)
+        case token[0]
+        when :@ivar
+          return false unless @mode == :erb
+          ivar(token[1][1..], ops, line)
+        when :@ident
+          kind = token[1] == 'scope' ? :scope : @aliases[token[1]]
+          return false unless kind
+          kind == :scope ? scope(ops, line, token[1]) : facts(ops, line, token[1])
+        when :@kw
+          return false unless token[1] == 'self' && @mode == :function3
+          scope(ops, line, 'self')
+        when :@const then return const_chain(token[1], ops, line)
+        else return false
+        end
+        true
+      end
+
+      def self_call_chain(base, ops, line)
+        name = base[1]
+        args = base[2]
+        if REFLECTION.include?(name)
+          widen("#{name}()", line)
+        elsif name == 'scope' && (args.nil? || args.empty?)
+          scope(ops, line, 'scope')
+        elsif @mode == :erb && name == 'has_variable?'
+          key = args && args.length == 1 ? literal(args[0]) : nil
+          key ? variable(key, [], line) : widen('has_variable?() of a name computed at run time', line)
+        elsif @mode == :function4 && name == 'closure_scope' && (args.nil? || args.empty?)
+          scope(ops, line, name)
+        elsif @mode == :function3 && name.start_with?('function_')
+          @found << [:function, name.sub('function_', '').downcase, line]
+        elsif @mode == :function3 && name == 'call_function'
+          scope_call_function(args, line)
+        elsif @mode == :function3 && RubyScan.scope_methods.include?(name) && !SCOPE_SAFE.include?(name)
+          scope([[name, args]] + ops, line, 'self')
+        else
+          return false
+        end
+        true
+      end
+
+      def const_chain(name, ops, line)
+        case name
+        when 'Facter' then widen("Facter (#{ops.first ? "Facter.#{ops.first[0]}" : 'Facter'}: facts of the host that compiles)", line)
+        when 'Puppet'
+          return false unless ops.first && ops.first[0] == 'lookup'
+          widen('Puppet.lookup (the global scope)', line)
+        else return false
+        end
+        true
+      end
+
+      # `@name` and what follows it.
+      def ivar(name, ops, line)
+        return true if name.start_with?('__') # the wrapper's own state
+        if name == 'facts'
+          facts(ops, line, '@facts')
+        elsif !NOT_FACTS.include?(name)
+          fact([name] + keys_of(ops), line)
+        end
+        true
+      end
+
+      # The facts hash (`shown`) and what follows it.
+      def facts(ops, line, shown)
+        keys = keys_of(ops)
+        return fact(keys, line) unless keys.empty?
+        return whole(:facts, @node, line, "#{shown} used as a whole") if ops.empty?
+        widen("#{shown}.#{ops.first[0]}", line)
+      end
+
+      # Leading literal keys of `[]`, `dig` and `fetch` steps.
+      def keys_of(ops)
+        keys = []
+        ops.each do |m, args|
+          case m
+          when '[]', 'fetch'
+            k = args && !args.empty? ? literal(args[0]) : nil
+            break unless k && (m == 'fetch' || args.length == 1)
+            keys << k
+          when 'dig'
+            ks = (args || []).map { |a| literal(a) }
+            keys.concat(ks.take_while { |k| k })
+            break
+          else break
+          end
+        end
+        keys
+      end
+
+      # The scope object and what is done with it: a variable by literal
+      # name, a function by literal name; anything else widens.
+      def scope(ops, line, shown)
+        m, args = ops.first
+        case m
+        when nil then whole(:scope, @node, line, "#{shown} passed on whole")
+        when 'send', 'public_send', '__send__'
+          name = args && !args.empty? ? literal(args[0]) : nil
+          return widen("#{shown}.#{m} of a method computed at run time", line) unless name
+          scope([[name, args[1..]]] + ops[1..], line, shown)
+        when '[]', 'lookupvar', 'include?', 'exist?', 'bound?'
+          name = args && args.length >= 1 ? literal(args[0]) : nil
+          return widen("#{shown}.#{m} of a name computed at run time", line) unless name
+          variable(name, ops[1..], line)
+        when 'call_function' then scope_call_function(args, line)
+        when 'find_global_scope' then scope(ops[1..], line, "#{shown}.find_global_scope")
+        when /\Afunction_(.+)\z/ then @found << [:function, Regexp.last_match(1).downcase, line]
+        else
+          return if SCOPE_SAFE.include?(m)
+          widen("#{shown}.#{m}", line)
+        end
+      end
+
+      def scope_call_function(args, line)
+        name = args && !args.empty? ? literal(args[0]) : nil
+        return widen('call_function() of a name computed at run time', line) unless name
+        @found << [:function, name.downcase.sub(/\A::/, ''), line]
+      end
+
+      # A variable read by name (`os`, `::os`, `facts`), then keys.
+      def variable(name, ops, line)
+        bare = name.sub(/\A::/, '')
+        return if bare.include?('::') # a class's variable: its class is in the catalog
+        keys = keys_of(ops)
+        if bare == 'facts'
+          facts(ops, line, "the facts hash (#{name})")
+        elsif !NOT_FACTS.include?(bare)
+          fact([bare] + keys, line)
+        end
+      end
+
+      def fact(keys, line)
+        @found << [:fact, keys, line]
+      end
+
+      def widen(cause, line)
+        @found << [:widen, cause, line]
+      end
+    end
+  end
+
+  # --- Hiera ---------------------------------------------------------------------
+
+  # What Hiera's interpolations read.
+  module Hiera
+    # One `%{...}`: [:fact, keys] | [:function, name] | [:widen, cause] | nil.
+    def self.interpolation(expr)
+      # the raw text of a double-quoted YAML string escapes its quotes
+      e = expr.gsub(/\\(["'])/, '\\1').strip
+      return nil if e.empty? # %{} is the empty string
+      call = e.match(/\A(\w+)\s*\((.*)\)\z/m)
+      return variable(e) unless call
+      arg = call[2].strip[/\A(["'])(.*)\1\z/m, 2]
+      case call[1]
+      when 'literal' then nil
+      when 'scope' then arg ? variable(arg) : [:widen, 'scope() of a name computed at run time']
+      when 'lookup', 'hiera', 'alias', 'strict_alias'
+        # another key: its own interpolations are in the layers read
+        arg ? [:function, 'lookup'] : [:widen, "#{call[1]}() of a key computed at run time"]
+      else [:widen, 'an interpolation function pcq does not know']
+      end
+    end
+
+    # A variable with an optional dotted key path (`facts.os."family"`).
+    def self.variable(e)
+      parts = e.scan(/"[^"]*"|'[^']*'|[^.]+/).map { |p| p.strip.delete_prefix('"').delete_suffix('"').delete_prefix("'").delete_suffix("'") }
+      first = parts.shift.to_s.sub(/\A::/, '')
+      return [:widen, 'not a variable name'] unless first.match?(/\A[a-z_][\w:]*\z/i)
+      return parts.empty? ? [:widen, 'the facts hash whole'] : [:fact, parts] if first == 'facts'
+      # a class's variable: its class is in the catalog; or not a fact
+      return nil if first.include?('::') || NOT_FACTS.include?(first)
+      [:fact, [first] + parts]
     end
   end
 
@@ -341,7 +746,7 @@ module PcqAnalyze
     end
 
     def fact(t, path_parts, o)
-      @result.fact(t, path_parts.join('.'), @file, line(o))
+      @result.fact(t, path_parts, @file, line(o))
     end
 
     def widen(t, cause, o)
@@ -351,6 +756,7 @@ module PcqAnalyze
     def literal(o)
       case o
       when M::LiteralString then o.value
+      when M::HeredocExpression then literal(o.text_expr)
       when M::ConcatenatedString
         parts = o.segments.map { |s| segment(s) }
         parts.all? ? parts.join : nil
@@ -410,7 +816,7 @@ module PcqAnalyze
       when M::ResourceTypeDefinition then @result.unit('defines', Walker.unit_name(o))
       when M::FunctionDefinition then @result.unit('functions', Walker.unit_name(o))
       when M::VariableExpression then variable(o, path)
-      when M::CallNamedFunctionExpression then call(o, path)
+      when M::CallNamedFunctionExpression, M::CallMethodExpression then call(o, path)
       when M::CollectExpression then collector(o, path)
       end
     end
@@ -462,31 +868,57 @@ module PcqAnalyze
       end
     end
 
+    # A function call, `f(x, y)` or `x.f(y)` (Puppet's method-call form:
+    # the receiver is the first argument), or `call('f', x, y)`.
     def call(o, path)
-      fname = literal(o.functor_expr)
-      return unless fname
-      t = target(path)
-      args = o.arguments
+      if o.is_a?(M::CallMethodExpression)
+        functor = o.functor_expr
+        return unless functor.is_a?(M::NamedAccessExpression)
+        fname = literal(functor.right_expr)
+        args = [functor.left_expr] + Array(o.arguments)
+      else
+        fname = literal(o.functor_expr)
+        args = Array(o.arguments)
+      end
+      return unless fname # a type's constructor: `Integer($x)`
+      function(fname.downcase.sub(/\A::/, ''), args, target(path), o, path)
+    end
+
+    def function(fname, args, t, o, path)
       case fname
+      when 'call'
+        name = args[0] && literal(args[0])
+        return widen(t, 'call() of a function computed at run time', o) unless name
+        function(name.downcase.sub(/\A::/, ''), args[1..], t, o, path)
       when 'template', 'epp' then template_call(fname, args, t, o)
       when 'inline_template' then inline_template(args, t, o, path)
-      when 'inline_epp'
-        widen(t, 'inline_epp()', o)
+      when 'inline_epp' then inline_epp(args, t, o)
       when 'getvar'
         name = args[0] && literal(args[0])
         return widen(t, 'getvar() of a name computed at run time', o) unless name
-        name = name.sub(/\A::/, '')
-        if name.start_with?('facts.')
-          fact(t, name.split('.')[1..], o)
-        elsif !name.include?('::')
-          fact(t, name.split('.'), o) unless NOT_FACTS.include?(name.split('.')[0])
+        parts = name.sub(/\A::/, '').split('.')
+        if parts[0] == 'facts'
+          parts.length > 1 ? fact(t, parts[1..], o) : widen(t, "getvar('#{name}'): the facts hash whole", o)
+        elsif !parts[0].to_s.include?('::') && !NOT_FACTS.include?(parts[0])
+          fact(t, parts, o)
         end
       when 'fact'
         name = args[0] && literal(args[0])
         name ? fact(t, name.split('.'), o) : widen(t, 'fact() of a name computed at run time', o)
       else
-        t['functions'] << fname.downcase.sub(/\A::/, '')
+        t['functions'] << fname
       end
+    end
+
+    # inline_epp(text, params): a literal text is walked as an EPP template
+    # in the caller's unit; any other text widens.
+    def inline_epp(args, t, o)
+      text = args[0] && literal(args[0])
+      return widen(t, 'inline_epp() of text computed at run time', o) unless text
+      program = Puppet::Pops::Parser::EvaluatingParser::EvaluatingEppParser.new.parse_string(text, @file)
+      Walker.new(@result, @file, program, t, @module).walk
+    rescue StandardError, SyntaxError => e
+      widen(t, "inline_epp() the parser refused: #{e.message.lines.first.to_s.strip}", o)
     end
 
     # template(name...) or epp(name, params)
@@ -570,6 +1002,7 @@ module PcqAnalyze
         else ['global', '']
         end
       type = o.type_expr.respond_to?(:cased_value) ? o.type_expr.cased_value : literal(o.type_expr).to_s
+      type = type.sub(/\A::/, '') # `::Foo <<| |>>` collects Foo
       @result.out['collectors'] << {
         'kind' => kind, 'name' => name, 'type' => type, 'query' => query(q.expr),
         'file' => @file, 'line' => line(o)
@@ -613,9 +1046,9 @@ module PcqAnalyze
       @result.unparsable(target, file, e)
     end
 
-    def parse_template(file, module_name)
+    def parse_template(file, module_name, templates_dir)
       @result.count_file
-      t = @result.unit('templates', template_name(file, module_name))
+      t = @result.unit('templates', template_name(file, module_name, templates_dir))
       if file.end_with?('.epp')
         begin
           program = Puppet::Pops::Parser::EvaluatingParser::EvaluatingEppParser.new.parse_file(file)
@@ -624,32 +1057,19 @@ module PcqAnalyze
           @result.unparsable(t, file, e)
         end
       else
-        text = File.read(file, encoding: 'UTF-8', invalid: :replace)
-        text.each_line.with_index(1) { |l, n| @result.erb(t, l, file, n) }
+        @result.erb(t, File.read(file, encoding: 'UTF-8', invalid: :replace), file)
       end
     end
 
-    # Ruby functions: literal lookups are facts; anything dynamic widens the
-    # callers.
+    # A Ruby function: what its code reads through the scope (3.x functions
+    # run with the scope as self; 4.x ones reach it through closure_scope).
     def scan_ruby_function(file)
       @result.count_file
       text = File.read(file, encoding: 'UTF-8', invalid: :replace)
       name = text[/newfunction\(\s*:['"]?([a-z0-9_:]+)/, 1] || text[/create_function\(\s*:?['"]?([a-z0-9_:]+)/, 1] ||
              File.basename(file, '.rb')
-      f = @result.unit('functions', name.downcase)
-      text.each_line.with_index(1) do |l, n|
-        l.scan(/lookupvar\(\s*(['"])([^'"]+)\1\s*\)/) do |_, v|
-          next if v.include?('#{')
-          bare = v.sub(/\A::/, '')
-          @result.fact(f, bare, file, n) unless bare.include?('::') || NOT_FACTS.include?(bare)
-        end
-        if l =~ /lookupvar\(\s*[^'"\s]/ || l =~ /lookupvar\(\s*"[^"]*#\{/ || l.include?('to_hash') || l =~ /\[['"]facts['"]\]\[[^'"]/
-          @result.widen(f, 'reads variables by a name computed at run time', file, n)
-        end
-        l.scan(/\[['"]facts['"]\]\[['"]([^'"]+)['"]\]/) do |(k)|
-          @result.fact(f, k, file, n)
-        end
-      end
+      mode = file.include?('/parser/functions/') ? :function3 : :function4
+      @result.ruby_reads(@result.unit('functions', name.downcase), RubyScan.code(text, mode), file)
     end
 
     # A Hiera layer: its hiera.yaml, and the data under each datadir it names
@@ -662,10 +1082,13 @@ module PcqAnalyze
       return scan_hiera_dirs(base, dirs, target) unless File.file?(config)
       scan_hiera_file(config, target)
       begin
-        doc = YAML.safe_load(File.read(config), aliases: true) || {}
+        # Hiera 3 files have symbol keys (`:yaml:`)
+        doc = YAML.safe_load(File.read(config), permitted_classes: [Symbol], aliases: true) || {}
         dirs = []
         dirs << doc.dig('defaults', 'datadir') if doc.is_a?(Hash) && doc['defaults'].is_a?(Hash)
-        Array(doc.is_a?(Hash) ? doc['hierarchy'] : nil).each { |h| dirs << h['datadir'] if h.is_a?(Hash) }
+        levels = Array(doc.is_a?(Hash) ? doc['hierarchy'] : nil).select { |h| h.is_a?(Hash) }
+        levels.each { |h| dirs << h['datadir'] }
+        ([doc['defaults']] + levels).each { |h| hiera_level(h, target, config) if h.is_a?(Hash) }
         v3 = doc.is_a?(Hash) ? (doc[:yaml] || doc[':yaml'] || doc['yaml']) : nil
         dirs << (v3[:datadir] || v3[':datadir'] || v3['datadir']) if v3.is_a?(Hash)
         dirs = dirs.compact.map(&:to_s)
@@ -676,12 +1099,43 @@ module PcqAnalyze
       scan_hiera_dirs(base, dirs, target)
     end
 
+    # Backends Puppet ships (and eyaml's): they read only the files.
+    HIERA_BACKENDS = %w[yaml_data json_data hocon_data eyaml_lookup_key].freeze
+
+    # What a hierarchy level reads besides its `%{}` interpolations: the
+    # variable `mapped_paths` names, and its backend function.
+    def hiera_level(level, target, config)
+      mapped = level['mapped_paths']
+      if mapped.is_a?(Array) && mapped[0].is_a?(String)
+        read = Hiera.variable(mapped[0])
+        hiera_read(target, read, "mapped_paths #{mapped[0]}", config, 0)
+      end
+      %w[data_hash lookup_key data_dig].each do |k|
+        fn = level[k]
+        next unless fn.is_a?(String) && !HIERA_BACKENDS.include?(fn)
+        if fn.include?('::')
+          target['functions'] << fn.downcase # a module's backend: its code is scanned
+        else
+          @result.widen(target, "Hiera backend #{k}: #{fn}, code pcq does not read", config, 0)
+        end
+      end
+    end
+
+    def hiera_read(target, read, shown, file, line)
+      case read&.first
+      when :fact then @result.fact(target, read[1], file, line)
+      when :function then target['functions'] << read[1]
+      when :widen then @result.widen(target, "Hiera #{shown}: #{read[1]}", file, line)
+      end
+    end
+
     def scan_module(dir, dir_name)
       name = dir_name.sub(/\A[^-]+-/, '') # "saz-rsyslog" holds module rsyslog
       Dir.glob(File.join(dir, '{manifests,functions,types,plans}', '**', '*.pp')).sort.each do |f|
         parse_pp(f, @result.global, name)
       end
-      Dir.glob(File.join(dir, 'templates', '**', '*.{erb,epp}')).sort.each { |f| parse_template(f, name) }
+      templates = File.join(dir, 'templates')
+      Dir.glob(File.join(templates, '**', '*.{erb,epp}')).sort.each { |f| parse_template(f, name, templates) }
       Dir.glob(File.join(dir, 'lib', 'puppet', '{functions,parser/functions}', '**', '*.rb')).sort.each do |f|
         scan_ruby_function(f)
       end
@@ -690,8 +1144,10 @@ module PcqAnalyze
 
     private
 
-    def template_name(file, module_name)
-      "#{module_name}/#{file.split('/templates/', 2)[1]}"
+    # `module/path` of a file under the module's templates directory (a
+    # module directory may itself sit under a `templates` directory).
+    def template_name(file, module_name, templates_dir)
+      "#{module_name}/#{file.delete_prefix(templates_dir + '/')}"
     end
 
     # Interpolations in a hierarchy (hiera.yaml) or a data file.
@@ -699,18 +1155,8 @@ module PcqAnalyze
       @result.count_file
       text = File.read(file, encoding: 'UTF-8', invalid: :replace)
       text.each_line.with_index(1) do |l, n|
-        l.scan(/%\{\s*([^}]*)\}/) do |(expr)|
-          expr = expr.strip
-          if expr =~ /\A(?:facts|::facts)\.(.+)\z/
-            @result.fact(target, Regexp.last_match(1).delete('"\''), file, n)
-          elsif expr =~ /\A(?:facts|::facts)\z/ || expr =~ /\A(?:facts|::facts)\[/
-            @result.widen(target, "hiera interpolation %{#{expr}}", file, n)
-          elsif expr =~ /\A::([a-z_][a-z0-9_]*)\z/ || expr =~ /\A([a-z_][a-z0-9_]*)\z/
-            name = Regexp.last_match(1)
-            @result.fact(target, name, file, n) unless NOT_FACTS.include?(name)
-          elsif expr.start_with?('scope(') || expr =~ /\Ascope\s*\(/
-            @result.widen(target, "hiera interpolation %{#{expr}}", file, n)
-          end
+        l.scan(/%\{([^}]*)\}/) do |(expr)|
+          hiera_read(target, Hiera.interpolation(expr), "%{#{expr}}", file, n)
         end
       end
     end
@@ -720,7 +1166,7 @@ module PcqAnalyze
         # a datadir chosen per node (`%{...}`): scan from its fixed start
         d = d.split('%{').first.to_s
         dir = File.expand_path(d, base)
-        Dir.glob(File.join(dir, '**', '*.{yaml,yml,json,eyaml}')).sort.each { |f| scan_hiera_file(f, target) }
+        Dir.glob(File.join(dir, '**', '*.{yaml,yml,json,eyaml,conf}')).sort.each { |f| scan_hiera_file(f, target) }
       end
     end
   end
@@ -748,17 +1194,28 @@ module PcqAnalyze
     # sets one ($basemodulepath standing for the directories given), else
     # `modules` then the directories given, as Puppet does.
     def self.modulepath(env_dir, base)
-      conf = File.join(env_dir, 'environment.conf')
-      line = File.file?(conf) ? File.readlines(conf).find { |l| l =~ /\A\s*modulepath\s*=/ } : nil
-      return [File.join(env_dir, 'modules')] + base unless line
-      line.split('=', 2)[1].strip.delete('"\'').split(':').flat_map do |d|
+      path = setting(env_dir, 'modulepath')
+      return [File.join(env_dir, 'modules')] + base unless path
+      path.split(':').flat_map do |d|
         d == '$basemodulepath' ? base : [File.expand_path(d, env_dir)]
       end
     end
 
-    # The site manifests.
+    # The site manifests: environment.conf's `manifest` (a file or a
+    # directory, relative to the environment) or `manifests`, as Puppet
+    # reads them.
     def self.manifests(env_dir)
-      Dir.glob(File.join(env_dir, 'manifests', '**', '*.pp')).sort
+      path = File.expand_path(setting(env_dir, 'manifest') || 'manifests', env_dir)
+      return [path] if File.file?(path)
+      Dir.glob(File.join(path, '**', '*.pp')).sort
+    end
+
+    # A setting of environment.conf, unquoted, or nil.
+    def self.setting(env_dir, key)
+      conf = File.join(env_dir, 'environment.conf')
+      return nil unless File.file?(conf)
+      line = File.readlines(conf).find { |l| l =~ /\A\s*#{key}\s*=/ }
+      line&.split('=', 2)&.last&.strip&.delete('"\'')
     end
   end
 
@@ -846,8 +1303,12 @@ module PcqAnalyze
       puts JSON.generate(result.out)
     end
 
+    # Puppet's settings, pointed at a directory of our own, removed at exit.
     def self.init_puppet
-      Puppet.initialize_settings(['--confdir', Dir.mktmpdir('pcq-analyze'), '--vardir', Dir.mktmpdir('pcq-analyze')])
+      dir = Dir.mktmpdir('pcq-analyze')
+      main = Process.pid
+      at_exit { FileUtils.rm_rf(dir) if Process.pid == main }
+      Puppet.initialize_settings(['--confdir', File.join(dir, 'conf'), '--vardir', File.join(dir, 'var')])
     rescue StandardError
       # already initialized, or not needed for parsing
     end
