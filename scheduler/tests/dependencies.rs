@@ -41,6 +41,7 @@ fn reads(a: &Analysis, table: &str, name: &str) -> Vec<(String, String)> {
     let unit = match table {
         "classes" => a.raw.classes.get(name),
         "defines" => a.raw.defines.get(name),
+        "functions" => a.raw.functions.get(name),
         _ => a.raw.module_hiera.get(name),
     }
     .unwrap_or_else(|| panic!("{table} {name} not in the analysis"));
@@ -182,6 +183,38 @@ fn every_installed_module_is_analysed_and_known_reads_are_found() {
     assert!(!ntp.facts.all);
     assert!(ntp.facts.touches("operatingsystem") && ntp.facts.touches("os.release.full"));
     assert!(!ntp.facts.touches("uptime_seconds") && !ntp.facts.touches("networking.mac"));
+
+    // Ruby functions, read with Ruby's parser: a local holding the scope,
+    // a local holding the facts hash
+    assert_reads(
+        &a,
+        "functions",
+        "memcached::max_memory",
+        "memorysize",
+        "scope['facts']['memorysize']",
+    );
+    assert_reads(
+        &a,
+        "functions",
+        "os_version_gte",
+        "operatingsystemmajrelease",
+        "facts['operatingsystemmajrelease']",
+    );
+    assert!(a.raw.functions["os_version_gte"].all.is_empty());
+    // a scope handed to Puppet's own dispatcher or type lookup, a resource
+    // read from the catalog: no widening (stdlib's ensure_resource is used
+    // by most modules)
+    for f in ["validate_string", "defined_with_params", "assert_private"] {
+        let unit = &a.raw.functions[f];
+        assert!(unit.all.is_empty(), "{f} widens: {:?}", unit.all);
+    }
+    // a variable read by a name computed at run time widens, with the form
+    let dynamic = &a.raw.functions["has_interface_with"];
+    assert!(
+        dynamic.all.iter().any(|w| w.cause.contains("lookupvar")),
+        "{:?}",
+        dynamic.all
+    );
 
     // widenings: a name computed at run time reads any fact
     let getvar = &a.raw.functions["postgresql::default"];

@@ -93,6 +93,15 @@ async fn verify_nodes(
     let mut unsound = 0;
     for name in &args.certnames {
         let certname = Certname::parse(name).map_err(|e| anyhow!("{name}: {e}"))?;
+        if args.each {
+            let precision =
+                verify::each(analysis, &server, &certname, &environment, &facts).await?;
+            emit(&format!("{precision}\n"));
+            if !precision.missed.is_empty() {
+                unsound += 1;
+            }
+            continue;
+        }
         let verdict = verify::verify(analysis, &server, &certname, &environment, &facts).await?;
         emit(&format!("{verdict}\n"));
         if !verdict.sound() {

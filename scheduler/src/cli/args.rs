@@ -125,6 +125,11 @@ pub struct AnalyzeArgs {
     /// that moved.
     #[arg(long, requires_all = ["certnames", "facts"])]
     pub verify: bool,
+    /// With --verify: change every fact alone (a compile each) and report
+    /// which facts move the catalog against the ones the analysis calls
+    /// used: its precision, and where the surplus comes from.
+    #[arg(long, requires = "verify")]
+    pub each: bool,
     /// Nodes to verify (repeat).
     #[arg(long = "certname")]
     pub certnames: Vec<String>,

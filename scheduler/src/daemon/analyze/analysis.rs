@@ -215,14 +215,19 @@ impl Analysis {
     pub fn report(&self) -> String {
         let mut out = String::new();
         let mut section = |title: String, unit: &Unit| {
-            if unit.facts.is_empty() {
+            if unit.facts.is_empty() && unit.vars.is_empty() {
                 return;
             }
             let _ = writeln!(out, "{title}");
-            let mut refs: Vec<&FactRef> = unit.facts.iter().collect();
-            refs.sort_by(|a, b| (&a.path, &a.file, a.line).cmp(&(&b.path, &b.file, b.line)));
-            for f in refs {
-                let _ = writeln!(out, "  {:<40} {}:{}", f.path, f.file, f.line);
+            for (refs, note) in [
+                (&unit.facts, ""),
+                (&unit.vars, " (unless the caller binds it)"),
+            ] {
+                let mut refs: Vec<&FactRef> = refs.iter().collect();
+                refs.sort_by(|a, b| (&a.path, &a.file, a.line).cmp(&(&b.path, &b.file, b.line)));
+                for f in refs {
+                    let _ = writeln!(out, "  {:<40} {}:{}{note}", f.path, f.file, f.line);
+                }
             }
         };
         section(
@@ -295,7 +300,7 @@ impl Analysis {
             .chain(self.raw.defines.values())
             .chain(self.raw.templates.values())
             .chain(self.raw.functions.values())
-            .flat_map(|u| u.facts.iter().map(|f| f.path.as_str()))
+            .flat_map(|u| u.facts.iter().chain(&u.vars).map(|f| f.path.as_str()))
             .collect();
         let _ = writeln!(
             out,

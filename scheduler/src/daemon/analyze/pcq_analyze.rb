@@ -41,6 +41,13 @@
 #                      paths read
 #   all                [{"cause", "file", "line"}]  widenings: the unit may
 #                      read any fact (line 0: the whole file)
+#   vars               [{"path", "file", "line"}]  (ERB template files) variables
+#                      of the scope the template runs in (`@name`,
+#                      `scope['name']`): a fact unless the caller binds the
+#                      name
+#   bound              [[name]]  (classes, defined types) per template() call,
+#                      the names bound where it is called: parameters, and
+#                      locals assigned on every path before the call
 #   templates          ["module/file.erb"]  templates rendered by literal name
 #   functions          [name]  functions called, lower-case (every call,
 #                      `include` and `lookup` too)
@@ -82,6 +89,12 @@ module PcqAnalyze
     calling_class_path
   ].freeze
 
+  # The keys of a dotted path as getvar(), fact() and Hiera write them:
+  # `facts.fz_dot."k.v"` is ["facts", "fz_dot", "k.v"].
+  def self.keys(path)
+    path.scan(/"[^"]*"|'[^']*'|[^.]+/).map { |k| k.strip.sub(/\A(["'])(.*)\1\z/m, '\\2') }
+  end
+
   # The tables of units by name: what a worker hands back, and how a unit
   # is named across the pipe.
   UNIT_KINDS = %w[classes defines templates functions module_hiera].freeze
@@ -93,7 +106,10 @@ module PcqAnalyze
   # held in class variables.
   class Result
     def self.new_unit
-      { 'facts' => [], 'all' => [], 'templates' => [], 'functions' => [], 'template_prefixes' => [] }
+      {
+        'facts' => [], 'all' => [], 'templates' => [], 'functions' => [], 'template_prefixes' => [],
+        'vars' => [], 'bound' => []
+      }
     end
 
     # The document (see the header).
@@ -146,18 +162,29 @@ module PcqAnalyze
     end
 
     # What ERB `text` reads: at `file`:`line` (an inline template), or at
-    # its own lines (`line` nil: a template file).
-    def erb(unit, text, file, line = nil)
-      ruby_reads(unit, RubyScan.erb(text), file, line)
+    # its own lines (`line` nil: a template file). `bound`: the names the
+    # calling scope binds (an inline template), :caller (a template file:
+    # its callers are known later), or nil (unknown: every variable may be
+    # a fact).
+    def erb(unit, text, file, line = nil, bound = nil)
+      ruby_reads(unit, RubyScan.erb(text), file, line, bound)
     end
 
     # Records what RubyScan found; `line` overrides the lines it found.
-    def ruby_reads(unit, found, file, line = nil)
+    def ruby_reads(unit, found, file, line = nil, bound = nil)
       found.each do |kind, value, at|
         at = line || at
         case kind
+        when :var
+          if bound == :caller
+            unit['vars'] << { 'path' => value.join('.'), 'file' => file, 'line' => at }
+          elsif !(bound && bound.include?(value[0]))
+            fact(unit, value, file, at)
+          end
         when :fact then fact(unit, value, file, at)
         when :function then unit['functions'] << value
+        when :template then unit['templates'] << value
+        when :any_template, :any_epp then unit[kind.to_s] = "#{value} (#{file}:#{at})"
         else widen(unit, value, file, at)
         end
       end
@@ -521,7 +548,7 @@ module PcqAnalyze
         elsif @mode == :function4 && name == 'closure_scope' && (args.nil? || args.empty?)
           scope(ops, line, name)
         elsif @mode == :function3 && name.start_with?('function_')
-          @found << [:function, name.sub('function_', '').downcase, line]
+          puppet_function(name.sub('function_', '').downcase, args && args[0] && array_items(args[0]), line)
         elsif @mode == :function3 && name == 'call_function'
           scope_call_function(args, line)
         elsif @mode == :function3 && RubyScan.scope_methods.include?(name) && !SCOPE_SAFE.include?(name)
@@ -549,9 +576,15 @@ module PcqAnalyze
         if name == 'facts'
           facts(ops, line, '@facts')
         elsif !NOT_FACTS.include?(name)
-          fact([name] + keys_of(ops), line)
+          var([name] + keys_of(ops), line)
         end
         true
+      end
+
+      # A variable of the scope the template runs in: the caller's
+      # parameter or local, or a fact when the caller binds no such name.
+      def var(keys, line)
+        @found << [@mode == :erb ? :var : :fact, keys, line]
       end
 
       # The facts hash (`shown`) and what follows it.
@@ -597,7 +630,8 @@ module PcqAnalyze
           variable(name, ops[1..], line)
         when 'call_function' then scope_call_function(args, line)
         when 'find_global_scope' then scope(ops[1..], line, "#{shown}.find_global_scope")
-        when /\Afunction_(.+)\z/ then @found << [:function, Regexp.last_match(1).downcase, line]
+        when /\Afunction_(.+)\z/
+          puppet_function(Regexp.last_match(1).downcase, args && args[0] && array_items(args[0]), line)
         else
           return if SCOPE_SAFE.include?(m)
           widen("#{shown}.#{m}", line)
@@ -607,7 +641,42 @@ module PcqAnalyze
       def scope_call_function(args, line)
         name = args && !args.empty? ? literal(args[0]) : nil
         return widen('call_function() of a name computed at run time', line) unless name
-        @found << [:function, name.downcase.sub(/\A::/, ''), line]
+        # Scope#call_function takes an array, a 4.x function's call_function
+        # the arguments themselves
+        rest = args[1..]
+        rest = array_items(rest[0]) if rest.length == 1 && array_items(rest[0])
+        puppet_function(name.downcase.sub(/\A::/, ''), rest, line)
+      end
+
+      # The elements of an array literal (a 3.x function's arguments), or nil.
+      def array_items(n)
+        return nil unless n.is_a?(Array) && n[0] == :array
+        n[1].nil? ? [] : args_of(n[1])
+      end
+
+      # A Puppet function called from Ruby, with its argument nodes (nil:
+      # not known). The ones that read variables or render templates are
+      # resolved as in Puppet code, or widen.
+      def puppet_function(name, args, line)
+        first = args && args[0] ? literal(args[0]) : nil
+        case name
+        when 'template', 'epp'
+          names = (name == 'epp' ? (args || [])[0, 1] : args || []).map { |a| literal(a) }
+          if args.nil? || names.empty? || names.any?(&:nil?)
+            @found << [:"any_#{name == 'epp' ? 'epp' : 'template'}", "#{name}() of a name computed at run time (from Ruby)", line]
+          else
+            names.each { |t| @found << [:template, t, line] }
+          end
+        when 'getvar', 'fact'
+          return widen("#{name}() of a name computed at run time", line) unless first
+          parts = PcqAnalyze.keys(first.sub(/\A::/, ''))
+          if name == 'fact' then fact(parts, line)
+          elsif parts[0] == 'facts' then parts.length > 1 ? fact(parts[1..], line) : widen("getvar('facts')", line)
+          elsif !parts[0].include?('::') && !NOT_FACTS.include?(parts[0]) then fact(parts, line)
+          end
+        when 'inline_template', 'inline_epp', 'call' then widen("#{name}() from Ruby", line)
+        else @found << [:function, name, line]
+        end
       end
 
       # A variable read by name (`os`, `::os`, `facts`), then keys.
@@ -617,8 +686,12 @@ module PcqAnalyze
         keys = keys_of(ops)
         if bare == 'facts'
           facts(ops, line, "the facts hash (#{name})")
-        elsif !NOT_FACTS.include?(bare)
+        elsif NOT_FACTS.include?(bare)
+          nil
+        elsif name.start_with?('::')
           fact([bare] + keys, line)
+        else
+          var([bare] + keys, line)
         end
       end
 
@@ -656,7 +729,7 @@ module PcqAnalyze
 
     # A variable with an optional dotted key path (`facts.os."family"`).
     def self.variable(e)
-      parts = e.scan(/"[^"]*"|'[^']*'|[^.]+/).map { |p| p.strip.delete_prefix('"').delete_suffix('"').delete_prefix("'").delete_suffix("'") }
+      parts = PcqAnalyze.keys(e)
       first = parts.shift.to_s.sub(/\A::/, '')
       return [:widen, 'not a variable name'] unless first.match?(/\A[a-z_][\w:]*\z/i)
       return parts.empty? ? [:widen, 'the facts hash whole'] : [:fact, parts] if first == 'facts'
@@ -712,7 +785,10 @@ module PcqAnalyze
         name = literal(o.left_expr.expr)
         next unless name
         scope = scope_of(path)
-        @assigned[scope] << [name, o.offset || 0]
+        # a name assigned only on some paths (`if`, `case`, `unless`, a
+        # selector, `and`/`or`) is not local on the others: a read of it may
+        # reach top scope, a fact
+        @assigned[scope] << [name, o.offset || 0] unless conditional?(path, scope)
         if scope.is_a?(M::HostClassDefinition)
           # class variables: their possible values, nil when not a literal
           @result.class_vars["#{Walker.unit_name(scope)}::#{name}"] << text_parts(o.right_expr, path)
@@ -796,6 +872,40 @@ module PcqAnalyze
         break if any_of?(c, DEFINITIONS)
       end
       @assigned.fetch(scope_of(path), []).any? { |(n, off)| n == name && off < (use.offset || 0) }
+    end
+
+    # Names bound where `use` runs: the parameters of the enclosing
+    # definition and lambdas, and what is assigned (on every path) before
+    # it in each enclosing scope. Sorted.
+    def bound_names(use, path)
+      names = []
+      at = use.offset || 0
+      path.reverse_each do |c|
+        names.concat(Array(c.parameters).map(&:name)) if c.respond_to?(:parameters)
+        @assigned.fetch(c, []).each { |(n, off)| names << n if off < at } if any_of?(c, SCOPES)
+        break if any_of?(c, DEFINITIONS)
+      end
+      names.uniq.sort
+    end
+
+    # A string that starts with literal text other than `$`: the name of a
+    # class, type or resource (`"apache::mod::${m}"`), not of a variable.
+    def names_a_type?(o)
+      return false unless o.is_a?(M::ConcatenatedString)
+      first = o.segments.first
+      first.is_a?(M::LiteralString) && !first.value.empty? && !first.value.start_with?('$')
+    end
+
+    BRANCHES = [M::IfExpression, M::UnlessExpression, M::CaseExpression, M::SelectorExpression,
+                M::AndExpression, M::OrExpression].freeze
+
+    # Whether the code at `path` runs only on some paths through `scope`.
+    def conditional?(path, scope)
+      path.reverse_each do |c|
+        return false if c.equal?(scope)
+        return true if any_of?(c, BRANCHES)
+      end
+      false
     end
 
     def scope_of(path)
@@ -890,13 +1000,16 @@ module PcqAnalyze
         name = args[0] && literal(args[0])
         return widen(t, 'call() of a function computed at run time', o) unless name
         function(name.downcase.sub(/\A::/, ''), args[1..], t, o, path)
-      when 'template', 'epp' then template_call(fname, args, t, o)
+      when 'template', 'epp'
+        # an ERB template's variables are the caller's: the names bound here
+        t['bound'] << bound_names(o, path) if fname == 'template'
+        template_call(fname, args, t, o)
       when 'inline_template' then inline_template(args, t, o, path)
       when 'inline_epp' then inline_epp(args, t, o)
       when 'getvar'
         name = args[0] && literal(args[0])
         return widen(t, 'getvar() of a name computed at run time', o) unless name
-        parts = name.sub(/\A::/, '').split('.')
+        parts = PcqAnalyze.keys(name.sub(/\A::/, ''))
         if parts[0] == 'facts'
           parts.length > 1 ? fact(t, parts[1..], o) : widen(t, "getvar('#{name}'): the facts hash whole", o)
         elsif !parts[0].to_s.include?('::') && !NOT_FACTS.include?(parts[0])
@@ -904,7 +1017,19 @@ module PcqAnalyze
         end
       when 'fact'
         name = args[0] && literal(args[0])
-        name ? fact(t, name.split('.'), o) : widen(t, 'fact() of a name computed at run time', o)
+        name ? fact(t, PcqAnalyze.keys(name), o) : widen(t, 'fact() of a name computed at run time', o)
+      when 'defined'
+        # defined('$x') asks whether a variable is set; a type, class or
+        # resource reads none
+        args.each do |a|
+          name = literal(a)
+          if name&.start_with?('$')
+            var = name[1..].sub(/\A::/, '')
+            fact(t, [var], o) unless var.include?('::') || NOT_FACTS.include?(var)
+          elsif name.nil? && !any_of?(a, [M::QualifiedReference, M::AccessExpression]) && !names_a_type?(a)
+            widen(t, 'defined() of a name computed at run time', o)
+          end
+        end
       else
         t['functions'] << fname
       end
@@ -944,12 +1069,12 @@ module PcqAnalyze
     def inline_template(args, t, o, path)
       args.each do |a|
         text = literal(a)
-        next erb_scan(text, t, o) if text
+        next erb_scan(text, t, o, bound_names(o, path)) if text
         parts = a.is_a?(M::ConcatenatedString) ? a.segments : [a]
         parts.each do |part|
           part = part.expr if part.is_a?(M::TextExpression)
           if part.is_a?(M::LiteralString)
-            erb_scan(part.value, t, o)
+            erb_scan(part.value, t, o, bound_names(o, path))
           elsif (var = class_variable(part, path))
             # resolved at the end, once every class's assignments are known
             @result.pending_erb << [t, var, @file, line(o)]
@@ -987,8 +1112,8 @@ module PcqAnalyze
       klass ? "#{Walker.unit_name(klass)}::#{name}" : nil
     end
 
-    def erb_scan(text, t, o)
-      @result.erb(t, text, @file, line(o))
+    def erb_scan(text, t, o, bound = nil)
+      @result.erb(t, text, @file, line(o), bound)
     end
 
     def collector(o, path)
@@ -1057,7 +1182,7 @@ module PcqAnalyze
           @result.unparsable(t, file, e)
         end
       else
-        @result.erb(t, File.read(file, encoding: 'UTF-8', invalid: :replace), file)
+        @result.erb(t, File.read(file, encoding: 'UTF-8', invalid: :replace), file, nil, :caller)
       end
     end
 
@@ -1151,14 +1276,32 @@ module PcqAnalyze
     end
 
     # Interpolations in a hierarchy (hiera.yaml) or a data file.
+    # YAML and JSON are read as YAML, so that the strings are the ones Hiera
+    # sees (quotes and escapes undone); HOCON, or YAML that does not parse,
+    # line by line.
     def scan_hiera_file(file, target)
       @result.count_file
       text = File.read(file, encoding: 'UTF-8', invalid: :replace)
-      text.each_line.with_index(1) do |l, n|
-        l.scan(/%\{([^}]*)\}/) do |(expr)|
+      strings = yaml_strings(text) unless file.end_with?('.conf')
+      strings ||= text.each_line.with_index(1).map { |l, n| [l, n] }
+      strings.each do |value, n|
+        value.scan(/%\{([^}]*)\}/) do |(expr)|
           hiera_read(target, Hiera.interpolation(expr), "%{#{expr}}", file, n)
         end
       end
+    end
+
+    # [[string, line]] of every scalar (keys too) in a YAML text, or nil.
+    def yaml_strings(text)
+      out = []
+      walk = lambda do |node|
+        out << [node.value, node.start_line + 1] if node.is_a?(Psych::Nodes::Scalar) && node.value.include?('%{')
+        node.children&.each { |c| walk.call(c) }
+      end
+      walk.call(Psych.parse_stream(text))
+      out
+    rescue Psych::Exception, StandardError
+      nil
     end
 
     def scan_hiera_dirs(base, dirs, target)

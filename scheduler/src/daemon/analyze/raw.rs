@@ -40,6 +40,15 @@ pub struct Unit {
     /// Widenings to any fact.
     #[serde(default)]
     pub all: Vec<Widening>,
+    /// (ERB template files) variables of the scope the template runs in:
+    /// each is a fact unless the caller binds its name.
+    #[serde(default)]
+    pub vars: Vec<FactRef>,
+    /// (Classes, defined types) per `template()` call, the names bound
+    /// where it is called: parameters, and locals assigned on every path
+    /// before it.
+    #[serde(default)]
+    pub bound: Vec<Vec<String>>,
     /// Templates rendered by name.
     #[serde(default)]
     pub templates: Vec<String>,

@@ -1,6 +1,13 @@
 //! Resolving units transitively: a class reads what it reads itself plus
 //! what its templates, functions and Hiera layers read, memoised, with
 //! cycles cut; and why a unit reads "any fact" when it does.
+//!
+//! An ERB template's variables (`@name`) are the calling scope's: a class
+//! or defined type that binds `name` (a parameter, a local assigned on
+//! every path before each `template()` call) reads its own value, not a
+//! fact. So a template's own resolution leaves its variables out, and the
+//! caller adds those it does not bind; any other caller (a template, a
+//! function, node-level code) adds them all.
 
 use std::collections::{HashMap, HashSet};
 
@@ -71,7 +78,26 @@ impl<'a> Resolver<'a> {
         let raw = self.raw;
         let mut set = UsedFacts::default();
         let mut subs: Vec<(Kind, &str)> = Vec::new();
-        if let Some(u) = Self::lookup(raw, kind, name) {
+        let unit = Self::lookup(raw, kind, name);
+        // names bound at every template() call of this unit
+        let bound: Option<HashSet<&str>> = match unit {
+            Some(u) if matches!(kind, Kind::Class | Kind::Define) => {
+                u.bound.split_first().map(|(first, rest)| {
+                    first
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|n| rest.iter().all(|b| b.iter().any(|m| m == n)))
+                        .collect()
+                })
+            }
+            _ => None,
+        };
+        if let Some(u) = unit {
+            if kind != Kind::Template {
+                for v in &u.vars {
+                    set.insert(&v.path);
+                }
+            }
             if let Some(w) = u.all.first() {
                 set.all = true;
                 self.why
@@ -116,6 +142,17 @@ impl<'a> Resolver<'a> {
             subs.push((Kind::ModuleHiera, name.split("::").next().unwrap_or(name)));
         }
         for (sub_kind, sub_name) in subs {
+            if sub_kind == Kind::Template {
+                // the template's variables, less the names this unit binds
+                if let Some(t) = raw.templates.get(sub_name) {
+                    for v in &t.vars {
+                        let head = v.path.split('.').next().unwrap_or("");
+                        if !bound.as_ref().is_some_and(|b| b.contains(head)) {
+                            set.insert(&v.path);
+                        }
+                    }
+                }
+            }
             let sub = self.unit(sub_kind, sub_name);
             if sub.all && !set.all {
                 let why = self

@@ -5,6 +5,11 @@
 //! change *every other* fact at once and compile again. If the canonical
 //! hash moved, the analysis called a fact unused that the code does read:
 //! a soundness bug. Bisection then names the fact(s) responsible.
+//!
+//! `--each` measures precision too: every fact leaf is changed alone, so
+//! the facts that move the catalog (the ground truth, a lower bound of
+//! what the code reads) can be set against the facts the analysis calls
+//! used; the surplus is told apart by where it comes from.
 
 use std::fmt;
 use std::time::Duration;
@@ -212,6 +217,170 @@ pub async fn verify(
     }
     verdict.compiles = run.compiles;
     Ok(verdict)
+}
+
+/// What changing every fact leaf alone found for one node.
+#[derive(Debug)]
+pub struct Precision {
+    /// The node.
+    pub certname: String,
+    /// Fact leaves in its facts.
+    pub leaves: usize,
+    /// Leaves whose change moved the catalog (or made the compile fail).
+    pub moved: Vec<String>,
+    /// Leaves the analysis calls used.
+    pub used: Vec<String>,
+    /// Moved but not called used: soundness bugs.
+    pub missed: Vec<String>,
+    /// Used, not moved, under a path the code reads whole (`os` covers
+    /// `os.release.full`): (leaf, the path read).
+    pub whole: Vec<(String, String)>,
+    /// Used, not moved, read by exactly that path: a branch not taken, a
+    /// value the catalog does not show.
+    pub exact: Vec<String>,
+    /// The analysis widened to every fact, and why.
+    pub widened: Option<String>,
+    /// Compiles run.
+    pub compiles: usize,
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} fact values; {} move the catalog; the analysis calls {} used",
+            self.certname,
+            self.leaves,
+            self.moved.len(),
+            self.used.len()
+        )?;
+        if let Some(why) = &self.widened {
+            write!(f, " (every fact: {why})")?;
+        }
+        let hit = self.moved.len() - self.missed.len();
+        write!(f, "; {hit} of the {} that move", self.moved.len())?;
+        if self.missed.is_empty() {
+            write!(f, " (sound)")?;
+        } else {
+            write!(f, "; MISSED: {}", self.missed.join(", "))?;
+        }
+        if !self.used.is_empty() {
+            write!(
+                f,
+                "; precision {hit}/{} = {:.0}%",
+                self.used.len(),
+                100.0 * hit as f64 / self.used.len() as f64
+            )?;
+        }
+        let mut heads: Vec<(&str, usize)> = Vec::new();
+        for (_, read) in &self.whole {
+            match heads.iter_mut().find(|(h, _)| h == read) {
+                Some((_, n)) => *n += 1,
+                None => heads.push((read, 1)),
+            }
+        }
+        heads.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let shown: Vec<String> = heads.iter().map(|(h, n)| format!("{h} {n}")).collect();
+        write!(
+            f,
+            "\n  surplus: {} under hashes read whole ({}); {} read by path, not moving the catalog with these facts ({}) ({} compiles)",
+            self.whole.len(),
+            shown.join(", "),
+            self.exact.len(),
+            self.exact.join(", "),
+            self.compiles
+        )
+    }
+}
+
+/// Changes every fact leaf alone (two compiles at a time) and sets what
+/// moved the catalog against what the analysis calls used.
+pub async fn each(
+    analysis: &Analysis,
+    compiler: &dyn Compiler,
+    certname: &Certname,
+    environment: &str,
+    facts: &Map<String, Value>,
+) -> Result<Precision, VerifyError> {
+    let mut run = Runner {
+        compiler,
+        certname,
+        environment,
+        compiles: 0,
+    };
+    let baseline = run.catalog(facts).await?;
+    let again = run.catalog(facts).await?;
+    if again.hash != baseline.hash {
+        return Err(VerifyError::Nondeterministic(
+            certname.to_string(),
+            baseline.hash,
+            again.hash,
+        ));
+    }
+    let deps = analysis.for_catalog(&baseline.classes, &baseline.types);
+    let all = leaves(facts);
+    let queue = std::sync::Mutex::new(all.clone());
+    let moved = std::sync::Mutex::new(Vec::new());
+    let worker = || async {
+        let mut run = Runner {
+            compiler,
+            certname,
+            environment,
+            compiles: 0,
+        };
+        loop {
+            let next = queue.lock().ok().and_then(|mut q| q.pop());
+            let Some(leaf) = next else { break };
+            if run
+                .moves(facts, std::slice::from_ref(&leaf), &baseline.hash)
+                .await
+            {
+                if let Ok(mut m) = moved.lock() {
+                    m.push(leaf);
+                }
+            }
+        }
+        run.compiles
+    };
+    let (a, b) = tokio::join!(worker(), worker());
+    let mut moved = moved.into_inner().unwrap_or_default();
+    moved.sort();
+    let used_paths = deps.facts.paths();
+    let used: Vec<String> = all
+        .iter()
+        .filter(|l| deps.facts.touches(l))
+        .cloned()
+        .collect();
+    let missed = moved
+        .iter()
+        .filter(|l| !deps.facts.touches(l))
+        .cloned()
+        .collect();
+    let mut whole = Vec::new();
+    let mut exact = Vec::new();
+    for leaf in used.iter().filter(|l| !moved.contains(l)) {
+        match used_paths
+            .iter()
+            .find(|p| leaf.starts_with(p.as_str()) && leaf[p.len()..].starts_with('.'))
+        {
+            Some(p) => whole.push((leaf.clone(), p.clone())),
+            None => exact.push(leaf.clone()),
+        }
+    }
+    Ok(Precision {
+        certname: certname.to_string(),
+        leaves: all.len(),
+        moved,
+        used,
+        missed,
+        whole,
+        exact,
+        widened: deps
+            .facts
+            .all
+            .then(|| deps.widened_by.clone().unwrap_or_default()),
+        compiles: run.compiles + a + b,
+    })
 }
 
 /// Dotted paths of every leaf value (arrays are leaves).

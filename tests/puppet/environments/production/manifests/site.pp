@@ -35,3 +35,13 @@ node /^trusted-/ {
     content => "role=${ext['pp_role']} private=${ext['1.3.6.1.4.1.34380.1.2.1']} host=${trusted['hostname']}\n",
   }
 }
+
+# Two more roles for measuring the analysis's precision on real modules:
+# a database server, and a metrics and file-sync host.
+node /^db-/ {
+  include pcq_test::db
+}
+
+node /^metrics-/ {
+  include pcq_test::metrics
+}
