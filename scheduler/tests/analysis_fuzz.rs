@@ -126,8 +126,9 @@ struct Read {
     expr: String,
     /// Files of the module: (path under the module, text).
     files: Vec<(String, String)>,
-    /// A class parameter the read needs (Hiera), and its data line.
-    param: Option<(String, String)>,
+    /// A class parameter the read needs: its name, default and value in
+    /// Hiera data (YAML).
+    param: Option<(String, String, String)>,
     /// The analysis must widen for this read.
     widens: bool,
 }
@@ -211,6 +212,10 @@ const FORMS: &[&str] = &[
     "conditional-local",
     "erb-conditional-local",
     "local-alias",
+    "erb-param-template",
+    "self-assign",
+    "ruby4-call-function",
+    "epp-no-extension",
 ];
 
 const WIDENING_FORMS: &[&str] = &[
@@ -350,9 +355,27 @@ fn read(
             // YAML single quotes keep the double quotes of a dotted key
             r.param = Some((
                 name.clone(),
+                "'none'".into(),
                 format!("'<%{{{}}}>'", interpolation.replace('\'', "''")),
             ));
             r.expr = format!("${name}");
+        }
+        "erb-param-template" => {
+            // the template is named by a class parameter whose default
+            // names another one: Hiera's value is the one rendered
+            let name = format!("t_{ctx}");
+            r.files.push((
+                format!("templates/{ctx}.erb"),
+                format!("<%= @facts{idx} %>"),
+            ));
+            r.files
+                .push((format!("templates/{ctx}_default.erb"), "none".into()));
+            r.param = Some((
+                name.clone(),
+                format!("'{m}/{ctx}_default.erb'"),
+                format!("'{m}/{ctx}.erb'"),
+            ));
+            r.expr = format!("template(${name})");
         }
         "conditional-local" => {
             // assigned only when fz_flag is false: with the base facts the
@@ -367,6 +390,29 @@ fn read(
             r.files
                 .push((format!("templates/{ctx}.erb"), format!("<%= @{k0} %>")));
             r.expr = format!("template('{m}/{ctx}.erb')");
+        }
+        "self-assign" => {
+            // the right side reads the fact before the name is local
+            r.setup = format!("${k0} = \"<${{{k0}}}>\"\n  ");
+            r.expr = format!("${k0}");
+        }
+        "ruby4-call-function" => {
+            r.files.push((
+                format!("lib/puppet/functions/{m}/{ctx}.rb"),
+                format!(
+                    "Puppet::Functions.create_function(:'{m}::{ctx}') do\n  def {ctx}\n    call_function('getvar', 'facts.{}')\n  end\nend\n",
+                    dotted(leaf)
+                ),
+            ));
+            r.expr = format!("{m}::{ctx}()");
+        }
+        "epp-no-extension" => {
+            // epp() adds `.epp`
+            r.files.push((
+                format!("templates/{ctx}.epp"),
+                format!("<%= $facts{idx} %>"),
+            ));
+            r.expr = format!("epp('{m}/{ctx}')");
         }
         "local-alias" => {
             r.setup = format!("$f_{ctx} = $facts['{k0}']\n  ");
@@ -419,7 +465,7 @@ fn read(
 fn fits(form: &str, leaf: &[&str]) -> bool {
     match form {
         // a local of that name shadows the fact; a string has no keys
-        "conditional-local" | "erb-conditional-local" => leaf.len() == 1,
+        "conditional-local" | "erb-conditional-local" | "self-assign" => leaf.len() == 1,
         // stdlib's fact() splits on every dot
         "fact-function" => !leaf.iter().any(|k| k.contains('.')),
         _ => true,
@@ -463,12 +509,12 @@ fn generate(seed: u64, case: usize, number: usize) -> Case {
             let form = forms[rng.random_range(0..forms.len())];
             let leaf = LEAVES[rng.random_range(0..LEAVES.len())];
             // one local per name: Puppet refuses a second assignment
-            let local = form.ends_with("conditional-local");
+            let local = form.ends_with("conditional-local") || form == "self-assign";
             if fits(form, leaf) && !(local && shadowed.contains(&leaf[0])) {
                 break (form, leaf);
             }
         };
-        if form.ends_with("conditional-local") {
+        if form.ends_with("conditional-local") || form == "self-assign" {
             shadowed.push(leaf[0]);
         }
         let r = read(&mut rng, form, leaf, &m, &ctx);
@@ -497,8 +543,8 @@ fn generate(seed: u64, case: usize, number: usize) -> Case {
                 body.push_str(&format!("  {m}::{ctx}_d {{ 'one': }}\n"));
             }
         }
-        if let Some((name, value)) = &r.param {
-            params.push(format!("$h_{ctx} = 'none'"));
+        if let Some((name, default, value)) = &r.param {
+            params.push(format!("${name} = {default}"));
             hiera.push(format!("{m}::{name}: {value}"));
         }
         files.extend(r.files.iter().cloned());
@@ -604,7 +650,7 @@ async fn check(server: &PuppetServer, env: &str, analysis: &Analysis, case: &Cas
             return out;
         }
     };
-    let deps = analysis.for_catalog(&base.classes, &base.types);
+    let deps = analysis.for_compiled(&base);
     let used = &deps.facts;
     out.widened = used.all;
     if case.widens() {

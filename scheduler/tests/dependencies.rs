@@ -161,7 +161,7 @@ fn every_installed_module_is_analysed_and_known_reads_are_found() {
     // a module's Hiera layer (ntp's hiera.yaml interpolates facts)
     assert_reads(&a, "module_hiera", "ntp", "os.name", "%{facts.os.name}");
     // every way the test code reads a fact
-    let tricky = a.for_catalog(&["pcq_test::tricky".into()], &[]);
+    let tricky = a.for_catalog(&["pcq_test::tricky".into()], &[], None);
     for path in [
         "pcq_site.zone",
         "pcq_legacy",
@@ -179,7 +179,7 @@ fn every_installed_module_is_analysed_and_known_reads_are_found() {
     }
     assert!(!tricky.facts.all);
     // what a node of ntp alone reads: its code, its templates, its Hiera
-    let ntp = a.for_catalog(&["ntp".into(), "ntp::config".into()], &[]);
+    let ntp = a.for_catalog(&["ntp".into(), "ntp::config".into()], &[], None);
     assert!(!ntp.facts.all);
     assert!(ntp.facts.touches("operatingsystem") && ntp.facts.touches("os.release.full"));
     assert!(!ntp.facts.touches("uptime_seconds") && !ntp.facts.touches("networking.mac"));
@@ -359,6 +359,16 @@ async fn perturbing_every_unused_fact_never_moves_a_real_catalog() {
         classes >= 40,
         "the verify node uses the real modules: {verify_line}"
     );
+    // precision: of this host's ~230 fact values the verify node's code
+    // reads 27 (95 before template variables were resolved against their
+    // callers and templates named by parameters against the catalog)
+    let read: usize = verify_line
+        .split("fact values, ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(usize::MAX);
+    assert!(read <= 40, "too many facts count as read: {verify_line}");
 
     // and the check does catch a missing fact: an analysis that forgets
     // the Hiera interpolation of pcq_tier is called unsound, by name
@@ -639,4 +649,49 @@ async fn a_deploy_reanalyses_the_code() {
         pcq.log_text()
     );
     assert_eq!(put(upload("c")).await, "changed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changing_each_fact_alone_finds_no_miss_and_measures_precision() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let facts_file = dir.path().join("facts.json");
+    std::fs::write(
+        &facts_file,
+        serde_json::to_vec(&agent_facts()).expect("json"),
+    )
+    .expect("facts");
+    // collectd, rsync and xinetd from Debian's packages
+    let node = "metrics-01.example.com";
+    let out = Command::new(env!("CARGO_BIN_EXE_pcq"))
+        .args(["analyze", ENV, "--verify", "--each", "--facts"])
+        .arg(&facts_file)
+        .args(["--server", &harness::server_url(), "--as", &host()])
+        .args(["--certname", node])
+        .output()
+        .expect("pcq analyze --verify --each");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(node))
+        .unwrap_or_else(|| panic!("no line for {node}: {text}"));
+    assert!(line.contains("(sound)"), "{line}");
+    // "N move the catalog; the analysis calls M used": something moves it
+    // (its code does read facts), and no more than the analysis calls used
+    let number = |after: &str| -> usize {
+        line.split(after)
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let moved = number("fact values; ");
+    let used = number("the analysis calls ");
+    assert!(moved >= 1 && moved <= used, "{line}");
+    assert!(text.contains("surplus:"), "{text}");
 }

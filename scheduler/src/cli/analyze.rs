@@ -49,7 +49,7 @@ fn report(args: &AnalyzeArgs, analysis: &Analysis) -> Result<String> {
         out += &analysis.report();
     }
     if !args.classes.is_empty() {
-        let deps = analysis.for_catalog(&args.classes, &[]);
+        let deps = analysis.for_catalog(&args.classes, &[], None);
         if let Some(why) = &deps.widened_by {
             out += &format!("any fact, because of {why}\n");
         }

@@ -10,6 +10,7 @@
 //! atomically (a node never reads half a catalog), and only after the
 //! compile succeeded, so the last good catalog survives any failure.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -41,6 +42,10 @@ pub struct Compiled {
     pub types: Vec<String>,
     /// Type and title of every resource that is not exported.
     pub titles: Vec<(String, String)>,
+    /// String parameters that may name a template (they hold a `/`), per
+    /// `class::param` (a class's title) or `type::param` (every resource
+    /// of a defined type), lower case: what `template($param)` rendered.
+    pub template_names: HashMap<String, Vec<String>>,
     /// The node it is for (`name`).
     pub name: String,
     /// The environment it was compiled in (what the node classifier
@@ -113,10 +118,27 @@ pub fn read(bytes: &[u8]) -> Result<Compiled, CatalogError> {
     let mut titles = Vec::new();
     let mut types = std::collections::BTreeSet::new();
     let mut nodes = std::collections::HashSet::new();
+    let mut template_names: HashMap<String, Vec<String>> = HashMap::new();
     for r in resources {
         let kind = r.get("type").and_then(Value::as_str).unwrap_or("");
         let title = r.get("title").map(title_text).unwrap_or_default();
         types.insert(kind.to_string());
+        if let Some(Value::Object(params)) = r.get("parameters") {
+            let owner = if kind == "Class" { &title } else { kind }.to_lowercase();
+            for (p, v) in params {
+                let strings = match v {
+                    Value::String(s) => vec![s.as_str()],
+                    Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+                    _ => Vec::new(),
+                };
+                for s in strings.into_iter().filter(|s| s.contains('/')) {
+                    template_names
+                        .entry(format!("{owner}::{}", p.to_lowercase()))
+                        .or_default()
+                        .push(s.to_string());
+                }
+            }
+        }
         if kind == "Node" {
             nodes.insert(title.to_lowercase());
         }
@@ -175,6 +197,7 @@ pub fn read(bytes: &[u8]) -> Result<Compiled, CatalogError> {
         classes,
         types: types.into_iter().collect(),
         titles,
+        template_names,
         name,
         environment,
     })

@@ -12,7 +12,7 @@ use crate::daemon::facts::Ignore;
 
 use super::collect::Query;
 use super::raw::{FactRef, Raw, Unit};
-use super::resolve::{Kind, Resolver};
+use super::resolve::{self, Kind, Resolver};
 use super::ruby::{self, AnalyzeError};
 use super::used::UsedFacts;
 
@@ -40,6 +40,8 @@ pub struct Analysis {
     global: UsedFacts,
     classes: HashMap<String, UsedFacts>,
     defines: HashMap<String, UsedFacts>,
+    /// Templates, without their variables (the caller's).
+    templates: HashMap<String, UsedFacts>,
     /// Why a class, defined type or the node-level code reads any fact.
     why: HashMap<(Kind, String), String>,
     collected: BTreeSet<String>,
@@ -83,6 +85,11 @@ impl Analysis {
             .keys()
             .map(|k| (k.clone(), r.unit(Kind::Define, k)))
             .collect();
+        let templates = raw
+            .templates
+            .keys()
+            .map(|k| (k.clone(), r.unit(Kind::Template, k)))
+            .collect();
         let why = r.why;
         let collected = raw
             .collectors
@@ -94,6 +101,7 @@ impl Analysis {
             global,
             classes,
             defines,
+            templates,
             why,
             collected,
             cache: Mutex::new(HashMap::new()),
@@ -108,9 +116,23 @@ impl Analysis {
         self
     }
 
+    /// What a node whose compiled catalog is `c` depends on.
+    pub fn for_compiled(&self, c: &crate::daemon::catalog::Compiled) -> Arc<NodeDeps> {
+        self.for_catalog(&c.classes, &c.types, Some(&c.template_names))
+    }
+
     /// What a node whose catalog holds `classes` and resources of `types`
-    /// depends on. Nodes with the same classes and types share the answer.
-    pub fn for_catalog(&self, classes: &[String], types: &[String]) -> Arc<NodeDeps> {
+    /// depends on; `template_names` are the catalog's parameters that may
+    /// name templates (see [`Compiled`](crate::daemon::catalog::Compiled)),
+    /// None when there is no catalog (then a template named by a parameter
+    /// may be any template). Nodes with the same classes, types and
+    /// templates named by parameters share the answer.
+    pub fn for_catalog(
+        &self,
+        classes: &[String],
+        types: &[String],
+        template_names: Option<&HashMap<String, Vec<String>>>,
+    ) -> Arc<NodeDeps> {
         let mut unknown_classes = Vec::new();
         let mut key: Vec<String> = Vec::with_capacity(classes.len());
         for c in classes {
@@ -128,6 +150,22 @@ impl Analysis {
                 .map(|t| format!("type:{}", t.to_lowercase()))
                 .filter(|t| self.defines.contains_key(&t[5..])),
         );
+        // templates named by parameters, as this catalog names them
+        let mut by_param: Vec<(String, String, Option<Vec<String>>)> = Vec::new();
+        for k in &key {
+            let (unit, name) = match k.strip_prefix("type:") {
+                Some(t) => (self.raw.defines.get(t), t),
+                None => (self.raw.classes.get(k), k.as_str()),
+            };
+            for tp in unit
+                .map(|u| u.template_params.as_slice())
+                .unwrap_or_default()
+            {
+                let names = template_names.map(|n| n.get(&tp.param).cloned().unwrap_or_default());
+                by_param.push((tp.param.clone(), name.to_string(), names));
+            }
+        }
+        key.extend(by_param.iter().map(|(p, _, n)| format!("param:{p}={n:?}")));
         key.sort();
         key.dedup();
         if let Ok(cache) = self.cache.lock() {
@@ -165,6 +203,50 @@ impl Analysis {
                 "class"
             };
             owners.insert((owner, name));
+        }
+        for (param, owner, names) in &by_param {
+            let unit = self
+                .raw
+                .classes
+                .get(owner)
+                .or_else(|| self.raw.defines.get(owner));
+            let bound = unit.and_then(resolve::bound);
+            let epp = unit
+                .and_then(|u| u.template_params.iter().find(|t| &t.param == param))
+                .is_some_and(|t| t.epp);
+            // no catalog: any template of that kind
+            let any: Vec<String>;
+            let names = match names {
+                Some(n) => n,
+                None => {
+                    any = self
+                        .raw
+                        .templates
+                        .keys()
+                        .filter(|t| t.ends_with(".epp") == epp)
+                        .cloned()
+                        .collect();
+                    &any
+                }
+            };
+            for name in names {
+                match (self.raw.templates.get(name), self.templates.get(name)) {
+                    (Some(t), Some(set)) => {
+                        resolve::template_vars(&mut facts, t, bound.as_ref());
+                        if set.all && widened_by.is_none() {
+                            widened_by = self.why.get(&(Kind::Template, name.clone())).cloned();
+                        }
+                        facts.extend(set);
+                    }
+                    _ => {
+                        // an absolute path, a file the analysis did not read
+                        facts.all = true;
+                        widened_by.get_or_insert_with(|| {
+                            format!("template {name} (from ${param}) is not among the analysed templates")
+                        });
+                    }
+                }
+            }
         }
         let collects = self
             .raw
@@ -344,6 +426,7 @@ mod tests {
         let d = a.for_catalog(
             &["Web".into(), "settings".into()],
             &["File".into(), "Web::Vhost".into()],
+            None,
         );
         assert_eq!(
             d.facts.paths(),
@@ -357,7 +440,7 @@ mod tests {
         );
         assert!(!d.facts.all);
         assert!(d.collects.is_empty());
-        let lb = a.for_catalog(&["lb".into()], &[]);
+        let lb = a.for_catalog(&["lb".into()], &[], None);
         assert_eq!(lb.collects.len(), 0, "lb is not a class of the analysis");
         assert!(
             lb.facts.all,
@@ -366,10 +449,10 @@ mod tests {
         assert_eq!(lb.unknown_classes, vec!["lb"]);
         assert_ne!(lb.fingerprint, d.fingerprint);
         assert!(
-            a.for_catalog(&["dyn".into()], &[]).facts.all,
+            a.for_catalog(&["dyn".into()], &[], None).facts.all,
             "a widening widens"
         );
-        let tpl = a.for_catalog(&["tpl".into()], &[]);
+        let tpl = a.for_catalog(&["tpl".into()], &[], None);
         assert!(
             tpl.facts.paths().contains(&"hostname".to_string()),
             "every template's facts"
@@ -377,8 +460,57 @@ mod tests {
         // nodes with the same classes share the answer
         assert!(Arc::ptr_eq(
             &d,
-            &a.for_catalog(&["web".into()], &["web::vhost".into(), "file".into()])
+            &a.for_catalog(&["web".into()], &["web::vhost".into(), "file".into()], None)
         ));
+    }
+
+    #[test]
+    fn template_variables_are_the_callers_and_parameters_name_templates_per_catalog() {
+        let raw = r#"{
+          "classes": {
+            "app": {"facts": [], "all": [], "templates": ["app/a.erb"], "functions": [],
+                    "bound": [["port", "user"], ["port"]],
+                    "template_params": [{"param": "app::tmpl", "epp": false}]}
+          },
+          "defines": {}, "global": {"facts": [], "all": []},
+          "templates": {
+            "app/a.erb": {"facts": [{"path": "os.family", "file": "a.erb", "line": 1}], "all": [],
+                          "vars": [{"path": "port", "file": "a.erb", "line": 2},
+                                   {"path": "user", "file": "a.erb", "line": 3},
+                                   {"path": "fqdn", "file": "a.erb", "line": 4}]},
+            "app/b.erb": {"facts": [], "all": [], "vars": [{"path": "memorysize", "file": "b.erb", "line": 1}]},
+            "app/c.erb": {"facts": [{"path": "kernel", "file": "c.erb", "line": 1}], "all": []}
+          },
+          "functions": {}, "collectors": [], "errors": [], "files": 4
+        }"#;
+        let a = Analysis::from_json(raw.as_bytes()).expect("json");
+        // `port` is bound at both template() calls, `user` at one only
+        let names = HashMap::from([("app::tmpl".to_string(), vec!["app/b.erb".to_string()])]);
+        let d = a.for_catalog(&["app".into()], &[], Some(&names));
+        assert_eq!(
+            d.facts.paths(),
+            vec!["fqdn", "memorysize", "os.family", "user"],
+            "b.erb by the parameter's value, not c.erb"
+        );
+        // without a catalog, the parameter may name any ERB template
+        let any = a.for_catalog(&["app".into()], &[], None);
+        assert!(any.facts.touches("kernel") && !any.facts.all);
+        // a name that is not an analysed template widens
+        let odd = HashMap::from([("app::tmpl".to_string(), vec!["/etc/x.erb".to_string()])]);
+        let w = a.for_catalog(&["app".into()], &[], Some(&odd));
+        assert!(w.facts.all);
+        assert!(w
+            .widened_by
+            .clone()
+            .unwrap_or_default()
+            .contains("/etc/x.erb"));
+        // no value in the catalog: no template rendered by the parameter
+        let none = a.for_catalog(&["app".into()], &[], Some(&HashMap::new()));
+        assert_eq!(none.facts.paths(), vec!["fqdn", "os.family", "user"]);
+        assert!(
+            !Arc::ptr_eq(&none, &d),
+            "answers differ by the templates named"
+        );
     }
 
     #[test]

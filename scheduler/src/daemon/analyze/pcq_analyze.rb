@@ -48,6 +48,10 @@
 #   bound              [[name]]  (classes, defined types) per template() call,
 #                      the names bound where it is called: parameters, and
 #                      locals assigned on every path before the call
+#   template_params    [{"param": "apache::conf_template", "epp": false}]
+#                      templates named by a parameter of a class or defined
+#                      type: which ones a node renders is the parameter's
+#                      value in its compiled catalog
 #   templates          ["module/file.erb"]  templates rendered by literal name
 #   functions          [name]  functions called, lower-case (every call,
 #                      `include` and `lookup` too)
@@ -85,8 +89,7 @@ module PcqAnalyze
   # Variables Puppet sets that are not facts.
   NOT_FACTS = %w[
     facts trusted title name module_name caller_module_name environment server_facts
-    serverip servername serverversion settings clientcert_hash calling_module calling_class
-    calling_class_path
+    serverip servername serverversion
   ].freeze
 
   # The keys of a dotted path as getvar(), fact() and Hiera write them:
@@ -108,7 +111,7 @@ module PcqAnalyze
     def self.new_unit
       {
         'facts' => [], 'all' => [], 'templates' => [], 'functions' => [], 'template_prefixes' => [],
-        'vars' => [], 'bound' => []
+        'vars' => [], 'bound' => [], 'template_params' => []
       }
     end
 
@@ -118,6 +121,11 @@ module PcqAnalyze
     attr_reader :class_vars
     # [unit, class variable, file, line] of inline_template() texts held in variables
     attr_reader :pending_erb
+    # [unit, class variable, epp?, cause] of template()/epp() calls naming
+    # their template by a class variable
+    attr_reader :pending_templates
+    # "class::param" of every class parameter
+    attr_reader :params
 
     def initialize
       @out = {
@@ -126,6 +134,8 @@ module PcqAnalyze
       }
       @class_vars = Hash.new { |h, k| h[k] = [] }
       @pending_erb = []
+      @pending_templates = []
+      @params = {}
     end
 
     def unit(kind, name)
@@ -203,6 +213,22 @@ module PcqAnalyze
       end
     end
 
+    # Templates named by a class variable: the literal names it may hold;
+    # a class parameter's value is read from each node's catalog; anything
+    # else may be any template.
+    def resolve_pending_templates
+      @pending_templates.each do |unit, var, epp, cause|
+        texts = var_texts(var)
+        if texts
+          texts.each { |name| unit['templates'] << name }
+        elsif @params[var]
+          unit['template_params'] << { 'param' => var, 'epp' => epp }
+        else
+          unit[epp ? 'any_epp' : 'any_template'] = cause
+        end
+      end
+    end
+
     # Every text a class variable may hold, or nil when that is not bounded.
     def var_texts(var, seen = {})
       return nil if seen[var] # a cycle
@@ -233,6 +259,8 @@ module PcqAnalyze
         out: @out,
         class_vars: Hash[@class_vars],
         pending: @pending_erb.map { |t, var, file, line| [ids.fetch(t.object_id), var, file, line] },
+        pending_templates: @pending_templates.map { |t, var, epp, cause| [ids.fetch(t.object_id), var, epp, cause] },
+        params: @params,
       }
     end
 
@@ -245,6 +273,8 @@ module PcqAnalyze
       @out['files'] += out['files']
       part[:class_vars].each { |var, values| @class_vars[var].concat(values) }
       part[:pending].each { |where, var, file, line| @pending_erb << [locate_unit(where), var, file, line] }
+      part[:pending_templates].each { |where, var, epp, cause| @pending_templates << [locate_unit(where), var, epp, cause] }
+      @params.merge!(part[:params])
     end
 
     private
@@ -300,6 +330,10 @@ module PcqAnalyze
     SCOPE_TAKERS = %w[
       dispatch parse find_resource_type_or_class find_resource_type find_hostclass find_definition
     ].freeze
+
+    # Methods that hand out a scope (from a resource, the compiler, a
+    # context): a chain through one of them reaches variables.
+    REACH_SCOPE = %w[scope topscope closure_scope newscope interpolate].freeze
 
     # Calls that reach variables by a name computed at run time, in any mode.
     REFLECTION = %w[
@@ -358,18 +392,33 @@ module PcqAnalyze
       def run(sexp)
         collect_defs(sexp)
         visit(sexp)
-        return @found if @aliases.empty?
-        @found = []
-        visit(sexp)
+        # again while new locals turn out to hold the scope or the facts
+        4.times do
+          break if @aliases.empty?
+          known = @aliases.dup
+          @found = []
+          visit(sexp)
+          break if @aliases == known
+        end
         @found
       end
 
       private
 
+      # The methods defined here, with their parameters' names.
       def collect_defs(n)
         return unless n.is_a?(Array)
-        @own_methods << name_of(n[1]) if n[0] == :def
+        if n[0] == :def
+          @own_methods << name_of(n[1])
+          (@def_params ||= {})[name_of(n[1])] = idents(n[2])
+        end
         n.each { |c| collect_defs(c) }
+      end
+
+      def idents(n)
+        return [] unless n.is_a?(Array)
+        return [n[1]] if n[0] == :@ident
+        n.flat_map { |c| idents(c) }
       end
 
       def visit(n)
@@ -382,11 +431,17 @@ module PcqAnalyze
 
       # Where a whole value at `n` goes: [:local, name] (assigned to a
       # local), [:call, method] (an argument), or nil (anywhere else).
+      # [:call, method, index]: the argument's position, nil when it is
+      # inside a list or a sum.
       def destination(n)
         child = n
+        index = nil
+        wrapped = false
         @parents.reverse_each do |p|
           kind = p[0]
           if !kind.is_a?(Symbol) || PASS_THROUGH.include?(kind)
+            wrapped ||= %i[array binary].include?(kind)
+            index ||= p.index { |x| x.equal?(child) } if !kind.is_a?(Symbol) && !wrapped
             child = p
             next
           end
@@ -397,9 +452,9 @@ module PcqAnalyze
             return [:local, target[1][1]]
           when :method_add_arg
             callee = p[1]
-            return [:call, name_of(callee[0] == :fcall ? callee[1] : callee[3])]
-          when :command then return [:call, name_of(p[1])]
-          when :command_call then return [:call, name_of(p[3])]
+            return [:call, name_of(callee[0] == :fcall ? callee[1] : callee[3]), index]
+          when :command then return [:call, name_of(p[1]), index]
+          when :command_call then return [:call, name_of(p[3]), index]
           else return nil
           end
         end
@@ -413,7 +468,13 @@ module PcqAnalyze
         to = destination(n)
         if to && to[0] == :local
           @aliases[to[1]] = kind
-        elsif !(to && to[0] == :call && kind == :scope && @own_methods.include?(to[1]))
+        elsif to && to[0] == :call && kind == :scope && @own_methods.include?(to[1])
+          # this file's own method: the parameter at that position holds
+          # the scope (any of them when the position is not known)
+          params = (@def_params || {}).fetch(to[1], [])
+          params = [params[to[2]] || params.last].compact if to[2]
+          params.each { |p| @aliases[p] = :scope }
+        else
           widen(cause, line)
         end
       end
@@ -440,7 +501,8 @@ module PcqAnalyze
         case a[0]
         when :arg_paren then args_of(a[1])
         when :args_add_block then args_of(a[1])
-        when :args_add_star then nil
+        # `f(a, *rest)`: the splat counts as one argument
+        when :args_add_star then (args_of(a[1]) || []) + a[2..]
         when Symbol then [a]
         else a
         end
@@ -508,6 +570,10 @@ module PcqAnalyze
           when :top_const_ref then const_chain(name_of(base[1]), ops, line)
           when :const_path_ref then const_chain(name_of(base[2]), ops, line)
           end
+        if !handled && (reach = ops.find { |o, _| REACH_SCOPE.include?(o) })
+          widen(".#{reach[0]} (a scope reached from another object)", line)
+          handled = true
+        end
         return false unless handled
         visit(base[2]) if base[0] == :pcq_self_call && base[2]
         ops.each { |_, args| args&.each { |a| visit(a) } }
@@ -520,6 +586,8 @@ module PcqAnalyze
         return false unless token.is_a?(Array)
         case token[0]
         when :@ivar
+          # in a 3.x function self is the scope: its own state
+          return (widen("#{token[1]} (the scope's own state)", line) || true) if @mode == :function3
           return false unless @mode == :erb
           ivar(token[1][1..], ops, line)
         when :@ident
@@ -527,12 +595,20 @@ module PcqAnalyze
           return false unless kind
           kind == :scope ? scope(ops, line, token[1]) : facts(ops, line, token[1])
         when :@kw
-          return false unless token[1] == 'self' && @mode == :function3
-          scope(ops, line, 'self')
+          return false unless token[1] == 'self'
+          return self_chain(ops, line)
         when :@const then return const_chain(token[1], ops, line)
         else return false
         end
         true
+      end
+
+      # `self.x...`: as a call of x on self.
+      def self_chain(ops, line)
+        return scope(ops, line, 'self') if @mode == :function3
+        m, args = ops.first
+        return false unless m
+        self_call_chain([:pcq_self_call, m, args || []], ops[1..], line)
       end
 
       def self_call_chain(base, ops, line)
@@ -547,6 +623,8 @@ module PcqAnalyze
           key ? variable(key, [], line) : widen('has_variable?() of a name computed at run time', line)
         elsif @mode == :function4 && name == 'closure_scope' && (args.nil? || args.empty?)
           scope(ops, line, name)
+        elsif @mode == :function4 && name == 'call_function'
+          scope_call_function(args, line)
         elsif @mode == :function3 && name.start_with?('function_')
           puppet_function(name.sub('function_', '').downcase, args && args[0] && array_items(args[0]), line)
         elsif @mode == :function3 && name == 'call_function'
@@ -562,6 +640,7 @@ module PcqAnalyze
       def const_chain(name, ops, line)
         case name
         when 'Facter' then widen("Facter (#{ops.first ? "Facter.#{ops.first[0]}" : 'Facter'}: facts of the host that compiles)", line)
+        when 'Facts' then widen('Puppet::Node::Facts (a node\'s facts from an indirection)', line)
         when 'Puppet'
           return false unless ops.first && ops.first[0] == 'lookup'
           widen('Puppet.lookup (the global scope)', line)
@@ -572,6 +651,7 @@ module PcqAnalyze
 
       # `@name` and what follows it.
       def ivar(name, ops, line)
+        return (scope(ops, line, '@__scope__') || true) if name == '__scope__'
         return true if name.start_with?('__') # the wrapper's own state
         if name == 'facts'
           facts(ops, line, '@facts')
@@ -618,6 +698,10 @@ module PcqAnalyze
       # name, a function by literal name; anything else widens.
       def scope(ops, line, shown)
         m, args = ops.first
+        # a scope reached again through what the scope hands out
+        # (`scope.resource.scope`, `compiler.topscope`)
+        later = ops[1..].to_a.find { |o, _| REACH_SCOPE.include?(o) }
+        return widen("#{shown}.#{m}...#{later[0]}", line) if later
         case m
         when nil then whole(:scope, @node, line, "#{shown} passed on whole")
         when 'send', 'public_send', '__send__'
@@ -781,6 +865,12 @@ module PcqAnalyze
       @assigned = Hash.new { |h, k| h[k] = [] }
       path = []
       @program._pcore_all_contents(path) do |o|
+        if any_of?(o, [M::IfExpression, M::UnlessExpression, M::CaseExpression])
+          # a name every branch assigns is local after the branching
+          scope = scope_of(path)
+          definite(o).each { |n| @assigned[scope] << [n, end_of(o)] } unless conditional?(path, scope)
+          next
+        end
         next unless o.is_a?(M::AssignmentExpression) && o.left_expr.is_a?(M::VariableExpression)
         name = literal(o.left_expr.expr)
         next unless name
@@ -788,7 +878,9 @@ module PcqAnalyze
         # a name assigned only on some paths (`if`, `case`, `unless`, a
         # selector, `and`/`or`) is not local on the others: a read of it may
         # reach top scope, a fact
-        @assigned[scope] << [name, o.offset || 0] unless conditional?(path, scope)
+        # local from the end of the assignment on: `$x = "${x}-a"` reads the
+        # outer `$x` first
+        @assigned[scope] << [name, end_of(o)] unless conditional?(path, scope)
         if scope.is_a?(M::HostClassDefinition)
           # class variables: their possible values, nil when not a literal
           @result.class_vars["#{Walker.unit_name(scope)}::#{name}"] << text_parts(o.right_expr, path)
@@ -866,12 +958,33 @@ module PcqAnalyze
     # Names bound locally before `use` in the scopes around it: parameters
     # of the enclosing definition or lambdas, assignments before it.
     def local?(name, use, path)
-      path.reverse_each do |c|
-        params = c.respond_to?(:parameters) ? Array(c.parameters) : []
-        return true if params.any? { |p| p.name == name }
+      return true if params_in_scope(path).include?(name)
+      @assigned.fetch(scope_of(path), []).any? { |(n, off)| n == name && off < (use.offset || 0) }
+    end
+
+    # Parameters bound at `path`: of the enclosing lambdas and definition;
+    # inside a parameter's default value, only the parameters before it
+    # (Puppet sets them in order).
+    def params_in_scope(path)
+      names = []
+      path.each_with_index.reverse_each do |c, i|
+        if c.respond_to?(:parameters)
+          params = Array(c.parameters)
+          inside = params.index { |p| p.equal?(path[i + 1]) }
+          names.concat((inside ? params.first(inside) : params).map(&:name))
+        end
         break if any_of?(c, DEFINITIONS)
       end
-      @assigned.fetch(scope_of(path), []).any? { |(n, off)| n == name && off < (use.offset || 0) }
+      names
+    end
+
+    # Where `o` ends in its file: the furthest end of it and its contents
+    # (an assignment's own position is its `=`).
+    def end_of(o)
+      ends = ->(x) { x.respond_to?(:offset) && x.offset ? x.offset + x.length.to_i : 0 }
+      furthest = ends.call(o)
+      o._pcore_all_contents([]) { |d| furthest = [furthest, ends.call(d)].max }
+      furthest
     end
 
     # Names bound where `use` runs: the parameters of the enclosing
@@ -880,8 +993,8 @@ module PcqAnalyze
     def bound_names(use, path)
       names = []
       at = use.offset || 0
+      names.concat(params_in_scope(path))
       path.reverse_each do |c|
-        names.concat(Array(c.parameters).map(&:name)) if c.respond_to?(:parameters)
         @assigned.fetch(c, []).each { |(n, off)| names << n if off < at } if any_of?(c, SCOPES)
         break if any_of?(c, DEFINITIONS)
       end
@@ -898,6 +1011,24 @@ module PcqAnalyze
 
     BRANCHES = [M::IfExpression, M::UnlessExpression, M::CaseExpression, M::SelectorExpression,
                 M::AndExpression, M::OrExpression].freeze
+
+    # Names `e` assigns on every path through it: both branches of an
+    # `if`/`unless` with an `else`, every option of a `case` with a
+    # `default`.
+    def definite(e)
+      case e
+      when M::BlockExpression then e.statements.flat_map { |x| definite(x) }.uniq
+      when M::AssignmentExpression
+        name = e.left_expr.is_a?(M::VariableExpression) ? literal(e.left_expr.expr) : nil
+        name ? [name] : []
+      when M::IfExpression, M::UnlessExpression
+        e.else_expr ? definite(e.then_expr) & definite(e.else_expr) : []
+      when M::CaseExpression
+        default = e.options.any? { |c| c.values.any? { |v| v.is_a?(M::LiteralDefault) } }
+        default ? e.options.map { |c| definite(c.then_expr) }.reduce(:&) || [] : []
+      else []
+      end
+    end
 
     # Whether the code at `path` runs only on some paths through `scope`.
     def conditional?(path, scope)
@@ -922,7 +1053,10 @@ module PcqAnalyze
         name = Walker.unit_name(o)
         @result.unit('classes', name)
         # a parameter's value can come from anywhere
-        Array(o.parameters).each { |p| @result.class_vars["#{name}::#{p.name}"] << nil }
+        Array(o.parameters).each do |p|
+          @result.class_vars["#{name}::#{p.name}"] << nil
+          @result.params["#{name}::#{p.name}"] = true
+        end
       when M::ResourceTypeDefinition then @result.unit('defines', Walker.unit_name(o))
       when M::FunctionDefinition then @result.unit('functions', Walker.unit_name(o))
       when M::VariableExpression then variable(o, path)
@@ -1003,7 +1137,7 @@ module PcqAnalyze
       when 'template', 'epp'
         # an ERB template's variables are the caller's: the names bound here
         t['bound'] << bound_names(o, path) if fname == 'template'
-        template_call(fname, args, t, o)
+        template_call(fname, args, t, o, path)
       when 'inline_template' then inline_template(args, t, o, path)
       when 'inline_epp' then inline_epp(args, t, o)
       when 'getvar'
@@ -1047,23 +1181,44 @@ module PcqAnalyze
     end
 
     # template(name...) or epp(name, params)
-    def template_call(fname, args, t, o)
+    def template_call(fname, args, t, o, path)
       names = fname == 'epp' ? args.first(1) : args
       names.each do |a|
         name = literal(a)
         prefix = name ? nil : literal_prefix(a)
+        epp = fname == 'epp'
+        cause = "#{fname}() of a name computed at run time (#{@file}:#{line(o)})"
         if name
+          # epp() adds the extension when the name has none
+          name += '.epp' if epp && !name.end_with?('.epp')
           t['templates'] << name
         elsif prefix
           # one of the templates under a known directory
           t['template_prefixes'] << prefix
+        elsif (param = own_parameter(a, path))
+          # a defined type's parameter: its value is in each node's catalog
+          t['template_params'] << { 'param' => param, 'epp' => epp }
+        elsif (var = class_variable(a, path))
+          # resolved once every class's assignments are known
+          @result.pending_templates << [t, var, epp, cause]
         else
           # the template is one of the environment's, which one is known
           # only at run time: count every template's reads
-          key = fname == 'epp' ? 'any_epp' : 'any_template'
-          t[key] = "#{fname}() of a name computed at run time (#{@file}:#{line(o)})"
+          t[epp ? 'any_epp' : 'any_template'] = cause
         end
       end
+    end
+
+    # `$x` naming a parameter of the enclosing defined type (not assigned
+    # before; a class's parameters are class variables): "define::x".
+    def own_parameter(o, path)
+      return nil unless o.is_a?(M::VariableExpression)
+      name = literal(o.expr)
+      definition = path.reverse_each.find { |c| any_of?(c, DEFINITIONS) }
+      return nil unless name && definition.is_a?(M::ResourceTypeDefinition)
+      return nil unless params_in_scope(path).include?(name)
+      return nil if @assigned.fetch(scope_of(path), []).any? { |(n, _)| n == name }
+      "#{Walker.unit_name(definition)}::#{name}"
     end
 
     def inline_template(args, t, o, path)
@@ -1091,9 +1246,10 @@ module PcqAnalyze
       return [[:text, o.value]] if o.is_a?(M::LiteralString)
       return nil unless o.is_a?(M::ConcatenatedString)
       parts = o.segments.map do |s|
+        known = segment(s) # literal text, `${module_name}`
         s = s.expr if s.is_a?(M::TextExpression)
-        if s.is_a?(M::LiteralString)
-          [:text, s.value]
+        if known
+          [:text, known]
         elsif (var = class_variable(s, path))
           [:var, var]
         end
@@ -1209,15 +1365,25 @@ module PcqAnalyze
       begin
         # Hiera 3 files have symbol keys (`:yaml:`)
         doc = YAML.safe_load(File.read(config), permitted_classes: [Symbol], aliases: true) || {}
-        dirs = []
-        dirs << doc.dig('defaults', 'datadir') if doc.is_a?(Hash) && doc['defaults'].is_a?(Hash)
-        levels = Array(doc.is_a?(Hash) ? doc['hierarchy'] : nil).select { |h| h.is_a?(Hash) }
-        levels.each { |h| dirs << h['datadir'] }
+        doc = {} unless doc.is_a?(Hash)
+        # a level without its own datadir uses the default one (`data`,
+        # or `defaults`' / Hiera 4's top-level `datadir`)
+        default = (doc['defaults'].is_a?(Hash) && doc['defaults']['datadir']) || doc['datadir'] || 'data'
+        dirs = [default]
+        levels = Array(doc['hierarchy']).select { |h| h.is_a?(Hash) }
+        levels.each { |h| dirs << (h['datadir'] || default) }
         ([doc['defaults']] + levels).each { |h| hiera_level(h, target, config) if h.is_a?(Hash) }
-        v3 = doc.is_a?(Hash) ? (doc[:yaml] || doc[':yaml'] || doc['yaml']) : nil
-        dirs << (v3[:datadir] || v3[':datadir'] || v3['datadir']) if v3.is_a?(Hash)
+        # Hiera 3: each backend's datadir; a backend other than the files'
+        # gets the scope
+        %i[yaml json eyaml].each do |b|
+          v3 = doc[b] || doc[":#{b}"] || doc[b.to_s]
+          dirs << (v3[:datadir] || v3[':datadir'] || v3['datadir']) if v3.is_a?(Hash)
+        end
+        Array(doc[:backends] || doc[':backends'] || doc['backends']).each do |b|
+          next if %w[yaml json eyaml].include?(b.to_s)
+          @result.widen(target, "Hiera 3 backend #{b}, code pcq does not read", config, 0)
+        end
         dirs = dirs.compact.map(&:to_s)
-        dirs = ['data'] if dirs.empty?
       rescue StandardError => e
         @result.widen(target, "unreadable hiera.yaml: #{e.message.lines.first.to_s.strip}", config, 0)
       end
@@ -1234,6 +1400,9 @@ module PcqAnalyze
       if mapped.is_a?(Array) && mapped[0].is_a?(String)
         read = Hiera.variable(mapped[0])
         hiera_read(target, read, "mapped_paths #{mapped[0]}", config, 0)
+      end
+      if level['hiera3_backend']
+        @result.widen(target, "Hiera 3 backend #{level['hiera3_backend']}, code pcq does not read", config, 0)
       end
       %w[data_hash lookup_key data_dig].each do |k|
         fn = level[k]
@@ -1259,12 +1428,30 @@ module PcqAnalyze
       Dir.glob(File.join(dir, '{manifests,functions,types,plans}', '**', '*.pp')).sort.each do |f|
         parse_pp(f, @result.global, name)
       end
+      # every file: template() takes any name (`.epp` files are EPP)
       templates = File.join(dir, 'templates')
-      Dir.glob(File.join(templates, '**', '*.{erb,epp}')).sort.each { |f| parse_template(f, name, templates) }
+      Dir.glob(File.join(templates, '**', '*')).sort.each do |f|
+        parse_template(f, name, templates) if File.file?(f)
+      end
+      scan_functions(dir)
+      layer = @result.unit('module_hiera', name)
+      scan_hiera(File.join(dir, 'hiera.yaml'), layer)
+      # a module's data from its `data` function (metadata.json's
+      # data_provider)
+      data_function(dir, name, layer)
+    end
+
+    # Ruby functions under a module's (or the environment's) lib.
+    def scan_functions(dir)
       Dir.glob(File.join(dir, 'lib', 'puppet', '{functions,parser/functions}', '**', '*.rb')).sort.each do |f|
         scan_ruby_function(f)
       end
-      scan_hiera(File.join(dir, 'hiera.yaml'), @result.unit('module_hiera', name))
+    end
+
+    def data_function(dir, name, layer)
+      meta = File.join(dir, 'metadata.json')
+      provider = File.file?(meta) ? (JSON.parse(File.read(meta))['data_provider'] rescue nil) : nil
+      layer['functions'] << "#{name}::data" if provider == 'function'
     end
 
     private
@@ -1436,10 +1623,16 @@ module PcqAnalyze
       scanner = Scanner.new(result)
       mods = Environment.modules(env_dir, module_dirs)
       Environment.manifests(env_dir).each { |f| scanner.parse_pp(f, result.global, nil) }
+      # the environment's own functions (`environment::name`)
+      Dir.glob(File.join(env_dir, 'functions', '**', '*.pp')).sort.each do |f|
+        scanner.parse_pp(f, result.global, 'environment')
+      end
+      scanner.scan_functions(env_dir)
       global_hiera.each { |f| scanner.scan_hiera(f, result.global) }
       scanner.scan_hiera(File.join(env_dir, 'hiera.yaml'), result.global)
       Modules.scan(result, mods)
       result.resolve_pending_erb
+      result.resolve_pending_templates
 
       result.out['modules'] = mods.map { |_, n| n }
       result.out['seconds'] = (Time.now - started).round(3)

@@ -49,6 +49,10 @@ pub struct Unit {
     /// before it.
     #[serde(default)]
     pub bound: Vec<Vec<String>>,
+    /// Templates named by a parameter of a class or defined type: which
+    /// ones a node renders is the parameter's value in its catalog.
+    #[serde(default)]
+    pub template_params: Vec<TemplateParam>,
     /// Templates rendered by name.
     #[serde(default)]
     pub templates: Vec<String>,
@@ -66,6 +70,16 @@ pub struct Unit {
     /// (`"apache/mod/${name}.erb"`): every template under it counts.
     #[serde(default)]
     pub template_prefixes: Vec<String>,
+}
+
+/// A `template($param)` or `epp($param)` call.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TemplateParam {
+    /// `class::param` or `define::param`, lower case.
+    pub param: String,
+    /// An `epp()` call (else `template()`).
+    #[serde(default)]
+    pub epp: bool,
 }
 
 /// A collector of exported resources.

@@ -79,17 +79,8 @@ impl<'a> Resolver<'a> {
         let mut set = UsedFacts::default();
         let mut subs: Vec<(Kind, &str)> = Vec::new();
         let unit = Self::lookup(raw, kind, name);
-        // names bound at every template() call of this unit
-        let bound: Option<HashSet<&str>> = match unit {
-            Some(u) if matches!(kind, Kind::Class | Kind::Define) => {
-                u.bound.split_first().map(|(first, rest)| {
-                    first
-                        .iter()
-                        .map(String::as_str)
-                        .filter(|n| rest.iter().all(|b| b.iter().any(|m| m == n)))
-                        .collect()
-                })
-            }
+        let bound = match unit {
+            Some(u) if matches!(kind, Kind::Class | Kind::Define) => bound(u),
             _ => None,
         };
         if let Some(u) = unit {
@@ -107,6 +98,17 @@ impl<'a> Resolver<'a> {
                 set.insert(&f.path);
             }
             subs.extend(u.templates.iter().map(|t| (Kind::Template, t.as_str())));
+            // a template named by a literal the analysis has no file for (an
+            // absolute path, another module path): it may read anything
+            if let Some(t) = u.templates.iter().find(|t| !raw.templates.contains_key(*t)) {
+                if !set.all {
+                    set.all = true;
+                    self.why.insert(
+                        key.clone(),
+                        format!("template {t} is not among the analysed templates"),
+                    );
+                }
+            }
             for prefix in &u.template_prefixes {
                 subs.extend(
                     raw.templates
@@ -143,14 +145,8 @@ impl<'a> Resolver<'a> {
         }
         for (sub_kind, sub_name) in subs {
             if sub_kind == Kind::Template {
-                // the template's variables, less the names this unit binds
                 if let Some(t) = raw.templates.get(sub_name) {
-                    for v in &t.vars {
-                        let head = v.path.split('.').next().unwrap_or("");
-                        if !bound.as_ref().is_some_and(|b| b.contains(head)) {
-                            set.insert(&v.path);
-                        }
-                    }
+                    template_vars(&mut set, t, bound.as_ref());
                 }
             }
             let sub = self.unit(sub_kind, sub_name);
@@ -170,6 +166,29 @@ impl<'a> Resolver<'a> {
         self.visiting.remove(&key);
         self.memo.insert(key, set.clone());
         set
+    }
+}
+
+/// The names a class or defined type binds at every one of its
+/// `template()` calls (None: it makes none).
+pub fn bound(unit: &Unit) -> Option<HashSet<&str>> {
+    unit.bound.split_first().map(|(first, rest)| {
+        first
+            .iter()
+            .map(String::as_str)
+            .filter(|n| rest.iter().all(|b| b.iter().any(|m| m == n)))
+            .collect()
+    })
+}
+
+/// Adds an ERB template's variables to `set`, less the names its caller
+/// binds (`bound`; None: any variable may be a fact).
+pub fn template_vars(set: &mut UsedFacts, template: &Unit, bound: Option<&HashSet<&str>>) {
+    for v in &template.vars {
+        let head = v.path.split('.').next().unwrap_or("");
+        if !bound.is_some_and(|b| b.contains(head)) {
+            set.insert(&v.path);
+        }
     }
 }
 

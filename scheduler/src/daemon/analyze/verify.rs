@@ -67,8 +67,9 @@ impl fmt::Display for Verdict {
         }
         write!(
             f,
-            "{} of them read by the catalog's code; ",
-            self.leaves - self.perturbed
+            "{} of them read by the catalog's code ({} paths listed); ",
+            self.leaves - self.perturbed,
+            self.used.len()
         )?;
         if self.unsound.is_empty() {
             write!(
@@ -164,7 +165,7 @@ pub async fn verify(
             again.hash,
         ));
     }
-    let deps = analysis.for_catalog(&baseline.classes, &baseline.types);
+    let deps = analysis.for_compiled(&baseline);
     let all = leaves(facts);
     let mut verdict = Verdict {
         certname: certname.to_string(),
@@ -317,7 +318,7 @@ pub async fn each(
             again.hash,
         ));
     }
-    let deps = analysis.for_catalog(&baseline.classes, &baseline.types);
+    let deps = analysis.for_compiled(&baseline);
     let all = leaves(facts);
     let queue = std::sync::Mutex::new(all.clone());
     let moved = std::sync::Mutex::new(Vec::new());

@@ -46,7 +46,7 @@ impl Links {
         };
         let collected = a.collected_types();
         Links {
-            deps: Some(a.for_catalog(&compiled.classes, &compiled.types)),
+            deps: Some(a.for_compiled(compiled)),
             exported: std::mem::take(&mut compiled.exported),
             held: std::mem::take(&mut compiled.titles)
                 .into_iter()
