@@ -514,6 +514,33 @@ mod tests {
     }
 
     #[test]
+    fn a_function_that_is_neither_analysed_nor_puppets_own_widens() {
+        let raw = r#"{
+          "classes": {
+            "a": {"facts": [], "all": [], "functions": ["include", "a::known"]},
+            "b": {"facts": [], "all": [], "functions": ["mystery"]}
+          },
+          "defines": {}, "global": {"facts": [], "all": []}, "templates": {},
+          "functions": {"a::known": {"facts": [{"path": "os.family", "file": "f.pp", "line": 1}], "all": []}},
+          "collectors": [], "errors": [], "files": 2, "builtins": ["each", "include"]
+        }"#;
+        let a = Analysis::from_json(raw.as_bytes()).expect("json");
+        let known = a.for_catalog(&["a".into()], &[], None);
+        assert_eq!(known.facts.paths(), vec!["os.family"]);
+        let unknown = a.for_catalog(&["b".into()], &[], None);
+        assert!(unknown.facts.all);
+        assert!(
+            unknown
+                .widened_by
+                .clone()
+                .unwrap_or_default()
+                .contains("function mystery is not in the analysed code"),
+            "{:?}",
+            unknown.widened_by
+        );
+    }
+
+    #[test]
     fn the_report_lists_sources_widenings_and_collectors() {
         let a = Analysis::from_json(RAW.as_bytes()).expect("json");
         let r = a.report();

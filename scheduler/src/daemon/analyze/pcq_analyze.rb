@@ -33,6 +33,9 @@
 #   files         integer          files read
 #   modules       [directory name] the modules found on the module path,
 #                                  in module path order, first one wins
+#   builtins      [name]           functions Puppet and the gems on Ruby's
+#                                  load path ship (a call to a function
+#                                  neither here nor among these widens)
 #   seconds       float            wall time of the analysis
 #
 # A unit (`any_template` and `any_epp` only when set, after the others):
@@ -1635,8 +1638,19 @@ module PcqAnalyze
       result.resolve_pending_templates
 
       result.out['modules'] = mods.map { |_, n| n }
+      result.out['builtins'] = Main.builtin_functions
       result.out['seconds'] = (Time.now - started).round(3)
       puts JSON.generate(result.out)
+    end
+
+    # The functions Puppet itself (and the gems on Ruby's load path) ship:
+    # a call to any other function the analysis has not read widens.
+    def self.builtin_functions
+      $LOAD_PATH.flat_map do |d|
+        Dir.glob(File.join(d, 'puppet', '{functions,parser/functions}', '**', '*.rb')).map do |f|
+          f.sub(%r{.*/puppet/(parser/)?functions/}, '').delete_suffix('.rb').gsub('/', '::')
+        end
+      end.uniq.sort
     end
 
     # Puppet's settings, pointed at a directory of our own, removed at exit.

@@ -135,6 +135,11 @@ pub struct Raw {
     /// Modules found.
     #[serde(default)]
     pub modules: Vec<String>,
+    /// Functions Puppet ships (and the gems on its Ruby's load path); empty
+    /// when the analyzer did not say (then an unknown function is taken as
+    /// reading nothing).
+    #[serde(default)]
+    pub builtins: Vec<String>,
     /// Seconds the analyzer took.
     #[serde(default)]
     pub seconds: f64,
