@@ -282,6 +282,7 @@ impl fmt::Display for Precision {
         }
         heads.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         let shown: Vec<String> = heads.iter().map(|(h, n)| format!("{h} {n}")).collect();
+        write!(f, "\n  moving the catalog: {}", self.moved.join(", "))?;
         write!(
             f,
             "\n  surplus: {} under hashes read whole ({}); {} read by path, not moving the catalog with these facts ({}) ({} compiles)",
