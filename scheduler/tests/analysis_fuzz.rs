@@ -133,6 +133,25 @@ struct Read {
     widens: bool,
 }
 
+impl Read {
+    /// Reads through the ERB template file `ctx.erb` of module `m`.
+    fn erb_file(&mut self, m: &str, ctx: &str, text: String) {
+        self.files.push((format!("templates/{ctx}.erb"), text));
+        self.expr = format!("template('{m}/{ctx}.erb')");
+    }
+
+    /// Reads through the 4.x Ruby function `m::ctx`, whose body is `body`.
+    fn ruby4_function(&mut self, m: &str, ctx: &str, body: &str) {
+        self.files.push((
+            format!("lib/puppet/functions/{m}/{ctx}.rb"),
+            format!(
+                "Puppet::Functions.create_function(:'{m}::{ctx}') do\n  def {ctx}\n    {body}\n  end\nend\n"
+            ),
+        ));
+        self.expr = format!("{m}::{ctx}()");
+    }
+}
+
 /// One generated case: a module `fuzz<id>` with its class and what it
 /// needs.
 struct Case {
@@ -297,8 +316,7 @@ fn read(
                     format!("<%= scope.call_function('template', ['{m}/{ctx}_inner.erb']) %>")
                 }
             };
-            r.files.push((format!("templates/{ctx}.erb"), text));
-            r.expr = format!("template('{m}/{ctx}.erb')");
+            r.erb_file(m, ctx, text);
         }
         "epp-file" => {
             let text = match rng.random_range(0..2) {
@@ -322,13 +340,7 @@ fn read(
                 2 => format!("f = closure_scope['facts']\n    f{idx}"),
                 _ => format!("closure_scope.lookupvar('::{k0}'){rest_idx}"),
             };
-            r.files.push((
-                format!("lib/puppet/functions/{m}/{ctx}.rb"),
-                format!(
-                    "Puppet::Functions.create_function(:'{m}::{ctx}') do\n  def {ctx}\n    {body}\n  end\nend\n"
-                ),
-            ));
-            r.expr = format!("{m}::{ctx}()");
+            r.ruby4_function(m, ctx, &body);
         }
         "ruby3-function" => {
             let body = match rng.random_range(0..3) {
@@ -387,9 +399,7 @@ fn read(
             // the template's @-variable is the caller's local only when
             // fz_flag is false: with the base facts it is the fact
             r.setup = format!("if $facts['fz_flag'] == false {{\n    ${k0} = 'local'\n  }}\n  ");
-            r.files
-                .push((format!("templates/{ctx}.erb"), format!("<%= @{k0} %>")));
-            r.expr = format!("template('{m}/{ctx}.erb')");
+            r.erb_file(m, ctx, format!("<%= @{k0} %>"));
         }
         "self-assign" => {
             // the right side reads the fact before the name is local
@@ -397,14 +407,8 @@ fn read(
             r.expr = format!("${k0}");
         }
         "ruby4-call-function" => {
-            r.files.push((
-                format!("lib/puppet/functions/{m}/{ctx}.rb"),
-                format!(
-                    "Puppet::Functions.create_function(:'{m}::{ctx}') do\n  def {ctx}\n    call_function('getvar', 'facts.{}')\n  end\nend\n",
-                    dotted(leaf)
-                ),
-            ));
-            r.expr = format!("{m}::{ctx}()");
+            let body = format!("call_function('getvar', 'facts.{}')", dotted(leaf));
+            r.ruby4_function(m, ctx, &body);
         }
         "epp-no-extension" => {
             // epp() adds `.epp`
@@ -429,27 +433,18 @@ fn read(
         }
         "facts-whole" => r.expr = format!("$facts.filter |$k, $v| {{ $k == '{k0}' }}"),
         "erb-to-hash" => {
-            r.files.push((
-                format!("templates/{ctx}.erb"),
-                format!("<%= scope.to_hash['{k0}']{rest_idx} %>"),
-            ));
-            r.expr = format!("template('{m}/{ctx}.erb')");
+            r.erb_file(m, ctx, format!("<%= scope.to_hash['{k0}']{rest_idx} %>"));
         }
         "erb-computed-key" => {
-            r.files.push((
-                format!("templates/{ctx}.erb"),
+            r.erb_file(
+                m,
+                ctx,
                 format!("<% k = '{k0}' -%>\n<%= @facts[k]{rest_idx} %>"),
-            ));
-            r.expr = format!("template('{m}/{ctx}.erb')");
+            );
         }
         "ruby4-computed-key" => {
-            r.files.push((
-                format!("lib/puppet/functions/{m}/{ctx}.rb"),
-                format!(
-                    "Puppet::Functions.create_function(:'{m}::{ctx}') do\n  def {ctx}\n    k = '{k0}'\n    closure_scope['facts'][k]{rest_idx}\n  end\nend\n"
-                ),
-            ));
-            r.expr = format!("{m}::{ctx}()");
+            let body = format!("k = '{k0}'\n    closure_scope['facts'][k]{rest_idx}");
+            r.ruby4_function(m, ctx, &body);
         }
         "inline-erb-computed" => {
             r.expr =

@@ -298,13 +298,43 @@ fn agent_facts() -> Map<String, Value> {
     facts
 }
 
+/// `pcq analyze ENV --verify [extra] --certname ...` through Puppet Server
+/// with `facts`: its output, the command having succeeded.
+fn verify_through_server(facts: &Map<String, Value>, extra: &[&str], certnames: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("tmp");
+    let facts_file = dir.path().join("facts.json");
+    std::fs::write(&facts_file, serde_json::to_vec(facts).expect("json")).expect("facts");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pcq"));
+    cmd.args(["analyze", ENV, "--verify"])
+        .args(extra)
+        .arg("--facts")
+        .arg(&facts_file)
+        .args(["--server", &harness::server_url(), "--as", &host()]);
+    for n in certnames {
+        cmd.args(["--certname", n]);
+    }
+    let out = cmd.output().expect("pcq analyze --verify");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// The number right after `after` in `line` (None: there is none).
+fn number_after(line: &str, after: &str) -> Option<usize> {
+    line.split(after)
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn perturbing_every_unused_fact_never_moves_a_real_catalog() {
     let _serial = serial().await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let facts_file = dir.path().join("facts.json");
     let facts = agent_facts();
-    std::fs::write(&facts_file, serde_json::to_vec(&facts).expect("json")).expect("facts");
     // verify-*: ntp, apache + vhost, ssh, memcached, haproxy, concat,
     // stdlib and pcq_test::tricky; web-/lb-: exports and a collector;
     // e2e-: the default node (ntp, concat)
@@ -314,30 +344,7 @@ async fn perturbing_every_unused_fact_never_moves_a_real_catalog() {
         "lb-01.example.com",
         "e2e-01.example.com",
     ];
-    let mut args = vec![
-        "analyze".to_string(),
-        ENV.into(),
-        "--verify".into(),
-        "--facts".into(),
-        facts_file.display().to_string(),
-        "--server".into(),
-        harness::server_url(),
-        "--as".into(),
-        host(),
-    ];
-    for n in names {
-        args.extend(["--certname".into(), n.into()]);
-    }
-    let out = Command::new(env!("CARGO_BIN_EXE_pcq"))
-        .args(&args)
-        .output()
-        .expect("pcq analyze --verify");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = verify_through_server(&facts, &[], &names);
     for n in names {
         let line = text
             .lines()
@@ -349,12 +356,7 @@ async fn perturbing_every_unused_fact_never_moves_a_real_catalog() {
         .lines()
         .find(|l| l.starts_with("verify-01"))
         .unwrap_or("");
-    let classes: usize = verify_line
-        .split(": ")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let classes = number_after(verify_line, ": ").unwrap_or(0);
     assert!(
         classes >= 40,
         "the verify node uses the real modules: {verify_line}"
@@ -362,12 +364,7 @@ async fn perturbing_every_unused_fact_never_moves_a_real_catalog() {
     // precision: of this host's ~230 fact values the verify node's code
     // reads 27 (95 before template variables were resolved against their
     // callers and templates named by parameters against the catalog)
-    let read: usize = verify_line
-        .split("fact values, ")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(usize::MAX);
+    let read = number_after(verify_line, "fact values, ").unwrap_or(usize::MAX);
     assert!(read <= 40, "too many facts count as read: {verify_line}");
 
     // and the check does catch a missing fact: an analysis that forgets
@@ -654,28 +651,9 @@ async fn a_deploy_reanalyses_the_code() {
 #[tokio::test(flavor = "multi_thread")]
 async fn changing_each_fact_alone_finds_no_miss_and_measures_precision() {
     let _serial = serial().await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let facts_file = dir.path().join("facts.json");
-    std::fs::write(
-        &facts_file,
-        serde_json::to_vec(&agent_facts()).expect("json"),
-    )
-    .expect("facts");
     // collectd, rsync and xinetd from Debian's packages
     let node = "metrics-01.example.com";
-    let out = Command::new(env!("CARGO_BIN_EXE_pcq"))
-        .args(["analyze", ENV, "--verify", "--each", "--facts"])
-        .arg(&facts_file)
-        .args(["--server", &harness::server_url(), "--as", &host()])
-        .args(["--certname", node])
-        .output()
-        .expect("pcq analyze --verify --each");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = verify_through_server(&agent_facts(), &["--each"], &[node]);
     let line = text
         .lines()
         .find(|l| l.starts_with(node))
@@ -683,15 +661,8 @@ async fn changing_each_fact_alone_finds_no_miss_and_measures_precision() {
     assert!(line.contains("(sound)"), "{line}");
     // "N move the catalog; the analysis calls M used": something moves it
     // (its code does read facts), and no more than the analysis calls used
-    let number = |after: &str| -> usize {
-        line.split(after)
-            .nth(1)
-            .and_then(|s| s.split(' ').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
-    let moved = number("fact values; ");
-    let used = number("the analysis calls ");
+    let moved = number_after(line, "fact values; ").unwrap_or(0);
+    let used = number_after(line, "the analysis calls ").unwrap_or(0);
     assert!(moved >= 1 && moved <= used, "{line}");
     assert!(text.contains("surplus:"), "{text}");
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use crate::daemon::facts::Ignore;
 
 use super::collect::Query;
-use super::raw::{FactRef, Raw, Unit};
+use super::raw::{FactRef, Raw, TemplateParam, Unit};
 use super::resolve::{self, Kind, Resolver};
 use super::ruby::{self, AnalyzeError};
 use super::used::UsedFacts;
@@ -30,6 +30,15 @@ pub struct NodeDeps {
     pub unknown_classes: Vec<String>,
     /// Why every fact counts, when it does: the first widening reached.
     pub widened_by: Option<String>,
+}
+
+/// A `template($param)` of a class or defined type in a node's catalog,
+/// with the template names the catalog gives the parameter (None: no
+/// catalog).
+struct ParamTemplates<'a> {
+    caller: &'a Unit,
+    param: &'a TemplateParam,
+    names: Option<Vec<String>>,
 }
 
 /// An analysed environment, with per-node answers cached by class set.
@@ -151,21 +160,29 @@ impl Analysis {
                 .filter(|t| self.defines.contains_key(&t[5..])),
         );
         // templates named by parameters, as this catalog names them
-        let mut by_param: Vec<(String, String, Option<Vec<String>>)> = Vec::new();
+        let mut by_param: Vec<ParamTemplates> = Vec::new();
         for k in &key {
-            let (unit, name) = match k.strip_prefix("type:") {
-                Some(t) => (self.raw.defines.get(t), t),
-                None => (self.raw.classes.get(k), k.as_str()),
+            let unit = match k.strip_prefix("type:") {
+                Some(t) => self.raw.defines.get(t),
+                None => self.raw.classes.get(k),
             };
-            for tp in unit
-                .map(|u| u.template_params.as_slice())
-                .unwrap_or_default()
-            {
-                let names = template_names.map(|n| n.get(&tp.param).cloned().unwrap_or_default());
-                by_param.push((tp.param.clone(), name.to_string(), names));
+            if let Some(u) = unit {
+                for param in &u.template_params {
+                    let names =
+                        template_names.map(|n| n.get(&param.param).cloned().unwrap_or_default());
+                    by_param.push(ParamTemplates {
+                        caller: u,
+                        param,
+                        names,
+                    });
+                }
             }
         }
-        key.extend(by_param.iter().map(|(p, _, n)| format!("param:{p}={n:?}")));
+        key.extend(
+            by_param
+                .iter()
+                .map(|p| format!("param:{}={:?}", p.param.param, p.names)),
+        );
         key.sort();
         key.dedup();
         if let Ok(cache) = self.cache.lock() {
@@ -204,49 +221,8 @@ impl Analysis {
             };
             owners.insert((owner, name));
         }
-        for (param, owner, names) in &by_param {
-            let unit = self
-                .raw
-                .classes
-                .get(owner)
-                .or_else(|| self.raw.defines.get(owner));
-            let bound = unit.and_then(resolve::bound);
-            let epp = unit
-                .and_then(|u| u.template_params.iter().find(|t| &t.param == param))
-                .is_some_and(|t| t.epp);
-            // no catalog: any template of that kind
-            let any: Vec<String>;
-            let names = match names {
-                Some(n) => n,
-                None => {
-                    any = self
-                        .raw
-                        .templates
-                        .keys()
-                        .filter(|t| t.ends_with(".epp") == epp)
-                        .cloned()
-                        .collect();
-                    &any
-                }
-            };
-            for name in names {
-                match (self.raw.templates.get(name), self.templates.get(name)) {
-                    (Some(t), Some(set)) => {
-                        resolve::template_vars(&mut facts, t, bound.as_ref());
-                        if set.all && widened_by.is_none() {
-                            widened_by = self.why.get(&(Kind::Template, name.clone())).cloned();
-                        }
-                        facts.extend(set);
-                    }
-                    _ => {
-                        // an absolute path, a file the analysis did not read
-                        facts.all = true;
-                        widened_by.get_or_insert_with(|| {
-                            format!("template {name} (from ${param}) is not among the analysed templates")
-                        });
-                    }
-                }
-            }
+        for p in &by_param {
+            self.add_param_templates(p, &mut facts, &mut widened_by);
         }
         let collects = self
             .raw
@@ -269,6 +245,53 @@ impl Analysis {
             cache.insert(key, deps.clone());
         }
         deps
+    }
+
+    /// What the templates a parameter names read (`template($param)`):
+    /// the ones the catalog names, or with no catalog any template of that
+    /// kind; a name that is not an analysed template widens.
+    fn add_param_templates(
+        &self,
+        p: &ParamTemplates,
+        facts: &mut UsedFacts,
+        widened_by: &mut Option<String>,
+    ) {
+        let bound = resolve::bound(p.caller);
+        let any: Vec<String>;
+        let names = match &p.names {
+            Some(n) => n,
+            None => {
+                any = self
+                    .raw
+                    .templates
+                    .keys()
+                    .filter(|t| t.ends_with(".epp") == p.param.epp)
+                    .cloned()
+                    .collect();
+                &any
+            }
+        };
+        for name in names {
+            match (self.raw.templates.get(name), self.templates.get(name)) {
+                (Some(t), Some(set)) => {
+                    resolve::template_vars(facts, t, bound.as_ref());
+                    if set.all && widened_by.is_none() {
+                        *widened_by = self.why.get(&(Kind::Template, name.clone())).cloned();
+                    }
+                    facts.extend(set);
+                }
+                _ => {
+                    // an absolute path, a file the analysis did not read
+                    facts.all = true;
+                    widened_by.get_or_insert_with(|| {
+                        format!(
+                            "template {name} (from ${}) is not among the analysed templates",
+                            p.param.param
+                        )
+                    });
+                }
+            }
+        }
     }
 
     /// Resource types some collector collects (lower case).

@@ -313,13 +313,11 @@ module PcqAnalyze
   # every other access to the scope widens, with the form and its line;
   # nothing that reaches the scope is dropped. A literal path that stops
   # early (`@facts['os'][k]`) is a read of what it reached (`os`, whole).
+  #
+  # Ruby runs in one of three modes: :erb (self is Puppet's template
+  # wrapper, scope variables are `@`-variables), :function3 (self is the
+  # scope), :function4 (the scope is `closure_scope`, or a `scope_param`).
   module RubyScan
-    # Where Ruby code runs: an ERB template (self is Puppet's template
-    # wrapper, scope variables are `@`-variables), a 3.x function (self is
-    # the scope), a 4.x function (the scope is `closure_scope`, or a
-    # `scope_param`).
-    MODES = %i[erb function3 function4].freeze
-
     # Scope methods that read no variable: logging, the function calls
     # handled on their own, the environment, and resources of the catalog
     # (whose values came from code the catalog's analysis already counts).
@@ -590,7 +588,10 @@ module PcqAnalyze
         case token[0]
         when :@ivar
           # in a 3.x function self is the scope: its own state
-          return (widen("#{token[1]} (the scope's own state)", line) || true) if @mode == :function3
+          if @mode == :function3
+            widen("#{token[1]} (the scope's own state)", line)
+            return true
+          end
           return false unless @mode == :erb
           ivar(token[1][1..], ops, line)
         when :@ident
@@ -654,7 +655,7 @@ module PcqAnalyze
 
       # `@name` and what follows it.
       def ivar(name, ops, line)
-        return (scope(ops, line, '@__scope__') || true) if name == '__scope__'
+        scope(ops, line, '@__scope__') if name == '__scope__'
         return true if name.start_with?('__') # the wrapper's own state
         if name == 'facts'
           facts(ops, line, '@facts')

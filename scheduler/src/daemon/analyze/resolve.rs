@@ -136,10 +136,7 @@ impl<'a> Resolver<'a> {
                     );
                 } else if raw.functions.contains_key(f) {
                     subs.push((Kind::Function, f.as_str()));
-                } else if !raw.builtins.is_empty()
-                    && raw.builtins.binary_search(f).is_err()
-                    && !set.all
-                {
+                } else if !raw.builtins.is_empty() && !raw.builtins.contains(f) && !set.all {
                     // a function from code the analysis did not read
                     set.all = true;
                     self.why.insert(

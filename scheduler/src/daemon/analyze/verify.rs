@@ -111,7 +111,34 @@ struct Runner<'a> {
     compiles: usize,
 }
 
-impl Runner<'_> {
+impl<'a> Runner<'a> {
+    fn new(compiler: &'a dyn Compiler, certname: &'a Certname, environment: &'a str) -> Self {
+        Runner {
+            compiler,
+            certname,
+            environment,
+            compiles: 0,
+        }
+    }
+
+    /// The catalog of the given facts, compiled twice: it must be
+    /// deterministic for any comparison to mean something.
+    async fn baseline(
+        &mut self,
+        facts: &Map<String, Value>,
+    ) -> Result<catalog::Compiled, VerifyError> {
+        let baseline = self.catalog(facts).await?;
+        let again = self.catalog(facts).await?;
+        if again.hash != baseline.hash {
+            return Err(VerifyError::Nondeterministic(
+                self.certname.to_string(),
+                baseline.hash,
+                again.hash,
+            ));
+        }
+        Ok(baseline)
+    }
+
     async fn catalog(
         &mut self,
         values: &Map<String, Value>,
@@ -150,21 +177,8 @@ pub async fn verify(
     environment: &str,
     facts: &Map<String, Value>,
 ) -> Result<Verdict, VerifyError> {
-    let mut run = Runner {
-        compiler,
-        certname,
-        environment,
-        compiles: 0,
-    };
-    let baseline = run.catalog(facts).await?;
-    let again = run.catalog(facts).await?;
-    if again.hash != baseline.hash {
-        return Err(VerifyError::Nondeterministic(
-            certname.to_string(),
-            baseline.hash,
-            again.hash,
-        ));
-    }
+    let mut run = Runner::new(compiler, certname, environment);
+    let baseline = run.baseline(facts).await?;
     let deps = analysis.for_compiled(&baseline);
     let all = leaves(facts);
     let mut verdict = Verdict {
@@ -304,32 +318,14 @@ pub async fn each(
     environment: &str,
     facts: &Map<String, Value>,
 ) -> Result<Precision, VerifyError> {
-    let mut run = Runner {
-        compiler,
-        certname,
-        environment,
-        compiles: 0,
-    };
-    let baseline = run.catalog(facts).await?;
-    let again = run.catalog(facts).await?;
-    if again.hash != baseline.hash {
-        return Err(VerifyError::Nondeterministic(
-            certname.to_string(),
-            baseline.hash,
-            again.hash,
-        ));
-    }
+    let mut run = Runner::new(compiler, certname, environment);
+    let baseline = run.baseline(facts).await?;
     let deps = analysis.for_compiled(&baseline);
     let all = leaves(facts);
     let queue = std::sync::Mutex::new(all.clone());
     let moved = std::sync::Mutex::new(Vec::new());
     let worker = || async {
-        let mut run = Runner {
-            compiler,
-            certname,
-            environment,
-            compiles: 0,
-        };
+        let mut run = Runner::new(compiler, certname, environment);
         loop {
             let next = queue.lock().ok().and_then(|mut q| q.pop());
             let Some(leaf) = next else { break };
