@@ -648,6 +648,217 @@ async fn a_deploy_reanalyses_the_code() {
     assert_eq!(put(upload("c")).await, "changed");
 }
 
+/// Seconds since the epoch, as pcq's status says times.
+fn epoch_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_recompiles_only_the_nodes_reaching_what_changed() {
+    let _serial = serial().await;
+    let env = ScratchEnvironment::new("pcq_narrow_test");
+    // ntp from the environment's own modules, so the test may change it
+    let ntp = env.dir.join("modules/ntp");
+    let status = Command::new("cp")
+        .args(["-rL", "/usr/share/puppet/modules/ntp"])
+        .arg(&ntp)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    // node default: pcq_test (ntp, concat, files); sync-*: pcq_test::files
+    let with_ntp = ["narrow-1.example.com", "narrow-2.example.com"];
+    let without = "sync-narrow.example.com";
+    let names: Vec<String> = with_ntp
+        .iter()
+        .copied()
+        .chain([without])
+        .map(String::from)
+        .collect();
+    let config = PcqConfig::puppetserver()
+        .cycle_every(Duration::from_secs(3600))
+        .no_load_gate()
+        .ca_poll(Duration::from_secs(1));
+    let (pcq, _) = Pcq::start_listed(&config, &names).await;
+    for n in &names {
+        let body = serde_json::to_vec(&facts_body(n, "web", 1)).expect("json");
+        let path = format!("/puppet/v3/facts/{n}?environment=pcq_narrow_test");
+        let (status, text) = pcq.request(Via::Tls(n), Method::PUT, &path, &body).await;
+        assert_eq!(status, 200, "{n}: {text}");
+    }
+    let status_of = |n: String| {
+        let pcq = &pcq;
+        async move { pcq.status(&n).await.unwrap_or(Value::Null) }
+    };
+    // waits until each of `nodes` compiled after `t`; their catalog hashes
+    let recompiled = |nodes: Vec<String>, t: f64| {
+        let pcq = &pcq;
+        async move {
+            let ok = pcq
+                .wait(Duration::from_secs(120), || {
+                    let nodes = nodes.clone();
+                    async move {
+                        for n in &nodes {
+                            let s = pcq.status(n).await.unwrap_or(Value::Null);
+                            if s["last_compile"].as_f64().is_none_or(|c| c <= t) {
+                                return false;
+                            }
+                        }
+                        true
+                    }
+                })
+                .await;
+            assert!(
+                ok,
+                "{nodes:?} not recompiled after {t}:\n{}",
+                pcq.log_text()
+            );
+            let mut hashes = Vec::new();
+            for n in &nodes {
+                let s = pcq.status(n).await.unwrap_or(Value::Null);
+                hashes.push(s["catalog_hash"].as_str().unwrap_or("").to_string());
+            }
+            hashes
+        }
+    };
+    let deploy = || {
+        let pcq = &pcq;
+        async move {
+            let body =
+                serde_json::to_vec(&json!({"environment": "pcq_narrow_test"})).expect("json");
+            let (status, text) = pcq
+                .request(Via::Admin, Method::POST, "/v1/deploys", &body)
+                .await;
+            assert_eq!(status, 202, "{text}");
+            let report: Value = serde_json::from_str(&text).expect("deploy report");
+            eprintln!("deploy: {report}");
+            report
+        }
+    };
+    // the soundness check: every node a deploy spared compiles to the
+    // catalog it had
+    let spared_stay = |spared: Vec<String>| {
+        let pcq = &pcq;
+        async move {
+            let mut before = Vec::new();
+            for n in &spared {
+                let s = pcq.status(n).await.unwrap_or(Value::Null);
+                before.push(s["catalog_hash"].as_str().unwrap_or("").to_string());
+            }
+            let t = epoch_now();
+            for n in &spared {
+                let path = format!("/v1/nodes/{n}/bump");
+                let (status, text) = pcq.request(Via::Admin, Method::POST, &path, b"").await;
+                assert_eq!(status, 202, "bump {n}: {text}");
+            }
+            let after = recompiled(spared.clone(), t).await;
+            assert_eq!(before, after, "a spared node's catalog moved: {spared:?}");
+        }
+    };
+    recompiled(names.clone(), 0.0).await;
+    let t = epoch_now();
+    // 1. the first deploy pcq sees has nothing to diff against: every node
+    let first = deploy().await;
+    assert_eq!(first["narrowed"], false, "{first}");
+    assert_eq!(first["affected"], 3, "{first}");
+    assert!(
+        first["reasons"][0][0]
+            .as_str()
+            .unwrap_or("")
+            .contains("first deploy"),
+        "{first}"
+    );
+    recompiled(names.clone(), t).await;
+    for n in &names {
+        assert!(
+            pcq.wait_analysed(n, Duration::from_secs(30)).await,
+            "{n} analysed"
+        );
+    }
+    // 2. nothing changed: nothing recompiles; an inert file changes nothing
+    let same = deploy().await;
+    assert_eq!(
+        (
+            same["narrowed"].clone(),
+            same["affected"].clone(),
+            same["nodes"].clone(),
+            same["changed_files"].clone()
+        ),
+        (json!(true), json!(0), json!(0), json!(0)),
+        "{same}"
+    );
+    std::fs::write(ntp.join("README.md"), "changed by the test\n").expect("readme");
+    let inert = deploy().await;
+    assert_eq!(
+        (inert["affected"].clone(), inert["changed_files"].clone()),
+        (json!(0), json!(1)),
+        "{inert}"
+    );
+    // 3. one module's template: only the nodes with that module's classes
+    let template = ntp.join("templates/ntp.conf.epp");
+    let mut text = std::fs::read_to_string(&template).expect("template");
+    text.push_str("# changed by pcq's narrowed-deploy test\n");
+    std::fs::write(&template, text).expect("template");
+    let hashes_before: Vec<Value> = {
+        let mut v = Vec::new();
+        for n in &with_ntp {
+            v.push(status_of(n.to_string()).await["catalog_hash"].clone());
+        }
+        v
+    };
+    let t = epoch_now();
+    let narrowed = deploy().await;
+    assert_eq!(narrowed["narrowed"], true, "{narrowed}");
+    assert_eq!(narrowed["affected"], 2, "{narrowed}");
+    assert_eq!(narrowed["members"], 3, "{narrowed}");
+    assert!(
+        narrowed["reasons"][0][0]
+            .as_str()
+            .unwrap_or("")
+            .contains("ntp/ntp.conf.epp"),
+        "{narrowed}"
+    );
+    let with: Vec<String> = with_ntp.iter().map(|n| n.to_string()).collect();
+    let after = recompiled(with.clone(), t).await;
+    for (b, a) in hashes_before.iter().zip(&after) {
+        assert_ne!(
+            b.as_str().unwrap_or(""),
+            a,
+            "the template changed their catalogs"
+        );
+    }
+    assert!(
+        status_of(without.to_string()).await["last_compile"]
+            .as_f64()
+            .is_some_and(|c| c <= t),
+        "the node without ntp was not recompiled"
+    );
+    spared_stay(vec![without.to_string()]).await;
+    // 4. common Hiera data: every node
+    let common = env.dir.join("data/common.yaml");
+    let mut data = std::fs::read_to_string(&common).expect("common.yaml");
+    data.push_str("pcq_test::unused_key: 1\n");
+    std::fs::write(&common, data).expect("common.yaml");
+    let t = epoch_now();
+    let every = deploy().await;
+    assert_eq!(every["narrowed"], false, "{every}");
+    assert_eq!(every["affected"], 3, "{every}");
+    assert!(
+        every["reasons"][0][0]
+            .as_str()
+            .unwrap_or("")
+            .contains("common.yaml"),
+        "{every}"
+    );
+    recompiled(names.clone(), t).await;
+    let m = pcq.metrics().await;
+    assert_eq!(metric(&m, "pcq_deploys_total{result=\"narrowed\"}"), 3.0);
+    assert_eq!(metric(&m, "pcq_deploys_total{result=\"every_node\"}"), 2.0);
+    assert_eq!(metric(&m, "pcq_deploy_nodes_total{result=\"spared\"}"), 7.0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn changing_each_fact_alone_finds_no_miss_and_measures_precision() {
     let _serial = serial().await;

@@ -29,7 +29,7 @@ pub async fn analyze(args: AnalyzeArgs) -> Result<()> {
         .filter(|h| h.is_file())
         .into_iter()
         .collect();
-    let analysis = Analysis::run(&ruby, &envdir, &modulepath, &hiera)?;
+    let analysis = Analysis::run_with_snapshot(&ruby, &envdir, &modulepath, &hiera)?;
     emit(&report(&args, &analysis)?);
     if args.verify {
         let ssldir = args.ssldir.clone().unwrap_or(puppet.ssldir);
@@ -47,6 +47,9 @@ fn report(args: &AnalyzeArgs, analysis: &Analysis) -> Result<String> {
         out.push('\n');
     } else if args.classes.is_empty() && !args.verify {
         out += &analysis.report();
+        if let Some(snapshot) = &analysis.snapshot {
+            out += &snapshot.summary();
+        }
     }
     if !args.classes.is_empty() {
         let deps = analysis.for_catalog(&args.classes, &[], None);

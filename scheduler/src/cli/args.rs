@@ -64,7 +64,10 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Tell pcq an environment got new code: its nodes are recompiled.
+    /// Tell pcq an environment got new code: the nodes whose catalogs reach
+    /// what changed since the last deploy are recompiled (every node when
+    /// the change cannot be bounded). Answers once the new code is
+    /// analysed, with how many nodes moved and why.
     Deploy {
         /// The environment.
         environment: String,

@@ -28,7 +28,9 @@ pub async fn call(
     body: Option<Value>,
 ) -> Result<Value, String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+    // a deploy answers once its code is analysed (up to two minutes)
+    let wait = if path == "/v1/deploys" { 150 } else { 30 };
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(wait));
     let mut token = None;
     let root = if let Some(rest) = base.strip_prefix("https://") {
         let puppet = PuppetSettings::discover();

@@ -121,9 +121,7 @@ async fn dispatch(command: Command) -> Result<()> {
                 false => json!({ "environment": environment }),
             };
             let v = call(&api, Method::POST, "/v1/deploys", Some(body)).await?;
-            show(&api, &v, |v: &Value| {
-                format!("{environment}: {} nodes to recompile\n", v["nodes"])
-            })?;
+            show(&api, &v, render::deploy)?;
         }
         Command::Queue { api } => {
             let v = call(&api, Method::GET, "/v1/queue", None).await?;

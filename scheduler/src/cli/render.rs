@@ -1,7 +1,7 @@
 //! What the CLI prints: `pcq queue` and `pcq status NODE` from the API's
 //! typed views, to a stdout that may be a closed pipe.
 
-use crate::daemon::driver::{NodeStatus, QueueView};
+use crate::daemon::driver::{DeployReport, NodeStatus, QueueView};
 
 /// A duration for people: seconds, minutes or hours.
 pub fn age(secs: f64) -> String {
@@ -93,6 +93,35 @@ fn columns(rows: &[Vec<String>], right: &[bool]) -> String {
 }
 
 /// One node: a `key value` line per known field, then the fact paths.
+/// `pcq deploy`: what moved and why.
+pub fn deploy(d: &DeployReport) -> String {
+    let scope = if d.narrowed {
+        "narrowed to the catalogs reaching the change"
+    } else {
+        "every node"
+    };
+    let mut out = format!(
+        "{}: {} of {} nodes affected ({scope}); {} queued to recompile\n",
+        d.environment, d.affected, d.members, d.nodes
+    );
+    for (why, n) in &d.reasons {
+        out.push_str(&format!("  {n:>6}  {why}\n"));
+    }
+    if d.changed_files > 0 {
+        out.push_str(&format!("{} files changed:\n", d.changed_files));
+        for f in &d.changed {
+            out.push_str(&format!("  {f}\n"));
+        }
+        if d.changed_files > d.changed.len() {
+            out.push_str(&format!(
+                "  ... {} more\n",
+                d.changed_files - d.changed.len()
+            ));
+        }
+    }
+    out
+}
+
 pub fn status(s: &NodeStatus) -> String {
     let mut out = String::new();
     let mut line = |key: &str, value: Option<String>| {

@@ -326,6 +326,18 @@ impl Core {
     /// their compile ends. Nodes already urgent, deploying or parked stay.
     /// Returns how many nodes were moved or marked.
     pub fn deploy(&mut self, now: Time, environment: &str) -> usize {
+        self.deploy_to(now, environment, |_| true)
+    }
+
+    /// A deploy that moves only the nodes of `environment` for which
+    /// `moves` holds (the others' catalogs cannot change with the new
+    /// code). Returns how many nodes were moved or marked.
+    pub fn deploy_to(
+        &mut self,
+        now: Time,
+        environment: &str,
+        moves: impl Fn(NodeId) -> bool,
+    ) -> usize {
         let now = self.advance(now);
         let Some(env) = self.nodes.envs.lookup(environment) else {
             return 0;
@@ -335,6 +347,9 @@ impl Core {
         let mut marked = 0;
         let table = &mut self.nodes.nodes;
         for &id in self.nodes.envs.members(env) {
+            if !moves(NodeId(id)) {
+                continue;
+            }
             let node = &mut table[id as usize];
             match node.slot {
                 Slot::Cycle => {

@@ -36,6 +36,7 @@ use super::catalog::CatalogFiles;
 use super::certname::Certname;
 use super::config::valid_environment;
 use super::dependencies::Dependencies;
+use super::driver::router::ANALYSIS_LIMIT;
 use super::driver::{ApiError, Command, FactsUpload};
 use super::facts::{Ignore, Upload};
 use super::identity::Caller;
@@ -165,10 +166,20 @@ async fn ask<T>(
     state: &ApiState,
     make: impl FnOnce(oneshot::Sender<T>) -> Command,
 ) -> Result<T, Refusal> {
+    ask_within(state, Duration::from_secs(30), make).await
+}
+
+/// [`ask`], with a longer wait (a deploy waits for the analysis of its
+/// code).
+async fn ask_within<T>(
+    state: &ApiState,
+    wait: Duration,
+    make: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> Result<T, Refusal> {
     let gone = || Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "pcq is shutting down");
     let (tx, rx) = oneshot::channel();
     state.driver.send(make(tx)).await.map_err(|_| gone())?;
-    tokio::time::timeout(Duration::from_secs(30), rx)
+    tokio::time::timeout(wait, rx)
         .await
         .map_err(|_| {
             Refusal::new(
@@ -335,17 +346,14 @@ async fn post_deploy(
     }
     let environment = deploy.environment.clone();
     let new = deploy.new;
-    let n = ask(&state, |reply| Command::Deploy {
+    let wait = ANALYSIS_LIMIT + Duration::from_secs(10);
+    let report = ask_within(&state, wait, |reply| Command::Deploy {
         environment,
         new,
         reply,
     })
     .await??;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "environment": deploy.environment, "nodes": n })),
-    )
-        .into_response())
+    Ok((StatusCode::ACCEPTED, Json(report)).into_response())
 }
 
 async fn get_queue(State(state): State<ApiState>, Extension(caller): Extension<Caller>) -> Answer {

@@ -10,14 +10,22 @@
 //! the whole module path takes about a second), at start and after each
 //! deploy. While an environment's analysis is pending or failed, its nodes
 //! have no answer and every fact change counts, as it would without pcq.
+//!
+//! Each analysis carries a [`Snapshot`] of the code it read. The snapshot a
+//! deploy was decided on is the environment's *baseline*: the code every
+//! catalog reflects once the nodes that deploy moved have recompiled. The
+//! next deploy is diffed against it. Baselines are kept in the state
+//! directory (`code/<environment>.json`), so that a restart does not lose
+//! track of what the catalogs were built from; without one, a deploy moves
+//! every node.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use serde_json::{Map, Value};
 
-use super::analyze::{default_ruby, Analysis, AnalyzeError, NodeDeps, UsedFacts};
+use super::analyze::{default_ruby, Analysis, AnalyzeError, NodeDeps, Snapshot, UsedFacts};
 use super::certname::Certname;
 use super::config;
 use super::facts::Ignore;
@@ -54,6 +62,9 @@ pub struct Dependencies {
     ignore: Arc<Ignore>,
     environments: RwLock<HashMap<String, EnvAnalysis>>,
     nodes: RwLock<HashMap<Certname, Arc<NodeDeps>>>,
+    /// Where baselines are kept (None: in memory only).
+    baselines_dir: Option<PathBuf>,
+    baselines: RwLock<HashMap<String, Option<Arc<Snapshot>>>>,
 }
 
 #[derive(Clone, Debug)]
@@ -80,7 +91,15 @@ impl Dependencies {
             ignore,
             environments: RwLock::new(HashMap::new()),
             nodes: RwLock::new(HashMap::new()),
+            baselines_dir: None,
+            baselines: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Keeps baselines in `state_dir/code`.
+    pub fn keep_baselines_in(mut self, state_dir: &Path) -> Dependencies {
+        self.baselines_dir = Some(state_dir.join("code"));
+        self
     }
 
     /// Analysis is on.
@@ -134,8 +153,69 @@ impl Dependencies {
         if s.hiera_config.is_file() {
             hiera.push(s.hiera_config.clone());
         }
-        Analysis::run(&s.ruby, &dir, &s.modulepath, &hiera)
+        Analysis::run_with_snapshot(&s.ruby, &dir, &s.modulepath, &hiera)
             .map(|a| a.with_ignore(self.ignore.clone()))
+    }
+
+    /// The code `environment`'s catalogs reflect, as of its last deploy
+    /// (None: no deploy decided since the state directory was created, or
+    /// the last one could not snapshot the code).
+    pub fn baseline(&self, environment: &str) -> Option<Arc<Snapshot>> {
+        if let Some(known) = self.baselines.read().ok()?.get(environment) {
+            return known.clone();
+        }
+        let path = self
+            .baselines_dir
+            .as_ref()?
+            .join(format!("{environment}.json"));
+        let loaded = match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<Snapshot>(&bytes) {
+                Ok(s) => Some(Arc::new(s)),
+                Err(e) => {
+                    tracing::warn!(
+                        "baseline {} unreadable ({e}): the next deploy of {environment} moves every node",
+                        path.display()
+                    );
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        if let Ok(mut b) = self.baselines.write() {
+            b.insert(environment.to_string(), loaded.clone());
+        }
+        loaded
+    }
+
+    /// Records the code `environment`'s catalogs reflect after a deploy
+    /// (None: not known; the next deploy moves every node).
+    pub fn set_baseline(&self, environment: &str, snapshot: Option<Arc<Snapshot>>) {
+        if let Some(dir) = &self.baselines_dir {
+            let path = dir.join(format!("{environment}.json"));
+            let written = match &snapshot {
+                Some(s) => serde_json::to_vec(s.as_ref())
+                    .map_err(std::io::Error::other)
+                    .and_then(|bytes| {
+                        std::fs::create_dir_all(dir)?;
+                        crate::private_file::write(&path, &bytes)
+                    }),
+                None => match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                },
+            };
+            if let Err(e) = written {
+                // the next deploy must not trust a stale file
+                let _ = std::fs::remove_file(&path);
+                tracing::error!(
+                    "baseline {} not written ({e}): after a restart the next deploy of {environment} moves every node",
+                    path.display()
+                );
+            }
+        }
+        if let Ok(mut b) = self.baselines.write() {
+            b.insert(environment.to_string(), snapshot);
+        }
     }
 
     /// Records the outcome of an analysis.

@@ -100,6 +100,10 @@ pub struct Metrics {
     pub crl_age: FGauge,
     /// Seconds until the CRL in force passes its next update.
     pub crl_expires_in: FGauge,
+    /// Deploys decided: narrowed, every_node.
+    pub deploys: Family<ResultLabel, Counter>,
+    /// Nodes per deploy: moved, spared.
+    pub deploy_nodes: Family<ResultLabel, Counter>,
 }
 
 impl Metrics {
@@ -216,6 +220,18 @@ impl Metrics {
             "Seconds until the CRL in force passes its next update (negative: expired, every client refused)",
             crl_expires_in.clone(),
         );
+        let deploys = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "deploys",
+            "Deploys by result: narrowed (only the nodes whose catalogs reach the changed code move), every_node (the change could not be bounded, the analysis failed, or no earlier deploy left a snapshot of the code; the log and pcq deploy say why)",
+            deploys.clone(),
+        );
+        let deploy_nodes = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "deploy_nodes",
+            "Nodes deploys decided on, by result: moved (to recompile), spared (their catalogs do not reach the changed code)",
+            deploy_nodes.clone(),
+        );
         let waiting_for_facts = Gauge::default();
         registry.register(
             "nodes_waiting_for_facts",
@@ -245,6 +261,8 @@ impl Metrics {
             crl_refreshes,
             crl_age,
             crl_expires_in,
+            deploys,
+            deploy_nodes,
         };
         metrics.every_series_from_the_start();
         metrics
@@ -265,7 +283,7 @@ impl Metrics {
                 outcome: o.name().into(),
             }));
         }
-        let results: [(&Family<ResultLabel, Counter>, &[&str]); 5] = [
+        let results: [(&Family<ResultLabel, Counter>, &[&str]); 7] = [
             (
                 &self.catalogs,
                 &["changed", "unchanged", "unstored", "lost"],
@@ -287,6 +305,8 @@ impl Metrics {
                 &self.crl_refreshes,
                 &["loaded", "unchanged", "failed", "invalid", "older"],
             ),
+            (&self.deploys, &["narrowed", "every_node"]),
+            (&self.deploy_nodes, &["moved", "spared"]),
         ];
         for (family, labels) in results {
             for l in labels {

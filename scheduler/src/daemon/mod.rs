@@ -194,7 +194,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             .map_err(|e| ServeError::Config(format!("facts.ignore: {e}")))?,
     );
     let (slots, ca_client) = masters(&config)?;
-    let deps = Arc::new(Dependencies::new(&config.analysis, ignore.clone()));
+    let deps = Arc::new(
+        Dependencies::new(&config.analysis, ignore.clone()).keep_baselines_in(&config.state_dir),
+    );
 
     let seed = driver::now().as_micros();
     let core = Core::new(config.core.clone(), seed)?;

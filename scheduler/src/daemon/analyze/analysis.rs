@@ -12,8 +12,10 @@ use crate::daemon::facts::Ignore;
 
 use super::collect::Query;
 use super::raw::{FactRef, Raw, TemplateParam, Unit};
+use super::reach::Reach;
 use super::resolve::{self, Kind, Resolver};
 use super::ruby::{self, AnalyzeError};
+use super::snapshot::Snapshot;
 use super::used::UsedFacts;
 
 /// What a node's catalog depends on.
@@ -30,6 +32,8 @@ pub struct NodeDeps {
     pub unknown_classes: Vec<String>,
     /// Why every fact counts, when it does: the first widening reached.
     pub widened_by: Option<String>,
+    /// The code it reaches (what a deploy must change to move it).
+    pub code: Arc<Reach>,
 }
 
 /// A `template($param)` of a class or defined type in a node's catalog,
@@ -56,6 +60,8 @@ pub struct Analysis {
     collected: BTreeSet<String>,
     cache: Mutex<HashMap<Vec<String>, Arc<NodeDeps>>>,
     ignore: Option<Arc<Ignore>>,
+    /// The code this analysis read (None: it could not be taken).
+    pub snapshot: Option<Arc<Snapshot>>,
 }
 
 impl Analysis {
@@ -69,6 +75,23 @@ impl Analysis {
         hiera: &[PathBuf],
     ) -> Result<Analysis, AnalyzeError> {
         Ok(Analysis::new(ruby::run(ruby, envdir, modulepath, hiera)?))
+    }
+
+    /// [`Analysis::run`], with a [`Snapshot`] of the code: hashed before
+    /// the analyzer reads it, so that what the analysis saw is never newer
+    /// than what the snapshot says.
+    pub fn run_with_snapshot(
+        ruby: &str,
+        envdir: &Path,
+        modulepath: &[PathBuf],
+        hiera: &[PathBuf],
+    ) -> Result<Analysis, AnalyzeError> {
+        let mut roots = vec![envdir.to_path_buf()];
+        roots.extend(modulepath.iter().cloned());
+        let hashes = Snapshot::hash_roots(&roots);
+        let analysis = Analysis::run(ruby, envdir, modulepath, hiera)?;
+        let snapshot = Snapshot::new(envdir, hashes, &roots, &analysis.raw);
+        Ok(analysis.with_snapshot(snapshot))
     }
 
     /// Builds the analysis from the analyzer's JSON.
@@ -115,6 +138,7 @@ impl Analysis {
             collected,
             cache: Mutex::new(HashMap::new()),
             ignore: None,
+            snapshot: None,
         }
     }
 
@@ -122,6 +146,12 @@ impl Analysis {
     /// count (`facts.ignore`).
     pub fn with_ignore(mut self, ignore: Arc<Ignore>) -> Analysis {
         self.ignore = Some(ignore);
+        self
+    }
+
+    /// With the code it read.
+    pub fn with_snapshot(mut self, snapshot: Snapshot) -> Analysis {
+        self.snapshot = Some(Arc::new(snapshot));
         self
     }
 
@@ -183,6 +213,8 @@ impl Analysis {
                 .iter()
                 .map(|p| format!("param:{}={:?}", p.param.param, p.names)),
         );
+        // every resource type: a deploy changing one moves the catalog
+        key.extend(types.iter().map(|t| format!("rtype:{}", t.to_lowercase())));
         key.sort();
         key.dedup();
         if let Ok(cache) = self.cache.lock() {
@@ -194,6 +226,9 @@ impl Analysis {
         let mut widened_by = self.why.get(&(Kind::Global, String::new())).cloned();
         let mut owners: HashSet<(&str, &str)> = HashSet::new();
         for k in &key {
+            if k.starts_with("rtype:") || k.starts_with("param:") {
+                continue;
+            }
             if let Some(c) = k.strip_prefix("unknown:") {
                 facts.all = true;
                 widened_by.get_or_insert_with(|| format!("class {c} is not in the analysed code"));
@@ -234,17 +269,49 @@ impl Analysis {
         if let Some(ignore) = &self.ignore {
             facts = facts.without(ignore);
         }
+        let code = Arc::new(self.reach(&key, &by_param, types));
         let deps = Arc::new(NodeDeps {
             fingerprint: facts.fingerprint(),
             facts: Arc::new(facts),
             collects,
             unknown_classes,
             widened_by,
+            code,
         });
         if let Ok(mut cache) = self.cache.lock() {
             cache.insert(key, deps.clone());
         }
         deps
+    }
+
+    /// The code a catalog reaches: node-level code, its classes and defined
+    /// types (`key`, as [`Analysis::for_catalog`] builds it), the templates
+    /// its parameters name, and its resource types.
+    fn reach(&self, key: &[String], by_param: &[ParamTemplates], types: &[String]) -> Reach {
+        let mut starts = vec![(Kind::Global, String::new())];
+        let mut open = None;
+        for k in key {
+            if let Some(c) = k.strip_prefix("unknown:") {
+                open.get_or_insert_with(|| format!("class {c} is not in the analysed code"));
+            } else if let Some(t) = k.strip_prefix("type:") {
+                starts.push((Kind::Define, t.to_string()));
+            } else if !k.starts_with("param:") && !k.starts_with("rtype:") {
+                starts.push((Kind::Class, k.clone()));
+            }
+        }
+        let mut any_template = false;
+        for p in by_param {
+            match &p.names {
+                Some(names) => starts.extend(names.iter().map(|n| (Kind::Template, n.clone()))),
+                None => any_template = true,
+            }
+        }
+        let mut reach = Reach::walk(&self.raw, starts).with_types(types);
+        reach.any_template |= any_template;
+        if reach.open.is_none() {
+            reach.open = open;
+        }
+        reach
     }
 
     /// What the templates a parameter names read (`template($param)`):

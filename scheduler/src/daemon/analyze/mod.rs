@@ -16,17 +16,25 @@
 //! facts those read, plus what node-level code and Hiera read. Anything the
 //! analysis cannot bound widens, never narrows: when unsure, a fact counts
 //! as used.
+//!
+//! The same walk says what code each catalog reaches ([`reach`]), so that a
+//! deploy, diffed against the code the last one left ([`snapshot`]),
+//! recompiles only the nodes whose catalogs reach what it changed.
 
 pub mod analysis;
 pub mod collect;
 pub mod raw;
+pub mod reach;
 pub mod resolve;
 pub mod ruby;
+pub mod snapshot;
 pub mod used;
 pub mod verify;
 
 pub use analysis::{Analysis, NodeDeps};
 pub use collect::Query;
 pub use raw::{Collector, FactRef, ParseError, Raw, Unit, Widening};
+pub use reach::Reach;
 pub use ruby::{default_ruby, AnalyzeError};
+pub use snapshot::{Change, Snapshot};
 pub use used::UsedFacts;

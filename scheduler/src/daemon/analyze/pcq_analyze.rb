@@ -133,7 +133,8 @@ module PcqAnalyze
     def initialize
       @out = {
         'classes' => {}, 'defines' => {}, 'global' => Result.new_unit,
-        'templates' => {}, 'functions' => {}, 'module_hiera' => {}, 'collectors' => [], 'errors' => [], 'files' => 0
+        'templates' => {}, 'functions' => {}, 'module_hiera' => {}, 'collectors' => [], 'errors' => [], 'files' => 0,
+        'provides' => {}
       }
       @class_vars = Hash.new { |h, k| h[k] = [] }
       @pending_erb = []
@@ -151,6 +152,17 @@ module PcqAnalyze
 
     def count_file
       @out['files'] += 1
+    end
+
+    # What `file` gives the code, for deploys: a unit it defines or feeds
+    # (`class:apache`, `template:ntp/ntp.conf.erb`, `module_hiera:ntp`),
+    # `alias:name` (a type alias), `global` (what every node reads: site
+    # manifests, node definitions, top-level code, environment and global
+    # Hiera) or `unparsable`. A deploy that changes the file recompiles the
+    # nodes whose catalogs reach what it gives.
+    def provide(file, what)
+      list = (@out['provides'][file] ||= [])
+      list << what unless list.include?(what)
     end
 
     # A read of the fact at `keys` (["os", "family"]). pcq's paths are
@@ -274,6 +286,7 @@ module PcqAnalyze
       @out['collectors'].concat(out['collectors'])
       @out['errors'].concat(out['errors'])
       @out['files'] += out['files']
+      out['provides'].each { |file, list| list.each { |what| provide(file, what) } }
       part[:class_vars].each { |var, values| @class_vars[var].concat(values) }
       part[:pending].each { |where, var, file, line| @pending_erb << [locate_unit(where), var, file, line] }
       part[:pending_templates].each { |where, var, epp, cause| @pending_templates << [locate_unit(where), var, epp, cause] }
@@ -1317,6 +1330,7 @@ module PcqAnalyze
 
   # Reads each kind of file into a Result.
   class Scanner
+    M = Puppet::Pops::Model
     def initialize(result)
       @result = result
     end
@@ -1326,14 +1340,39 @@ module PcqAnalyze
       # Puppet's parser without the evaluating parser's validation pass (a
       # third of the time): the analysis reads the model, it does not judge it.
       program = Puppet::Pops::Parser::Parser.new.parse_file(file).model
+      provides(file, program, module_name)
       Walker.new(@result, file, program, target, module_name).walk
     rescue StandardError, SyntaxError => e
+      @result.provide(file, 'unparsable')
       @result.unparsable(target, file, e)
+    end
+
+    # What a manifest defines; code outside definitions (and the site
+    # manifests, node definitions) is `global`.
+    def provides(file, program, module_name)
+      return @result.provide(file, 'global') if module_name.nil?
+      program.definitions.each { |d| @result.provide(file, Scanner.definition_label(d)) }
+      body = program.body
+      statements = body.is_a?(M::BlockExpression) ? body.statements : [body]
+      loose = statements.any? { |s| !s.nil? && !s.is_a?(M::Definition) && !s.is_a?(M::Nop) }
+      @result.provide(file, 'global') if loose
+    end
+
+    def self.definition_label(d)
+      case d
+      when M::HostClassDefinition then "class:#{Walker.unit_name(d)}"
+      when M::ResourceTypeDefinition then "define:#{Walker.unit_name(d)}"
+      when M::FunctionDefinition then "function:#{Walker.unit_name(d)}"
+      when M::NodeDefinition then 'global'
+      else "alias:#{d.respond_to?(:name) ? d.name.to_s.downcase : d.class.name}"
+      end
     end
 
     def parse_template(file, module_name, templates_dir)
       @result.count_file
-      t = @result.unit('templates', template_name(file, module_name, templates_dir))
+      name = template_name(file, module_name, templates_dir)
+      @result.provide(file, "template:#{name}")
+      t = @result.unit('templates', name)
       if file.end_with?('.epp')
         begin
           program = Puppet::Pops::Parser::EvaluatingParser::EvaluatingEppParser.new.parse_file(file)
@@ -1354,6 +1393,8 @@ module PcqAnalyze
       name = text[/newfunction\(\s*:['"]?([a-z0-9_:]+)/, 1] || text[/create_function\(\s*:?['"]?([a-z0-9_:]+)/, 1] ||
              File.basename(file, '.rb')
       mode = file.include?('/parser/functions/') ? :function3 : :function4
+      by_path = file.sub(%r{.*/lib/puppet/(parser/)?functions/}, '').delete_suffix('.rb').gsub('/', '::')
+      [name, by_path].each { |n| @result.provide(file, "function:#{n.downcase}") }
       @result.ruby_reads(@result.unit('functions', name.downcase), RubyScan.code(text, mode), file)
     end
 
@@ -1361,11 +1402,11 @@ module PcqAnalyze
     # (`data` when it names none). `target` is the unit whose nodes read
     # them: every node for the global and environment layers, the module's
     # classes for a module's layer.
-    def scan_hiera(config, target)
+    def scan_hiera(config, target, label)
       base = File.dirname(config)
       dirs = ['data']
-      return scan_hiera_dirs(base, dirs, target) unless File.file?(config)
-      scan_hiera_file(config, target)
+      return scan_hiera_dirs(base, dirs, target, label) unless File.file?(config)
+      scan_hiera_file(config, target, label)
       begin
         # Hiera 3 files have symbol keys (`:yaml:`)
         doc = YAML.safe_load(File.read(config), permitted_classes: [Symbol], aliases: true) || {}
@@ -1391,7 +1432,7 @@ module PcqAnalyze
       rescue StandardError => e
         @result.widen(target, "unreadable hiera.yaml: #{e.message.lines.first.to_s.strip}", config, 0)
       end
-      scan_hiera_dirs(base, dirs, target)
+      scan_hiera_dirs(base, dirs, target, label)
     end
 
     # Backends Puppet ships (and eyaml's): they read only the files.
@@ -1439,7 +1480,7 @@ module PcqAnalyze
       end
       scan_functions(dir)
       layer = @result.unit('module_hiera', name)
-      scan_hiera(File.join(dir, 'hiera.yaml'), layer)
+      scan_hiera(File.join(dir, 'hiera.yaml'), layer, "module_hiera:#{name}")
       # a module's data from its `data` function (metadata.json's
       # data_provider)
       data_function(dir, name, layer)
@@ -1454,6 +1495,12 @@ module PcqAnalyze
 
     def data_function(dir, name, layer)
       meta = File.join(dir, 'metadata.json')
+      # metadata.json: the module's data provider, and what
+      # load_module_metadata() reads
+      if File.file?(meta)
+        @result.provide(meta, "module_hiera:#{name}")
+        @result.provide(meta, "files:#{name}")
+      end
       provider = File.file?(meta) ? (JSON.parse(File.read(meta))['data_provider'] rescue nil) : nil
       layer['functions'] << "#{name}::data" if provider == 'function'
     end
@@ -1470,8 +1517,9 @@ module PcqAnalyze
     # YAML and JSON are read as YAML, so that the strings are the ones Hiera
     # sees (quotes and escapes undone); HOCON, or YAML that does not parse,
     # line by line.
-    def scan_hiera_file(file, target)
+    def scan_hiera_file(file, target, label)
       @result.count_file
+      @result.provide(file, label)
       text = File.read(file, encoding: 'UTF-8', invalid: :replace)
       strings = yaml_strings(text) unless file.end_with?('.conf')
       strings ||= text.each_line.with_index(1).map { |l, n| [l, n] }
@@ -1495,12 +1543,12 @@ module PcqAnalyze
       nil
     end
 
-    def scan_hiera_dirs(base, dirs, target)
+    def scan_hiera_dirs(base, dirs, target, label)
       dirs.uniq.each do |d|
         # a datadir chosen per node (`%{...}`): scan from its fixed start
         d = d.split('%{').first.to_s
         dir = File.expand_path(d, base)
-        Dir.glob(File.join(dir, '**', '*.{yaml,yml,json,eyaml,conf}')).sort.each { |f| scan_hiera_file(f, target) }
+        Dir.glob(File.join(dir, '**', '*.{yaml,yml,json,eyaml,conf}')).sort.each { |f| scan_hiera_file(f, target, label) }
       end
     end
   end
@@ -1632,13 +1680,15 @@ module PcqAnalyze
         scanner.parse_pp(f, result.global, 'environment')
       end
       scanner.scan_functions(env_dir)
-      global_hiera.each { |f| scanner.scan_hiera(f, result.global) }
-      scanner.scan_hiera(File.join(env_dir, 'hiera.yaml'), result.global)
+      global_hiera.each { |f| scanner.scan_hiera(f, result.global, 'global') }
+      scanner.scan_hiera(File.join(env_dir, 'hiera.yaml'), result.global, 'global')
       Modules.scan(result, mods)
       result.resolve_pending_erb
       result.resolve_pending_templates
 
       result.out['modules'] = mods.map { |_, n| n }
+      result.out['module_dirs'] = mods
+      result.out['modulepath'] = Environment.modulepath(env_dir, module_dirs)
       result.out['builtins'] = Main.builtin_functions
       result.out['seconds'] = (Time.now - started).round(3)
       puts JSON.generate(result.out)

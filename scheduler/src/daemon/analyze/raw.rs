@@ -140,6 +140,19 @@ pub struct Raw {
     /// reading nothing).
     #[serde(default)]
     pub builtins: Vec<String>,
+    /// Per file read, what it gives the code: `class:x`, `define:x`,
+    /// `function:x`, `template:module/path`, `module_hiera:module`,
+    /// `alias:x` (a type alias), `global` (read for every node) or
+    /// `unparsable` (see [`super::snapshot`]).
+    #[serde(default)]
+    pub provides: HashMap<String, Vec<String>>,
+    /// The environment's module path, in order.
+    #[serde(default)]
+    pub modulepath: Vec<String>,
+    /// `[directory, name]` of each module, the one that wins on the module
+    /// path.
+    #[serde(default)]
+    pub module_dirs: Vec<(String, String)>,
     /// Seconds the analyzer took.
     #[serde(default)]
     pub seconds: f64,

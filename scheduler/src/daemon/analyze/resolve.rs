@@ -15,7 +15,7 @@ use super::raw::{Raw, Unit};
 use super::used::UsedFacts;
 
 /// Functions that read Hiera: code calling them may read any module's data.
-const LOOKUPS: [&str; 5] = [
+pub const LOOKUPS: [&str; 5] = [
     "lookup",
     "hiera",
     "hiera_array",

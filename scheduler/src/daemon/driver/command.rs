@@ -72,9 +72,10 @@ pub enum Command {
         environment: String,
         /// Accepted even if pcq does not know the environment.
         new: bool,
-        /// Nodes moved or marked; an unknown environment without `new` is
-        /// an error (a typo in a deploy hook must not pass unnoticed).
-        reply: Reply<usize>,
+        /// What the deploy moved and why, once the new code is analysed;
+        /// an unknown environment without `new` is an error (a typo in a
+        /// deploy hook must not pass unnoticed).
+        reply: Reply<super::deploys::DeployReport>,
     },
     /// The CA's signed and revoked certnames.
     Ca {

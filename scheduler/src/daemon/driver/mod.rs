@@ -16,6 +16,7 @@
 //! - [`restore`]: the queue rebuilt from the store at start-up;
 //! - [`intake`]: who joins and leaves, what a facts upload does;
 //!   [`upload`]: its way to the store;
+//! - [`deploys`]: which nodes a deploy moves;
 //! - [`compile`]: one compile from facts to a kept catalog, and whose
 //!   fault a failure is; [`masters`]: where compiles run, down or up;
 //! - [`links`]: what catalogs depend on, and who collects a changed export;
@@ -27,6 +28,7 @@
 
 pub mod command;
 pub mod compile;
+pub mod deploys;
 pub mod intake;
 pub mod links;
 pub mod masters;
@@ -51,12 +53,14 @@ use crate::daemon::notify::Notice;
 use crate::daemon::store::{StoreError, StoredNode, Write};
 
 pub use command::{ApiError, Command, FactsOutcome, FactsUpload, Reply};
+pub use deploys::DeployReport;
 pub use masters::MasterSlot;
 pub use parts::Parts;
 pub use restore::RestoreError;
 pub use view::{LaneView, MasterView, NodeStatus, QueueView, RunningView};
 
 use compile::{CompileJob, Compiled};
+use deploys::Deploys;
 pub use intake::Absence;
 use intake::{BeforeStore, Intake, Known, Newcomer};
 use masters::Masters;
@@ -86,6 +90,8 @@ pub struct Driver {
     /// Deploys announced per environment since start, and when this daemon
     /// started (seconds since the epoch): a node's code version.
     deploys: HashMap<String, u64>,
+    /// Deploys waiting for the analysis of their code.
+    waiting_deploys: Deploys,
     started_at: u64,
     draining: Option<Instant>,
 }
@@ -132,6 +138,7 @@ impl Driver {
             dirty: restored.requeued.into_iter().collect(),
             pending_writes: Vec::new(),
             deploys: HashMap::new(),
+            waiting_deploys: Deploys::default(),
             started_at: now().as_micros() / 1_000_000,
             draining: None,
         })
@@ -251,19 +258,15 @@ impl Driver {
                     let _ = reply.send(Err(ApiError::UnknownEnvironment(environment)));
                     return;
                 }
-                let n = self.core.deploy(now(), &environment);
-                if n > 0 {
-                    let ids: Vec<NodeId> = self.core.node_ids().collect();
-                    for id in ids {
-                        if self.environment_of(id) == environment {
-                            self.dirty.insert(id);
-                        }
-                    }
-                }
-                tracing::info!("deploy to {environment}: {n} nodes to recompile");
                 *self.deploys.entry(environment.clone()).or_default() += 1;
-                self.router.analyze(&environment);
-                let _ = reply.send(Ok(n));
+                if !self.parts.deps.enabled() {
+                    let report = self.deploy(&environment, Err("analysis is off"));
+                    let _ = reply.send(Ok(report));
+                    return;
+                }
+                // decided when an analysis that started after it ends
+                let started = self.router.analyze(&environment);
+                self.waiting_deploys.wait(&environment, reply, started);
             }
             Command::Ca { signed, revoked } => {
                 let plan = self.intake.ca(&signed, &revoked, &self.nodes);
@@ -284,9 +287,24 @@ impl Driver {
             Command::Analyzed {
                 environment,
                 result,
-            } => self
-                .router
-                .analyzed(&self.core, &mut self.nodes, environment, result),
+            } => {
+                let (replies, more) = self.waiting_deploys.ended(&environment);
+                if !replies.is_empty() {
+                    // before the router reads the nodes' links anew: the
+                    // decision is on what their catalogs reached
+                    let analysis = result.as_deref().map_err(String::as_str);
+                    let report = self.deploy(&environment, analysis);
+                    for reply in replies {
+                        let _ = reply.send(Ok(report.clone()));
+                    }
+                }
+                self.router
+                    .analyzed(&self.core, &mut self.nodes, environment.clone(), result);
+                if more {
+                    self.router.analyze(&environment);
+                    self.waiting_deploys.covered(&environment);
+                }
+            }
             Command::Reloaded { batch, done } => {
                 self.router
                     .reloaded(&self.core, &mut self.nodes, batch, done, now());
@@ -312,6 +330,72 @@ impl Driver {
                 self.draining = Some(Instant::now() + grace);
             }
         }
+    }
+
+    /// Moves the nodes of `environment` the new code (analysed as
+    /// `analysis`) may change to the deploy lane; the deploy's report.
+    fn deploy(
+        &mut self,
+        environment: &str,
+        analysis: Result<&crate::daemon::analyze::Analysis, &str>,
+    ) -> DeployReport {
+        let members: Vec<_> = self
+            .core
+            .node_ids()
+            .filter(|&id| self.environment_of(id) == environment)
+            .map(|id| {
+                let deps = self
+                    .nodes
+                    .get(id)
+                    .and_then(|info| self.parts.deps.node(&info.certname));
+                (id, deps)
+            })
+            .collect();
+        let baseline = self.parts.deps.baseline(environment);
+        let decision = deploys::decide(environment, baseline.as_deref(), analysis, &members);
+        let moves = &decision.moves;
+        let n = self
+            .core
+            .deploy_to(now(), environment, |id| moves.contains(&id));
+        self.dirty.extend(moves.iter().copied());
+        self.parts
+            .deps
+            .set_baseline(environment, decision.baseline.clone());
+        let mut report = decision.report;
+        report.nodes = n;
+        let metrics = &self.parts.metrics;
+        let result = if report.narrowed {
+            "narrowed"
+        } else {
+            "every_node"
+        };
+        Metrics::count(&metrics.deploys, result);
+        for (label, count) in [
+            ("moved", report.affected),
+            ("spared", report.members - report.affected),
+        ] {
+            metrics
+                .deploy_nodes
+                .get_or_create(&crate::daemon::metrics::ResultLabel {
+                    result: label.into(),
+                })
+                .inc_by(count as u64);
+        }
+        let why: Vec<String> = report
+            .reasons
+            .iter()
+            .take(3)
+            .map(|(r, c)| format!("{c}: {r}"))
+            .collect();
+        tracing::info!(
+            "deploy to {environment}: {} of {} nodes affected ({}), {n} to recompile; {} files changed; {}",
+            report.affected,
+            report.members,
+            if report.narrowed { "narrowed" } else { "every node" },
+            report.changed_files,
+            why.join("; ")
+        );
+        report
     }
 
     fn environment_of(&self, id: NodeId) -> String {

@@ -10,6 +10,7 @@
 //! background work answers through the driver's channel.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
@@ -23,6 +24,10 @@ use crate::daemon::dependencies::Dependencies;
 use super::command::Command;
 use super::links::{self, Links, Reloaded, Routing};
 use super::nodes::Nodes;
+
+/// An analysis that takes longer fails (Debian's modules take about 2 s;
+/// a deploy waits for its analysis, and `pcq deploy` for the deploy).
+pub const ANALYSIS_LIMIT: Duration = Duration::from_secs(120);
 
 /// The environment of a core node ("" when the core does not know it).
 pub fn environment_of(core: &Core, id: NodeId) -> String {
@@ -55,21 +60,27 @@ impl Router {
         }
     }
 
-    /// Analyses `environment` in the background (unless that already runs);
-    /// the result comes back as [`Command::Analyzed`].
-    pub fn analyze(&self, environment: &str) {
+    /// Analyses `environment` in the background (unless that already runs:
+    /// then false); the result comes back as [`Command::Analyzed`].
+    pub fn analyze(&self, environment: &str) -> bool {
         if !self.deps.begin(environment) {
-            return;
+            return false;
         }
         let deps = self.deps.clone();
         let tx = self.tx.clone();
         let env = environment.to_string();
         tokio::spawn(async move {
             let run_env = env.clone();
-            let result = tokio::task::spawn_blocking(move || deps.run(&run_env))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map(Arc::new).map_err(|e| e.to_string()));
+            let run = tokio::task::spawn_blocking(move || deps.run(&run_env));
+            let result = match tokio::time::timeout(ANALYSIS_LIMIT, run).await {
+                Err(_) => Err(format!(
+                    "the analysis took over {} s",
+                    ANALYSIS_LIMIT.as_secs()
+                )),
+                Ok(joined) => joined
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map(Arc::new).map_err(|e| e.to_string())),
+            };
             let _ = tx
                 .send(Command::Analyzed {
                     environment: env,
@@ -77,6 +88,7 @@ impl Router {
                 })
                 .await;
         });
+        true
     }
 
     /// Analyses `environment` unless it is known or under way.
