@@ -179,6 +179,33 @@ pub struct PlanResult {
     pub recommendations: Vec<Recommendation>,
     /// What fact filtering saves, per fleet size (queue with filtering on).
     pub filtering: Vec<Filtering>,
+    /// What narrowed deploys save, per fleet size (queue with narrowing
+    /// on, scenarios with deploys).
+    pub narrowing: Vec<Narrowing>,
+}
+
+/// The queue with narrowed deploys (only the nodes whose catalogs reach
+/// the change recompile) and with every deploy moving every node of its
+/// environment, each swept over the plan's master counts, same seeds.
+#[derive(Clone, Debug, Serialize)]
+pub struct Narrowing {
+    /// Nodes.
+    pub nodes: u32,
+    /// Masters recommended with narrowed deploys.
+    pub masters: Option<u32>,
+    /// Masters recommended when every deploy moves every node.
+    pub masters_without: Option<u32>,
+    /// The master count the compile figures are for (the recommendation
+    /// without narrowing, else the scenario's).
+    pub at: u32,
+    /// Compiles an hour with narrowed deploys, at `at`.
+    pub with: Estimate,
+    /// Compiles an hour without, at `at`.
+    pub without: Estimate,
+    /// Change -> applied p95 with narrowed deploys, at `at`, seconds.
+    pub applied_p95_with: Estimate,
+    /// Change -> applied p95 without, at `at`, seconds.
+    pub applied_p95_without: Estimate,
 }
 
 /// The queue with and without fact filtering, at one master count (the
@@ -357,13 +384,94 @@ pub fn plan(
     } else {
         Vec::new()
     };
+    let narrowing = if options.policies.contains(&Policy::Queue)
+        && scenario.queue.narrow_deploys
+        && !scenario.deploys.is_empty()
+    {
+        narrowing(scenario, &sizes, &masters, reps, &points, options, progress)?
+    } else {
+        Vec::new()
+    };
     Ok(PlanResult {
         scenario: scenario.name.clone(),
         replications: reps,
         points,
         recommendations,
         filtering,
+        narrowing,
     })
+}
+
+/// Sweeps the queue with every deploy moving every node of its
+/// environment (same master counts, same seeds), to state what narrowed
+/// deploys save.
+fn narrowing(
+    scenario: &Scenario,
+    sizes: &[u32],
+    masters: &[u32],
+    reps: u32,
+    points: &[Point],
+    options: &PlanOptions,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Vec<Narrowing>, CoreError> {
+    let mut whole = scenario.clone();
+    whole.queue.narrow_deploys = false;
+    let mut jobs = Vec::new();
+    for &nodes in sizes {
+        for &m in masters {
+            for rep in 0..reps {
+                jobs.push(RunSpec {
+                    scenario: &whole,
+                    policy: Policy::Queue,
+                    masters: m,
+                    nodes,
+                    seed: scenario.seed.wrapping_add(u64::from(rep)),
+                });
+            }
+        }
+    }
+    let results = run_all(&jobs, options.jobs, progress);
+    let mut it = results.into_iter();
+    let mut out = Vec::new();
+    for &nodes in sizes {
+        let mut without: Vec<(u32, PointStats, bool)> = Vec::new();
+        for &m in masters {
+            let mut runs = Vec::with_capacity(reps as usize);
+            for _ in 0..reps {
+                if let Some(r) = it.next().flatten() {
+                    runs.push(r?);
+                }
+            }
+            let stats = PointStats::of(&runs);
+            let met = check_slos(scenario, &stats).iter().all(|c| c.met);
+            without.push((m, stats, met));
+        }
+        let queue = |m: u32| {
+            points
+                .iter()
+                .find(|p| p.policy == Policy::Queue && p.nodes == nodes && p.masters == m)
+        };
+        let recommended = masters
+            .iter()
+            .copied()
+            .find(|&m| queue(m).is_some_and(|p| p.meets_all()));
+        let masters_without = without.iter().find(|w| w.2).map(|w| w.0);
+        let at = masters_without.unwrap_or(scenario.masters.count);
+        let (Some(with), Some(w)) = (queue(at), without.iter().find(|w| w.0 == at)) else {
+            continue;
+        };
+        out.push(Narrowing {
+            nodes,
+            masters: recommended,
+            masters_without,
+            at,
+            with: with.stats.compiles_per_hour,
+            without: w.1.compiles_per_hour,
+            applied_p95_with: with.stats.staleness_applied_p95,
+            applied_p95_without: w.1.staleness_applied_p95,
+        });
+    }
+    Ok(out)
 }
 
 /// Runs the queue without fact filtering where the plan recommends (same

@@ -101,8 +101,8 @@ fn handle(w: &mut World, model: &mut dyn Model, event: Event) {
             w.schedule_next(event);
         }
         Event::Deploy(i, nth) => {
-            let env = w.deploy(i);
-            model.deployed(w, env);
+            let deployed = w.deploy(i);
+            model.deployed(w, &deployed);
             w.schedule_next_deploy(i, nth);
         }
         Event::NewCert => {

@@ -219,6 +219,12 @@ pub struct Deploy {
     /// Share (0..=1) of its nodes whose catalog the deploy changes.
     #[serde(default = "all")]
     pub affects: f64,
+    /// Chance (0..=1) that the deploy cannot be bounded (site manifests,
+    /// common Hiera, a type alias, Ruby under `lib/`...): the queue then
+    /// recompiles every node of the environment, not just the affected
+    /// ones (with `queue.narrow_deploys`).
+    #[serde(default)]
+    pub unbounded: f64,
 }
 
 fn all() -> f64 {
@@ -354,6 +360,10 @@ pub struct Queue {
     /// Only changes of facts the catalog uses count (pcq's fact analysis);
     /// off: any fact change bumps the node.
     pub fact_filter: bool,
+    /// A deploy recompiles only the nodes whose catalogs reach the changed
+    /// code (pcq's deploy analysis: the affected ones, unless the deploy is
+    /// unbounded); off: every node of the environment.
+    pub narrow_deploys: bool,
     /// `sync`: facts reach pcq at the node's next sync; `immediate`: as
     /// they change (a facts watcher, and the theory cross-checks).
     pub fact_upload: FactUpload,
@@ -368,6 +378,7 @@ impl Default for Queue {
             notify_delay: Duration::from_secs(5),
             bump_collectors: true,
             fact_filter: true,
+            narrow_deploys: true,
             fact_upload: FactUpload::Sync,
         }
     }
@@ -520,6 +531,12 @@ impl Scenario {
             if !(0.0..=1.0).contains(&d.affects) {
                 return Err((
                     format!("deploys[{i}].affects"),
+                    "must be between 0 and 1".into(),
+                ));
+            }
+            if !(0.0..=1.0).contains(&d.unbounded) {
+                return Err((
+                    format!("deploys[{i}].unbounded"),
                     "must be between 0 and 1".into(),
                 ));
             }

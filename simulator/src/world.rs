@@ -27,6 +27,16 @@ use crate::streams::Streams;
 /// Seconds in a day: churn rates are per node (or exporter) per day.
 pub const DAY: f64 = 86_400.0;
 
+/// What a deploy changed.
+pub struct Deployed {
+    /// The environment's index.
+    pub env: usize,
+    /// The nodes whose catalog it changes.
+    pub affected: Vec<u32>,
+    /// The change cannot be bounded (the queue recompiles every node).
+    pub unbounded: bool,
+}
+
 /// The shared state of a run.
 pub struct World<'a> {
     /// The scenario.
@@ -312,9 +322,8 @@ impl<'a> World<'a> {
     }
 
     /// `Deploy(i, _)`: deploy `i`'s environment gets new code and the
-    /// catalogs it changes get a visible change. Returns the environment's
-    /// index.
-    pub fn deploy(&mut self, i: u32) -> usize {
+    /// catalogs it changes get a visible change.
+    pub fn deploy(&mut self, i: u32) -> Deployed {
         let s = self.scenario;
         let d = &s.deploys[i as usize];
         let env = s
@@ -324,16 +333,24 @@ impl<'a> World<'a> {
             .position(|e| *e == d.environment)
             .unwrap_or(0);
         let now = self.now;
-        for node in self
-            .nodes
-            .iter_mut()
-            .filter(|n| n.alive && usize::from(n.env) == env)
-        {
+        let mut affected = Vec::new();
+        for (n, node) in self.nodes.iter_mut().enumerate() {
+            if !node.alive || usize::from(node.env) != env {
+                continue;
+            }
             if self.rng.deploys.random::<f64>() < d.affects {
                 node.visible.push(Change::new(now, false));
+                affected.push(n as u32);
             }
         }
-        env
+        // (drawn only when it can hold: scenarios without it keep their
+        // random streams)
+        let unbounded = d.unbounded > 0.0 && self.rng.deploys.random::<f64>() < d.unbounded;
+        Deployed {
+            env,
+            affected,
+            unbounded,
+        }
     }
 
     /// After `Deploy(i, nth)`: schedules the deploy's next repetition, if

@@ -3,7 +3,7 @@
 
 use crate::fleet::Change;
 use crate::scenario::Scenario;
-use crate::world::World;
+use crate::world::{Deployed, World};
 
 /// How a policy reacts to what happens in the world. Every method gets the
 /// world with its clock at the event's time.
@@ -21,9 +21,8 @@ pub trait Model {
     /// A fact changed on `node`: `Some` if the catalog uses it (possibly an
     /// export), `None` if not.
     fn fact_changed(&mut self, w: &mut World, node: u32, change: Option<Change>);
-    /// New code in environment `env`; affected nodes already got a visible
-    /// change.
-    fn deployed(&mut self, w: &mut World, env: usize);
+    /// New code; the affected nodes already got a visible change.
+    fn deployed(&mut self, w: &mut World, deployed: &Deployed);
     /// A node's certificate was signed; it has a visible change (its first
     /// catalog).
     fn node_joined(&mut self, w: &mut World, node: u32);

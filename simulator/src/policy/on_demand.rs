@@ -21,7 +21,7 @@ use super::model::Model;
 use crate::engine::Event;
 use crate::fleet::{move_changes, Change, Changes};
 use crate::scenario::Scenario;
-use crate::world::World;
+use crate::world::{Deployed, World};
 
 /// Puppet Server's on-demand compiles in the list of policies.
 pub const DESCRIPTION: Description = Description {
@@ -225,7 +225,7 @@ impl Model for OnDemandModel {
         }
     }
 
-    fn deployed(&mut self, _w: &mut World, _env: usize) {}
+    fn deployed(&mut self, _w: &mut World, _deployed: &Deployed) {}
 
     fn node_joined(&mut self, _w: &mut World, _node: u32) {}
 

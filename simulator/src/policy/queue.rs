@@ -8,6 +8,8 @@
 //! `pcq sync` from cron: they upload facts that matter, and apply a cached
 //! catalog only when it changed (or right away when notified).
 
+use std::collections::HashSet;
+
 use scheduler::core::{
     BumpReason, Core, CoreError, Lane, LoadSample, MasterId, MasterSpec, NodeId, NodeState,
     NodeView, Outcome, Pending, Poll, Reason, Time,
@@ -20,7 +22,7 @@ use super::model::Model;
 use crate::engine::Event;
 use crate::fleet::{move_changes, Change};
 use crate::scenario::{FactUpload, Scenario};
-use crate::world::World;
+use crate::world::{Deployed, World};
 
 /// pcq's queue in the list of policies.
 pub const DESCRIPTION: Description = Description {
@@ -57,6 +59,7 @@ pub struct QueueModel {
     /// Something changed in the core since the last poll.
     dirty: bool,
     fact_filter: bool,
+    narrow_deploys: bool,
     immediate: bool,
     /// Urgent-lane starts after warm-up and the sum of their waits.
     urgent_waits: (u64, f64),
@@ -82,6 +85,7 @@ impl QueueModel {
             wakeup: None,
             dirty: true,
             fact_filter: s.queue.fact_filter,
+            narrow_deploys: s.queue.narrow_deploys,
             immediate: s.queue.fact_upload == FactUpload::Immediate,
             urgent_waits: (0, 0.0),
         };
@@ -203,8 +207,19 @@ impl Model for QueueModel {
         }
     }
 
-    fn deployed(&mut self, w: &mut World, env: usize) {
-        self.core.deploy(w.now, &w.scenario.fleet.environments[env]);
+    fn deployed(&mut self, w: &mut World, deployed: &Deployed) {
+        let env = &w.scenario.fleet.environments[deployed.env];
+        if self.narrow_deploys && !deployed.unbounded {
+            // the nodes whose catalogs reach the change: the affected ones
+            let moves: HashSet<NodeId> = deployed
+                .affected
+                .iter()
+                .filter_map(|&n| self.core_node[n as usize])
+                .collect();
+            self.core.deploy_to(w.now, env, |id| moves.contains(&id));
+        } else {
+            self.core.deploy(w.now, env);
+        }
         self.dirty = true;
     }
 

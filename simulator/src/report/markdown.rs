@@ -167,12 +167,20 @@ fn scenario_summary(s: &Scenario) -> String {
     for d in &s.deploys {
         let _ = writeln!(
             out,
-            "- deploy to {} at {}{}, changing {:.0}% of its catalogs",
+            "- deploy to {} at {}{}, changing {:.0}% of its catalogs{}",
             d.environment,
             secs(d.at),
             d.every
                 .map_or(String::new(), |e| format!(" and every {}", secs(e))),
-            d.affects * 100.0
+            d.affects * 100.0,
+            if d.unbounded > 0.0 {
+                format!(
+                    "; {:.0}% of deploys cannot be bounded (every node recompiles)",
+                    d.unbounded * 100.0
+                )
+            } else {
+                String::new()
+            }
         );
     }
     for h in &s.herds {
