@@ -36,6 +36,90 @@ fn analysis() -> Analysis {
         .unwrap_or_else(|e| panic!("analysis: {e}"))
 }
 
+#[test]
+fn the_code_snapshot_says_what_each_file_gives_and_catalogs_reach_it() {
+    let a = Analysis::run_with_snapshot(&default_ruby(), Path::new(ENV), &modulepath(), &[], None)
+        .unwrap_or_else(|e| panic!("analysis: {e}"));
+    let snapshot = a.snapshot.clone().expect("a snapshot");
+    let gives = |path: &str| -> Vec<String> {
+        snapshot
+            .files
+            .get(path)
+            .map(|f| f.gives.clone())
+            .unwrap_or_else(|| panic!("{path} not in the snapshot"))
+    };
+    let m = "/usr/share/puppet/modules";
+    assert_eq!(
+        gives(&format!("{m}/ntp/templates/ntp.conf.epp")),
+        ["template:ntp/ntp.conf.epp"]
+    );
+    assert_eq!(gives(&format!("{m}/ntp/manifests/init.pp")), ["class:ntp"]);
+    assert_eq!(
+        gives(&format!("{m}/host_core/lib/puppet/type/host.rb")),
+        ["type:host"]
+    );
+    assert_eq!(
+        gives(&format!(
+            "{m}/stdlib/lib/puppet/functions/ensure_packages.rb"
+        )),
+        ["function:ensure_packages"]
+    );
+    assert!(gives(&format!("{m}/ntp/metadata.json")).contains(&"files:ntp".to_string()));
+    assert_eq!(gives(&format!("{ENV}/manifests/site.pp")), ["global"]);
+    assert_eq!(gives(&format!("{ENV}/data/common.yaml")), ["global"]);
+    assert!(gives(&format!("{m}/apache/types/loglevel.pp"))[0].starts_with("alias:"));
+    // nothing unknown or unparsable among Debian's modules and the test code
+    for (path, f) in &snapshot.files {
+        assert!(
+            !f.gives.iter().any(|g| g == "unknown" || g == "unparsable"),
+            "{path}: {:?}",
+            f.gives
+        );
+    }
+    // a node with ntp reaches its template, its data and its resource types
+    let deps = a.for_catalog(
+        &["ntp".into(), "ntp::config".into()],
+        &["File".into(), "Service".into()],
+        Some(&Default::default()),
+    );
+    for name in [
+        "class:ntp",
+        "template:ntp/ntp.conf.epp",
+        "module_hiera:ntp",
+        "type:file",
+    ] {
+        assert!(
+            deps.code.names.contains(name),
+            "{name}: {:?}",
+            deps.code.names
+        );
+    }
+    assert_eq!(deps.code.open, None);
+    assert!(!deps.code.names.contains("class:apache"));
+    // defined() in Puppet code: a definition added or removed moves it
+    let info = a.for_catalog(
+        &["apache::mod::info".into()],
+        &[],
+        Some(&Default::default()),
+    );
+    assert!(info.code.asks_defined);
+    // a resource type nothing defines: code outside the analysis
+    let stray = a.for_catalog(
+        &["ntp".into()],
+        &["Nosuch::Thing".into()],
+        Some(&Default::default()),
+    );
+    assert!(
+        stray
+            .code
+            .open
+            .as_deref()
+            .is_some_and(|o| o.contains("nosuch::thing")),
+        "{:?}",
+        stray.code.open
+    );
+}
+
 /// The fact paths a unit reads, with the text of each source line.
 fn reads(a: &Analysis, table: &str, name: &str) -> Vec<(String, String)> {
     let unit = match table {
@@ -89,10 +173,30 @@ fn every_installed_module_is_analysed_and_known_reads_are_found() {
 
     let a = analysis();
     assert!(a.raw.errors.is_empty(), "unparsable: {:?}", a.raw.errors);
+    // every module directory Puppet loads (its name rule: Debian's
+    // saz-rsyslog is not one), and the test environment's own
+    let dirs: Vec<String> = std::fs::read_dir("/usr/share/puppet/modules")
+        .expect("modules")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    let loadable: Vec<&String> = dirs
+        .iter()
+        .filter(|d| {
+            d.starts_with(|c: char| c.is_ascii_lowercase())
+                && d.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+        .collect();
     assert!(
-        a.raw.modules.len() > installed,
-        "{} modules analysed for {installed} packages",
-        a.raw.modules.len()
+        loadable.len() + 1 >= installed,
+        "{loadable:?} of {installed} packages"
+    );
+    for m in loadable.iter().map(|d| d.as_str()).chain(["pcq_test"]) {
+        assert!(a.raw.modules.iter().any(|x| x == m), "{m} not analysed");
+    }
+    assert!(
+        !a.raw.modules.iter().any(|x| x == "rsyslog"),
+        "saz-rsyslog is not a module Puppet loads"
     );
     assert!(a.raw.files > 1000, "{} files", a.raw.files);
 

@@ -243,7 +243,10 @@ fn a_plan_states_the_masters_narrowed_deploys_save() {
     assert_eq!(n.masters, result.recommended(Policy::Queue, 600));
     let off = deploys("[queue]\nnarrow_deploys = false\n[plan]\nmasters = [2]\nreplications = 2");
     let result = plan(&off, &options, &|_, _| {}).expect("plan");
-    assert!(result.narrowing.is_empty(), "nothing to compare without narrowing");
+    assert!(
+        result.narrowing.is_empty(),
+        "nothing to compare without narrowing"
+    );
 }
 
 #[test]

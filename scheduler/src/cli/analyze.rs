@@ -29,7 +29,7 @@ pub async fn analyze(args: AnalyzeArgs) -> Result<()> {
         .filter(|h| h.is_file())
         .into_iter()
         .collect();
-    let analysis = Analysis::run_with_snapshot(&ruby, &envdir, &modulepath, &hiera)?;
+    let analysis = Analysis::run_with_snapshot(&ruby, &envdir, &modulepath, &hiera, None)?;
     emit(&report(&args, &analysis)?);
     if args.verify {
         let ssldir = args.ssldir.clone().unwrap_or(puppet.ssldir);

@@ -153,7 +153,8 @@ impl Dependencies {
         if s.hiera_config.is_file() {
             hiera.push(s.hiera_config.clone());
         }
-        Analysis::run_with_snapshot(&s.ruby, &dir, &s.modulepath, &hiera)
+        let earlier = self.baseline(environment);
+        Analysis::run_with_snapshot(&s.ruby, &dir, &s.modulepath, &hiera, earlier.as_deref())
             .map(|a| a.with_ignore(self.ignore.clone()))
     }
 
@@ -164,10 +165,7 @@ impl Dependencies {
         if let Some(known) = self.baselines.read().ok()?.get(environment) {
             return known.clone();
         }
-        let path = self
-            .baselines_dir
-            .as_ref()?
-            .join(format!("{environment}.json"));
+        let path = self.baseline_file(environment)?;
         let loaded = match std::fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<Snapshot>(&bytes) {
                 Ok(s) => Some(Arc::new(s)),
@@ -188,34 +186,63 @@ impl Dependencies {
     }
 
     /// Records the code `environment`'s catalogs reflect after a deploy
-    /// (None: not known; the next deploy moves every node).
+    /// (None: not known; the next deploy moves every node). The file is
+    /// removed at once and written again by [`Dependencies::persist_baseline`]
+    /// once the nodes the deploy moved are stored: a crash in between
+    /// leaves no baseline, never one the stored queue does not match.
     pub fn set_baseline(&self, environment: &str, snapshot: Option<Arc<Snapshot>>) {
-        if let Some(dir) = &self.baselines_dir {
-            let path = dir.join(format!("{environment}.json"));
-            let written = match &snapshot {
-                Some(s) => serde_json::to_vec(s.as_ref())
-                    .map_err(std::io::Error::other)
-                    .and_then(|bytes| {
-                        std::fs::create_dir_all(dir)?;
-                        crate::private_file::write(&path, &bytes)
-                    }),
-                None => match std::fs::remove_file(&path) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                    _ => Ok(()),
-                },
-            };
-            if let Err(e) = written {
-                // the next deploy must not trust a stale file
-                let _ = std::fs::remove_file(&path);
-                tracing::error!(
-                    "baseline {} not written ({e}): after a restart the next deploy of {environment} moves every node",
-                    path.display()
-                );
+        if let Some(path) = self.baseline_file(environment) {
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::error!(
+                        "stale baseline {} not removed ({e}): a restart may trust it",
+                        path.display()
+                    );
+                }
             }
         }
         if let Ok(mut b) = self.baselines.write() {
             b.insert(environment.to_string(), snapshot);
         }
+    }
+
+    /// Writes `snapshot` as `environment`'s baseline file, if it is still
+    /// the baseline (a later deploy may have replaced it meanwhile).
+    pub fn persist_baseline(&self, environment: &str, snapshot: &Arc<Snapshot>) {
+        let current = self
+            .baselines
+            .read()
+            .ok()
+            .and_then(|b| b.get(environment).cloned().flatten());
+        if !current.is_some_and(|c| Arc::ptr_eq(&c, snapshot)) {
+            return;
+        }
+        let Some(path) = self.baseline_file(environment) else {
+            return;
+        };
+        let written = serde_json::to_vec(snapshot.as_ref())
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                crate::private_file::write(&path, &bytes)
+            });
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&path);
+            tracing::error!(
+                "baseline {} not written ({e}): after a restart the next deploy of {environment} moves every node",
+                path.display()
+            );
+        }
+    }
+
+    fn baseline_file(&self, environment: &str) -> Option<PathBuf> {
+        Some(
+            self.baselines_dir
+                .as_ref()?
+                .join(format!("{environment}.json")),
+        )
     }
 
     /// Records the outcome of an analysis.

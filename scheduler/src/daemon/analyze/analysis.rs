@@ -62,6 +62,8 @@ pub struct Analysis {
     ignore: Option<Arc<Ignore>>,
     /// The code this analysis read (None: it could not be taken).
     pub snapshot: Option<Arc<Snapshot>>,
+    /// Resource types the modules define (lower case).
+    module_types: HashSet<String>,
 }
 
 impl Analysis {
@@ -80,15 +82,18 @@ impl Analysis {
     /// [`Analysis::run`], with a [`Snapshot`] of the code: hashed before
     /// the analyzer reads it, so that what the analysis saw is never newer
     /// than what the snapshot says.
+    /// `earlier`: the last snapshot, whose files outside the environment
+    /// and module path are hashed first too.
     pub fn run_with_snapshot(
         ruby: &str,
         envdir: &Path,
         modulepath: &[PathBuf],
         hiera: &[PathBuf],
+        earlier: Option<&Snapshot>,
     ) -> Result<Analysis, AnalyzeError> {
         let mut roots = vec![envdir.to_path_buf()];
         roots.extend(modulepath.iter().cloned());
-        let hashes = Snapshot::hash_roots(&roots);
+        let hashes = Snapshot::hash_roots(&roots, earlier);
         let analysis = Analysis::run(ruby, envdir, modulepath, hiera)?;
         let snapshot = Snapshot::new(envdir, hashes, &roots, &analysis.raw);
         Ok(analysis.with_snapshot(snapshot))
@@ -123,6 +128,13 @@ impl Analysis {
             .map(|k| (k.clone(), r.unit(Kind::Template, k)))
             .collect();
         let why = r.why;
+        let module_types = raw
+            .provides
+            .values()
+            .flatten()
+            .filter_map(|g| g.strip_prefix("type:"))
+            .map(str::to_string)
+            .collect();
         let collected = raw
             .collectors
             .iter()
@@ -139,6 +151,7 @@ impl Analysis {
             cache: Mutex::new(HashMap::new()),
             ignore: None,
             snapshot: None,
+            module_types,
         }
     }
 
@@ -304,6 +317,21 @@ impl Analysis {
             match &p.names {
                 Some(names) => starts.extend(names.iter().map(|n| (Kind::Template, n.clone()))),
                 None => any_template = true,
+            }
+        }
+        if !self.raw.builtin_types.is_empty() {
+            // a resource type neither Puppet's, a module's nor a defined
+            // type: code outside the analysis
+            let known = |t: &str| {
+                ["class", "node"].contains(&t)
+                    || self.defines.contains_key(t)
+                    || self.raw.builtin_types.iter().any(|b| b == t)
+                    || self.module_types.contains(t)
+            };
+            if let Some(t) = types.iter().map(|t| t.to_lowercase()).find(|t| !known(t)) {
+                open.get_or_insert_with(|| {
+                    format!("resource type {t} is not in the analysed code")
+                });
             }
         }
         let mut reach = Reach::walk(&self.raw, starts).with_types(types);

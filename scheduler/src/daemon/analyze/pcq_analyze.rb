@@ -114,7 +114,7 @@ module PcqAnalyze
     def self.new_unit
       {
         'facts' => [], 'all' => [], 'templates' => [], 'functions' => [], 'template_prefixes' => [],
-        'vars' => [], 'bound' => [], 'template_params' => []
+        'vars' => [], 'bound' => [], 'template_params' => [], 'opens' => []
       }
     end
 
@@ -179,11 +179,19 @@ module PcqAnalyze
       unit['all'] << { 'cause' => cause, 'file' => file, 'line' => line }
     end
 
+    # Code the analysis cannot follow (a function or template named at run
+    # time, a backend it does not read): any fact, and, for deploys, any
+    # code (the unit's nodes recompile on every deploy).
+    def opens(unit, cause, file, line)
+      widen(unit, cause, file, line)
+      unit['opens'] << { 'cause' => cause, 'file' => file, 'line' => line }
+    end
+
     # A file the parser refused: an error, and a widening of its unit.
     def unparsable(unit, file, error)
       message = error.message.lines.first.to_s.strip
       @out['errors'] << { 'file' => file, 'message' => message }
-      widen(unit, "unparsable: #{message}", file, 0)
+      opens(unit, "unparsable: #{message}", file, 0)
     end
 
     # What ERB `text` reads: at `file`:`line` (an inline template), or at
@@ -210,6 +218,7 @@ module PcqAnalyze
         when :function then unit['functions'] << value
         when :template then unit['templates'] << value
         when :any_template, :any_epp then unit[kind.to_s] = "#{value} (#{file}:#{at})"
+        when :opens then opens(unit, value, file, at)
         else widen(unit, value, file, at)
         end
       end
@@ -221,7 +230,7 @@ module PcqAnalyze
       @pending_erb.each do |unit, var, file, line|
         texts = var_texts(var)
         if texts.nil?
-          widen(unit, "inline_template() of $#{var}, not a literal", file, line)
+          opens(unit, "inline_template() of $#{var}, not a literal", file, line)
         else
           texts.each { |text| erb(unit, text, file, line) }
         end
@@ -741,7 +750,7 @@ module PcqAnalyze
 
       def scope_call_function(args, line)
         name = args && !args.empty? ? literal(args[0]) : nil
-        return widen('call_function() of a name computed at run time', line) unless name
+        return opens('call_function() of a name computed at run time', line) unless name
         # Scope#call_function takes an array, a 4.x function's call_function
         # the arguments themselves
         rest = args[1..]
@@ -769,13 +778,13 @@ module PcqAnalyze
             names.each { |t| @found << [:template, t, line] }
           end
         when 'getvar', 'fact'
-          return widen("#{name}() of a name computed at run time", line) unless first
+          return opens("#{name}() of a name computed at run time", line) unless first
           parts = PcqAnalyze.keys(first.sub(/\A::/, ''))
           if name == 'fact' then fact(parts, line)
           elsif parts[0] == 'facts' then parts.length > 1 ? fact(parts[1..], line) : widen("getvar('facts')", line)
           elsif !parts[0].include?('::') && !NOT_FACTS.include?(parts[0]) then fact(parts, line)
           end
-        when 'inline_template', 'inline_epp', 'call' then widen("#{name}() from Ruby", line)
+        when 'inline_template', 'inline_epp', 'call' then opens("#{name}() from Ruby", line)
         else @found << [:function, name, line]
         end
       end
@@ -802,6 +811,10 @@ module PcqAnalyze
 
       def widen(cause, line)
         @found << [:widen, cause, line]
+      end
+
+      def opens(cause, line)
+        @found << [:opens, cause, line]
       end
     end
   end
@@ -936,6 +949,10 @@ module PcqAnalyze
 
     def widen(t, cause, o)
       @result.widen(t, cause, @file, line(o))
+    end
+
+    def opens(t, cause, o)
+      @result.opens(t, cause, @file, line(o))
     end
 
     def literal(o)
@@ -1149,7 +1166,7 @@ module PcqAnalyze
       case fname
       when 'call'
         name = args[0] && literal(args[0])
-        return widen(t, 'call() of a function computed at run time', o) unless name
+        return opens(t, 'call() of a function computed at run time', o) unless name
         function(name.downcase.sub(/\A::/, ''), args[1..], t, o, path)
       when 'template', 'epp'
         # an ERB template's variables are the caller's: the names bound here
@@ -1171,7 +1188,9 @@ module PcqAnalyze
         name ? fact(t, PcqAnalyze.keys(name), o) : widen(t, 'fact() of a name computed at run time', o)
       when 'defined'
         # defined('$x') asks whether a variable is set; a type, class or
-        # resource reads none
+        # resource reads none, but its answer moves when one is added or
+        # removed (deploys)
+        t['functions'] << 'defined'
         args.each do |a|
           name = literal(a)
           if name&.start_with?('$')
@@ -1190,11 +1209,11 @@ module PcqAnalyze
     # in the caller's unit; any other text widens.
     def inline_epp(args, t, o)
       text = args[0] && literal(args[0])
-      return widen(t, 'inline_epp() of text computed at run time', o) unless text
+      return opens(t, 'inline_epp() of text computed at run time', o) unless text
       program = Puppet::Pops::Parser::EvaluatingParser::EvaluatingEppParser.new.parse_string(text, @file)
       Walker.new(@result, @file, program, t, @module).walk
     rescue StandardError, SyntaxError => e
-      widen(t, "inline_epp() the parser refused: #{e.message.lines.first.to_s.strip}", o)
+      opens(t, "inline_epp() the parser refused: #{e.message.lines.first.to_s.strip}", o)
     end
 
     # template(name...) or epp(name, params)
@@ -1251,7 +1270,7 @@ module PcqAnalyze
             # resolved at the end, once every class's assignments are known
             @result.pending_erb << [t, var, @file, line(o)]
           else
-            widen(t, 'inline_template() of text computed at run time', o)
+            opens(t, 'inline_template() of text computed at run time', o)
           end
         end
       end
@@ -1356,6 +1375,8 @@ module PcqAnalyze
       statements = body.is_a?(M::BlockExpression) ? body.statements : [body]
       loose = statements.any? { |s| !s.nil? && !s.is_a?(M::Definition) && !s.is_a?(M::Nop) }
       @result.provide(file, 'global') if loose
+      # comments only: nothing to load
+      @result.provide(file, 'inert') if program.definitions.empty? && !loose
     end
 
     def self.definition_label(d)
@@ -1394,7 +1415,11 @@ module PcqAnalyze
              File.basename(file, '.rb')
       mode = file.include?('/parser/functions/') ? :function3 : :function4
       by_path = file.sub(%r{.*/lib/puppet/(parser/)?functions/}, '').delete_suffix('.rb').gsub('/', '::')
-      [name, by_path].each { |n| @result.provide(file, "function:#{n.downcase}") }
+      if text =~ /newfunction|create_function/
+        [name, by_path].each { |n| @result.provide(file, "function:#{n.downcase}") }
+      else
+        @result.provide(file, 'lib') # a helper other functions load
+      end
       @result.ruby_reads(@result.unit('functions', name.downcase), RubyScan.code(text, mode), file)
     end
 
@@ -1426,11 +1451,11 @@ module PcqAnalyze
         end
         Array(doc[:backends] || doc[':backends'] || doc['backends']).each do |b|
           next if %w[yaml json eyaml].include?(b.to_s)
-          @result.widen(target, "Hiera 3 backend #{b}, code pcq does not read", config, 0)
+          @result.opens(target, "Hiera 3 backend #{b}, code pcq does not read", config, 0)
         end
         dirs = dirs.compact.map(&:to_s)
       rescue StandardError => e
-        @result.widen(target, "unreadable hiera.yaml: #{e.message.lines.first.to_s.strip}", config, 0)
+        @result.opens(target, "unreadable hiera.yaml: #{e.message.lines.first.to_s.strip}", config, 0)
       end
       scan_hiera_dirs(base, dirs, target, label)
     end
@@ -1447,16 +1472,18 @@ module PcqAnalyze
         hiera_read(target, read, "mapped_paths #{mapped[0]}", config, 0)
       end
       if level['hiera3_backend']
-        @result.widen(target, "Hiera 3 backend #{level['hiera3_backend']}, code pcq does not read", config, 0)
+        @result.opens(target, "Hiera 3 backend #{level['hiera3_backend']}, code pcq does not read", config, 0)
       end
       %w[data_hash lookup_key data_dig].each do |k|
         fn = level[k]
         next unless fn.is_a?(String) && !HIERA_BACKENDS.include?(fn)
-        if fn.include?('::')
-          target['functions'] << fn.downcase # a module's backend: its code is scanned
-        else
-          @result.widen(target, "Hiera backend #{k}: #{fn}, code pcq does not read", config, 0)
-        end
+        # a module's backend: its code is scanned, and a deploy changing it
+        # moves the nodes reading the layer
+        target['functions'] << fn.downcase
+        next if fn.include?('::')
+        # (a backend without a namespace may read the scope in ways the
+        # analysis of its code does not bound)
+        @result.widen(target, "Hiera backend #{k}: #{fn}, code pcq does not read", config, 0)
       end
     end
 
@@ -1479,6 +1506,10 @@ module PcqAnalyze
         parse_template(f, name, templates) if File.file?(f)
       end
       scan_functions(dir)
+      # resource types (a deploy changing one moves the catalogs using it)
+      Dir.glob(File.join(dir, 'lib', 'puppet', 'type', '*.rb')).sort.each do |f|
+        @result.provide(f, "type:#{File.basename(f, '.rb').downcase}")
+      end
       layer = @result.unit('module_hiera', name)
       scan_hiera(File.join(dir, 'hiera.yaml'), layer, "module_hiera:#{name}")
       # a module's data from its `data` function (metadata.json's
@@ -1564,7 +1595,8 @@ module PcqAnalyze
       modulepath(env_dir, base).each do |d|
         next unless File.directory?(d)
         Dir.children(d).sort.each do |m|
-          next if seen[m] || !File.directory?(File.join(d, m)) || m.start_with?('.')
+          # Puppet's own rule (Puppet::Module.is_module_directory_name?)
+          next if seen[m] || !File.directory?(File.join(d, m)) || m !~ /\A[a-z][a-z0-9_]*\z/
           seen[m] = true
           mods << [File.join(d, m), m]
         end
@@ -1690,6 +1722,7 @@ module PcqAnalyze
       result.out['module_dirs'] = mods
       result.out['modulepath'] = Environment.modulepath(env_dir, module_dirs)
       result.out['builtins'] = Main.builtin_functions
+      result.out['builtin_types'] = Main.builtin_types
       result.out['seconds'] = (Time.now - started).round(3)
       puts JSON.generate(result.out)
     end
@@ -1701,6 +1734,14 @@ module PcqAnalyze
         Dir.glob(File.join(d, 'puppet', '{functions,parser/functions}', '**', '*.rb')).map do |f|
           f.sub(%r{.*/puppet/(parser/)?functions/}, '').delete_suffix('.rb').gsub('/', '::')
         end
+      end.uniq.sort
+    end
+
+    # The resource types Puppet itself (and the gems on Ruby's load path)
+    # ship.
+    def self.builtin_types
+      $LOAD_PATH.flat_map do |d|
+        Dir.glob(File.join(d, 'puppet', 'type', '*.rb')).map { |f| File.basename(f, '.rb').downcase }
       end.uniq.sort
     end
 

@@ -40,6 +40,11 @@ pub struct Unit {
     /// Widenings to any fact.
     #[serde(default)]
     pub all: Vec<Widening>,
+    /// Code the analysis cannot follow (a function or template named at
+    /// run time, a Hiera backend it does not read, an unparsable file):
+    /// any code, for deploys. Each is also in `all`.
+    #[serde(default)]
+    pub opens: Vec<Widening>,
     /// (ERB template files) variables of the scope the template runs in:
     /// each is a fact unless the caller binds its name.
     #[serde(default)]
@@ -153,6 +158,10 @@ pub struct Raw {
     /// path.
     #[serde(default)]
     pub module_dirs: Vec<(String, String)>,
+    /// Resource types Puppet ships (lower case); empty when the analyzer
+    /// did not say. Modules' types are in `provides` (`type:x`).
+    #[serde(default)]
+    pub builtin_types: Vec<String>,
     /// Seconds the analyzer took.
     #[serde(default)]
     pub seconds: f64,

@@ -15,14 +15,21 @@ use super::raw::Raw;
 use super::resolve::{Kind, LOOKUPS};
 use super::snapshot::Change;
 
-/// Functions that read files of a module (its `files` directory, its
-/// `metadata.json`).
-const FILE_READERS: [&str; 5] = [
+/// Functions that read a module's files by path (its `files`, its
+/// `metadata.json`, its data or templates as plain files).
+const FILE_READERS: [&str; 12] = [
     "file",
     "binary_file",
     "find_file",
+    "find_template",
     "load_module_metadata",
     "stdlib::load_module_metadata",
+    "loadyaml",
+    "stdlib::loadyaml",
+    "loadjson",
+    "stdlib::loadjson",
+    "get_module_path",
+    "stdlib::get_module_path",
 ];
 
 /// The code a catalog reaches.
@@ -40,6 +47,9 @@ pub struct Reach {
     pub reads_files: bool,
     /// Calls `defined()`: adding or removing any definition may move it.
     pub asks_defined: bool,
+    /// Calls `lookup()` or the like: any module's Hiera data, a module's
+    /// new data included, may move it.
+    pub looks_up: bool,
     /// Why it reaches code outside the analysis (then every deploy moves
     /// it).
     pub open: Option<String>,
@@ -70,6 +80,11 @@ impl Reach {
                 let module = name.split("::").next().unwrap_or(&name);
                 queue.push_back((Kind::ModuleHiera, module.to_string()));
             }
+            if let Some(o) = unit.and_then(|u| u.opens.first()) {
+                reach
+                    .open
+                    .get_or_insert_with(|| format!("{}:{}: {}", o.file, o.line, o.cause));
+            }
             let Some(unit) = unit else {
                 if matches!(kind, Kind::Class | Kind::Define | Kind::Template) {
                     reach.open.get_or_insert_with(|| {
@@ -97,6 +112,7 @@ impl Reach {
                 reach.reads_files |= FILE_READERS.contains(&f.as_str());
                 reach.asks_defined |= f == "defined";
                 if LOOKUPS.contains(&f.as_str()) {
+                    reach.looks_up = true;
                     queue.extend(
                         raw.module_hiera
                             .keys()
@@ -139,8 +155,10 @@ impl Reach {
                 "template" => {
                     self.names.contains(name)
                         || self.any_template
+                        || self.reads_files
                         || self.template_prefixes.iter().any(|p| what.starts_with(p))
                 }
+                "module_hiera" => self.names.contains(name) || self.looks_up || self.reads_files,
                 _ => self.names.contains(name),
             };
             hit.then(|| match kind {
@@ -269,6 +287,20 @@ mod tests {
             ..Change::default()
         };
         assert_eq!(ntp.moved_by(&every).as_deref(), Some("site.pp changed"));
+        // code the analyzer could not follow (call($f)) opens its nodes
+        let mut called = unit(&[], &[]);
+        called.opens.push(crate::daemon::analyze::raw::Widening {
+            cause: "call() of a function computed at run time".into(),
+            file: "x.pp".into(),
+            line: 3,
+        });
+        raw.classes.insert("dyn".into(), called);
+        let r = Reach::walk(&raw, [(Kind::Class, "dyn".to_string())]);
+        assert!(r.open.as_deref().is_some_and(|o| o.contains("x.pp:3")), "{:?}", r.open);
+        // a lookup reaches a module's data the old analysis did not know
+        let ssh = Reach::walk(&raw, [(Kind::Class, "ssh".to_string())]);
+        assert!(ssh.moved_by(&change(&["module_hiera:brand_new"])).is_some());
+        assert!(ntp.moved_by(&change(&["module_hiera:brand_new"])).is_none());
         let typed = ntp.with_types(&["File".into(), "Ntp_key".into()]);
         assert!(typed.moved_by(&change(&["type:ntp_key"])).is_some());
     }

@@ -30,6 +30,9 @@ use super::raw::Raw;
 /// Directories deeper than this are not walked (a symlink loop).
 const MAX_DEPTH: usize = 32;
 
+/// The start of the hash of a file or directory that could not be read.
+const UNREADABLE: &str = "unreadable: ";
+
 /// One file of the code.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
@@ -107,11 +110,19 @@ impl fmt::Display for Status {
 
 impl Snapshot {
     /// Content hashes of every file under `roots` (directories starting
-    /// with `.` skipped), taken before the analysis reads them.
-    pub fn hash_roots(roots: &[PathBuf]) -> BTreeMap<String, String> {
+    /// with `.` skipped), and of the `earlier` snapshot's files outside
+    /// them (global Hiera, module directories environment.conf names),
+    /// taken before the analysis reads them.
+    pub fn hash_roots(roots: &[PathBuf], earlier: Option<&Snapshot>) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         for root in roots {
             walk(root, 0, &mut out);
+        }
+        for path in earlier.into_iter().flat_map(|s| s.files.keys()) {
+            let p = Path::new(path);
+            if !roots.iter().any(|r| p.starts_with(r)) && !out.contains_key(path) {
+                out.insert(path.clone(), hash_file(p));
+            }
         }
         out
     }
@@ -198,6 +209,16 @@ impl Snapshot {
             });
         }
         change.definitions_moved = self.definitions() != new.definitions();
+        // a file (or directory) pcq cannot read may have changed unseen
+        if let Some((path, f)) = new
+            .files
+            .iter()
+            .find(|(_, f)| f.sha256.starts_with(UNREADABLE))
+        {
+            change
+                .unbounded
+                .push(format!("{path}: pcq cannot read it ({})", f.sha256));
+        }
         change
     }
 
@@ -262,6 +283,10 @@ fn bounded(what: &str) -> Bound {
     let (kind, name) = what.split_once(':').unwrap_or((what, ""));
     match kind {
         "inert" => Bound::Inert,
+        // environment.conf's environment_data_provider = function
+        "function" if name == "environment::data" => {
+            Bound::Every("the environment's data function (environment Hiera)".into())
+        }
         "class" | "define" | "function" | "template" | "module_hiera" | "type" | "files" => {
             Bound::Name
         }
@@ -440,8 +465,17 @@ fn walk(dir: &Path, depth: usize, out: &mut BTreeMap<String, String>) {
     if depth > MAX_DEPTH {
         return;
     }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        // (a module path entry that does not exist holds nothing)
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => {
+            out.insert(
+                dir.to_string_lossy().into_owned(),
+                format!("{UNREADABLE}{e}"),
+            );
+            return;
+        }
     };
     for entry in entries.flatten() {
         let path = entry.path();
@@ -462,7 +496,7 @@ fn walk(dir: &Path, depth: usize, out: &mut BTreeMap<String, String>) {
 fn hash_file(path: &Path) -> String {
     match std::fs::read(path) {
         Ok(bytes) => hex::encode(Sha256::digest(&bytes)),
-        Err(e) => format!("unreadable: {e}"),
+        Err(e) => format!("{UNREADABLE}{e}"),
     }
 }
 
@@ -544,6 +578,16 @@ mod tests {
     }
 
     #[test]
+    fn a_file_pcq_cannot_read_is_unbounded_even_unchanged() {
+        let gone = snapshot(&[(
+            "/m/a/lib/puppet/type/x.rb",
+            entry("unreadable: denied", &["type:x"]),
+        )]);
+        let c = gone.diff(&gone);
+        assert!(c.unbounded[0].contains("cannot read"), "{:?}", c.unbounded);
+    }
+
+    #[test]
     fn a_module_that_moves_on_the_module_path_is_unbounded() {
         let mut old = snapshot(&[]);
         old.modules.insert("ntp".into(), "/base/ntp".into());
@@ -595,10 +639,10 @@ mod tests {
         std::fs::create_dir_all(root.join(".git")).expect("mkdir");
         std::fs::write(root.join("m/templates/a.erb"), "one").expect("write");
         std::fs::write(root.join(".git/HEAD"), "ref").expect("write");
-        let a = Snapshot::hash_roots(std::slice::from_ref(&root));
+        let a = Snapshot::hash_roots(std::slice::from_ref(&root), None);
         assert_eq!(a.len(), 1, "{a:?}");
         std::fs::write(root.join("m/templates/a.erb"), "two").expect("write");
-        let b = Snapshot::hash_roots(std::slice::from_ref(&root));
+        let b = Snapshot::hash_roots(std::slice::from_ref(&root), None);
         assert_ne!(a, b);
     }
 }

@@ -107,14 +107,25 @@ pub struct Decision {
     pub baseline: Option<Arc<Snapshot>>,
 }
 
+/// A node of the environment, as a deploy sees it.
+pub struct Member {
+    /// The node.
+    pub id: NodeId,
+    /// What its last catalog depends on (None: not known).
+    pub deps: Option<Arc<NodeDeps>>,
+    /// A compile of it is running: it may have read the code before or
+    /// after the deploy wrote it, and its answer will be read with the new
+    /// analysis, so it compiles again.
+    pub compiling: bool,
+}
+
 /// Decides a deploy of `environment` whose new code was analysed as
-/// `analysis` (Err: why not), against `baseline`, for its `members` with
-/// what their catalogs depend on.
+/// `analysis` (Err: why not), against `baseline`, for its `members`.
 pub fn decide(
     environment: &str,
     baseline: Option<&Snapshot>,
     analysis: Result<&Analysis, &str>,
-    members: &[(NodeId, Option<Arc<NodeDeps>>)],
+    members: &[Member],
 ) -> Decision {
     let new = match analysis {
         Ok(a) => a
@@ -132,14 +143,17 @@ pub fn decide(
     };
     let mut moves = HashSet::new();
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    for (id, deps) in members {
-        let why = match (&change, deps) {
+    for m in members {
+        let why = match (&change, &m.deps) {
             (Err(e), _) => Some(e.clone()),
+            (Ok(c), _) if m.compiling && !c.is_empty() => {
+                Some("compiling while the code changed".to_string())
+            }
             (Ok(_), None) => Some("no analysed catalog".to_string()),
             (Ok(c), Some(d)) => d.code.moved_by(c),
         };
         if let Some(why) = why {
-            moves.insert(*id);
+            moves.insert(m.id);
             *reasons.entry(why).or_default() += 1;
         }
     }
@@ -214,12 +228,20 @@ mod tests {
         NodeId(n)
     }
 
+    fn member(n: u32, deps: Option<Arc<NodeDeps>>) -> Member {
+        Member {
+            id: id(n),
+            deps,
+            compiling: false,
+        }
+    }
+
     #[test]
     fn only_nodes_reaching_the_change_move() {
-        let members = vec![
-            (id(0), node(&["template:ntp/ntp.conf.erb"])),
-            (id(1), node(&["class:ssh"])),
-            (id(2), None),
+        let mut members = vec![
+            member(0, node(&["template:ntp/ntp.conf.erb"])),
+            member(1, node(&["class:ssh"])),
+            member(2, None),
         ];
         let old = snapshot("a");
         let d = decide("production", Some(&old), Ok(&analysis("b")), &members);
@@ -240,11 +262,21 @@ mod tests {
             [id(2)].into(),
             "nothing changed: only the unknown node"
         );
+        // a compile running when the code changed may have read either
+        members[1].compiling = true;
+        let d = decide("production", Some(&old), Ok(&analysis("b")), &members);
+        assert_eq!(d.moves, [id(0), id(1), id(2)].into());
+        let same = decide("production", Some(&old), Ok(&analysis("a")), &members);
+        assert_eq!(
+            same.moves,
+            [id(2)].into(),
+            "nothing changed: it compiles on"
+        );
     }
 
     #[test]
     fn without_a_baseline_or_an_analysis_every_node_moves() {
-        let members = vec![(id(0), node(&["class:ssh"])), (id(1), node(&[]))];
+        let members = vec![member(0, node(&["class:ssh"])), member(1, node(&[]))];
         let first = decide("production", None, Ok(&analysis("a")), &members);
         assert!(!first.report.narrowed);
         assert_eq!(first.moves.len(), 2);

@@ -289,6 +289,9 @@ impl Driver {
                 result,
             } => {
                 let (replies, more) = self.waiting_deploys.ended(&environment);
+                if replies.is_empty() && !more {
+                    self.code_changed_without_deploy(&environment, &result);
+                }
                 if !replies.is_empty() {
                     // before the router reads the nodes' links anew: the
                     // decision is on what their catalogs reached
@@ -332,6 +335,34 @@ impl Driver {
         }
     }
 
+    /// An analysis no deploy asked for (at start, for a new environment)
+    /// found code the baseline does not have: it changed without a deploy
+    /// (while pcq was down, or a deploy hook failed), and some catalogs
+    /// may have been compiled from code no snapshot saw. The baseline is
+    /// dropped: the next deploy moves every node.
+    fn code_changed_without_deploy(
+        &mut self,
+        environment: &str,
+        result: &Result<std::sync::Arc<crate::daemon::analyze::Analysis>, String>,
+    ) {
+        let Some(baseline) = self.parts.deps.baseline(environment) else {
+            return;
+        };
+        let change = match result.as_ref().map(|a| a.snapshot.as_ref()) {
+            Ok(Some(snapshot)) => baseline.diff(snapshot),
+            _ => return,
+        };
+        if change.names.is_empty() && change.unbounded.is_empty() && !change.definitions_moved {
+            return;
+        }
+        tracing::warn!(
+            "the code of {environment} changed since its last deploy without a deploy ({} files, first: {}); the next deploy moves every node",
+            change.files.len(),
+            change.files.first().map(|f| f.path.as_str()).unwrap_or("?")
+        );
+        self.parts.deps.set_baseline(environment, None);
+    }
+
     /// Moves the nodes of `environment` the new code (analysed as
     /// `analysis`) may change to the deploy lane; the deploy's report.
     fn deploy(
@@ -343,12 +374,13 @@ impl Driver {
             .core
             .node_ids()
             .filter(|&id| self.environment_of(id) == environment)
-            .map(|id| {
-                let deps = self
+            .map(|id| deploys::Member {
+                id,
+                deps: self
                     .nodes
                     .get(id)
-                    .and_then(|info| self.parts.deps.node(&info.certname));
-                (id, deps)
+                    .and_then(|info| self.parts.deps.node(&info.certname)),
+                compiling: self.running.contains_key(&id),
             })
             .collect();
         let baseline = self.parts.deps.baseline(environment);
@@ -361,6 +393,32 @@ impl Driver {
         self.parts
             .deps
             .set_baseline(environment, decision.baseline.clone());
+        // the baseline file follows once the moved nodes are stored
+        let rows: Vec<Write> = moves
+            .iter()
+            .filter_map(|&id| {
+                Some(Write::Node {
+                    certname: self.nodes.get(id)?.certname.to_string(),
+                    view: self.core.view(id)?,
+                })
+            })
+            .collect();
+        if let Some(snapshot) = decision.baseline.clone() {
+            let (store, deps) = (self.parts.store.clone(), self.parts.deps.clone());
+            let env = environment.to_string();
+            tokio::spawn(async move {
+                let stored = match rows.is_empty() {
+                    true => Ok(()),
+                    false => store.write_finally(rows).await,
+                };
+                match stored {
+                    Ok(()) => deps.persist_baseline(&env, &snapshot),
+                    Err(e) => tracing::error!(
+                        "deploy of {env}: the moved nodes were not stored ({e}); no baseline kept, the next deploy moves every node"
+                    ),
+                }
+            });
+        }
         let mut report = decision.report;
         report.nodes = n;
         let metrics = &self.parts.metrics;
