@@ -900,6 +900,7 @@ async fn a_deploy_recompiles_only_the_nodes_reaching_what_changed() {
         (json!(0), json!(1)),
         "{inert}"
     );
+    spared_stay(names.clone()).await;
     // 3. one module's template: only the nodes with that module's classes
     let template = ntp.join("templates/ntp.conf.epp");
     let mut text = std::fs::read_to_string(&template).expect("template");
