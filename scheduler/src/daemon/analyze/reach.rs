@@ -296,7 +296,11 @@ mod tests {
         });
         raw.classes.insert("dyn".into(), called);
         let r = Reach::walk(&raw, [(Kind::Class, "dyn".to_string())]);
-        assert!(r.open.as_deref().is_some_and(|o| o.contains("x.pp:3")), "{:?}", r.open);
+        assert!(
+            r.open.as_deref().is_some_and(|o| o.contains("x.pp:3")),
+            "{:?}",
+            r.open
+        );
         // a lookup reaches a module's data the old analysis did not know
         let ssh = Reach::walk(&raw, [(Kind::Class, "ssh".to_string())]);
         assert!(ssh.moved_by(&change(&["module_hiera:brand_new"])).is_some());
