@@ -19,7 +19,7 @@ use crate::daemon::store::StoreError;
 
 use super::compile::Compiled;
 use super::links::Reloaded;
-use super::view::{NodeStatus, QueueView};
+use super::view::{DeployReport, NodeStatus, QueueView};
 
 /// Where the answer to a request goes.
 pub type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
@@ -75,7 +75,7 @@ pub enum Command {
         /// What the deploy moved and why, once the new code is analysed;
         /// an unknown environment without `new` is an error (a typo in a
         /// deploy hook must not pass unnoticed).
-        reply: Reply<super::deploys::DeployReport>,
+        reply: Reply<DeployReport>,
     },
     /// The CA's signed and revoked certnames.
     Ca {

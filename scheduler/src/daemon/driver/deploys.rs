@@ -13,38 +13,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use crate::core::NodeId;
 use crate::daemon::analyze::{Analysis, NodeDeps, Snapshot};
 
 use super::command::Reply;
+use super::view::DeployReport;
 
 /// Changed files listed in a report, at most.
 const FILES_SHOWN: usize = 50;
-
-/// What a deploy did, as `pcq deploy` prints it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct DeployReport {
-    /// The environment.
-    pub environment: String,
-    /// Nodes moved to the deploy lane or marked to recompile after their
-    /// running compile (nodes already queued are not counted).
-    pub nodes: usize,
-    /// Nodes whose catalog the new code may change.
-    pub affected: usize,
-    /// Nodes of the environment.
-    pub members: usize,
-    /// Only the affected nodes move (false: the deploy could not be
-    /// bounded and every node moves).
-    pub narrowed: bool,
-    /// Why nodes move, with how many for each reason, most first.
-    pub reasons: Vec<(String, usize)>,
-    /// Files changed since the last deploy.
-    pub changed_files: usize,
-    /// The first of them: `changed path`, `added path`, `removed path`.
-    pub changed: Vec<String>,
-}
 
 /// A deploy waiting for its analysis.
 struct Waiting {

@@ -53,11 +53,10 @@ use crate::daemon::notify::Notice;
 use crate::daemon::store::{StoreError, StoredNode, Write};
 
 pub use command::{ApiError, Command, FactsOutcome, FactsUpload, Reply};
-pub use deploys::DeployReport;
 pub use masters::MasterSlot;
 pub use parts::Parts;
 pub use restore::RestoreError;
-pub use view::{LaneView, MasterView, NodeStatus, QueueView, RunningView};
+pub use view::{DeployReport, LaneView, MasterView, NodeStatus, QueueView, RunningView};
 
 use compile::{CompileJob, Compiled};
 use deploys::Deploys;

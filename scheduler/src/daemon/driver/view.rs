@@ -54,6 +54,29 @@ pub struct NodeStatus {
     pub code_version: Option<String>,
 }
 
+/// What a deploy did, as `pcq deploy` prints it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeployReport {
+    /// The environment.
+    pub environment: String,
+    /// Nodes moved to the deploy lane or marked to recompile after their
+    /// running compile (nodes already queued are not counted).
+    pub nodes: usize,
+    /// Nodes whose catalog the new code may change.
+    pub affected: usize,
+    /// Nodes of the environment.
+    pub members: usize,
+    /// Only the affected nodes move (false: the deploy could not be
+    /// bounded and every node moves).
+    pub narrowed: bool,
+    /// Why nodes move, with how many for each reason, most first.
+    pub reasons: Vec<(String, usize)>,
+    /// Files changed since the last deploy.
+    pub changed_files: usize,
+    /// The first of them: `changed path`, `added path`, `removed path`.
+    pub changed: Vec<String>,
+}
+
 /// The queue, as `GET /v1/queue` and `pcq queue` show it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct QueueView {
