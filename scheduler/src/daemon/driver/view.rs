@@ -1,7 +1,7 @@
-//! What the API shows of the queue and of a node: the views of
-//! `GET /v1/queue` (`pcq queue`) and `GET /v1/nodes/{certname}/status`
-//! (`pcq status NODE`), and how they are put together from the core's
-//! state and the driver's.
+//! What the API shows of the queue, of a node and of a deploy: the views
+//! of `GET /v1/queue` (`pcq queue`), `GET /v1/nodes/{certname}/status`
+//! (`pcq status NODE`) and `POST /v1/deploys` (`pcq deploy`), and how the
+//! first two are put together from the core's state and the driver's.
 //!
 //! The CLI reads these same types back, so the wire format has one
 //! definition.
