@@ -337,12 +337,7 @@ pub fn plan(
     for &policy in &options.policies {
         for &nodes in &sizes {
             for &m in &masters {
-                let mut runs = Vec::with_capacity(reps as usize);
-                for _ in 0..reps {
-                    if let Some(r) = it.next().flatten() {
-                        runs.push(r?);
-                    }
-                }
+                let runs = next_runs(&mut it, reps)?;
                 let stats = PointStats::of(&runs);
                 let slos = check_slos(scenario, &stats);
                 points.push(Point {
@@ -436,12 +431,7 @@ fn narrowing(
     for &nodes in sizes {
         let mut without: Vec<(u32, PointStats, bool)> = Vec::new();
         for &m in masters {
-            let mut runs = Vec::with_capacity(reps as usize);
-            for _ in 0..reps {
-                if let Some(r) = it.next().flatten() {
-                    runs.push(r?);
-                }
-            }
+            let runs = next_runs(&mut it, reps)?;
             let stats = PointStats::of(&runs);
             let met = check_slos(scenario, &stats).iter().all(|c| c.met);
             without.push((m, stats, met));
@@ -516,12 +506,7 @@ fn filtering(
     let mut it = results.into_iter();
     let mut out = Vec::new();
     for with in at {
-        let mut runs = Vec::with_capacity(reps as usize);
-        for _ in 0..reps {
-            if let Some(r) = it.next().flatten() {
-                runs.push(r?);
-            }
-        }
+        let runs = next_runs(&mut it, reps)?;
         let without = PointStats::of(&runs);
         out.push(Filtering {
             nodes: with.nodes,
@@ -533,6 +518,15 @@ fn filtering(
         });
     }
     Ok(out)
+}
+
+/// The next `reps` results of a sweep (one point's replications); the
+/// first error, if a run failed.
+fn next_runs(
+    it: &mut impl Iterator<Item = Option<Result<RunResult, CoreError>>>,
+    reps: u32,
+) -> Result<Vec<RunResult>, CoreError> {
+    it.take(reps as usize).flatten().collect()
 }
 
 /// Runs `jobs` on `threads` threads; results by job index, so thread

@@ -396,11 +396,16 @@ impl Metrics {
 
     /// Counts one of a one-label counter family.
     pub fn count(family: &Family<ResultLabel, Counter>, label: &str) {
+        Metrics::count_by(family, label, 1);
+    }
+
+    /// Adds `n` to the counter of `label`.
+    pub fn count_by(family: &Family<ResultLabel, Counter>, label: &str, n: u64) {
         family
             .get_or_create(&ResultLabel {
                 result: label.into(),
             })
-            .inc();
+            .inc_by(n);
     }
 }
 

@@ -96,6 +96,11 @@ impl Change {
     pub fn is_empty(&self) -> bool {
         self.files.is_empty() && self.unbounded.is_empty()
     }
+
+    /// Something besides inert files changed (documentation, tests...).
+    pub fn touches_code(&self) -> bool {
+        !self.names.is_empty() || !self.unbounded.is_empty() || self.definitions_moved
+    }
 }
 
 impl fmt::Display for Status {

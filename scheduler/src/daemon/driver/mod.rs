@@ -351,7 +351,7 @@ impl Driver {
             Ok(Some(snapshot)) => baseline.diff(snapshot),
             _ => return,
         };
-        if change.names.is_empty() && change.unbounded.is_empty() && !change.definitions_moved {
+        if !change.touches_code() {
             return;
         }
         tracing::warn!(
@@ -427,17 +427,9 @@ impl Driver {
             "every_node"
         };
         Metrics::count(&metrics.deploys, result);
-        for (label, count) in [
-            ("moved", report.affected),
-            ("spared", report.members - report.affected),
-        ] {
-            metrics
-                .deploy_nodes
-                .get_or_create(&crate::daemon::metrics::ResultLabel {
-                    result: label.into(),
-                })
-                .inc_by(count as u64);
-        }
+        Metrics::count_by(&metrics.deploy_nodes, "moved", report.affected as u64);
+        let spared = report.members - report.affected;
+        Metrics::count_by(&metrics.deploy_nodes, "spared", spared as u64);
         let why: Vec<String> = report
             .reasons
             .iter()
