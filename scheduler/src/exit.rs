@@ -13,6 +13,9 @@ pub const CONFIG: u8 = 3;
 /// `pcq-sim plan --check`: the scenario's master count misses an SLO (a
 /// verdict, not a failure to run).
 pub const SLO_MISSED: u8 = 5;
+/// `pcq-sim check`: a prediction is further from what was measured than
+/// the tolerance (a verdict on the model's inputs, not a failure to run).
+pub const PREDICTION_OFF: u8 = 6;
 /// `pcq sync`: the catalog could not be applied (or the plugins it needs
 /// could not be fetched); the node runs what it ran before.
 pub const APPLY: u8 = 4;

@@ -5,6 +5,8 @@
 //! - [`toml_file`]: TOML files whose errors name the line and key (the
 //!   daemon's config, the simulator's scenarios); [`exit`]: the exit
 //!   statuses both programs share.
+//! - [`calibration`]: what `pcq calibrate` measured on a Puppet Server,
+//!   the data `pcq-sim fit` and `pcq-sim check` read.
 //!
 //! Behind the feature `daemon` (on by default), everything that does I/O:
 //!
@@ -18,8 +20,9 @@
 //!   hold secrets, written 0600, atomically and durably.
 //!
 //! Arrows only run downward: `cli` -> `sync` -> `daemon` -> `puppet_conf`, `private_file`,
-//! `toml_file`, `exit`, `core`; `scripts/check-module-graph` checks it.
+//! `toml_file`, `exit`, `calibration`, `core`; `scripts/check-module-graph` checks it.
 
+pub mod calibration;
 pub mod core;
 pub mod exit;
 pub mod toml_file;

@@ -18,8 +18,11 @@
 //!   it reports ([`metrics::RunResult`]);
 //! - [`plan`], [`report`], [`plot`]: sweeps, confidence intervals, SLOs
 //!   and the written report;
-//! - [`theory`]: the formulas the simulator is checked against.
+//! - [`theory`]: the formulas the simulator is checked against;
+//! - [`calibration`]: the master model fitted to, and checked against, what
+//!   `pcq calibrate` measured on a real Puppet Server.
 
+pub mod calibration;
 pub mod distribution;
 pub mod engine;
 pub mod fleet;

@@ -12,7 +12,10 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use scheduler::calibration::Measurement;
 use scheduler::exit;
+use simulator::calibration;
+use simulator::distribution::CompileTime;
 use simulator::metrics::RunResult;
 use simulator::plan::{plan, PlanOptions};
 use simulator::policy::Policy;
@@ -99,6 +102,29 @@ enum Command {
         /// Worker threads (default: every core).
         #[arg(long)]
         jobs: Option<usize>,
+    },
+    /// Fit the master model to a capacity curve measured by `pcq
+    /// calibrate`: prints the `[compile]` and `[masters]` tables of a
+    /// scenario, with the fit in comments.
+    Fit {
+        /// The measurement (JSON written by `pcq calibrate`).
+        measurement: PathBuf,
+        /// Write the tables here instead of printing them (and, when the
+        /// compile times need an empirical distribution, its CSV beside).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Predict every run of a measurement (`pcq calibrate`, with herds and
+    /// loops) with a scenario's `[compile]` and `[masters]`, and print
+    /// measured, predicted and error side by side.
+    Check {
+        /// The scenario whose master model is checked.
+        scenario: PathBuf,
+        /// The measurement (JSON written by `pcq calibrate`).
+        measurement: PathBuf,
+        /// Exit with status 6 when a figure is further off than this share.
+        #[arg(long, default_value_t = 0.15)]
+        tolerance: f64,
     },
 }
 
@@ -237,7 +263,73 @@ fn execute(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Fit { measurement, out } => {
+            let m = read_measurement(&measurement)?;
+            let fit = calibration::fit(&m).with_context(|| format!("{}", measurement.display()))?;
+            let text = calibration::tables(&fit, &m);
+            match out {
+                Some(out) => {
+                    std::fs::write(&out, &text)
+                        .with_context(|| format!("writing {}", out.display()))?;
+                    if let CompileTime::Empirical { csv, .. } = &fit.model.compile {
+                        let path = out.parent().unwrap_or(std::path::Path::new(".")).join(csv);
+                        let rows: String = fit.samples.iter().map(|s| format!("{s}\n")).collect();
+                        std::fs::write(&path, format!("seconds\n{rows}"))
+                            .with_context(|| format!("writing {}", path.display()))?;
+                    }
+                    println!("{}", calibration::table(&fit.rows));
+                    println!("wrote {}", out.display());
+                }
+                None => print!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check {
+            scenario,
+            measurement,
+            tolerance,
+        } => {
+            let s = Scenario::load(&scenario)?;
+            let m = read_measurement(&measurement)?;
+            let model = calibration::MasterModel {
+                compile: s.compile.clone(),
+                slots: s.masters.slots,
+                cores: s.masters.cores,
+                background: s.masters.background_load,
+            };
+            let rows = calibration::check(&model, &m);
+            print!("{}", calibration::table(&rows));
+            // the curve's rows are the fit's residuals: with other runs
+            // beside them, those are what is checked
+            let checked = |r: &&calibration::Row| !r.curve || rows.iter().all(|r| r.curve);
+            let off: Vec<String> = rows
+                .iter()
+                .filter(checked)
+                .filter(|r| r.worst() > tolerance)
+                .map(|r| format!("{} ({:.1}%)", r.experiment.label(), r.worst() * 100.0))
+                .collect();
+            if !off.is_empty() {
+                eprintln!(
+                    "pcq-sim: check failed: further than {:.0}% from the measured: {}",
+                    tolerance * 100.0,
+                    off.join(", ")
+                );
+                return Ok(ExitCode::from(exit::PREDICTION_OFF));
+            }
+            println!(
+                "check: every prediction within {:.0}% of the measured",
+                tolerance * 100.0
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// A measurement `pcq calibrate` wrote.
+fn read_measurement(path: &std::path::Path) -> Result<Measurement> {
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&text)
+        .with_context(|| format!("{}: not a measurement of pcq calibrate", path.display()))
 }
 
 /// The built-in scenario: the same text as scenarios/example.toml.
@@ -306,6 +398,9 @@ fn table(results: &[RunResult]) -> String {
     }));
     out.push_str(&row("queue wait mean/p95", &|r| {
         two(r.queue_wait.mean, r.queue_wait.p95)
+    }));
+    out.push_str(&row("catalog latency p50/p95", &|r| {
+        two(r.request_latency.p50, r.request_latency.p95)
     }));
     out.push_str(&row("agent runs (failed)", &|r| {
         format!("{} ({})", r.agent_runs, r.failed_runs.total)

@@ -27,11 +27,15 @@ pub type Completion = (Time, u32, u32);
 struct Job {
     key: u32,
     work_left: f64,
+    started: Time,
 }
 
 /// One master's CPU, compiles and load.
 #[derive(Clone, Debug)]
 pub struct SimMaster {
+    /// Compiles that run at full speed at once: the cores, or the
+    /// parallelism `pcq calibrate` measured (a real server reaches less
+    /// than its core count).
     cores: f64,
     background: f64,
     /// Whether it is reachable.
@@ -58,10 +62,11 @@ fn after(now: Time, secs: f64) -> Time {
 }
 
 impl SimMaster {
-    /// A master with `cores` cores and `background` runnable processes.
-    pub fn new(cores: u32, background: f64, measure_from: Time) -> SimMaster {
+    /// A master with `cores` cores (at least 1; fractional: an effective
+    /// parallelism) and `background` runnable processes.
+    pub fn new(cores: f64, background: f64, measure_from: Time) -> SimMaster {
         SimMaster {
-            cores: f64::from(cores.max(1)),
+            cores: cores.max(1.0),
             background,
             up: true,
             jobs: Vec::new(),
@@ -127,6 +132,7 @@ impl SimMaster {
         self.jobs.push(Job {
             key,
             work_left: work.max(0.0),
+            started: now,
         });
         let rate = self.rate_with(self.jobs.len());
         if rate == before {
@@ -136,29 +142,28 @@ impl SimMaster {
         }
     }
 
-    /// The completion event (`generation`, `key`) fired. Returns whether it
-    /// was current (the compile is done); pushes events to schedule again
-    /// if the speed changed.
+    /// The completion event (`generation`, `key`) fired. Returns when the
+    /// compile started if the event was current (the compile is done);
+    /// pushes events to schedule again if the speed changed.
     pub fn complete(
         &mut self,
         now: Time,
         generation: u32,
         key: u32,
         out: &mut Vec<Completion>,
-    ) -> bool {
+    ) -> Option<Time> {
         if generation != self.generation {
-            return false;
+            return None;
         }
-        let Some(i) = self.jobs.iter().position(|j| j.key == key) else {
-            return false;
-        };
+        let i = self.jobs.iter().position(|j| j.key == key)?;
+        let started = self.jobs[i].started;
         self.advance(now);
         let before = self.rate_with(self.jobs.len());
         self.jobs.swap_remove(i);
         if self.rate_with(self.jobs.len()) != before {
             self.reschedule(now, out);
         }
-        true
+        Some(started)
     }
 
     /// Drops every running compile (the master died); returns their keys.
@@ -194,7 +199,7 @@ mod tests {
                 break;
             };
             let mut out = Vec::new();
-            if m.complete(at, g, key, &mut out) {
+            if m.complete(at, g, key, &mut out).is_some() {
                 done.push((key, at));
             }
             pending.extend(out);
@@ -204,7 +209,7 @@ mod tests {
 
     #[test]
     fn uncontended_compiles_take_their_work() {
-        let mut m = SimMaster::new(4, 0.0, Time::ZERO);
+        let mut m = SimMaster::new(4.0, 0.0, Time::ZERO);
         let mut out = Vec::new();
         m.start(Time::ZERO, 7, 3.0, &mut out);
         assert_eq!(out, vec![(Time::from_secs(3), 0, 7)]);
@@ -222,7 +227,7 @@ mod tests {
     #[test]
     fn contention_shares_the_cores() {
         // 2 cores, 4 compiles of 2 s each: each runs at half speed -> 4 s
-        let mut m = SimMaster::new(2, 0.0, Time::ZERO);
+        let mut m = SimMaster::new(2.0, 0.0, Time::ZERO);
         let mut out = Vec::new();
         for k in 0..4 {
             m.start(Time::ZERO, k, 2.0, &mut out);
@@ -234,12 +239,12 @@ mod tests {
             "{done:?}"
         );
         // background load slows them further
-        let mut m = SimMaster::new(2, 2.0, Time::ZERO);
+        let mut m = SimMaster::new(2.0, 2.0, Time::ZERO);
         let mut out = Vec::new();
         m.start(Time::ZERO, 0, 1.0, &mut out);
         assert_eq!(out, vec![(Time::from_micros(1_500_000), 1, 0)]);
         // a compile ending speeds up the rest: 3 compiles on 2 cores
-        let mut m = SimMaster::new(2, 0.0, Time::ZERO);
+        let mut m = SimMaster::new(2.0, 0.0, Time::ZERO);
         let mut out = Vec::new();
         m.start(Time::ZERO, 0, 1.0, &mut out);
         m.start(Time::ZERO, 1, 1.0, &mut out);
@@ -251,7 +256,7 @@ mod tests {
 
     #[test]
     fn a_dead_master_fires_nothing() {
-        let mut m = SimMaster::new(4, 0.0, Time::ZERO);
+        let mut m = SimMaster::new(4.0, 0.0, Time::ZERO);
         let mut out = Vec::new();
         m.start(Time::ZERO, 1, 5.0, &mut out);
         assert_eq!(m.kill_all(Time::from_secs(1)), vec![1]);
@@ -260,7 +265,7 @@ mod tests {
 
     #[test]
     fn load_average_follows_the_kernel_formula() {
-        let mut m = SimMaster::new(4, 0.0, Time::ZERO);
+        let mut m = SimMaster::new(4.0, 0.0, Time::ZERO);
         let mut out = Vec::new();
         m.start(Time::ZERO, 0, 1e9, &mut out);
         m.start(Time::ZERO, 1, 1e9, &mut out);

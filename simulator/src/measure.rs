@@ -88,6 +88,9 @@ pub struct Metrics {
     pub applied: Vec<f64>,
     /// Queue wait, seconds.
     pub waits: Vec<f64>,
+    /// Per catalog request (on demand: issued to received) or compile
+    /// (queue: started to stored), seconds.
+    pub latencies: Vec<f64>,
     /// Agent runs / syncs.
     pub runs: u64,
     /// Failures.
@@ -152,6 +155,14 @@ impl Metrics {
     pub fn waited(&mut self, since: Time, now: Time) {
         if self.counts(now) {
             self.waits.push(now.since(since).as_secs_f64());
+        }
+    }
+
+    /// A catalog asked for (or a compile started) at `since` was ready at
+    /// `now`.
+    pub fn latency(&mut self, since: Time, now: Time) {
+        if self.counts(now) {
+            self.latencies.push(now.since(since).as_secs_f64());
         }
     }
 

@@ -90,6 +90,12 @@ pub struct RunResult {
     /// From a job joining the queue (a bump; on demand, a request) to its
     /// compile starting.
     pub queue_wait: Summary,
+    /// What a catalog took, as its client sees it. On demand: from the
+    /// agent's request to its catalog (JRuby borrow wait plus compile),
+    /// for requests the agent still waited for; queue: from a compile's
+    /// start to the catalog stored. Compare a herd's prediction with what
+    /// clients measured (`pcq calibrate --herd`).
+    pub request_latency: Summary,
     /// Agent runs (on demand) or syncs (queue) started.
     pub agent_runs: u64,
     /// Failed agent runs.

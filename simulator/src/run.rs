@@ -121,8 +121,8 @@ fn handle(w: &mut World, model: &mut dyn Model, event: Event) {
             model.master_up(w, m);
         }
         Event::Complete(m, generation, key) => {
-            if w.compile_done(m, generation, key) {
-                model.complete(w, m, key);
+            if let Some(started) = w.compile_done(m, generation, key) {
+                model.complete(w, m, key, started);
             }
         }
         Event::Timeout(r) => model.timeout(w, r),
@@ -221,6 +221,7 @@ fn finish(mut w: World, model: &dyn Model, spec: &RunSpec, little: LittleMeter) 
         staleness_compiled: Summary::of(&mut m.compiled),
         staleness_applied: Summary::of(&mut m.applied),
         queue_wait: Summary::of(&mut m.waits),
+        request_latency: Summary::of(&mut m.latencies),
         agent_runs: m.runs,
         failed_runs: m.failures,
         utilization,

@@ -306,17 +306,20 @@ pub struct Masters {
     /// Compile slots per master: JRuby instances on demand,
     /// `max_concurrency` in the queue.
     pub slots: u32,
-    /// CPU cores per master. Compiles slow down when compiles plus
-    /// background load exceed the cores (processor sharing).
+    /// CPU cores per master: how many compiles run at full speed at once.
+    /// Compiles slow down when compiles plus background load exceed it
+    /// (processor sharing). A real server reaches less than its core
+    /// count; `pcq calibrate` measures this parallelism (fractional) and
+    /// writes it here. The queue's load gate uses it rounded up.
     #[serde(default = "four")]
-    pub cores: u32,
+    pub cores: f64,
     /// Runnable processes besides compiles (file serving, PuppetDB).
     #[serde(default)]
     pub background_load: f64,
 }
 
-fn four() -> u32 {
-    4
+fn four() -> f64 {
+    4.0
 }
 
 /// Puppet Server's own knobs.
@@ -563,8 +566,8 @@ impl Scenario {
         if self.masters.slots == 0 {
             return err("masters.slots", "must be at least 1");
         }
-        if self.masters.cores == 0 {
-            return err("masters.cores", "must be at least 1");
+        if !(self.masters.cores >= 1.0 && self.masters.cores.is_finite()) {
+            return err("masters.cores", "must be a number of at least 1");
         }
         if !(self.masters.background_load >= 0.0 && self.masters.background_load.is_finite()) {
             return err("masters.background_load", "must be a number of at least 0");

@@ -409,7 +409,7 @@ impl<'a> World<'a> {
 
     /// `Complete(m, generation, key)`: whether the compile `key` on master
     /// `m` is done (and not an event its master has rescheduled since).
-    pub fn compile_done(&mut self, m: u32, generation: u32, key: u32) -> bool {
+    pub fn compile_done(&mut self, m: u32, generation: u32, key: u32) -> Option<Time> {
         self.on_master(m, |master, now, out| {
             master.complete(now, generation, key, out)
         })

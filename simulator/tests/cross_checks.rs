@@ -219,3 +219,77 @@ fn on_demand_utilization_follows_puppets_sizing_rule() {
         assert!((r.utilization * f64::from(j) - j_needed).abs() / j_needed < 0.02);
     }
 }
+
+/// A herd in a fleet run (`request_latency`, on demand) is the herd
+/// `pcq-sim check` predicts from a calibration: the same master, the same
+/// JRuby pool, the same numbers. 60 new certificates at one instant on one
+/// master with 3 JRubies and 1.5 cores of 0.4 s compiles.
+#[test]
+fn a_fleet_herd_waits_what_the_calibration_experiment_predicts() {
+    use rand::SeedableRng;
+    use scheduler::calibration::Experiment;
+    use simulator::calibration::{simulate, MasterModel};
+    use simulator::metrics::Summary;
+
+    let text = r#"
+name = "herd"
+duration = "10m"
+warmup = "0s"
+
+[fleet]
+nodes = 0
+
+[agents]
+interval = "1h"
+
+[compile]
+distribution = "constant"
+mean = "400ms"
+
+[masters]
+count = 1
+slots = 3
+cores = 1.5
+
+[[herds]]
+kind = "new_certs"
+at = "1m"
+count = 60
+window = "1us"
+"#;
+    let scenario = match Scenario::parse(text, Path::new("herd.toml"), Path::new(".")) {
+        Ok(s) => s,
+        Err(e) => panic!("test scenario: {e}"),
+    };
+    let r = run(&RunSpec::of(&scenario, Policy::OnDemand)).expect("runs");
+    let fleet = r.request_latency;
+    assert_eq!(fleet.count, 60, "{fleet:?}");
+
+    let model = MasterModel {
+        compile: scenario.compile.clone(),
+        slots: 3,
+        cores: 1.5,
+        background: 0.0,
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let mut herd = simulate(&model, Experiment::Herd { requests: 60 }, &mut rng);
+    let alone = Summary::of(&mut herd.latencies);
+    // constant compiles: the same numbers, up to the microsecond rounding
+    // of event times and the herd's spread over one microsecond
+    for (a, b) in [
+        (fleet.p50, alone.p50),
+        (fleet.p95, alone.p95),
+        (fleet.max, alone.max),
+        (fleet.mean, alone.mean),
+    ] {
+        assert!(
+            (a - b).abs() < 1e-3,
+            "fleet {fleet:?}\nexperiment {alone:?}"
+        );
+    }
+    // and the numbers are a herd's: 3 at a time, each at half speed
+    assert!(
+        (alone.max - 60.0 / 3.0 * 0.4 * 2.0).abs() < 1e-3,
+        "{alone:?}"
+    );
+}

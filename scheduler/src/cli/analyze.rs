@@ -8,8 +8,7 @@ use super::render::emit;
 use crate::daemon::analyze::{default_ruby, verify, Analysis};
 use crate::daemon::backend::puppetserver::PuppetServer;
 use crate::daemon::certname::Certname;
-use crate::daemon::tls::PuppetSsl;
-use crate::puppet_conf::{hostname, PuppetSettings};
+use crate::puppet_conf::PuppetSettings;
 
 /// Runs the analysis, prints what was asked, then verifies the given nodes.
 pub async fn analyze(args: AnalyzeArgs) -> Result<()> {
@@ -32,8 +31,7 @@ pub async fn analyze(args: AnalyzeArgs) -> Result<()> {
     let analysis = Analysis::run_with_snapshot(&ruby, &envdir, &modulepath, &hiera, None)?;
     emit(&report(&args, &analysis)?);
     if args.verify {
-        let ssldir = args.ssldir.clone().unwrap_or(puppet.ssldir);
-        verify_nodes(&args, &envdir, &ssldir, &analysis).await?;
+        verify_nodes(&args, &envdir, &puppet.ssldir, &analysis).await?;
     }
     Ok(())
 }
@@ -74,7 +72,7 @@ fn report(args: &AnalyzeArgs, analysis: &Analysis) -> Result<String> {
 async fn verify_nodes(
     args: &AnalyzeArgs,
     envdir: &std::path::Path,
-    ssldir: &std::path::Path,
+    default_ssldir: &std::path::Path,
     analysis: &Analysis,
 ) -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -84,9 +82,9 @@ async fn verify_nodes(
         .ok_or_else(|| anyhow!("--verify needs --facts"))?;
     let text = std::fs::read(facts_file).map_err(|e| anyhow!("{}: {e}", facts_file.display()))?;
     let facts = verify::facts_of(&text).map_err(|e| anyhow!("{}: {e}", facts_file.display()))?;
-    let me = args.as_certname.clone().unwrap_or_else(hostname);
     // what-if compiles: the node need not have a certificate
-    let server = PuppetServer::new(&args.server, &PuppetSsl::new(ssldir, &me), false, false)?
+    let identity = args.puppet.identity(default_ssldir);
+    let server = PuppetServer::new(&args.puppet.server, &identity, false, false)?
         .allow_missing_certificates();
     let environment = envdir
         .file_name()

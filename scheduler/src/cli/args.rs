@@ -4,6 +4,7 @@
 //! completions can be generated from them); [`super`] runs them.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -98,6 +99,10 @@ pub enum Command {
     /// widening and every collector of exported resources; --verify checks
     /// that against Puppet Server.
     Analyze(AnalyzeArgs),
+    /// Measure what a Puppet Server compiles (warm-up, then closed loops at
+    /// 1..JRubies+1 clients, plus any --herd/--loop) for `pcq-sim fit` and
+    /// `pcq-sim check`.
+    Calibrate(CalibrateArgs),
 }
 
 #[derive(clap::Args)]
@@ -140,6 +145,66 @@ pub struct AnalyzeArgs {
     /// (`{"values": ...}`).
     #[arg(long)]
     pub facts: Option<PathBuf>,
+    #[command(flatten)]
+    pub puppet: CatalogServerArgs,
+}
+
+/// What `pcq calibrate` takes.
+#[derive(clap::Args)]
+pub struct CalibrateArgs {
+    /// The server to measure and the certificate to present.
+    #[command(flatten)]
+    pub puppet: CatalogServerArgs,
+    /// A typical node's facts (`puppet facts show`, facter JSON or an
+    /// upload body); default: this host's, from `facter -p --json
+    /// --show-legacy`.
+    #[arg(long)]
+    pub facts: Option<PathBuf>,
+    /// The environment to compile.
+    #[arg(long, default_value = "production")]
+    pub environment: String,
+    /// Certnames of the measured requests, `{}` replaced by a number: pick
+    /// one your node definitions classify like your typical node.
+    #[arg(long, default_value = "pcq-calibrate-{}")]
+    pub nodes: String,
+    /// The server's JRuby count (default: read from its status API,
+    /// `/status/v1/services/jruby-metrics`).
+    #[arg(long)]
+    pub jrubies: Option<u32>,
+    /// Requests per client at each point of the capacity curve.
+    #[arg(long, default_value_t = 8)]
+    pub requests_per_client: u32,
+    /// Run every experiment this many times, in interleaved rounds (a
+    /// machine's speed drifts from minute to minute; `pcq-sim` compares
+    /// the median of the repetitions).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+    /// Give up warming up after this long (the measurement says so).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub warmup_max: Duration,
+    /// Also fire a herd of this many simultaneous requests (repeat).
+    #[arg(long)]
+    pub herd: Vec<u32>,
+    /// Also run a closed loop at this concurrency (repeat), with
+    /// --requests-per-client requests per client.
+    #[arg(long = "loop")]
+    pub loops: Vec<u32>,
+    /// Skip the capacity curve (only warm-up, herds and loops: to check a
+    /// model fitted before).
+    #[arg(long)]
+    pub no_curve: bool,
+    /// How long one request may take.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Write the measurement (JSON) here; default: standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// A Puppet Server whose v4 catalog endpoint pcq calls, and the
+/// certificate it presents (`pcq analyze --verify`, `pcq calibrate`).
+#[derive(clap::Args)]
+pub struct CatalogServerArgs {
     /// Puppet Server (its v4 catalog endpoint must allow --as).
     #[arg(long, default_value = "https://puppet:8140")]
     pub server: String,
@@ -149,6 +214,19 @@ pub struct AnalyzeArgs {
     /// The certificate to present (default: this host's name).
     #[arg(long = "as")]
     pub as_certname: Option<String>,
+}
+
+impl CatalogServerArgs {
+    /// The certificate to present, from the SSL directory given or
+    /// `default_ssldir` (puppet.conf's).
+    pub fn identity(&self, default_ssldir: &std::path::Path) -> crate::daemon::tls::PuppetSsl {
+        let me = self
+            .as_certname
+            .clone()
+            .unwrap_or_else(crate::puppet_conf::hostname);
+        let ssldir = self.ssldir.as_deref().unwrap_or(default_ssldir);
+        crate::daemon::tls::PuppetSsl::new(ssldir, &me)
+    }
 }
 
 #[derive(clap::Args)]

@@ -3,12 +3,14 @@
 //! - [`args`]: what each subcommand takes (clap definitions);
 //! - [`client`]: the admin API client of `bump`, `deploy`, `queue`,
 //!   `status`; [`render`]: what those print, from the API's typed views;
-//! - [`analyze`]: `pcq analyze` and its `--verify`.
+//! - [`analyze`]: `pcq analyze` and its `--verify`;
+//! - [`calibrate`]: `pcq calibrate`, a Puppet Server's capacity measured.
 //!
 //! `serve` hands over to [`crate::daemon`], `sync` to [`crate::sync`].
 
 pub mod analyze;
 pub mod args;
+pub mod calibrate;
 pub mod client;
 pub mod render;
 
@@ -133,6 +135,7 @@ async fn dispatch(command: Command) -> Result<()> {
             show(&api, &v, |s: &NodeStatus| render::status(s))?;
         }
         Command::Analyze(args) => analyze::analyze(args).await?,
+        Command::Calibrate(args) => calibrate::calibrate(args).await?,
         Command::Sync(_) => {} // handled in run, without a runtime for the daemon
     }
     Ok(())

@@ -1,6 +1,8 @@
 //! How a policy reacts to the world: the [`Model`] trait each policy
 //! implements, called by the run loop after the world's part of each event.
 
+use scheduler::core::Time;
+
 use crate::fleet::Change;
 use crate::scenario::Scenario;
 use crate::world::{Deployed, World};
@@ -30,8 +32,8 @@ pub trait Model {
     fn master_down(&mut self, w: &mut World, m: u32, keys: Vec<u32>);
     /// Master `m` is back.
     fn master_up(&mut self, w: &mut World, m: u32);
-    /// The compile `key` on master `m` completed.
-    fn complete(&mut self, w: &mut World, m: u32, key: u32);
+    /// The compile `key` on master `m`, started at `started`, completed.
+    fn complete(&mut self, w: &mut World, m: u32, key: u32, started: Time);
     /// On demand: request `key`'s agent reached its timeout.
     fn timeout(&mut self, _w: &mut World, _key: u32) {}
     /// The masters' load averages were updated.

@@ -261,7 +261,7 @@ impl Model for OnDemandModel {
 
     fn master_up(&mut self, _w: &mut World, _m: u32) {}
 
-    fn complete(&mut self, w: &mut World, m: u32, id: u32) {
+    fn complete(&mut self, w: &mut World, m: u32, id: u32, _started: Time) {
         let m = m as usize;
         self.pools[m].busy = self.pools[m].busy.saturating_sub(1);
         let r = &mut self.requests[id as usize];
@@ -275,6 +275,8 @@ impl Model for OnDemandModel {
             move_changes(&mut w.nodes[node as usize].visible, &mut r.included);
         } else {
             let mut included = std::mem::take(&mut r.included);
+            // what the agent waited: borrow queue plus compile
+            w.metrics.latency(r.issued, w.now);
             w.nodes[node as usize].busy = false;
             w.delivered(node, &included);
             // the agent applies what it just received (its CPU is in run_cpu)

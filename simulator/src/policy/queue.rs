@@ -72,7 +72,9 @@ impl QueueModel {
     pub fn new(w: &mut World, seed: u64) -> Result<QueueModel, CoreError> {
         let s = w.scenario;
         let config = s.queue_core();
-        let spec = MasterSpec::new(s.masters.cores, config.gate.clone());
+        // the gate's cores are the machine's (load counts runnable
+        // processes); a measured parallelism below them rounds up
+        let spec = MasterSpec::new(s.masters.cores.ceil() as u32, config.gate.clone());
         let interval = config.min_cycle_interval;
         let core = Core::new(config, seed)?;
         let mut model = QueueModel {
@@ -251,7 +253,10 @@ impl Model for QueueModel {
         self.add_master(m);
     }
 
-    fn complete(&mut self, w: &mut World, m: u32, node: u32) {
+    fn complete(&mut self, w: &mut World, m: u32, node: u32, started: Time) {
+        // compile start to catalog ready: the node's catalog waits for no
+        // agent, it is stored for the next sync
+        w.metrics.latency(started, w.now);
         let mut included = std::mem::take(&mut w.nodes[node as usize].included);
         let (changed, collectors) = w.delivered(node, &included);
         if let (Some(id), Some(master)) =

@@ -40,13 +40,7 @@ impl PuppetServer {
         persist_facts: bool,
         persist_catalog: bool,
     ) -> Result<PuppetServer, TlsError> {
-        let tls = ssl.client_config()?;
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .connect_timeout(Duration::from_secs(5))
-            .pool_max_idle_per_host(64)
-            .build()
-            .map_err(|e| TlsError::from_client(e.to_string()))?;
+        let client = client(ssl, 64)?;
         let url = url.trim_end_matches('/').to_string();
         Ok(PuppetServer {
             client,
@@ -55,6 +49,17 @@ impl PuppetServer {
             persist_facts,
             persist_catalog,
             allow_missing_certificates: false,
+        })
+    }
+
+    /// A client that opens a new connection (a TLS handshake) for every
+    /// request, as each agent run does: `pcq calibrate` measures what an
+    /// agent waits for, handshake included. Nothing is stored in PuppetDB,
+    /// and nodes need no certificate.
+    pub fn agent_like(url: &str, ssl: &PuppetSsl) -> Result<PuppetServer, TlsError> {
+        Ok(PuppetServer {
+            client: client(ssl, 0)?,
+            ..PuppetServer::new(url, ssl, false, false)?.allow_missing_certificates()
         })
     }
 
@@ -96,6 +101,57 @@ impl PuppetServer {
             "options": {"prefer_requested_environment": false, "capture_logs": false},
         })
     }
+}
+
+impl PuppetServer {
+    /// One `POST /puppet/v4/catalog` for `job` with these trusted facts:
+    /// the catalog JSON, or why there is none. `compile` fetches the
+    /// certificate first; `pcq calibrate` times this alone.
+    pub async fn catalog(
+        &self,
+        job: &Job,
+        trusted: Value,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, Failure> {
+        let response = self
+            .client
+            .post(format!("{}/puppet/v4/catalog", self.url))
+            .timeout(timeout)
+            .json(&self.body(job, trusted))
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    Failure::Timeout(timeout)
+                } else {
+                    Failure::Server(format!("cannot reach Puppet Server: {}", why(&e)))
+                }
+            })?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| {
+            if e.is_timeout() {
+                Failure::Timeout(timeout)
+            } else {
+                Failure::Server(format!("reading the answer: {e}"))
+            }
+        })?;
+        if status.is_success() {
+            Ok(body.to_vec())
+        } else {
+            Err(classify(status, &String::from_utf8_lossy(&body)))
+        }
+    }
+}
+
+/// An HTTP client presenting `ssl`'s certificate, keeping at most
+/// `idle_per_host` connections open between requests.
+fn client(ssl: &PuppetSsl, idle_per_host: usize) -> Result<reqwest::Client, TlsError> {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(ssl.client_config()?)
+        .connect_timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(idle_per_host)
+        .build()
+        .map_err(|e| TlsError::from_client(e.to_string()))
 }
 
 /// The node's certificate from the CA (PEM). pcq compiles only nodes the
@@ -180,33 +236,14 @@ impl Compiler for PuppetServer {
             let timeout = deadline.saturating_sub(started.elapsed());
             let trusted = trusted_facts(&job.certname, pem.as_deref())
                 .map_err(|e| Failure::Node(format!("{}'s certificate: {e}", job.certname)))?;
-            let response = server
-                .client
-                .post(format!("{}/puppet/v4/catalog", server.url))
-                .timeout(timeout)
-                .json(&server.body(&job, trusted))
-                .send()
+            // a timeout is the compile's whole deadline, certificate included
+            server
+                .catalog(&job, trusted, timeout)
                 .await
-                .map_err(|e| {
-                    if e.is_timeout() {
-                        Failure::Timeout(deadline)
-                    } else {
-                        Failure::Server(format!("cannot reach Puppet Server: {}", why(&e)))
-                    }
-                })?;
-            let status = response.status();
-            let body = response.bytes().await.map_err(|e| {
-                if e.is_timeout() {
-                    Failure::Timeout(deadline)
-                } else {
-                    Failure::Server(format!("reading the answer: {e}"))
-                }
-            })?;
-            if status.is_success() {
-                Ok(body.to_vec())
-            } else {
-                Err(classify(status, &String::from_utf8_lossy(&body)))
-            }
+                .map_err(|f| match f {
+                    Failure::Timeout(_) => Failure::Timeout(deadline),
+                    other => other,
+                })
         })
     }
 
