@@ -30,8 +30,8 @@ use simulator::scenario::Scenario;
 /// both). Measured over four runs of this test: herds within 6-17% (one
 /// run 22%), loops within 10-16% on throughput and p50 (one run 26%), and
 /// 2-26% on a loop's p95 and max. 30% still fails a model with a guessed
-/// `cores` (45-50% off, the issue's figure). The note of issue 12 has the
-/// tables.
+/// `cores` (30-55% off on the same measurement). The note of issue 12 has
+/// the tables.
 const TOLERANCE: f64 = 0.30;
 
 /// This host's facts as an agent sends them, with the test code's facts.
