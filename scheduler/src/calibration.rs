@@ -97,7 +97,53 @@ pub struct Measurement {
     pub runs: Vec<Run>,
 }
 
+/// Most JRubies (and clients) a measurement may say: a bound that keeps a
+/// hand-edited file from asking the simulator for the impossible.
+pub const MAX_JRUBIES: u32 = 1000;
+
+/// Most requests one experiment may say.
+pub const MAX_REQUESTS: u32 = 100_000;
+
 impl Measurement {
+    /// Refuses what no `pcq calibrate` writes: no runs, a run without
+    /// latencies, a latency or duration that is not a positive number, a
+    /// size beyond [`MAX_JRUBIES`] / [`MAX_REQUESTS`].
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=MAX_JRUBIES).contains(&self.jrubies) {
+            return Err(format!(
+                "jrubies {} is not in 1..={MAX_JRUBIES}",
+                self.jrubies
+            ));
+        }
+        if self.runs.is_empty() {
+            return Err("no runs".into());
+        }
+        for (i, run) in self.runs.iter().enumerate() {
+            let what = format!("runs[{i}] ({})", run.experiment.label());
+            let (requests, clients) = match run.experiment {
+                Experiment::Herd { requests } => (requests, 1),
+                Experiment::ClosedLoop {
+                    concurrency,
+                    requests,
+                } => (requests, concurrency),
+            };
+            if !(1..=MAX_REQUESTS).contains(&requests) || !(1..=MAX_JRUBIES).contains(&clients) {
+                return Err(format!("{what}: sizes out of bounds"));
+            }
+            if run.latencies.is_empty() || run.latencies.len() > requests as usize {
+                return Err(format!(
+                    "{what}: {} latencies for {requests} requests",
+                    run.latencies.len()
+                ));
+            }
+            let positive = |v: f64| v.is_finite() && v > 0.0;
+            if !positive(run.seconds) || !run.latencies.iter().all(|&l| positive(l)) {
+                return Err(format!("{what}: durations must be positive seconds"));
+            }
+        }
+        Ok(())
+    }
+
     /// The capacity curve's closed loop at concurrency 1: single
     /// compiles, one at a time.
     pub fn single(&self) -> Option<&Run> {
@@ -148,5 +194,15 @@ mod tests {
         assert_eq!(back.single().map(Run::throughput), Some(1.0));
         let bad = text.replacen("\"jrubies\"", "\"jruby\"", 1);
         assert!(serde_json::from_str::<Measurement>(&bad).is_err());
+        assert_eq!(back.check(), Ok(()));
+        let mut empty = back.clone();
+        empty.runs[1].latencies.clear();
+        assert!(empty.check().is_err());
+        let mut huge = back.clone();
+        huge.jrubies = 1_000_000;
+        assert!(huge.check().is_err());
+        let mut zero = back;
+        zero.runs[0].seconds = 0.0;
+        assert!(zero.check().is_err());
     }
 }

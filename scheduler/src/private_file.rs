@@ -16,7 +16,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Replaces `path` with `bytes` (mode 0600), atomically and durably.
 pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     stage(path, bytes)?.commit()?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    sync_dir(folder_of(path))
+}
+
+/// The folder `path` is in: `.` for a bare file name (whose parent is
+/// the empty path, which cannot be opened).
+fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }
 
 /// Makes the renames in `dir` durable (fsync of the folder).
@@ -44,7 +53,7 @@ pub struct Staged {
 /// fsyncs it.
 pub fn stage(path: &Path, bytes: &[u8]) -> io::Result<Staged> {
     static WRITES: AtomicU64 = AtomicU64::new(0);
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = folder_of(path);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -89,6 +98,14 @@ impl Drop for Staged {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_bare_file_name_is_in_the_current_folder() {
+        assert_eq!(folder_of(Path::new("measured.json")), Path::new("."));
+        assert_eq!(folder_of(Path::new("/tmp/m.json")), Path::new("/tmp"));
+        assert_eq!(folder_of(Path::new("out/m.json")), Path::new("out"));
+        assert!(sync_dir(folder_of(Path::new("x"))).is_ok());
+    }
 
     #[test]
     fn replaces_the_file_privately_and_leaves_no_temporary_behind() {

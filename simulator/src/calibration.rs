@@ -200,7 +200,7 @@ pub fn simulate(model: &MasterModel, experiment: Experiment, rng: &mut ChaCha8Rn
     }
 }
 
-/// The mean of each figure over [`REPLICATIONS`] runs of `experiment`
+/// The median of each figure over [`REPLICATIONS`] runs of `experiment`
 /// (seeded: the same inputs predict the same).
 pub fn predict(model: &MasterModel, experiment: Experiment, seed: u64) -> Figures {
     predict_with(model, experiment, seed, REPLICATIONS)
@@ -214,21 +214,11 @@ fn predict_with(
     replications: u32,
 ) -> Figures {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut sum = [0.0; 5];
-    for _ in 0..replications {
-        let figures = Figures::of(&simulate(model, experiment, &mut rng));
-        for (s, v) in sum.iter_mut().zip(figures.each()) {
-            *s += v;
-        }
-    }
-    let n = f64::from(replications);
-    Figures {
-        throughput: sum[0] / n,
-        mean: sum[1] / n,
-        p50: sum[2] / n,
-        p95: sum[3] / n,
-        max: sum[4] / n,
-    }
+    let runs: Vec<Run> = (0..replications)
+        .map(|_| simulate(model, experiment, &mut rng))
+        .collect();
+    // the median, as of the measured repetitions: like against like
+    Figures::median_of(&runs.iter().collect::<Vec<_>>())
 }
 
 /// An experiment as measured: the median figures of its repetitions.
@@ -287,7 +277,14 @@ impl Row {
     /// `predicted / measured - 1` per figure, in [`Figures::NAMES`] order.
     pub fn errors(&self) -> [f64; 5] {
         let (m, p) = (self.measured.each(), self.predicted.each());
-        std::array::from_fn(|i| if m[i] > 0.0 { p[i] / m[i] - 1.0 } else { 0.0 })
+        // a figure measured as 0 cannot be predicted: it counts as off
+        std::array::from_fn(|i| {
+            if m[i] > 0.0 {
+                p[i] / m[i] - 1.0
+            } else {
+                f64::INFINITY
+            }
+        })
     }
 
     /// The largest error, in absolute value.

@@ -123,7 +123,7 @@ enum Command {
         /// The measurement (JSON written by `pcq calibrate`).
         measurement: PathBuf,
         /// Exit with status 6 when a figure is further off than this share.
-        #[arg(long, default_value_t = 0.15)]
+        #[arg(long, default_value_t = 0.15, value_parser = tolerance)]
         tolerance: f64,
     },
 }
@@ -280,6 +280,11 @@ fn execute(cli: Cli) -> Result<ExitCode> {
                     println!("{}", calibration::table(&fit.rows));
                     println!("wrote {}", out.display());
                 }
+                None if matches!(fit.model.compile, CompileTime::Empirical { .. }) => {
+                    anyhow::bail!(
+                        "the compile times need an empirical distribution, whose CSV is written beside the tables: give --out"
+                    );
+                }
                 None => print!("{text}"),
             }
             Ok(ExitCode::SUCCESS)
@@ -325,11 +330,24 @@ fn execute(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// `--tolerance`: a share, at least 0.
+fn tolerance(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "{text:?} is not a share of at least 0 (0.15 is 15%)"
+        )),
+    }
+}
+
 /// A measurement `pcq calibrate` wrote.
 fn read_measurement(path: &std::path::Path) -> Result<Measurement> {
     let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_slice(&text)
-        .with_context(|| format!("{}: not a measurement of pcq calibrate", path.display()))
+    let m: Measurement = serde_json::from_slice(&text)
+        .with_context(|| format!("{}: not a measurement of pcq calibrate", path.display()))?;
+    m.check()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(m)
 }
 
 /// The built-in scenario: the same text as scenarios/example.toml.

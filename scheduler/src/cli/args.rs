@@ -169,25 +169,25 @@ pub struct CalibrateArgs {
     pub nodes: String,
     /// The server's JRuby count (default: read from its status API,
     /// `/status/v1/services/jruby-metrics`).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub jrubies: Option<u32>,
     /// Requests per client at each point of the capacity curve.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub requests_per_client: u32,
     /// Run every experiment this many times, in interleaved rounds (a
     /// machine's speed drifts from minute to minute; `pcq-sim` compares
     /// the median of the repetitions).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub repeat: u32,
-    /// Give up warming up after this long (the measurement says so).
+    /// Give up warming up after this long (it says so on standard error).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub warmup_max: Duration,
     /// Also fire a herd of this many simultaneous requests (repeat).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub herd: Vec<u32>,
     /// Also run a closed loop at this concurrency (repeat), with
     /// --requests-per-client requests per client.
-    #[arg(long = "loop")]
+    #[arg(long = "loop", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub loops: Vec<u32>,
     /// Skip the capacity curve (only warm-up, herds and loops: to check a
     /// model fitted before).

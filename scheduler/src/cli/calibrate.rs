@@ -36,7 +36,7 @@ use tokio::task::JoinSet;
 
 use super::args::CalibrateArgs;
 use super::render::emit;
-use crate::calibration::{Experiment, Measurement, Run};
+use crate::calibration::{Experiment, Measurement, Run, MAX_JRUBIES};
 use crate::daemon::analyze::verify;
 use crate::daemon::backend::puppetserver::PuppetServer;
 use crate::daemon::backend::Job;
@@ -63,7 +63,6 @@ pub async fn calibrate(args: CalibrateArgs) -> Result<()> {
     let url = &args.puppet.server;
     let server = PuppetServer::agent_like(url, &args.puppet.identity(&puppet.ssldir))?;
     let jrubies = match args.jrubies {
-        Some(0) => bail!("--jrubies must be at least 1"),
         Some(j) => j,
         None => jrubies_of(&server).await?,
     };
@@ -226,7 +225,8 @@ impl Load {
     async fn run(self: &Arc<Self>, experiment: Experiment) -> Result<Run> {
         match experiment {
             Experiment::Herd { requests } => {
-                // every body built first: they leave together
+                // every job built first, so they leave together (each
+                // body is serialized in its own task)
                 let jobs: Vec<Job> = (0..requests).map(|_| self.job()).collect::<Result<_>>()?;
                 let started = Instant::now();
                 let mut tasks = JoinSet::new();
@@ -343,7 +343,7 @@ async fn jrubies_of(server: &PuppetServer) -> Result<u32> {
     answer["status"]["experimental"]["metrics"]["num-jrubies"]
         .as_u64()
         .and_then(|n| u32::try_from(n).ok())
-        .filter(|&n| n > 0)
+        .filter(|&n| (1..=MAX_JRUBIES).contains(&n))
         .ok_or_else(|| anyhow!("{url}: no num-jrubies in the answer; give --jrubies instead"))
 }
 

@@ -40,7 +40,7 @@ impl PuppetServer {
         persist_facts: bool,
         persist_catalog: bool,
     ) -> Result<PuppetServer, TlsError> {
-        let client = client(ssl, 64)?;
+        let client = client(ssl, 64, Duration::from_secs(5))?;
         let url = url.trim_end_matches('/').to_string();
         Ok(PuppetServer {
             client,
@@ -58,7 +58,9 @@ impl PuppetServer {
     /// and nodes need no certificate.
     pub fn agent_like(url: &str, ssl: &PuppetSsl) -> Result<PuppetServer, TlsError> {
         Ok(PuppetServer {
-            client: client(ssl, 0)?,
+            // a herd's handshakes queue at the server: connecting may
+            // take as long as the request may
+            client: client(ssl, 0, Duration::from_secs(600))?,
             ..PuppetServer::new(url, ssl, false, false)?.allow_missing_certificates()
         })
     }
@@ -145,10 +147,14 @@ impl PuppetServer {
 
 /// An HTTP client presenting `ssl`'s certificate, keeping at most
 /// `idle_per_host` connections open between requests.
-fn client(ssl: &PuppetSsl, idle_per_host: usize) -> Result<reqwest::Client, TlsError> {
+fn client(
+    ssl: &PuppetSsl,
+    idle_per_host: usize,
+    connect_timeout: Duration,
+) -> Result<reqwest::Client, TlsError> {
     reqwest::Client::builder()
         .tls_backend_preconfigured(ssl.client_config()?)
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(connect_timeout)
         .pool_max_idle_per_host(idle_per_host)
         .build()
         .map_err(|e| TlsError::from_client(e.to_string()))
