@@ -6,7 +6,9 @@
 //!   daemon's config, the simulator's scenarios); [`exit`]: the exit
 //!   statuses both programs share.
 //! - [`calibration`]: what `pcq calibrate` measured on a Puppet Server,
-//!   the data `pcq-sim fit` and `pcq-sim check` read.
+//!   the data `pcq-sim fit` and `pcq-sim check` read; [`site`]: what a
+//!   site was seen to do (by pcq or in PuppetDB), the data `pcq-sim
+//!   scenario` reads.
 //!
 //! Behind the feature `daemon` (on by default), everything that does I/O:
 //!
@@ -20,11 +22,12 @@
 //!   hold secrets, written 0600, atomically and durably.
 //!
 //! Arrows only run downward: `cli` -> `sync` -> `daemon` -> `puppet_conf`, `private_file`,
-//! `toml_file`, `exit`, `calibration`, `core`; `scripts/check-module-graph` checks it.
+//! `toml_file`, `exit`, `calibration`, `site`, `core`; `scripts/check-module-graph` checks it.
 
 pub mod calibration;
 pub mod core;
 pub mod exit;
+pub mod site;
 pub mod toml_file;
 
 #[cfg(feature = "daemon")]

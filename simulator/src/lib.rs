@@ -20,7 +20,8 @@
 //!   and the written report;
 //! - [`theory`]: the formulas the simulator is checked against;
 //! - [`calibration`]: the master model fitted to, and checked against, what
-//!   `pcq calibrate` measured on a real Puppet Server.
+//!   `pcq calibrate` measured on a real Puppet Server; [`site`]: a
+//!   scenario from what a site was seen to do (`pcq site`).
 
 pub mod calibration;
 pub mod distribution;
@@ -35,6 +36,7 @@ pub mod policy;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod site;
 pub mod streams;
 pub mod theory;
 pub mod world;

@@ -22,6 +22,7 @@ use simulator::policy::Policy;
 use simulator::report::{self, human};
 use simulator::run::{run, RunSpec};
 use simulator::scenario::Scenario;
+use simulator::site as pcq_site;
 
 #[derive(Parser)]
 #[command(
@@ -102,6 +103,19 @@ enum Command {
         /// Worker threads (default: every core).
         #[arg(long)]
         jobs: Option<usize>,
+    },
+    /// Build a scenario from what a site was seen to do (`pcq site`, from a
+    /// running pcq or from PuppetDB): writes DIR/scenario.toml and the
+    /// compile times as DIR/compile.csv beside it.
+    Scenario {
+        /// The observation (JSON written by `pcq site`).
+        site: PathBuf,
+        /// The folder to write into (made if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// The scenario's name.
+        #[arg(long, default_value = "observed")]
+        name: String,
     },
     /// Fit the master model to a capacity curve measured by `pcq
     /// calibrate`: prints the `[compile]` and `[masters]` tables of a
@@ -261,6 +275,28 @@ fn execute(cli: Cli) -> Result<ExitCode> {
                     counted(u64::from(s.masters.count), "master")
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Scenario { site, out, name } => {
+            let text =
+                std::fs::read(&site).with_context(|| format!("reading {}", site.display()))?;
+            let observed: scheduler::site::Site = serde_json::from_slice(&text)
+                .with_context(|| format!("{}: not an observation of pcq site", site.display()))?;
+            let built = pcq_site::scenario(&observed, &name)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", site.display()))?;
+            std::fs::create_dir_all(&out).with_context(|| format!("making {}", out.display()))?;
+            for (file, rows) in &built.csvs {
+                let path = out.join(file);
+                let rows: String = rows.iter().map(|s| format!("{s}\n")).collect();
+                std::fs::write(&path, format!("seconds\n{rows}"))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            let path = out.join("scenario.toml");
+            // what was written must load: a scenario nobody can run is an error here, not later
+            Scenario::parse(&built.toml, &path, &out)?;
+            std::fs::write(&path, &built.toml)
+                .with_context(|| format!("writing {}", path.display()))?;
+            println!("wrote {} (and its compile times beside it)", path.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Fit { measurement, out } => {

@@ -103,6 +103,41 @@ pub enum Command {
     /// 1..JRubies+1 clients, plus any --herd/--loop) for `pcq-sim fit` and
     /// `pcq-sim check`.
     Calibrate(CalibrateArgs),
+    /// Write what a site was seen to do, for `pcq-sim scenario`: what this
+    /// pcq saw since it started (compile times per master, facts uploads,
+    /// exports, deploys), or, for a site that does not run pcq yet, what
+    /// PuppetDB's reports say (--from-puppetdb).
+    Site(SiteArgs),
+}
+
+#[derive(clap::Args)]
+pub struct SiteArgs {
+    /// Read PuppetDB at this URL instead of a running pcq:
+    /// http://127.0.0.1:8080 on its host, or https://puppetdb:8081 with
+    /// this host's Puppet certificate.
+    #[arg(long)]
+    pub from_puppetdb: Option<String>,
+    /// With --from-puppetdb: the reports of this long back (PuppetDB keeps
+    /// 14 days by default).
+    #[arg(long, default_value = "14d", value_parser = humantime::parse_duration)]
+    pub window: std::time::Duration,
+    /// With --from-puppetdb: a Puppet Server whose JRuby pool (its status
+    /// API) sizes the master of that name; repeat for each. Masters with
+    /// no server given get the largest pool read.
+    #[arg(long = "puppetserver", requires = "from_puppetdb")]
+    pub puppetservers: Vec<String>,
+    /// With --from-puppetdb: Puppet's SSL directory (default: puppet.conf's).
+    #[arg(long, requires = "from_puppetdb")]
+    pub ssldir: Option<PathBuf>,
+    /// With --from-puppetdb: the certificate to present (default: this
+    /// host's name).
+    #[arg(long = "as", requires = "from_puppetdb")]
+    pub as_certname: Option<String>,
+    /// Write the observation here (mode 0600) instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 #[derive(clap::Args)]

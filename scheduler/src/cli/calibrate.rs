@@ -325,26 +325,17 @@ async fn warm_up(load: &Arc<Load>, jrubies: u32, max: Duration) -> Result<(u32, 
 
 /// The JRuby count from the server's status API.
 async fn jrubies_of(server: &PuppetServer) -> Result<u32> {
-    let url = format!(
-        "{}/status/v1/services/jruby-metrics?level=debug",
-        server.url()
-    );
-    let answer: Value = server
-        .client()
-        .get(&url)
-        .timeout(Duration::from_secs(10))
-        .send()
+    let pool = server
+        .jruby_pool()
         .await
-        .and_then(|r| r.error_for_status())
-        .with_context(|| format!("{url}: give --jrubies instead"))?
-        .json()
-        .await
-        .with_context(|| format!("{url}: not JSON; give --jrubies instead"))?;
-    answer["status"]["experimental"]["metrics"]["num-jrubies"]
-        .as_u64()
-        .and_then(|n| u32::try_from(n).ok())
-        .filter(|&n| (1..=MAX_JRUBIES).contains(&n))
-        .ok_or_else(|| anyhow!("{url}: no num-jrubies in the answer; give --jrubies instead"))
+        .map_err(|e| anyhow!("{e}; give --jrubies instead"))?;
+    if pool.size > MAX_JRUBIES {
+        bail!(
+            "{} JRubies: at most {MAX_JRUBIES}; give --jrubies",
+            pool.size
+        );
+    }
+    Ok(pool.size)
 }
 
 /// This host's facts, as `pcq sync` uploads them.

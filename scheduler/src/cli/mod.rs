@@ -4,7 +4,9 @@
 //! - [`client`]: the admin API client of `bump`, `deploy`, `queue`,
 //!   `status`; [`render`]: what those print, from the API's typed views;
 //! - [`analyze`]: `pcq analyze` and its `--verify`;
-//! - [`calibrate`]: `pcq calibrate`, a Puppet Server's capacity measured.
+//! - [`calibrate`]: `pcq calibrate`, a Puppet Server's capacity measured;
+//! - [`site`]: `pcq site`, what a site was seen to do (by this pcq, or in
+//!   PuppetDB: [`puppetdb`]), for `pcq-sim scenario`.
 //!
 //! `serve` hands over to [`crate::daemon`], `sync` to [`crate::sync`].
 
@@ -12,7 +14,9 @@ pub mod analyze;
 pub mod args;
 pub mod calibrate;
 pub mod client;
+pub mod puppetdb;
 pub mod render;
+pub mod site;
 
 use std::process::ExitCode;
 
@@ -136,6 +140,7 @@ async fn dispatch(command: Command) -> Result<()> {
         }
         Command::Analyze(args) => analyze::analyze(args).await?,
         Command::Calibrate(args) => calibrate::calibrate(args).await?,
+        Command::Site(args) => site::site(args).await?,
         Command::Sync(_) => {} // handled in run, without a runtime for the daemon
     }
     Ok(())

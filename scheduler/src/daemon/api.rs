@@ -8,6 +8,7 @@
 //! | `POST /v1/nodes/{certname}/bump` | move a node to the urgent lane |
 //! | `POST /v1/deploys` | `{"environment": "production"}`: new code, recompile its nodes |
 //! | `GET /v1/queue` | lanes, depths, ages, running compiles, masters |
+//! | `GET /v1/site` | what this daemon saw since it started (compile times per master, facts uploads, exports, deploys): `pcq site`, for `pcq-sim scenario` |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /healthz` | 200 while the driver answers and the store commits; 503 with the reason |
 //!
@@ -69,6 +70,7 @@ pub fn router(state: ApiState, max_body: usize) -> Router {
         .route("/v1/nodes/{certname}/bump", post(post_bump))
         .route("/v1/deploys", post(post_deploy))
         .route("/v1/queue", get(get_queue))
+        .route("/v1/site", get(get_site))
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(healthz))
         .layer(axum::middleware::from_fn_with_state(
@@ -360,6 +362,12 @@ async fn get_queue(State(state): State<ApiState>, Extension(caller): Extension<C
     admin(&caller, "the queue")?;
     let q = ask(&state, |reply| Command::Queue { reply }).await?;
     Ok(Json(q).into_response())
+}
+
+async fn get_site(State(state): State<ApiState>, Extension(caller): Extension<Caller>) -> Answer {
+    admin(&caller, "the site's record")?;
+    let site = ask(&state, |reply| Command::Site { reply }).await?;
+    Ok(Json(site).into_response())
 }
 
 async fn get_metrics(

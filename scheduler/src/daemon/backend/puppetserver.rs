@@ -89,6 +89,37 @@ impl PuppetServer {
         &self.url
     }
 
+    /// Its JRuby pool, from the status API
+    /// (`/status/v1/services/jruby-metrics?level=debug`; the default
+    /// auth.conf lets any client with a certificate read it).
+    pub async fn jruby_pool(&self) -> Result<JrubyPool, String> {
+        let url = format!("{}/status/v1/services/jruby-metrics?level=debug", self.url);
+        let answer: Value = async {
+            self.client
+                .get(&url)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await
+        }
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+        let metrics = &answer["status"]["experimental"]["metrics"];
+        let size = metrics["num-jrubies"]
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| format!("{url}: no num-jrubies in the answer"))?;
+        let seconds = |key: &str| metrics[key].as_f64().map(|ms| ms / 1000.0);
+        Ok(JrubyPool {
+            size,
+            average_borrow_seconds: seconds("average-borrow-time"),
+            average_wait_seconds: seconds("average-wait-time"),
+        })
+    }
+
     fn body(&self, job: &Job, trusted: Value) -> Value {
         let mut values = job.facts.clone();
         agent_facts(&mut values, &job.certname, &job.environment);
@@ -315,4 +346,15 @@ mod tests {
             Failure::Server(_)
         ));
     }
+}
+
+/// A Puppet Server's JRuby pool, as its status API reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JrubyPool {
+    /// JRuby instances (`max-active-instances`).
+    pub size: u32,
+    /// Mean time a JRuby is held per request, seconds.
+    pub average_borrow_seconds: Option<f64>,
+    /// Mean wait for a free JRuby, seconds.
+    pub average_wait_seconds: Option<f64>,
 }

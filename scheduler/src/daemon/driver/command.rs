@@ -128,6 +128,11 @@ pub enum Command {
         /// The answer.
         reply: oneshot::Sender<QueueView>,
     },
+    /// What this daemon saw since it started (`pcq site`).
+    Site {
+        /// The answer.
+        reply: oneshot::Sender<crate::site::Site>,
+    },
     /// The core's stats.
     Stats {
         /// The answer: the core's, and the nodes waiting for their first

@@ -21,7 +21,8 @@
 //!   fault a failure is; [`masters`]: where compiles run, down or up;
 //! - [`links`]: what catalogs depend on, and who collects a changed export;
 //!   [`router`] keeps that current in the background and routes changes;
-//! - [`view`]: what `pcq queue` and `pcq status` show.
+//! - [`view`]: what `pcq queue` and `pcq status` show; [`observed`]: what
+//!   this daemon saw, for `pcq site`.
 //!
 //! Time is wall-clock microseconds since the Unix epoch, so stored times
 //! mean something after a restart.
@@ -33,6 +34,7 @@ pub mod intake;
 pub mod links;
 pub mod masters;
 pub mod nodes;
+pub mod observed;
 pub mod parts;
 pub mod restore;
 pub mod router;
@@ -51,6 +53,7 @@ use crate::daemon::certname::Certname;
 use crate::daemon::metrics::Metrics;
 use crate::daemon::notify::Notice;
 use crate::daemon::store::{StoreError, StoredNode, Write};
+use crate::site::{EnvironmentCount, ObservedDeploy, ObservedExports, ObservedMaster, Site};
 
 pub use command::{ApiError, Command, FactsOutcome, FactsUpload, Reply};
 pub use masters::MasterSlot;
@@ -64,6 +67,7 @@ pub use intake::Absence;
 use intake::{BeforeStore, Intake, Known, Newcomer};
 use masters::Masters;
 use nodes::{NodeInfo, Nodes};
+use observed::Observed;
 use router::{environment_of, Router};
 
 /// Now, as the core's time.
@@ -93,6 +97,7 @@ pub struct Driver {
     waiting_deploys: Deploys,
     started_at: u64,
     draining: Option<Instant>,
+    observed: Observed,
 }
 
 impl Driver {
@@ -140,6 +145,7 @@ impl Driver {
             waiting_deploys: Deploys::default(),
             started_at: now().as_micros() / 1_000_000,
             draining: None,
+            observed: Observed::new(now()),
         })
     }
 
@@ -321,6 +327,9 @@ impl Driver {
             Command::Queue { reply } => {
                 let _ = reply.send(self.queue());
             }
+            Command::Site { reply } => {
+                let _ = reply.send(self.site());
+            }
             Command::Stats { reply } => {
                 let _ = reply.send((self.core.stats(now()), self.intake.waiting()));
             }
@@ -427,6 +436,13 @@ impl Driver {
             "every_node"
         };
         Metrics::count(&metrics.deploys, result);
+        self.observed.deploy(ObservedDeploy {
+            at: now().as_secs_f64(),
+            environment: environment.to_string(),
+            nodes: u32::try_from(report.affected).unwrap_or(u32::MAX),
+            members: u32::try_from(report.members).unwrap_or(u32::MAX),
+            unbounded: !report.narrowed,
+        });
         Metrics::count_by(&metrics.deploy_nodes, "moved", report.affected as u64);
         let spared = report.members - report.affected;
         Metrics::count_by(&metrics.deploy_nodes, "spared", spared as u64);
@@ -475,7 +491,7 @@ impl Driver {
         let (environment, used) = (upload.environment.as_deref(), upload.used.as_ref());
         let baseline = match intake::before_store(known, environment, &upload.hash, used) {
             BeforeStore::Unchanged => {
-                Metrics::count(&self.parts.metrics.facts_uploads, "unchanged");
+                self.count_upload("unchanged");
                 let _ = reply.send(Ok(FactsOutcome::Unchanged));
                 return;
             }
@@ -518,7 +534,7 @@ impl Driver {
             return match self.intake.newcomer(certname.clone(), environment) {
                 Newcomer::Join(env) => {
                     self.add_node(certname, &env, Some(hash));
-                    Metrics::count(&self.parts.metrics.facts_uploads, "changed");
+                    self.count_upload("changed");
                     FactsOutcome::Changed
                 }
                 Newcomer::Wait => FactsOutcome::Stored,
@@ -552,7 +568,7 @@ impl Driver {
         }
         // (the facts write already put the hash in the node's row)
         self.dirty.insert(id);
-        Metrics::count(&self.parts.metrics.facts_uploads, after.label);
+        self.count_upload(after.label);
         if after.bump {
             let _ = self.core.bump(now(), id, BumpReason::Facts);
             FactsOutcome::Changed
@@ -664,6 +680,9 @@ impl Driver {
         let outcome = compile::outcome_of(&c.result);
         let seconds = c.started.elapsed().as_secs_f64();
         self.parts.metrics.compiled(outcome.name(), seconds);
+        if c.result.is_ok() {
+            self.observed.compiled(c.master, seconds);
+        }
         match self.core.finish(t, c.node, master_id, outcome) {
             Ok(Finished::Released) | Err(_) => return, // removed meanwhile
             Ok(Finished::Next(_)) => {}
@@ -865,6 +884,59 @@ impl Driver {
         let deploys = self.deploys.get(&status.environment).copied().unwrap_or(0);
         status.code_version = Some(format!("{}.{deploys}", self.started_at));
         Some(status)
+    }
+
+    fn count_upload(&mut self, label: &str) {
+        Metrics::count(&self.parts.metrics.facts_uploads, label);
+        self.observed.upload(label);
+    }
+
+    fn site(&self) -> Site {
+        let mut environments: HashMap<String, u32> = HashMap::new();
+        let (mut exporters, mut collectors) = (0, 0);
+        for id in self.core.node_ids() {
+            *environments.entry(self.environment_of(id)).or_default() += 1;
+            if let Some(info) = self.nodes.get(id) {
+                exporters += u32::from(!info.exports.is_empty());
+                collectors += u32::from(info.deps.as_ref().is_some_and(|d| !d.collects.is_empty()));
+            }
+        }
+        let mut environments: Vec<EnvironmentCount> = environments
+            .into_iter()
+            .map(|(name, nodes)| EnvironmentCount { name, nodes })
+            .collect();
+        environments.sort_by(|a, b| b.nodes.cmp(&a.nodes).then(a.name.cmp(&b.name)));
+        let masters = self
+            .masters
+            .all()
+            .iter()
+            .enumerate()
+            .map(|(m, slot)| ObservedMaster {
+                name: slot.name.clone(),
+                slots: slot.spec.gate.max_concurrency,
+                cores: Some(f64::from(slot.spec.cores)),
+                compile_seconds: self.observed.compile_seconds(m),
+                average_borrow_seconds: None,
+                average_wait_seconds: None,
+            })
+            .collect();
+        Site {
+            source: format!("pcq serve (pid {})", std::process::id()),
+            from: self.observed.since.as_secs_f64(),
+            to: now().as_secs_f64(),
+            environments,
+            masters,
+            agents: None,
+            runs: None,
+            facts: Some(self.observed.facts.clone()),
+            exports: ObservedExports {
+                exporters,
+                collectors,
+                changes: Some(self.router.export_changes),
+            },
+            deploys: self.observed.deploys(),
+            core: Some(self.core.config().clone()),
+        }
     }
 
     fn queue(&mut self) -> QueueView {

@@ -41,6 +41,8 @@ pub struct Router {
     exports: ExportsConfig,
     catalogs: CatalogFiles,
     tx: mpsc::Sender<Command>,
+    /// Compiles whose exported resources changed, since start (`pcq site`).
+    pub export_changes: u64,
 }
 
 impl Router {
@@ -57,6 +59,7 @@ impl Router {
             exports,
             catalogs,
             tx,
+            export_changes: 0,
         }
     }
 
@@ -243,6 +246,9 @@ impl Router {
         };
         let (old, old_whole) = info.replace_exports(links.exported, links.held);
         let changed = links::changed_exports(&old, old_whole, &info.exports);
+        if !changed.is_empty() {
+            self.export_changes += 1;
+        }
         if changed.is_empty() || !self.exports.bump_collectors {
             return;
         }

@@ -1,0 +1,481 @@
+//! `pcq site --from-puppetdb`: what a site that does not run pcq yet was
+//! seen to do, read from PuppetDB.
+//!
+//! Every site with PuppetDB keeps its agents' reports (14 days by
+//! default). From them: the nodes and their environments, how often each
+//! node runs and how the runs spread over the interval, what an agent
+//! waited for its catalog (the `config_retrieval` time of each run, per
+//! master: the report's `producer`), how many runs changed nothing, and
+//! when runs failed. From the resources: who exports and who collects
+//! (a node holding a non-exported copy of an exported resource collected
+//! it). The JRuby pools come from each Puppet Server's status API.
+//!
+//! The reading ([`summarize`]) is apart from the fetching, so it is tested
+//! on rows without a PuppetDB.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::site::{
+    EnvironmentCount, ObservedAgents, ObservedExports, ObservedMaster, Runs, Site, MAX_SAMPLES,
+};
+
+/// Reports fetched per request.
+const PAGE: usize = 5_000;
+
+/// A node as `/pdb/query/v4/nodes` lists it.
+#[derive(Debug, Deserialize)]
+pub struct NodeRow {
+    /// The node.
+    pub certname: String,
+    /// Environment of its last catalog.
+    #[serde(default)]
+    pub catalog_environment: Option<String>,
+    /// Environment of its last facts.
+    #[serde(default)]
+    pub facts_environment: Option<String>,
+    /// Environment of its last report.
+    #[serde(default)]
+    pub report_environment: Option<String>,
+}
+
+/// A report, with the fields read.
+#[derive(Debug, Deserialize)]
+pub struct ReportRow {
+    /// The node.
+    pub certname: String,
+    /// When the run started (ISO 8601).
+    pub start_time: String,
+    /// `changed`, `unchanged` or `failed`.
+    pub status: Option<String>,
+    /// A noop run.
+    #[serde(default)]
+    pub noop: Option<bool>,
+    /// The Puppet Server that sent it.
+    #[serde(default)]
+    pub producer: Option<String>,
+    /// `{"data": [{"category", "name", "value"}], "href"}`.
+    #[serde(default)]
+    pub metrics: Value,
+}
+
+/// Seconds since the epoch of an ISO 8601 time as PuppetDB writes it.
+pub fn epoch(text: &str) -> Option<f64> {
+    let t = humantime::parse_rfc3339_weak(text.trim_end_matches('Z'))
+        .or_else(|_| humantime::parse_rfc3339(text))
+        .ok()?;
+    Some(t.duration_since(UNIX_EPOCH).ok()?.as_secs_f64())
+}
+
+/// The `config_retrieval` seconds of a report's metrics.
+fn config_retrieval(metrics: &Value) -> Option<f64> {
+    let data = metrics.get("data").unwrap_or(metrics).as_array()?;
+    data.iter()
+        .find(|m| m["category"] == "time" && m["name"] == "config_retrieval")
+        .and_then(|m| m["value"].as_f64())
+        .filter(|v| v.is_finite() && *v >= 0.0)
+}
+
+fn median(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    Some(values[values.len() / 2])
+}
+
+/// The nodes' run interval (the median of each node's median gap) and the
+/// spread of their phases in it (the interval less the largest gap
+/// between two phases on the circle).
+fn agents_of(runs: &HashMap<&str, Vec<f64>>) -> Option<ObservedAgents> {
+    let mut gaps: Vec<f64> = runs
+        .values()
+        .filter_map(|starts| {
+            let mut gaps: Vec<f64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+            median(&mut gaps)
+        })
+        .filter(|g| *g > 0.0)
+        .collect();
+    let interval = median(&mut gaps)?;
+    let mut phases: Vec<f64> = runs
+        .values()
+        .filter_map(|s| s.last())
+        .map(|t| t.rem_euclid(interval))
+        .collect();
+    phases.sort_by(f64::total_cmp);
+    let largest_gap = match phases.len() {
+        0 | 1 => interval,
+        n => {
+            let inner = phases.windows(2).map(|w| w[1] - w[0]);
+            inner
+                .chain([phases[0] + interval - phases[n - 1]])
+                .fold(0.0, f64::max)
+        }
+    };
+    Some(ObservedAgents {
+        interval_seconds: interval,
+        splay_seconds: (interval - largest_gap).max(0.0),
+    })
+}
+
+/// Pool sizes and borrow times per master name.
+pub type Pools = BTreeMap<String, crate::daemon::backend::puppetserver::JrubyPool>;
+
+/// What the rows say, as a [`Site`]. Masters are the reports' producers;
+/// each gets the pool of the Puppet Server of its name, else the largest
+/// pool read (`pools` must not be empty).
+pub fn summarize(
+    source: &str,
+    nodes: &[NodeRow],
+    reports: &[ReportRow],
+    exported: &[String],
+    collecting: &[String],
+    pools: &Pools,
+) -> Result<Site, String> {
+    let largest = pools
+        .values()
+        .max_by_key(|p| p.size)
+        .ok_or("no Puppet Server's JRuby pool was read")?;
+    let mut environments: BTreeMap<String, u32> = BTreeMap::new();
+    for n in nodes {
+        let env = [
+            &n.catalog_environment,
+            &n.facts_environment,
+            &n.report_environment,
+        ]
+        .into_iter()
+        .flatten()
+        .next()
+        .cloned()
+        .unwrap_or_else(|| "production".into());
+        *environments.entry(env).or_default() += 1;
+    }
+    let mut environments: Vec<EnvironmentCount> = environments
+        .into_iter()
+        .map(|(name, nodes)| EnvironmentCount { name, nodes })
+        .collect();
+    environments.sort_by(|a, b| b.nodes.cmp(&a.nodes).then(a.name.cmp(&b.name)));
+
+    let mut r = Runs {
+        failed_by_hour: vec![0; 24],
+        ..Runs::default()
+    };
+    let mut starts: HashMap<&str, Vec<f64>> = HashMap::new();
+    let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let (mut from, mut to) = (f64::INFINITY, f64::NEG_INFINITY);
+    for report in reports {
+        let Some(t) = epoch(&report.start_time) else {
+            return Err(format!(
+                "report of {}: start_time {:?} is not a time",
+                report.certname, report.start_time
+            ));
+        };
+        from = from.min(t);
+        to = to.max(t);
+        starts.entry(&report.certname).or_default().push(t);
+        if report.noop == Some(true) {
+            continue; // a noop run changes nothing by design
+        }
+        r.total += 1;
+        match report.status.as_deref() {
+            Some("changed") => r.changed += 1,
+            Some("unchanged") => r.unchanged += 1,
+            _ => {
+                r.failed += 1;
+                let hour = (t.rem_euclid(86_400.0) / 3_600.0) as usize;
+                r.failed_by_hour[hour.min(23)] += 1;
+            }
+        }
+        if let Some(s) = config_retrieval(&report.metrics) {
+            let producer = report.producer.clone().unwrap_or_else(|| "unknown".into());
+            samples.entry(producer).or_default().push(s);
+        }
+    }
+    for s in starts.values_mut() {
+        s.sort_by(f64::total_cmp);
+    }
+    let agents = agents_of(&starts);
+    if let Some(a) = &agents {
+        // the window runs to one interval after the last run started: the
+        // runs in it are every run of that time
+        to += a.interval_seconds;
+    }
+    if samples.is_empty() {
+        samples.insert(largest_name(pools), Vec::new());
+    }
+    let masters = samples
+        .into_iter()
+        .map(|(name, mut s)| {
+            if s.len() > MAX_SAMPLES {
+                s.drain(..s.len() - MAX_SAMPLES);
+            }
+            let pool = pools.get(&name).unwrap_or(largest);
+            ObservedMaster {
+                name,
+                slots: pool.size,
+                cores: None,
+                compile_seconds: s,
+                average_borrow_seconds: pool.average_borrow_seconds,
+                average_wait_seconds: pool.average_wait_seconds,
+            }
+        })
+        .collect();
+    let exporters: BTreeSet<&String> = exported.iter().collect();
+    let collectors: BTreeSet<&String> = collecting.iter().collect();
+    Ok(Site {
+        source: source.to_string(),
+        from: if from.is_finite() { from } else { 0.0 },
+        to: if to.is_finite() { to } else { 0.0 },
+        environments,
+        masters,
+        agents,
+        runs: Some(r),
+        facts: None,
+        exports: ObservedExports {
+            exporters: u32::try_from(exporters.len()).unwrap_or(u32::MAX),
+            collectors: u32::try_from(collectors.len()).unwrap_or(u32::MAX),
+            changes: None,
+        },
+        deploys: Vec::new(),
+        core: None,
+    })
+}
+
+fn largest_name(pools: &Pools) -> String {
+    pools
+        .iter()
+        .max_by_key(|(_, p)| p.size)
+        .map(|(n, _)| n.clone())
+        .unwrap_or_default()
+}
+
+/// Reads PuppetDB at `url` (`http://127.0.0.1:8080` on its host, or
+/// `https://puppetdb:8081` with `client`'s certificate): the active
+/// nodes, the reports that started in the last `window`, the exported
+/// resources and their collectors.
+pub async fn fetch(
+    client: &reqwest::Client,
+    url: &str,
+    window: Duration,
+) -> Result<(Vec<NodeRow>, Vec<ReportRow>, Vec<String>, Vec<String>), String> {
+    let base = url.trim_end_matches('/');
+    let nodes: Vec<NodeRow> = query(
+        client,
+        base,
+        "nodes",
+        &json!(["=", "node_state", "active"]),
+        None,
+    )
+    .await?;
+    let since = SystemTime::now().checked_sub(window).unwrap_or(UNIX_EPOCH);
+    let since = humantime::format_rfc3339_seconds(since).to_string();
+    let filter = json!([
+        "extract",
+        [
+            "certname",
+            "start_time",
+            "status",
+            "noop",
+            "producer",
+            "metrics"
+        ],
+        [">=", "start_time", since]
+    ]);
+    let mut reports: Vec<ReportRow> = Vec::new();
+    loop {
+        let page: Vec<ReportRow> =
+            query(client, base, "reports", &filter, Some(reports.len())).await?;
+        let n = page.len();
+        reports.extend(page);
+        if n < PAGE {
+            break;
+        }
+    }
+    let exported: Vec<Value> = query(
+        client,
+        base,
+        "resources",
+        &json!(["extract", ["certname"], ["=", "exported", true]]),
+        None,
+    )
+    .await?;
+    let collecting: Vec<Value> = query(
+        client,
+        base,
+        "resources",
+        &json!([
+            "extract",
+            ["certname"],
+            [
+                "and",
+                ["=", "exported", false],
+                [
+                    "in",
+                    ["type", "title"],
+                    [
+                        "extract",
+                        ["type", "title"],
+                        ["select_resources", ["=", "exported", true]]
+                    ]
+                ]
+            ]
+        ]),
+        None,
+    )
+    .await?;
+    let names = |rows: Vec<Value>| -> Vec<String> {
+        rows.into_iter()
+            .filter_map(|r| r["certname"].as_str().map(String::from))
+            .collect()
+    };
+    Ok((nodes, reports, names(exported), names(collecting)))
+}
+
+/// One query of PuppetDB's v4 API; with `offset`, a page of [`PAGE`]
+/// rows in start order.
+async fn query<T: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
+    base: &str,
+    endpoint: &str,
+    q: &Value,
+    offset: Option<usize>,
+) -> Result<Vec<T>, String> {
+    let url = format!("{base}/pdb/query/v4/{endpoint}");
+    let mut params = vec![("query", q.to_string())];
+    if let Some(offset) = offset {
+        params.push(("limit", PAGE.to_string()));
+        params.push(("offset", offset.to_string()));
+        params.push((
+            "order_by",
+            json!([{"field": "start_time"}, {"field": "certname"}]).to_string(),
+        ));
+    }
+    let full = reqwest::Url::parse_with_params(&url, &params).map_err(|e| format!("{url}: {e}"))?;
+    let response = client
+        .get(full)
+        .timeout(Duration::from_secs(300))
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let status = response.status();
+    let body = response.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&body);
+        return Err(format!(
+            "{url}: {status}: {}",
+            text.chars().take(300).collect::<String>()
+        ));
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("{url}: not what PuppetDB answers: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::backend::puppetserver::JrubyPool;
+
+    fn report(certname: &str, at: &str, status: &str, retrieval: f64, producer: &str) -> ReportRow {
+        ReportRow {
+            certname: certname.into(),
+            start_time: at.into(),
+            status: Some(status.into()),
+            noop: Some(false),
+            producer: Some(producer.into()),
+            metrics: json!({"data": [
+                {"category": "time", "name": "total", "value": 99.0},
+                {"category": "time", "name": "config_retrieval", "value": retrieval},
+            ], "href": "/pdb/query/v4/reports/x/metrics"}),
+        }
+    }
+
+    fn pools() -> Pools {
+        let mut p = Pools::new();
+        p.insert(
+            "m1".into(),
+            JrubyPool {
+                size: 4,
+                average_borrow_seconds: Some(2.0),
+                average_wait_seconds: Some(0.5),
+            },
+        );
+        p
+    }
+
+    #[test]
+    fn reports_give_runs_intervals_and_compile_times_per_master() {
+        let node = |c: &str, env: Option<&str>| NodeRow {
+            certname: c.into(),
+            catalog_environment: env.map(String::from),
+            facts_environment: Some("production".into()),
+            report_environment: None,
+        };
+        let nodes = [node("a", Some("dev")), node("b", None), node("c", None)];
+        let reports = [
+            report("a", "2026-12-04T10:00:00.000Z", "changed", 3.0, "m1"),
+            report("a", "2026-12-04T10:30:00.000Z", "unchanged", 1.0, "m1"),
+            report("a", "2026-12-04T11:00:00.000Z", "unchanged", 1.0, "m1"),
+            report("b", "2026-12-04T10:15:00.000Z", "unchanged", 2.0, "m2"),
+            report("b", "2026-12-04T10:45:00.000Z", "failed", 2.0, "m2"),
+        ];
+        let site = summarize(
+            "pdb",
+            &nodes,
+            &reports,
+            &["a".into(), "a".into()],
+            &["b".into()],
+            &pools(),
+        )
+        .expect("site");
+        assert_eq!(site.nodes(), 3);
+        assert_eq!(
+            site.environments,
+            [
+                EnvironmentCount {
+                    name: "production".into(),
+                    nodes: 2
+                },
+                EnvironmentCount {
+                    name: "dev".into(),
+                    nodes: 1
+                },
+            ]
+        );
+        let r = site.runs.as_ref().expect("runs");
+        assert_eq!((r.total, r.changed, r.unchanged, r.failed), (5, 1, 3, 1));
+        assert_eq!(r.failed_by_hour[10], 1);
+        let agents = site.agents.as_ref().expect("agents");
+        assert_eq!(agents.interval_seconds, 1800.0);
+        // last phases 0 (a at 11:00) and 900 (b at 10:45): largest gap 900
+        assert_eq!(agents.splay_seconds, 900.0);
+        let names: Vec<_> = site
+            .masters
+            .iter()
+            .map(|m| (m.name.as_str(), m.slots))
+            .collect();
+        assert_eq!(names, [("m1", 4), ("m2", 4)]);
+        assert_eq!(site.masters[0].compile_seconds, [3.0, 1.0, 1.0]);
+        assert_eq!((site.exports.exporters, site.exports.collectors), (1, 1));
+        // from the first run to an interval after the last
+        assert_eq!(site.to - site.from, 3600.0 + 1800.0);
+        site.check().expect("a valid site");
+    }
+
+    #[test]
+    fn bad_rows_and_missing_pools_are_refused() {
+        let bad = [report("a", "yesterday", "changed", 1.0, "m1")];
+        assert!(summarize("pdb", &[], &bad, &[], &[], &pools())
+            .unwrap_err()
+            .contains("not a time"));
+        assert!(summarize("pdb", &[], &[], &[], &[], &Pools::new())
+            .unwrap_err()
+            .contains("JRuby"));
+        assert_eq!(
+            epoch("2026-12-04T10:00:00Z"),
+            epoch("2026-12-04T10:00:00.000Z")
+        );
+        assert!(config_retrieval(&json!({"data": "x"})).is_none());
+    }
+}

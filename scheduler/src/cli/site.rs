@@ -1,0 +1,123 @@
+//! `pcq site`: what a site was seen to do, written as the file `pcq-sim
+//! scenario` builds a scenario from.
+//!
+//! From a running pcq (its admin API, `GET /v1/site`: what the daemon saw
+//! since it started) or, for a site that does not run pcq yet, from
+//! PuppetDB and the Puppet Servers' status API ([`super::puppetdb`]).
+//! The simulator does no I/O, so the reading is here.
+
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, Context, Result};
+use reqwest::Method;
+
+use super::args::SiteArgs;
+use super::client;
+use super::puppetdb;
+use super::render::emit;
+use crate::daemon::backend::puppetserver::PuppetServer;
+use crate::daemon::tls::PuppetSsl;
+use crate::private_file;
+use crate::puppet_conf::PuppetSettings;
+use crate::site::Site;
+
+/// Reads the site and writes it.
+pub async fn site(args: SiteArgs) -> Result<()> {
+    let site = match &args.from_puppetdb {
+        None => {
+            let v = client::call(
+                &client::base(&args.api),
+                args.api.token_file.as_deref(),
+                Method::GET,
+                "/v1/site",
+                None,
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
+            serde_json::from_value::<Site>(v)
+                .map_err(|e| anyhow!("pcq answered something this version cannot read: {e}"))?
+        }
+        Some(url) => from_puppetdb(&args, url).await?,
+    };
+    site.check().map_err(anyhow::Error::msg)?;
+    let summary = format!(
+        "{} nodes in {} environments, {} masters, {} compile times over {:.2} days",
+        site.nodes(),
+        site.environments.len(),
+        site.masters.len(),
+        site.masters
+            .iter()
+            .map(|m| m.compile_seconds.len())
+            .sum::<usize>(),
+        site.days()
+    );
+    let json = serde_json::to_string_pretty(&site)? + "\n";
+    match &args.out {
+        Some(path) => {
+            private_file::write(path, json.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "pcq site: {summary}; wrote {}; next: pcq-sim scenario {} --out DIR",
+                path.display(),
+                path.display()
+            );
+        }
+        None => {
+            eprintln!("pcq site: {summary}");
+            emit(&json);
+        }
+    }
+    Ok(())
+}
+
+async fn from_puppetdb(args: &SiteArgs, url: &str) -> Result<Site> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if args.puppetservers.is_empty() {
+        anyhow::bail!(
+            "give --puppetserver URL for each Puppet Server (at least one): its JRuby pool sizes the masters"
+        );
+    }
+    let puppet = PuppetSettings::discover();
+    let me = args
+        .as_certname
+        .clone()
+        .unwrap_or_else(crate::puppet_conf::hostname);
+    let ssl = PuppetSsl::new(args.ssldir.as_deref().unwrap_or(&puppet.ssldir), &me);
+    let mut pools = BTreeMap::new();
+    for server_url in &args.puppetservers {
+        let server = PuppetServer::agent_like(server_url, &ssl)?;
+        let pool = server.jruby_pool().await.map_err(anyhow::Error::msg)?;
+        pools.insert(host_of(server_url), pool);
+    }
+    let client = match url.starts_with("https://") {
+        true => reqwest::Client::builder()
+            .tls_backend_preconfigured(ssl.client_config()?)
+            .build()?,
+        false => reqwest::Client::new(),
+    };
+    let (nodes, reports, exported, collecting) = puppetdb::fetch(&client, url, args.window)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let source = format!("PuppetDB at {url}");
+    puppetdb::summarize(&source, &nodes, &reports, &exported, &collecting, &pools)
+        .map_err(anyhow::Error::msg)
+}
+
+/// The host of a URL: the name a Puppet Server's reports carry as their
+/// producer (its certname, when that is its host name).
+fn host_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split(['/', ':']).next().unwrap_or(rest).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_servers_name_is_its_host() {
+        assert_eq!(
+            super::host_of("https://puppet.example.com:8140/"),
+            "puppet.example.com"
+        );
+        assert_eq!(super::host_of("puppet"), "puppet");
+    }
+}
