@@ -80,11 +80,14 @@ pub fn scenario(site: &Site, name: &str) -> Result<Built, String> {
     let mean = samples.iter().sum::<f64>() / samples.len() as f64;
 
     // --- what was seen -----------------------------------------------------
+    let span = match days < 2.0 {
+        true => format!("{:.1} hours", days * 24.0),
+        false => format!("{days:.1} days"),
+    };
     let _ = writeln!(
         out,
-        "# Built by pcq-sim scenario from {} over {:.2} days ({} to {}).",
+        "# Built by pcq-sim scenario from {} over {span} ({} to {}).",
         site.source,
-        days,
         stamp(site.from),
         stamp(site.to)
     );

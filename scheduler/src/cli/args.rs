@@ -121,6 +121,10 @@ pub struct SiteArgs {
     /// 14 days by default).
     #[arg(long, default_value = "14d", value_parser = humantime::parse_duration)]
     pub window: std::time::Duration,
+    /// With --from-puppetdb: only nodes whose certname matches this
+    /// regular expression (PuppetDB's `~`), e.g. one data centre's.
+    #[arg(long, requires = "from_puppetdb")]
+    pub certnames: Option<String>,
     /// With --from-puppetdb: a Puppet Server whose JRuby pool (its status
     /// API) sizes the master of that name; repeat for each. Masters with
     /// no server given get the largest pool read.

@@ -194,6 +194,9 @@ pub fn summarize(
             samples.entry(producer).or_default().push(s);
         }
     }
+    if reports.is_empty() {
+        return Err("no report in the window: widen --window, or check --certnames".into());
+    }
     for s in starts.values_mut() {
         s.sort_by(f64::total_cmp);
     }
@@ -202,6 +205,12 @@ pub fn summarize(
         // the window runs to one interval after the last run started: the
         // runs in it are every run of that time
         to += a.interval_seconds;
+    }
+    if to <= from {
+        return Err(
+            "every report started at the same time: no window to measure rates over (one run of each node?); widen --window"
+                .into(),
+        );
     }
     if samples.is_empty() {
         samples.insert(largest_name(pools), Vec::new());
@@ -255,18 +264,26 @@ fn largest_name(pools: &Pools) -> String {
 /// Reads PuppetDB at `url` (`http://127.0.0.1:8080` on its host, or
 /// `https://puppetdb:8081` with `client`'s certificate): the active
 /// nodes, the reports that started in the last `window`, the exported
-/// resources and their collectors.
+/// resources and their collectors; with `certnames`, of the nodes whose
+/// certname matches that regular expression only.
 pub async fn fetch(
     client: &reqwest::Client,
     url: &str,
     window: Duration,
+    certnames: Option<&str>,
 ) -> Result<(Vec<NodeRow>, Vec<ReportRow>, Vec<String>, Vec<String>), String> {
     let base = url.trim_end_matches('/');
+    // every query narrowed to the certnames asked for (a regular
+    // expression, as PuppetDB's ~ operator takes it)
+    let only = |q: Value| match certnames {
+        Some(re) => json!(["and", ["~", "certname", re], q]),
+        None => q,
+    };
     let nodes: Vec<NodeRow> = query(
         client,
         base,
         "nodes",
-        &json!(["=", "node_state", "active"]),
+        &only(json!(["=", "node_state", "active"])),
         None,
     )
     .await?;
@@ -282,7 +299,7 @@ pub async fn fetch(
             "producer",
             "metrics"
         ],
-        [">=", "start_time", since]
+        only(json!([">=", "start_time", since]))
     ]);
     let mut reports: Vec<ReportRow> = Vec::new();
     loop {
@@ -294,11 +311,12 @@ pub async fn fetch(
             break;
         }
     }
+    let exported_q = only(json!(["=", "exported", true]));
     let exported: Vec<Value> = query(
         client,
         base,
         "resources",
-        &json!(["extract", ["certname"], ["=", "exported", true]]),
+        &json!(["extract", ["certname"], exported_q]),
         None,
     )
     .await?;
@@ -309,7 +327,7 @@ pub async fn fetch(
         &json!([
             "extract",
             ["certname"],
-            [
+            only(json!([
                 "and",
                 ["=", "exported", false],
                 [
@@ -318,10 +336,10 @@ pub async fn fetch(
                     [
                         "extract",
                         ["type", "title"],
-                        ["select_resources", ["=", "exported", true]]
+                        ["select_resources", exported_q]
                     ]
                 ]
-            ]
+            ]))
         ]),
         None,
     )

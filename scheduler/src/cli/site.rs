@@ -41,7 +41,7 @@ pub async fn site(args: SiteArgs) -> Result<()> {
     };
     site.check().map_err(anyhow::Error::msg)?;
     let summary = format!(
-        "{} nodes in {} environments, {} masters, {} compile times over {:.2} days",
+        "{} nodes in {} environments, {} masters, {} compile times over {:.1} hours",
         site.nodes(),
         site.environments.len(),
         site.masters.len(),
@@ -49,7 +49,7 @@ pub async fn site(args: SiteArgs) -> Result<()> {
             .iter()
             .map(|m| m.compile_seconds.len())
             .sum::<usize>(),
-        site.days()
+        site.days() * 24.0
     );
     let json = serde_json::to_string_pretty(&site)? + "\n";
     match &args.out {
@@ -95,9 +95,10 @@ async fn from_puppetdb(args: &SiteArgs, url: &str) -> Result<Site> {
             .build()?,
         false => reqwest::Client::new(),
     };
-    let (nodes, reports, exported, collecting) = puppetdb::fetch(&client, url, args.window)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let (nodes, reports, exported, collecting) =
+        puppetdb::fetch(&client, url, args.window, args.certnames.as_deref())
+            .await
+            .map_err(anyhow::Error::msg)?;
     let source = format!("PuppetDB at {url}");
     puppetdb::summarize(&source, &nodes, &reports, &exported, &collecting, &pools)
         .map_err(anyhow::Error::msg)
