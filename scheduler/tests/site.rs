@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use harness::{facts_body, metric, metric_sum, serial, with_role, Pcq, PcqConfig};
 use scheduler::site::Site;
 use serde_json::{json, Value};
+use simulator::plan::PlanOptions;
 use simulator::scenario::Scenario;
 
 /// PuppetDB's cleartext port, open on loopback only.
@@ -129,6 +130,7 @@ async fn puppetdb_fed_by_agent_runs_gives_back_the_site_that_went_in() {
     // production; two export a host entry, one collects it; four runs
     // each, 30 minutes apart, 2 s to get the catalog; each node's first
     // run changed something, one later run failed
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
     let now = SystemTime::now();
     let others: Vec<String> = (0..6)
@@ -271,6 +273,24 @@ async fn puppetdb_fed_by_agent_runs_gives_back_the_site_that_went_in() {
     assert_eq!(s.agents.interval, Some(Duration::from_secs(1800)));
     assert_eq!((s.exports.exporters, s.exports.collectors), (2, 1));
     assert_eq!(s.masters.slots, site.masters[0].slots);
+    // and it plans: what pcq would save here, and how many masters
+    let options = PlanOptions {
+        replications: Some(2),
+        jobs: 2,
+        ..PlanOptions::new()
+    };
+    let planned = simulator::plan::plan(&s, &options, &|_, _| {}).expect("plan");
+    assert_eq!(
+        planned.recommendations.len(),
+        2,
+        "{:?}",
+        planned.recommendations
+    );
+    assert!(
+        planned.recommendations.iter().all(|r| r.masters == Some(1)),
+        "8 nodes need one master: {:?}",
+        planned.recommendations
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
