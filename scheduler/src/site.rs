@@ -14,6 +14,13 @@ use crate::core::CoreConfig;
 
 /// Most compile durations kept per master: the newest win.
 pub const MAX_SAMPLES: usize = 10_000;
+/// Most deploys kept: the newest win (a rate is then taken over their own
+/// span, not the whole window).
+pub const MAX_DEPLOYS: usize = 1_000;
+/// The latest time a site may name: 9999-12-31, seconds since the epoch.
+const LATEST: f64 = 253_402_300_799.0;
+/// The longest an interval in a site may be: a year.
+const YEAR: f64 = 366.0 * 86_400.0;
 
 /// A site, observed over `[from, to]`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -122,6 +129,9 @@ pub struct FactUploads {
     pub used_changes: u64,
     /// Uploads that changed facts no catalog uses only.
     pub unused_changes: u64,
+    /// First uploads of nodes joining (not a change of a known node).
+    #[serde(default)]
+    pub first: u64,
 }
 
 /// Exported resources.
@@ -150,8 +160,10 @@ pub struct ObservedDeploy {
     pub nodes: u32,
     /// Nodes of the environment then.
     pub members: u32,
-    /// It could not be bounded (every node moved).
-    pub unbounded: bool,
+    /// Its change could not be bounded (every node moved); None when pcq
+    /// had nothing to bound it against (the first deploy it saw, an
+    /// analysis that failed): not a property of the site.
+    pub unbounded: Option<bool>,
 }
 
 impl Site {
@@ -167,19 +179,63 @@ impl Site {
 
     /// Checks what serde cannot: a window, finite non-negative durations.
     pub fn check(&self) -> Result<(), String> {
-        if !(self.from.is_finite() && self.to.is_finite() && self.to > self.from) {
+        let time = |t: f64| (0.0..=LATEST).contains(&t);
+        let span = |s: f64| (0.0..=YEAR).contains(&s);
+        if !(time(self.from) && time(self.to) && self.to > self.from) {
             return Err(format!(
-                "the observation window [{}, {}] is empty",
+                "the observation window [{}, {}] is empty or not in years 1970-9999",
                 self.from, self.to
             ));
         }
+        if let Some(a) = &self.agents {
+            if !(span(a.interval_seconds) && span(a.splay_seconds)) {
+                return Err(format!(
+                    "agents: interval {} s and splay {} s must be between 0 and a year",
+                    a.interval_seconds, a.splay_seconds
+                ));
+            }
+        }
+        for d in &self.deploys {
+            if !time(d.at) || d.nodes > d.members {
+                return Err(format!(
+                    "a deploy to {} at {}: {} of {} nodes is not one",
+                    d.environment, d.at, d.nodes, d.members
+                ));
+            }
+        }
+        if let Some(r) = &self.runs {
+            let parts = r
+                .changed
+                .checked_add(r.unchanged)
+                .and_then(|n| n.checked_add(r.failed));
+            if parts != Some(r.total) {
+                return Err(format!(
+                    "runs: {} changed, {} unchanged and {} failed do not add up to {}",
+                    r.changed, r.unchanged, r.failed, r.total
+                ));
+            }
+        }
+        if let Some(f) = &self.facts {
+            let parts = f
+                .used_changes
+                .checked_add(f.unused_changes)
+                .and_then(|n| n.checked_add(f.first));
+            if parts.is_none_or(|n| n > f.uploads) {
+                return Err(format!(
+                    "facts: more changes than the {} uploads",
+                    f.uploads
+                ));
+            }
+        }
         for m in &self.masters {
-            if let Some(s) = m
-                .compile_seconds
-                .iter()
-                .find(|s| !(s.is_finite() && **s >= 0.0))
-            {
+            if let Some(s) = m.compile_seconds.iter().find(|s| !span(**s)) {
                 return Err(format!("master {}: compile time {s} is not one", m.name));
+            }
+            if m.cores.is_some_and(|c| !(c > 0.0 && c <= 1e6)) || m.slots == 0 {
+                return Err(format!(
+                    "master {}: cores and slots must be above 0",
+                    m.name
+                ));
             }
             if m.compile_seconds.len() > MAX_SAMPLES {
                 return Err(format!(

@@ -285,17 +285,35 @@ fn execute(cli: Cli) -> Result<ExitCode> {
             let built = pcq_site::scenario(&observed, &name)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", site.display()))?;
             std::fs::create_dir_all(&out).with_context(|| format!("making {}", out.display()))?;
-            for (file, rows) in &built.csvs {
-                let path = out.join(file);
-                let rows: String = rows.iter().map(|s| format!("{s}\n")).collect();
-                std::fs::write(&path, format!("seconds\n{rows}"))
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
+            // written beside, loaded as pcq-sim will load it, then moved in
+            // place: a scenario that does not load replaces nothing
+            let staging = out.join(format!(".scenario-{}", std::process::id()));
+            std::fs::create_dir_all(&staging)
+                .with_context(|| format!("making {}", staging.display()))?;
+            let staged = || -> Result<Vec<String>> {
+                let mut files = Vec::new();
+                for (file, rows) in &built.csvs {
+                    let rows: String = rows.iter().map(|s| format!("{s}\n")).collect();
+                    std::fs::write(staging.join(file), format!("seconds\n{rows}"))
+                        .with_context(|| format!("writing {file}"))?;
+                    files.push(file.clone());
+                }
+                std::fs::write(staging.join("scenario.toml"), &built.toml)
+                    .context("writing scenario.toml")?;
+                Scenario::load(&staging.join("scenario.toml"))?;
+                files.push("scenario.toml".into());
+                Ok(files)
+            };
+            let moved = staged().and_then(|files| {
+                for file in files {
+                    std::fs::rename(staging.join(&file), out.join(&file))
+                        .with_context(|| format!("moving {file} into {}", out.display()))?;
+                }
+                Ok(())
+            });
+            let _ = std::fs::remove_dir_all(&staging);
+            moved?;
             let path = out.join("scenario.toml");
-            // what was written must load: a scenario nobody can run is an error here, not later
-            Scenario::parse(&built.toml, &path, &out)?;
-            std::fs::write(&path, &built.toml)
-                .with_context(|| format!("writing {}", path.display()))?;
             println!("wrote {} (and its compile times beside it)", path.display());
             Ok(ExitCode::SUCCESS)
         }

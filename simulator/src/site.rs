@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use scheduler::core::CoreConfig;
-use scheduler::site::Site;
+use scheduler::site::{Site, MAX_DEPLOYS};
 
 /// What `scenario` writes: the scenario's text and the CSV files beside it.
 #[derive(Debug)]
@@ -73,6 +73,20 @@ pub fn scenario(site: &Site, name: &str) -> Result<Built, String> {
         );
     }
     let days = site.days();
+    // Puppet's environment names are word characters; a name from a
+    // source that is not one (PuppetDB keeps what agents said) is renamed,
+    // and names that become one are merged
+    let mut environments: Vec<(String, u32, Vec<&str>)> = Vec::new();
+    for e in &site.environments {
+        let name = word(&e.name);
+        match environments.iter_mut().find(|(n, _, _)| *n == name) {
+            Some((_, nodes, from)) => {
+                *nodes += e.nodes;
+                from.push(&e.name);
+            }
+            None => environments.push((name, e.nodes, vec![&e.name])),
+        }
+    }
     let per_node_day = |count: f64| count / nodes as f64 / days;
     let mut out = String::new();
     let mut csvs = vec![("compile.csv".to_string(), samples.clone())];
@@ -87,7 +101,7 @@ pub fn scenario(site: &Site, name: &str) -> Result<Built, String> {
     let _ = writeln!(
         out,
         "# Built by pcq-sim scenario from {} over {span} ({} to {}).",
-        site.source,
+        comment(&site.source),
         stamp(site.from),
         stamp(site.to)
     );
@@ -96,8 +110,17 @@ pub fn scenario(site: &Site, name: &str) -> Result<Built, String> {
         out += "# The window is under an hour: every rate below is rough.\n";
     }
     out += "#\n# Nodes per environment (the simulator spreads them round robin):\n";
-    for e in &site.environments {
-        let _ = writeln!(out, "#   {}: {}", e.name, e.nodes);
+    for (name, nodes, from) in &environments {
+        let _ = write!(out, "#   {name}: {nodes}");
+        if from.len() > 1 || from[0] != name {
+            let shown: Vec<String> = from.iter().map(|f| comment(f)).collect();
+            let _ = write!(
+                out,
+                " (from {}: renamed to word characters)",
+                shown.join(", ")
+            );
+        }
+        out.push('\n');
     }
     let _ = writeln!(
         out,
@@ -112,7 +135,7 @@ pub fn scenario(site: &Site, name: &str) -> Result<Built, String> {
         let _ = write!(
             out,
             "#   master {}: {} slots, {} compiles",
-            m.name,
+            comment(&m.name),
             m.slots,
             m.compile_seconds.len()
         );
@@ -153,17 +176,17 @@ pub fn scenario(site: &Site, name: &str) -> Result<Built, String> {
         out,
         "\nname = {}\ndescription = {}\nduration = \"{}\"\nwarmup = \"{}\"\nseed = 1",
         quoted(name),
-        quoted(&format!("observed by {}", site.source)),
+        quoted(&format!("observed by {}", comment(&site.source))),
         human(DURATION),
         human(WARMUP)
     );
 
     // --- fleet ---------------------------------------------------------------
-    let environments: Vec<String> = site.environments.iter().map(|e| quoted(&e.name)).collect();
+    let names: Vec<String> = environments.iter().map(|(n, _, _)| quoted(n)).collect();
     let _ = writeln!(
         out,
         "\n[fleet]\nnodes = {nodes}\nenvironments = [{}]",
-        environments.join(", ")
+        names.join(", ")
     );
 
     // --- agents --------------------------------------------------------------
@@ -200,20 +223,20 @@ pub fn scenario(site: &Site, name: &str) -> Result<Built, String> {
     if let Some(f) = &site.facts {
         let _ = writeln!(
             out,
-            "# observed: {} uploads, {} changed a used fact, {} only unused facts\nused_changes_per_node_day = {}\nunused_changes_per_node_day = {}",
+            "# observed: {} uploads, {} changed a used fact, {} only unused facts ({} first facts of new nodes left out)\nused_changes_per_node_day = {}\nunused_changes_per_node_day = {}",
             f.uploads,
             f.used_changes,
             f.unused_changes,
+            f.first,
             rate(per_node_day(f.used_changes as f64)),
             rate(per_node_day(f.unused_changes as f64))
         );
     } else if let Some(r) = &site.runs {
-        let unchanged = r.total.saturating_sub(r.changed + r.failed);
         let _ = writeln!(
             out,
-            "# observed: each changed run counts as a changed catalog (drift put back too: more compiles,\n# never fewer); every other run uploaded facts that changed nothing a catalog uses\nused_changes_per_node_day = {}\nunused_changes_per_node_day = {}",
-            rate(per_node_day(r.changed as f64)),
-            rate(per_node_day(unchanged as f64))
+            "# observed: each changed or failed run counts as a changed catalog (drift put back, a run\n# that failed: more compiles, never fewer); every unchanged or noop run uploaded facts\n# that changed nothing a catalog uses\nused_changes_per_node_day = {}\nunused_changes_per_node_day = {}",
+            rate(per_node_day(r.changed as f64 + r.failed as f64)),
+            rate(per_node_day(r.unchanged as f64))
         );
     } else {
         out += "# assumed (the source saw no facts uploads)\nused_changes_per_node_day = 0.5\nunused_changes_per_node_day = 48\n";
@@ -222,38 +245,58 @@ pub fn scenario(site: &Site, name: &str) -> Result<Built, String> {
     // --- exports -------------------------------------------------------------
     let x = &site.exports;
     if x.exporters > 0 || x.collectors > 0 {
-        let exporters = x.exporters.min(nodes_u32);
-        let collectors = x.collectors.min(nodes_u32 - exporters);
+        // the simulator's exporters and collectors are apart; where they
+        // overlap (every node exports and collects), the collectors are
+        // kept and the exporters take the rest with their changes among
+        // them: as many export changes, each reaching every collector
+        let collectors = x
+            .collectors
+            .min(nodes_u32.saturating_sub(u32::from(x.exporters > 0)));
+        let exporters = x.exporters.min(nodes_u32 - collectors);
         out += "\n[exports]\n";
-        if collectors < x.collectors {
+        if exporters < x.exporters {
             let _ = writeln!(
                 out,
-                "# {} collectors seen, some of them exporters too: the simulator's are apart",
-                x.collectors
+                "# {} exporters and {} collectors seen among {nodes} nodes: the simulator's are apart, so\n# {exporters} exporters carry every export change",
+                x.exporters, x.collectors
             );
         }
         let _ = writeln!(out, "exporters = {exporters}\ncollectors = {collectors}");
+        let per_exporter = |total: f64| rate(total / f64::from(exporters.max(1)));
         match x.changes {
-            Some(c) if exporters > 0 => {
+            Some(c) => {
                 let _ = writeln!(
                     out,
                     "# observed: {c} compiles changed their exports\nchanges_per_exporter_day = {}",
-                    rate(c as f64 / f64::from(exporters) / days)
+                    per_exporter(c as f64 / days)
                 );
             }
-            _ => {
-                out += "# assumed: one change per exporter a day (PuppetDB keeps no history of exports)\nchanges_per_exporter_day = 1\n";
+            None => {
+                let _ = writeln!(
+                    out,
+                    "# assumed: one change per exporter a day (PuppetDB keeps no history of exports)\nchanges_per_exporter_day = {}",
+                    per_exporter(f64::from(x.exporters))
+                );
             }
         }
     }
 
     // --- deploys -------------------------------------------------------------
-    let mut by_env: BTreeMap<&str, Vec<&scheduler::site::ObservedDeploy>> = BTreeMap::new();
+    // when the oldest deploys were dropped, rates are over the span of
+    // the ones kept
+    let deploys_from = match site.deploys.len() >= MAX_DEPLOYS {
+        true => site
+            .deploys
+            .first()
+            .map_or(site.from, |d| d.at.max(site.from)),
+        false => site.from,
+    };
+    let mut by_env: BTreeMap<String, Vec<&scheduler::site::ObservedDeploy>> = BTreeMap::new();
     for d in &site.deploys {
-        by_env.entry(&d.environment).or_default().push(d);
+        by_env.entry(word(&d.environment)).or_default().push(d);
     }
     for (env, list) in by_env {
-        if !site.environments.iter().any(|e| e.name == env) {
+        if !environments.iter().any(|(n, _, _)| *n == env) {
             let _ = writeln!(
                 out,
                 "\n# {} deploys to {env}, which has no node now: left out",
@@ -261,26 +304,57 @@ pub fn scenario(site: &Site, name: &str) -> Result<Built, String> {
             );
             continue;
         }
-        let window = site.to - site.from;
+        let window = (site.to - deploys_from).max(60.0);
         let every = seconds(window / list.len() as f64).max(Duration::from_secs(60));
+        // the share a deploy moves, from the ones pcq could bound (an
+        // unbounded one moves every node, whatever its change reached)
         let shares: Vec<f64> = list
             .iter()
-            .filter(|d| d.members > 0)
-            .map(|d| f64::from(d.nodes.min(d.members)) / f64::from(d.members))
+            .filter(|d| d.members > 0 && d.unbounded == Some(false))
+            .map(|d| f64::from(d.nodes) / f64::from(d.members))
             .collect();
-        let affects = match shares.is_empty() {
-            true => 1.0,
-            false => shares.iter().sum::<f64>() / shares.len() as f64,
+        let decided: Vec<bool> = list.iter().filter_map(|d| d.unbounded).collect();
+        let (affects, affects_said) = match shares.is_empty() {
+            true => (
+                1.0,
+                "assumed: every node (no deploy pcq could bound)".to_string(),
+            ),
+            false => {
+                let a = shares.iter().sum::<f64>() / shares.len() as f64;
+                (
+                    a,
+                    format!(
+                        "observed: the bounded ones moved {:.0}% of the environment on average",
+                        a * 100.0
+                    ),
+                )
+            }
         };
-        let unbounded = list.iter().filter(|d| d.unbounded).count() as f64 / list.len() as f64;
+        let (unbounded, unbounded_said) = match decided.is_empty() {
+            true => (
+                1.0,
+                "assumed: unbounded (pcq had nothing to bound them against)".to_string(),
+            ),
+            false => {
+                let u = decided.iter().filter(|u| **u).count() as f64 / decided.len() as f64;
+                (
+                    u,
+                    format!(
+                        "observed: {} of {} could not be bounded",
+                        decided.iter().filter(|u| **u).count(),
+                        decided.len()
+                    ),
+                )
+            }
+        };
         let _ = writeln!(
             out,
-            "\n[[deploys]]\n# observed: {} deploys in the window, each moving {:.0}% of the environment on average\nat = \"{}\"\nevery = \"{}\"\nenvironment = {}\naffects = {}\nunbounded = {}",
+            "\n[[deploys]]\n# observed: {} deploys in {:.1} hours\nat = \"{}\"\nevery = \"{}\"\nenvironment = {}\n# {affects_said}\naffects = {}\n# {unbounded_said}\nunbounded = {}",
             list.len(),
-            affects * 100.0,
+            window / 3600.0,
             human(WARMUP + Duration::from_secs(60)),
             human(every),
-            quoted(env),
+            quoted(&env),
             rate(affects),
             rate(unbounded)
         );
@@ -292,14 +366,14 @@ pub fn scenario(site: &Site, name: &str) -> Result<Built, String> {
         .masters
         .iter()
         .map(|m| m.slots)
-        .max()
+        .min()
         .unwrap_or(1)
         .max(1);
     let cores: Vec<f64> = site.masters.iter().filter_map(|m| m.cores).collect();
     out += "\n[masters]\n";
     let _ = writeln!(
         out,
-        "# observed: {count} master(s), {slots} compile slots each (the largest seen)\ncount = {count}\nslots = {slots}"
+        "# observed: {count} master(s), {slots} compile slots each (the smallest seen: the simulator's masters are alike)\ncount = {count}\nslots = {slots}"
     );
     if cores.len() == site.masters.len() && !cores.is_empty() {
         let c = cores.iter().sum::<f64>() / cores.len() as f64;
@@ -363,6 +437,29 @@ fn quoted(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
+/// A name as an environment name may be: word characters.
+fn word(name: &str) -> String {
+    let w: String = name
+        .chars()
+        .map(|c| match c.is_ascii_alphanumeric() || c == '_' {
+            true => c,
+            false => '_',
+        })
+        .collect();
+    if w.is_empty() {
+        "_".into()
+    } else {
+        w
+    }
+}
+
+/// Text as a comment may hold it: one line, no control characters.
+fn comment(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 fn file_safe(name: &str) -> String {
     name.chars()
         .map(
@@ -398,7 +495,11 @@ mod tests {
                 },
                 EnvironmentCount {
                     name: "dev".into(),
-                    nodes: 100,
+                    nodes: 60,
+                },
+                EnvironmentCount {
+                    name: "feature-x".into(),
+                    nodes: 40,
                 },
             ],
             masters: vec![
@@ -425,6 +526,7 @@ mod tests {
                 uploads: 1000,
                 used_changes: 400,
                 unused_changes: 500,
+                first: 100,
             }),
             exports: ObservedExports {
                 exporters: 10,
@@ -437,21 +539,21 @@ mod tests {
                     environment: "production".into(),
                     nodes: 30,
                     members: 300,
-                    unbounded: false,
+                    unbounded: Some(false),
                 },
                 ObservedDeploy {
                     at: 1_000_200.0,
                     environment: "production".into(),
                     nodes: 300,
                     members: 300,
-                    unbounded: true,
+                    unbounded: Some(true),
                 },
                 ObservedDeploy {
                     at: 1_000_300.0,
                     environment: "gone".into(),
                     nodes: 1,
                     members: 1,
-                    unbounded: false,
+                    unbounded: None,
                 },
             ],
             core: Some(CoreConfig::default()),
@@ -474,8 +576,12 @@ mod tests {
         let built = scenario(&site(), "observed").expect("scenario");
         let s = parsed(&built);
         assert_eq!(s.fleet.nodes, 400);
-        assert_eq!(s.fleet.environments, ["production", "dev"]);
-        assert_eq!((s.masters.count, s.masters.slots), (2, 3));
+        assert_eq!(s.fleet.environments, ["production", "dev", "feature_x"]);
+        assert!(built
+            .toml
+            .contains("#   feature_x: 40 (from feature-x: renamed"));
+        // the smallest pool: the simulator's masters are alike
+        assert_eq!((s.masters.count, s.masters.slots), (2, 2));
         assert!((s.masters.cores - 3.0).abs() < 1e-9);
         // 400 used changes over 400 nodes and 2 days
         assert!((s.facts.used_changes_per_node_day - 0.5).abs() < 1e-9);
@@ -486,7 +592,9 @@ mod tests {
         assert_eq!(s.deploys.len(), 1);
         let d = &s.deploys[0];
         assert_eq!(d.every, Some(Duration::from_secs(86_400)));
-        assert!((d.affects - 0.55).abs() < 1e-9 && (d.unbounded - 0.5).abs() < 1e-9);
+        // the share from the bounded deploy only; one of two unbounded
+        assert!((d.affects - 0.1).abs() < 1e-9, "{}", d.affects);
+        assert!((d.unbounded - 0.5).abs() < 1e-9);
         assert_eq!(
             built.csvs.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(),
             ["compile.csv", "compile-0-m1.csv", "compile-1-m_2.csv"]
@@ -518,16 +626,47 @@ mod tests {
         });
         let built = scenario(&s, "pdb").expect("scenario");
         let parsed = parsed(&built);
-        assert!((parsed.facts.used_changes_per_node_day - 0.25).abs() < 1e-9);
+        assert!((parsed.facts.used_changes_per_node_day - 0.275).abs() < 1e-9);
         assert_eq!(parsed.agents.interval, Some(Duration::from_secs(1800)));
         assert_eq!(parsed.agents.splay, Duration::from_secs(900));
         // cores not known for every master: one per slot, said to be assumed
-        assert!((parsed.masters.cores - 3.0).abs() < 1e-9);
+        assert!((parsed.masters.cores - 2.0).abs() < 1e-9);
         assert!(built.toml.contains("# assumed: one core per slot"));
         assert!(built
             .toml
             .contains("# assumed: one change per exporter a day"));
         assert!(built.toml.contains("03:00-03:59 UTC (20)"));
+    }
+
+    #[test]
+    fn overlapping_exporters_and_collectors_keep_every_collector_and_change() {
+        let mut s = site();
+        s.exports = ObservedExports {
+            exporters: 400,
+            collectors: 400,
+            changes: Some(800),
+        };
+        let parsed = parsed(&scenario(&s, "x").expect("scenario"));
+        let x = &parsed.exports;
+        assert_eq!((x.exporters, x.collectors), (1, 399));
+        // 800 changes in 2 days, all on the one exporter
+        assert!((x.changes_per_exporter_day - 400.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn deploys_pcq_could_not_bound_are_said_to_be_assumed() {
+        let mut s = site();
+        for d in &mut s.deploys {
+            d.unbounded = None;
+        }
+        let built = scenario(&s, "x").expect("scenario");
+        let d = &parsed(&built).deploys[0];
+        assert_eq!((d.affects, d.unbounded), (1.0, 1.0));
+        assert!(built.toml.contains("# assumed: every node"));
+        // a newline in a name cannot add a key
+        s.source = "x\nexternal.changes_per_node_day = 9".into();
+        let built = scenario(&s, "x").expect("scenario");
+        assert_eq!(parsed(&built).external.changes_per_node_day, 0.0);
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! The reading ([`summarize`]) is apart from the fetching, so it is tested
 //! on rows without a PuppetDB.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
@@ -90,7 +90,7 @@ fn median(values: &mut [f64]) -> Option<f64> {
 /// The nodes' run interval (the median of each node's median gap) and the
 /// spread of their phases in it (the interval less the largest gap
 /// between two phases on the circle).
-fn agents_of(runs: &HashMap<&str, Vec<f64>>) -> Option<ObservedAgents> {
+fn agents_of(runs: &HashMap<String, Vec<f64>>) -> Option<ObservedAgents> {
     let mut gaps: Vec<f64> = runs
         .values()
         .filter_map(|starts| {
@@ -124,21 +124,85 @@ fn agents_of(runs: &HashMap<&str, Vec<f64>>) -> Option<ObservedAgents> {
 /// Pool sizes and borrow times per master name.
 pub type Pools = BTreeMap<String, crate::daemon::backend::puppetserver::JrubyPool>;
 
-/// What the rows say, as a [`Site`]. Masters are the reports' producers;
-/// each gets the pool of the Puppet Server of its name, else the largest
-/// pool read (`pools` must not be empty).
+/// What the reports say, summed up one page at a time: memory stays at a
+/// few numbers per node and [`MAX_SAMPLES`] compile times per master,
+/// however many reports there are.
+#[derive(Debug, Default)]
+pub struct Tally {
+    runs: Runs,
+    starts: HashMap<String, Vec<f64>>,
+    samples: BTreeMap<String, VecDeque<f64>>,
+    from: f64,
+    to: f64,
+}
+
+impl Tally {
+    /// An empty tally.
+    pub fn new() -> Tally {
+        Tally {
+            runs: Runs {
+                failed_by_hour: vec![0; 24],
+                ..Runs::default()
+            },
+            from: f64::INFINITY,
+            to: f64::NEG_INFINITY,
+            ..Tally::default()
+        }
+    }
+
+    /// Counts one report (in start order, for the newest samples to win).
+    pub fn add(&mut self, report: &ReportRow) -> Result<(), String> {
+        let Some(t) = epoch(&report.start_time) else {
+            return Err(format!(
+                "report of {}: start_time {:?} is not a time",
+                report.certname, report.start_time
+            ));
+        };
+        self.from = self.from.min(t);
+        self.to = self.to.max(t);
+        self.starts
+            .entry(report.certname.clone())
+            .or_default()
+            .push(t);
+        let r = &mut self.runs;
+        r.total += 1;
+        match (report.status.as_deref(), report.noop) {
+            // a noop run compiled a catalog and changed nothing
+            (Some("changed"), Some(true)) | (Some("unchanged"), _) => r.unchanged += 1,
+            (Some("changed"), _) => r.changed += 1,
+            _ => {
+                r.failed += 1;
+                let hour = (t.rem_euclid(86_400.0) / 3_600.0) as usize;
+                r.failed_by_hour[hour.min(23)] += 1;
+            }
+        }
+        if let Some(s) = config_retrieval(&report.metrics) {
+            let producer = report.producer.clone().unwrap_or_else(|| "unknown".into());
+            let kept = self.samples.entry(producer).or_default();
+            if kept.len() == MAX_SAMPLES {
+                kept.pop_front();
+            }
+            kept.push_back(s);
+        }
+        Ok(())
+    }
+}
+
+/// What the rows say, as a [`Site`]. Masters are the reports' producers,
+/// each with the pool of the Puppet Server of its name; a producer no
+/// pool was read for is an error (its size would be a guess), unless
+/// exactly one pool was read and the reports name one producer.
 pub fn summarize(
     source: &str,
     nodes: &[NodeRow],
-    reports: &[ReportRow],
+    tally: Tally,
     exported: &[String],
     collecting: &[String],
     pools: &Pools,
 ) -> Result<Site, String> {
-    let largest = pools
-        .values()
-        .max_by_key(|p| p.size)
-        .ok_or("no Puppet Server's JRuby pool was read")?;
+    if pools.is_empty() {
+        return Err("no Puppet Server's JRuby pool was read".into());
+    }
     let mut environments: BTreeMap<String, u32> = BTreeMap::new();
     for n in nodes {
         let env = [
@@ -159,42 +223,14 @@ pub fn summarize(
         .collect();
     environments.sort_by(|a, b| b.nodes.cmp(&a.nodes).then(a.name.cmp(&b.name)));
 
-    let mut r = Runs {
-        failed_by_hour: vec![0; 24],
-        ..Runs::default()
-    };
-    let mut starts: HashMap<&str, Vec<f64>> = HashMap::new();
-    let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    let (mut from, mut to) = (f64::INFINITY, f64::NEG_INFINITY);
-    for report in reports {
-        let Some(t) = epoch(&report.start_time) else {
-            return Err(format!(
-                "report of {}: start_time {:?} is not a time",
-                report.certname, report.start_time
-            ));
-        };
-        from = from.min(t);
-        to = to.max(t);
-        starts.entry(&report.certname).or_default().push(t);
-        if report.noop == Some(true) {
-            continue; // a noop run changes nothing by design
-        }
-        r.total += 1;
-        match report.status.as_deref() {
-            Some("changed") => r.changed += 1,
-            Some("unchanged") => r.unchanged += 1,
-            _ => {
-                r.failed += 1;
-                let hour = (t.rem_euclid(86_400.0) / 3_600.0) as usize;
-                r.failed_by_hour[hour.min(23)] += 1;
-            }
-        }
-        if let Some(s) = config_retrieval(&report.metrics) {
-            let producer = report.producer.clone().unwrap_or_else(|| "unknown".into());
-            samples.entry(producer).or_default().push(s);
-        }
-    }
-    if reports.is_empty() {
+    let Tally {
+        runs,
+        mut starts,
+        samples,
+        from,
+        mut to,
+    } = tally;
+    if runs.total == 0 {
         return Err("no report in the window: widen --window, or check --certnames".into());
     }
     for s in starts.values_mut() {
@@ -212,36 +248,40 @@ pub fn summarize(
                 .into(),
         );
     }
-    if samples.is_empty() {
-        samples.insert(largest_name(pools), Vec::new());
+    let only = (pools.len() == 1 && samples.len() <= 1)
+        .then(|| pools.values().next())
+        .flatten();
+    let mut masters = Vec::new();
+    for (name, s) in samples {
+        let Some(pool) = pools.get(&name).or(only) else {
+            return Err(format!(
+                "reports name the Puppet Server {name:?}, and no --puppetserver of that host name was given (its JRuby pool would be a guess): give --puppetserver https://{name}:8140"
+            ));
+        };
+        masters.push(ObservedMaster {
+            name,
+            slots: pool.size,
+            cores: None,
+            compile_seconds: s.into_iter().collect(),
+            average_borrow_seconds: pool.average_borrow_seconds,
+            average_wait_seconds: pool.average_wait_seconds,
+        });
     }
-    let masters = samples
-        .into_iter()
-        .map(|(name, mut s)| {
-            if s.len() > MAX_SAMPLES {
-                s.drain(..s.len() - MAX_SAMPLES);
-            }
-            let pool = pools.get(&name).unwrap_or(largest);
-            ObservedMaster {
-                name,
-                slots: pool.size,
-                cores: None,
-                compile_seconds: s,
-                average_borrow_seconds: pool.average_borrow_seconds,
-                average_wait_seconds: pool.average_wait_seconds,
-            }
-        })
-        .collect();
+    if masters.is_empty() {
+        return Err(
+            "no report has a config_retrieval time: nothing says how long a compile takes".into(),
+        );
+    }
     let exporters: BTreeSet<&String> = exported.iter().collect();
     let collectors: BTreeSet<&String> = collecting.iter().collect();
     Ok(Site {
         source: source.to_string(),
-        from: if from.is_finite() { from } else { 0.0 },
-        to: if to.is_finite() { to } else { 0.0 },
+        from,
+        to,
         environments,
         masters,
         agents,
-        runs: Some(r),
+        runs: Some(runs),
         facts: None,
         exports: ObservedExports {
             exporters: u32::try_from(exporters.len()).unwrap_or(u32::MAX),
@@ -253,25 +293,18 @@ pub fn summarize(
     })
 }
 
-fn largest_name(pools: &Pools) -> String {
-    pools
-        .iter()
-        .max_by_key(|(_, p)| p.size)
-        .map(|(n, _)| n.clone())
-        .unwrap_or_default()
-}
-
 /// Reads PuppetDB at `url` (`http://127.0.0.1:8080` on its host, or
 /// `https://puppetdb:8081` with `client`'s certificate): the active
-/// nodes, the reports that started in the last `window`, the exported
-/// resources and their collectors; with `certnames`, of the nodes whose
-/// certname matches that regular expression only.
+/// nodes, the agents' reports that started in the last `window` (tallied
+/// a page at a time), the nodes exporting resources and the nodes holding
+/// a collected copy; with `certnames`, of the nodes whose certname
+/// matches that regular expression only.
 pub async fn fetch(
     client: &reqwest::Client,
     url: &str,
     window: Duration,
     certnames: Option<&str>,
-) -> Result<(Vec<NodeRow>, Vec<ReportRow>, Vec<String>, Vec<String>), String> {
+) -> Result<(Vec<NodeRow>, Tally, Vec<String>, Vec<String>), String> {
     let base = url.trim_end_matches('/');
     // every query narrowed to the certnames asked for (a regular
     // expression, as PuppetDB's ~ operator takes it)
@@ -284,64 +317,92 @@ pub async fn fetch(
         base,
         "nodes",
         &only(json!(["=", "node_state", "active"])),
-        None,
+        false,
     )
     .await?;
-    let since = SystemTime::now().checked_sub(window).unwrap_or(UNIX_EPOCH);
-    let since = humantime::format_rfc3339_seconds(since).to_string();
-    let filter = json!([
-        "extract",
-        [
-            "certname",
-            "start_time",
-            "status",
-            "noop",
-            "producer",
-            "metrics"
-        ],
-        only(json!([">=", "start_time", since]))
-    ]);
-    let mut reports: Vec<ReportRow> = Vec::new();
+    // a fixed end, and pages that go on from the last start seen: reports
+    // arriving or expiring meanwhile shift nothing
+    let now = SystemTime::now();
+    let since = humantime::format_rfc3339_millis(now.checked_sub(window).unwrap_or(UNIX_EPOCH));
+    let until = humantime::format_rfc3339_millis(now).to_string();
+    let mut tally = Tally::new();
+    let mut lower = since.to_string();
+    let mut seen_at_lower: HashSet<String> = HashSet::new();
     loop {
-        let page: Vec<ReportRow> =
-            query(client, base, "reports", &filter, Some(reports.len())).await?;
-        let n = page.len();
-        reports.extend(page);
-        if n < PAGE {
+        let q = json!([
+            "extract",
+            [
+                "certname",
+                "start_time",
+                "status",
+                "noop",
+                "producer",
+                "metrics"
+            ],
+            only(json!([
+                "and",
+                [">=", "start_time", lower],
+                ["<", "start_time", until],
+                ["=", "type", "agent"]
+            ]))
+        ]);
+        let page: Vec<ReportRow> = query(client, base, "reports", &q, true).await?;
+        let mut added = 0;
+        for row in &page {
+            if row.start_time == lower && seen_at_lower.contains(&row.certname) {
+                continue;
+            }
+            tally.add(row)?;
+            added += 1;
+        }
+        let Some(last) = page.last() else { break };
+        if page.len() < PAGE {
             break;
         }
+        if added == 0 {
+            return Err(format!(
+                "more than {PAGE} reports started at {}: PuppetDB cannot page past them",
+                last.start_time
+            ));
+        }
+        if last.start_time != lower {
+            seen_at_lower.clear();
+            lower = last.start_time.clone();
+        }
+        seen_at_lower.extend(
+            page.iter()
+                .filter(|r| r.start_time == lower)
+                .map(|r| r.certname.clone()),
+        );
     }
     let exported_q = only(json!(["=", "exported", true]));
+    let distinct = |q: Value| json!(["extract", ["certname"], q, ["group_by", "certname"]]);
     let exported: Vec<Value> = query(
         client,
         base,
         "resources",
-        &json!(["extract", ["certname"], exported_q]),
-        None,
+        &distinct(exported_q.clone()),
+        false,
     )
     .await?;
     let collecting: Vec<Value> = query(
         client,
         base,
         "resources",
-        &json!([
-            "extract",
-            ["certname"],
-            only(json!([
-                "and",
-                ["=", "exported", false],
+        &distinct(only(json!([
+            "and",
+            ["=", "exported", false],
+            [
+                "in",
+                ["type", "title"],
                 [
-                    "in",
+                    "extract",
                     ["type", "title"],
-                    [
-                        "extract",
-                        ["type", "title"],
-                        ["select_resources", exported_q]
-                    ]
+                    ["select_resources", exported_q]
                 ]
-            ]))
-        ]),
-        None,
+            ]
+        ]))),
+        false,
     )
     .await?;
     let names = |rows: Vec<Value>| -> Vec<String> {
@@ -349,37 +410,48 @@ pub async fn fetch(
             .filter_map(|r| r["certname"].as_str().map(String::from))
             .collect()
     };
-    Ok((nodes, reports, names(exported), names(collecting)))
+    Ok((nodes, tally, names(exported), names(collecting)))
 }
 
-/// One query of PuppetDB's v4 API; with `offset`, a page of [`PAGE`]
-/// rows in start order.
+/// Most bytes of one answer of PuppetDB read.
+const MAX_ANSWER: usize = 256 << 20;
+
+/// One query of PuppetDB's v4 API; `paged`: the first [`PAGE`] rows in
+/// start order.
 async fn query<T: serde::de::DeserializeOwned>(
     client: &reqwest::Client,
     base: &str,
     endpoint: &str,
     q: &Value,
-    offset: Option<usize>,
+    paged: bool,
 ) -> Result<Vec<T>, String> {
     let url = format!("{base}/pdb/query/v4/{endpoint}");
     let mut params = vec![("query", q.to_string())];
-    if let Some(offset) = offset {
+    if paged {
         params.push(("limit", PAGE.to_string()));
-        params.push(("offset", offset.to_string()));
         params.push((
             "order_by",
             json!([{"field": "start_time"}, {"field": "certname"}]).to_string(),
         ));
     }
     let full = reqwest::Url::parse_with_params(&url, &params).map_err(|e| format!("{url}: {e}"))?;
-    let response = client
+    let mut response = client
         .get(full)
         .timeout(Duration::from_secs(300))
         .send()
         .await
         .map_err(|e| format!("{url}: {e}"))?;
     let status = response.status();
-    let body = response.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| format!("{url}: {e}"))? {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            return Err(format!(
+                "{url}: an answer over {} MiB; narrow it with --certnames or --window",
+                MAX_ANSWER >> 20
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
     if !status.is_success() {
         let text = String::from_utf8_lossy(&body);
         return Err(format!(
@@ -407,6 +479,27 @@ mod tests {
                 {"category": "time", "name": "config_retrieval", "value": retrieval},
             ], "href": "/pdb/query/v4/reports/x/metrics"}),
         }
+    }
+
+    fn pools2() -> Pools {
+        let mut p = pools();
+        p.insert(
+            "m2".into(),
+            JrubyPool {
+                size: 2,
+                average_borrow_seconds: None,
+                average_wait_seconds: None,
+            },
+        );
+        p
+    }
+
+    fn tally(reports: &[ReportRow]) -> Result<Tally, String> {
+        let mut t = Tally::new();
+        for r in reports {
+            t.add(r)?;
+        }
+        Ok(t)
     }
 
     fn pools() -> Pools {
@@ -441,10 +534,10 @@ mod tests {
         let site = summarize(
             "pdb",
             &nodes,
-            &reports,
+            tally(&reports).expect("t"),
             &["a".into(), "a".into()],
             &["b".into()],
-            &pools(),
+            &pools2(),
         )
         .expect("site");
         assert_eq!(site.nodes(), 3);
@@ -473,7 +566,7 @@ mod tests {
             .iter()
             .map(|m| (m.name.as_str(), m.slots))
             .collect();
-        assert_eq!(names, [("m1", 4), ("m2", 4)]);
+        assert_eq!(names, [("m1", 4), ("m2", 2)]);
         assert_eq!(site.masters[0].compile_seconds, [3.0, 1.0, 1.0]);
         assert_eq!((site.exports.exporters, site.exports.collectors), (1, 1));
         // from the first run to an interval after the last
@@ -484,16 +577,51 @@ mod tests {
     #[test]
     fn bad_rows_and_missing_pools_are_refused() {
         let bad = [report("a", "yesterday", "changed", 1.0, "m1")];
-        assert!(summarize("pdb", &[], &bad, &[], &[], &pools())
-            .unwrap_err()
-            .contains("not a time"));
-        assert!(summarize("pdb", &[], &[], &[], &[], &Pools::new())
-            .unwrap_err()
-            .contains("JRuby"));
+        assert!(tally(&bad).unwrap_err().contains("not a time"));
+        let two = [
+            report("a", "2026-12-04T10:00:00Z", "changed", 1.0, "m1"),
+            report("a", "2026-12-04T10:30:00Z", "changed", 1.0, "m9"),
+        ];
+        let no_pools = summarize("pdb", &[], tally(&two).expect("t"), &[], &[], &Pools::new());
+        assert!(no_pools.unwrap_err().contains("JRuby"));
+        // a producer no pool was read for: its size would be a guess
+        let unknown = summarize("pdb", &[], tally(&two).expect("t"), &[], &[], &pools());
+        assert!(unknown.unwrap_err().contains("\"m9\""));
+        let none = summarize("pdb", &[], Tally::new(), &[], &[], &pools());
+        assert!(none.unwrap_err().contains("no report"));
+        let one = [report("a", "2026-12-04T10:00:00Z", "changed", 1.0, "m1")];
+        let once = summarize("pdb", &[], tally(&one).expect("t"), &[], &[], &pools());
+        assert!(once.unwrap_err().contains("same time"));
+        // one pool and one producer of another name (an IP address given):
+        // that pool
+        let mut other = pools();
+        let pool = other.remove("m1").expect("m1");
+        other.insert("10.0.0.1".into(), pool);
+        let site = summarize("pdb", &[], tally(&two[..1]).expect("t"), &[], &[], &other);
+        assert!(site.unwrap_err().contains("same time"));
         assert_eq!(
             epoch("2026-12-04T10:00:00Z"),
             epoch("2026-12-04T10:00:00.000Z")
         );
         assert!(config_retrieval(&json!({"data": "x"})).is_none());
+    }
+
+    #[test]
+    fn noop_runs_count_as_unchanged_and_samples_keep_the_newest() {
+        let mut noop = report("a", "2026-12-04T10:00:00Z", "changed", 5.0, "m1");
+        noop.noop = Some(true);
+        let mut t = tally(&[noop]).expect("t");
+        for i in 0..MAX_SAMPLES {
+            let at = format!("2026-12-04T11:{:02}:{:02}Z", (i / 60) % 60, i % 60);
+            t.add(&report("b", &at, "unchanged", 1.0, "m1"))
+                .expect("add");
+        }
+        assert_eq!(
+            (t.runs.unchanged, t.runs.changed),
+            (MAX_SAMPLES as u64 + 1, 0)
+        );
+        let kept = &t.samples["m1"];
+        assert_eq!(kept.len(), MAX_SAMPLES);
+        assert!(kept.iter().all(|s| *s == 1.0), "the oldest went first");
     }
 }

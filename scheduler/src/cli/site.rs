@@ -95,13 +95,26 @@ async fn from_puppetdb(args: &SiteArgs, url: &str) -> Result<Site> {
             .build()?,
         false => reqwest::Client::new(),
     };
-    let (nodes, reports, exported, collecting) =
+    let (nodes, tally, exported, collecting) =
         puppetdb::fetch(&client, url, args.window, args.certnames.as_deref())
             .await
             .map_err(anyhow::Error::msg)?;
-    let source = format!("PuppetDB at {url}");
-    puppetdb::summarize(&source, &nodes, &reports, &exported, &collecting, &pools)
+    let source = format!("PuppetDB at {}", without_userinfo(url));
+    puppetdb::summarize(&source, &nodes, tally, &exported, &collecting, &pools)
         .map_err(anyhow::Error::msg)
+}
+
+/// `url` without a user name or password in it: the source named in a
+/// site file (which a scenario quotes) must not carry a credential.
+fn without_userinfo(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => "(a URL that does not parse)".into(),
+    }
 }
 
 /// The host of a URL: the name a Puppet Server's reports carry as their
@@ -120,5 +133,9 @@ mod tests {
             "puppet.example.com"
         );
         assert_eq!(super::host_of("puppet"), "puppet");
+        assert_eq!(
+            super::without_userinfo("https://u:secret@pdb:8081/"),
+            "https://pdb:8081/"
+        );
     }
 }

@@ -158,13 +158,9 @@ fn masters(config: &Config) -> Result<(Vec<MasterSlot>, Option<PuppetServer>), S
                 (Arc::new(compiler), Duration::from_secs(5))
             }
         };
-        slots.push(MasterSlot::new(
-            m.name.clone(),
-            compiler,
-            spec,
-            m.local,
-            probe,
-        ));
+        let mut slot = MasterSlot::new(m.name.clone(), compiler, spec, m.local, probe);
+        slot.cores_known = m.cores != 0 || m.local;
+        slots.push(slot);
     }
     Ok((slots, ca_client))
 }

@@ -81,6 +81,9 @@ pub struct Decision {
     pub report: DeployReport,
     /// The environment's new baseline.
     pub baseline: Option<Arc<Snapshot>>,
+    /// Whether the change could not be bounded; None when no change was
+    /// known to bound (the first deploy pcq sees, a failed analysis).
+    pub unbounded: Option<bool>,
 }
 
 /// A node of the environment, as a deploy sees it.
@@ -163,6 +166,7 @@ pub fn decide(
         },
         moves,
         baseline: new.ok(),
+        unbounded: change.as_ref().ok().map(|c| !c.unbounded.is_empty()),
     }
 }
 

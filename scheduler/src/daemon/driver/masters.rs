@@ -27,6 +27,9 @@ pub struct MasterSlot {
     pub local: bool,
     /// How often to probe it when it is down.
     pub probe_interval: Duration,
+    /// `spec.cores` was configured, or is this host's count on this host
+    /// (false: a remote master given this host's count for want of one).
+    pub cores_known: bool,
     id: Option<MasterId>,
     probing: bool,
 }
@@ -46,6 +49,7 @@ impl MasterSlot {
             spec,
             local,
             probe_interval,
+            cores_known: true,
             id: None,
             probing: false,
         }

@@ -441,7 +441,7 @@ impl Driver {
             environment: environment.to_string(),
             nodes: u32::try_from(report.affected).unwrap_or(u32::MAX),
             members: u32::try_from(report.members).unwrap_or(u32::MAX),
-            unbounded: !report.narrowed,
+            unbounded: decision.unbounded,
         });
         Metrics::count_by(&metrics.deploy_nodes, "moved", report.affected as u64);
         let spared = report.members - report.affected;
@@ -534,7 +534,8 @@ impl Driver {
             return match self.intake.newcomer(certname.clone(), environment) {
                 Newcomer::Join(env) => {
                     self.add_node(certname, &env, Some(hash));
-                    self.count_upload("changed");
+                    Metrics::count(&self.parts.metrics.facts_uploads, "changed");
+                    self.observed.upload("first");
                     FactsOutcome::Changed
                 }
                 Newcomer::Wait => FactsOutcome::Stored,
@@ -680,7 +681,8 @@ impl Driver {
         let outcome = compile::outcome_of(&c.result);
         let seconds = c.started.elapsed().as_secs_f64();
         self.parts.metrics.compiled(outcome.name(), seconds);
-        if c.result.is_ok() {
+        if !matches!(outcome, Outcome::Interrupted | Outcome::Deferred) {
+            // failed and timed-out compiles held a JRuby as long too
             self.observed.compiled(c.master, seconds);
         }
         match self.core.finish(t, c.node, master_id, outcome) {
@@ -914,7 +916,7 @@ impl Driver {
             .map(|(m, slot)| ObservedMaster {
                 name: slot.name.clone(),
                 slots: slot.spec.gate.max_concurrency,
-                cores: Some(f64::from(slot.spec.cores)),
+                cores: slot.cores_known.then(|| f64::from(slot.spec.cores)),
                 compile_seconds: self.observed.compile_seconds(m),
                 average_borrow_seconds: None,
                 average_wait_seconds: None,

@@ -11,10 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::core::Time;
-use crate::site::{FactUploads, ObservedDeploy, MAX_SAMPLES};
-
-/// Most deploys kept: the newest win.
-pub const MAX_DEPLOYS: usize = 1_000;
+use crate::site::{FactUploads, ObservedDeploy, MAX_DEPLOYS, MAX_SAMPLES};
 
 /// The record.
 #[derive(Debug)]
@@ -51,11 +48,13 @@ impl Observed {
     }
 
     /// A facts upload, with its result label (`changed`: a used fact,
-    /// `unused`: only facts no catalog uses, `unchanged`).
+    /// `unused`: only facts no catalog uses, `unchanged`, `first`: the
+    /// first facts of a node joining).
     pub fn upload(&mut self, label: &str) {
         self.facts.uploads += 1;
         match label {
             "changed" => self.facts.used_changes += 1,
+            "first" => self.facts.first += 1,
             "unused" => self.facts.unused_changes += 1,
             _ => {}
         }
@@ -97,16 +96,13 @@ mod tests {
         assert_eq!(s.len(), MAX_SAMPLES);
         assert_eq!(s[0], 5.0);
         assert!(o.compile_seconds(0).is_empty());
-        for label in ["changed", "unused", "unchanged", "changed"] {
+        for label in ["changed", "unused", "unchanged", "changed", "first"] {
             o.upload(label);
         }
+        let f = &o.facts;
         assert_eq!(
-            (
-                o.facts.uploads,
-                o.facts.used_changes,
-                o.facts.unused_changes
-            ),
-            (4, 2, 1)
+            (f.uploads, f.used_changes, f.unused_changes, f.first),
+            (5, 2, 1, 1)
         );
     }
 }
