@@ -126,8 +126,9 @@ pub struct SiteArgs {
     #[arg(long, requires = "from_puppetdb")]
     pub certnames: Option<String>,
     /// With --from-puppetdb: a Puppet Server whose JRuby pool (its status
-    /// API) sizes the master of that name; repeat for each. Masters with
-    /// no server given get the largest pool read.
+    /// API) sizes the master of that host name (the reports' producer);
+    /// repeat for each. A producer with no server given is an error,
+    /// unless there is one of each.
     #[arg(long = "puppetserver", requires = "from_puppetdb")]
     pub puppetservers: Vec<String>,
     /// With --from-puppetdb: Puppet's SSL directory (default: puppet.conf's).
