@@ -222,6 +222,11 @@ pub struct CalibrateArgs {
     /// Give up warming up after this long (it says so on standard error).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub warmup_max: Duration,
+    /// Before each experiment, wait until every JRuby is free (the status
+    /// API; at most 30 s) and then this long more: what ran before (a
+    /// herd's garbage to collect) must not slow the next one.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
     /// Also fire a herd of this many simultaneous requests (repeat).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub herd: Vec<u32>,

@@ -18,7 +18,8 @@
 //!
 //! 2 and 3 in `--repeat` interleaved rounds, each in its own (seeded)
 //! order, so that neither a slow minute of the machine nor the run before
-//! it makes one point.
+//! it makes one point; and each from an idle server: every JRuby free,
+//! then `--settle` more (a herd leaves garbage for the JVM to collect).
 //!
 //! Any failed compile stops it: a measurement with failures in it would
 //! fit a master that does not exist.
@@ -135,6 +136,7 @@ pub async fn calibrate(args: CalibrateArgs) -> Result<()> {
         .collect();
     let mut runs = Vec::new();
     for (experiment, curve) in rounds {
+        settle(&load.server, args.settle).await;
         let run = Run {
             curve,
             ..load.run(experiment).await?
@@ -321,6 +323,21 @@ async fn warm_up(load: &Arc<Load>, jrubies: u32, max: Duration) -> Result<(u32, 
             return Ok((spent, false));
         }
     }
+}
+
+/// Waits until the server has every JRuby free (at most 30 s; not at all
+/// when its status API does not answer), then `pause` more.
+async fn settle(server: &PuppetServer, pause: Duration) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        match server.jruby_pool().await {
+            Ok(pool) if pool.free.is_some_and(|f| f < pool.size) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            _ => break,
+        }
+    }
+    tokio::time::sleep(pause).await;
 }
 
 /// The JRuby count from the server's status API.

@@ -487,6 +487,7 @@ mod tests {
             "m2".into(),
             JrubyPool {
                 size: 2,
+                free: None,
                 average_borrow_seconds: None,
                 average_wait_seconds: None,
             },
@@ -508,6 +509,7 @@ mod tests {
             "m1".into(),
             JrubyPool {
                 size: 4,
+                free: Some(4),
                 average_borrow_seconds: Some(2.0),
                 average_wait_seconds: Some(0.5),
             },

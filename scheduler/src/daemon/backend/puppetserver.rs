@@ -115,6 +115,9 @@ impl PuppetServer {
         let seconds = |key: &str| metrics[key].as_f64().map(|ms| ms / 1000.0);
         Ok(JrubyPool {
             size,
+            free: metrics["num-free-jrubies"]
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok()),
             average_borrow_seconds: seconds("average-borrow-time"),
             average_wait_seconds: seconds("average-wait-time"),
         })
@@ -353,6 +356,8 @@ mod tests {
 pub struct JrubyPool {
     /// JRuby instances (`max-active-instances`).
     pub size: u32,
+    /// Of them, free now.
+    pub free: Option<u32>,
     /// Mean time a JRuby is held per request, seconds.
     pub average_borrow_seconds: Option<f64>,
     /// Mean wait for a free JRuby, seconds.
