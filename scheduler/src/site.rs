@@ -8,6 +8,8 @@
 //! exported resources. The simulator may not do I/O, so it reads this file
 //! and nothing else. Only data: no clock, no network.
 
+use std::collections::{BTreeMap, VecDeque};
+
 use serde::{Deserialize, Serialize};
 
 use crate::core::CoreConfig;
@@ -66,6 +68,32 @@ pub struct EnvironmentCount {
     pub name: String,
     /// Nodes in it.
     pub nodes: u32,
+}
+
+impl EnvironmentCount {
+    /// The count of each environment among `names` (one per node), the
+    /// largest first.
+    pub fn tally(names: impl IntoIterator<Item = String>) -> Vec<EnvironmentCount> {
+        let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+        for name in names {
+            *counts.entry(name).or_default() += 1;
+        }
+        let mut all: Vec<EnvironmentCount> = counts
+            .into_iter()
+            .map(|(name, nodes)| EnvironmentCount { name, nodes })
+            .collect();
+        all.sort_by(|a, b| b.nodes.cmp(&a.nodes).then(a.name.cmp(&b.name)));
+        all
+    }
+}
+
+/// Keeps the newest `max` of a stream: pushes `item`, dropping the oldest
+/// when full (compile samples, deploys).
+pub fn push_newest<T>(kept: &mut VecDeque<T>, item: T, max: usize) {
+    if kept.len() >= max {
+        kept.pop_front();
+    }
+    kept.push_back(item);
 }
 
 /// One master.
@@ -203,23 +231,20 @@ impl Site {
                 ));
             }
         }
+        let sum = |parts: &[u64]| parts.iter().try_fold(0u64, |a, &n| a.checked_add(n));
         if let Some(r) = &self.runs {
-            let parts = r
-                .changed
-                .checked_add(r.unchanged)
-                .and_then(|n| n.checked_add(r.failed));
-            if parts != Some(r.total) {
+            if sum(&[r.changed, r.unchanged, r.failed]) != Some(r.total) {
                 return Err(format!(
                     "runs: {} changed, {} unchanged and {} failed do not add up to {}",
                     r.changed, r.unchanged, r.failed, r.total
                 ));
             }
+            if !r.failed_by_hour.is_empty() && r.failed_by_hour.len() != 24 {
+                return Err("runs.failed_by_hour: 24 hours or none".into());
+            }
         }
         if let Some(f) = &self.facts {
-            let parts = f
-                .used_changes
-                .checked_add(f.unused_changes)
-                .and_then(|n| n.checked_add(f.first));
+            let parts = sum(&[f.used_changes, f.unused_changes, f.first]);
             if parts.is_none_or(|n| n > f.uploads) {
                 return Err(format!(
                     "facts: more changes than the {} uploads",
@@ -243,11 +268,6 @@ impl Site {
                     m.name,
                     m.compile_seconds.len()
                 ));
-            }
-        }
-        if let Some(r) = &self.runs {
-            if !r.failed_by_hour.is_empty() && r.failed_by_hour.len() != 24 {
-                return Err("runs.failed_by_hour: 24 hours or none".into());
             }
         }
         Ok(())

@@ -101,8 +101,7 @@ fn scenario_of(site: &Site, dir: &Path) -> (Scenario, Vec<f64>) {
     let built = simulator::site::scenario(site, "observed").expect("a scenario");
     println!("{}", built.toml);
     for (file, rows) in &built.csvs {
-        let text: String = rows.iter().map(|s| format!("{s}\n")).collect();
-        std::fs::write(dir.join(file), format!("seconds\n{text}")).expect("csv");
+        std::fs::write(dir.join(file), simulator::distribution::csv_text(rows)).expect("csv");
     }
     let path = dir.join("scenario.toml");
     std::fs::write(&path, &built.toml).expect("scenario");

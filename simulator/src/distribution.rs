@@ -82,7 +82,8 @@ impl CompileTime {
         Ok(())
     }
 
-    /// Reads the CSV of an empirical distribution (no-op otherwise).
+    /// Reads the CSV of an empirical distribution (no-op otherwise): the
+    /// form [`csv_text`] writes.
     pub(crate) fn load_samples(&mut self, base: &Path) -> Result<(), (String, String)> {
         let CompileTime::Empirical { csv, samples } = self else {
             return Ok(());
@@ -204,6 +205,13 @@ impl Sampler {
             Sampler::Empirical(v) => v[rng.random_range(0..v.len())],
         }
     }
+}
+
+/// The CSV of an empirical distribution: a header, then one compile time
+/// in seconds per row (what `pcq-sim fit` and `pcq-sim scenario` write).
+pub fn csv_text(seconds: &[f64]) -> String {
+    let rows: String = seconds.iter().map(|s| format!("{s}\n")).collect();
+    format!("seconds\n{rows}")
 }
 
 #[cfg(test)]

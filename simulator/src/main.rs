@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use scheduler::calibration::Measurement;
 use scheduler::exit;
 use simulator::calibration;
-use simulator::distribution::CompileTime;
+use simulator::distribution::{csv_text, CompileTime};
 use simulator::metrics::RunResult;
 use simulator::plan::{plan, PlanOptions};
 use simulator::policy::Policy;
@@ -293,8 +293,7 @@ fn execute(cli: Cli) -> Result<ExitCode> {
             let staged = || -> Result<Vec<String>> {
                 let mut files = Vec::new();
                 for (file, rows) in &built.csvs {
-                    let rows: String = rows.iter().map(|s| format!("{s}\n")).collect();
-                    std::fs::write(staging.join(file), format!("seconds\n{rows}"))
+                    std::fs::write(staging.join(file), csv_text(rows))
                         .with_context(|| format!("writing {file}"))?;
                     files.push(file.clone());
                 }
@@ -327,8 +326,7 @@ fn execute(cli: Cli) -> Result<ExitCode> {
                         .with_context(|| format!("writing {}", out.display()))?;
                     if let CompileTime::Empirical { csv, .. } = &fit.model.compile {
                         let path = out.parent().unwrap_or(std::path::Path::new(".")).join(csv);
-                        let rows: String = fit.samples.iter().map(|s| format!("{s}\n")).collect();
-                        std::fs::write(&path, format!("seconds\n{rows}"))
+                        std::fs::write(&path, csv_text(&fit.samples))
                             .with_context(|| format!("writing {}", path.display()))?;
                     }
                     println!("{}", calibration::table(&fit.rows));

@@ -19,6 +19,8 @@ use std::time::Duration;
 use scheduler::core::CoreConfig;
 use scheduler::site::{Site, MAX_DEPLOYS};
 
+use crate::metrics::Summary;
+
 /// What `scenario` writes: the scenario's text and the CSV files beside it.
 #[derive(Debug)]
 pub struct Built {
@@ -43,14 +45,6 @@ fn seconds(s: f64) -> Duration {
     Duration::from_secs_f64(if s.is_finite() { s.max(0.0) } else { 0.0 })
 }
 
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 /// The scenario named `name` for `site`. Fails when the site says too
 /// little to plan with (no node, no compile seen).
 pub fn scenario(site: &Site, name: &str) -> Result<Built, String> {
@@ -60,11 +54,12 @@ pub fn scenario(site: &Site, name: &str) -> Result<Built, String> {
         return Err("the site has no node: nothing to plan".into());
     }
     let nodes_u32 = u32::try_from(nodes).map_err(|_| format!("{nodes} nodes: too many"))?;
-    let mut samples: Vec<f64> = site
+    // the CSV reader takes positive seconds only
+    let positive = |s: &[f64]| -> Vec<f64> { s.iter().copied().filter(|s| *s > 0.0).collect() };
+    let samples: Vec<f64> = site
         .masters
         .iter()
-        .flat_map(|m| m.compile_seconds.iter().copied())
-        .filter(|s| *s > 0.0)
+        .flat_map(|m| positive(&m.compile_seconds))
         .collect();
     if samples.is_empty() {
         return Err(
@@ -89,9 +84,8 @@ pub fn scenario(site: &Site, name: &str) -> Result<Built, String> {
     }
     let per_node_day = |count: f64| count / nodes as f64 / days;
     let mut out = String::new();
-    let mut csvs = vec![("compile.csv".to_string(), samples.clone())];
-    samples.sort_by(f64::total_cmp);
-    let mean = samples.iter().sum::<f64>() / samples.len() as f64;
+    let seen = Summary::of(&mut samples.clone());
+    let mut csvs = vec![("compile.csv".to_string(), samples)];
 
     // --- what was seen -----------------------------------------------------
     let span = match days < 2.0 {
@@ -125,11 +119,7 @@ pub fn scenario(site: &Site, name: &str) -> Result<Built, String> {
     let _ = writeln!(
         out,
         "# Compiles seen: {} (mean {:.2} s, p50 {:.2} s, p95 {:.2} s, max {:.2} s).",
-        samples.len(),
-        mean,
-        quantile(&samples, 0.5),
-        quantile(&samples, 0.95),
-        quantile(&samples, 1.0)
+        seen.count, seen.mean, seen.p50, seen.p95, seen.max
     );
     for m in &site.masters {
         let _ = write!(
@@ -406,7 +396,7 @@ pub fn scenario(site: &Site, name: &str) -> Result<Built, String> {
     if site.masters.len() > 1 {
         for (i, m) in site.masters.iter().enumerate() {
             let file = format!("compile-{i}-{}.csv", file_safe(&m.name));
-            csvs.push((file, m.compile_seconds.clone()));
+            csvs.push((file, positive(&m.compile_seconds)));
         }
     }
     Ok(Built { toml: out, csvs })
@@ -437,15 +427,16 @@ fn quoted(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
+/// `name` with every character `keep` refuses replaced by `_`.
+fn replaced(name: &str, keep: impl Fn(char) -> bool) -> String {
+    name.chars()
+        .map(|c| if keep(c) { c } else { '_' })
+        .collect()
+}
+
 /// A name as an environment name may be: word characters.
 fn word(name: &str) -> String {
-    let w: String = name
-        .chars()
-        .map(|c| match c.is_ascii_alphanumeric() || c == '_' {
-            true => c,
-            false => '_',
-        })
-        .collect();
+    let w = replaced(name, |c| c.is_ascii_alphanumeric() || c == '_');
     if w.is_empty() {
         "_".into()
     } else {
@@ -461,14 +452,7 @@ fn comment(text: &str) -> String {
 }
 
 fn file_safe(name: &str) -> String {
-    name.chars()
-        .map(
-            |c| match c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                true => c,
-                false => '_',
-            },
-        )
-        .collect()
+    replaced(name, |c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
 }
 
 fn stamp(epoch: f64) -> String {
@@ -478,6 +462,7 @@ fn stamp(epoch: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::distribution::csv_text;
     use crate::scenario::Scenario;
     use scheduler::site::{
         EnvironmentCount, FactUploads, ObservedDeploy, ObservedExports, ObservedMaster, Runs,
@@ -563,8 +548,7 @@ mod tests {
     fn parsed(built: &Built) -> Scenario {
         let dir = tempfile::tempdir().expect("tmp");
         for (file, rows) in &built.csvs {
-            let text: String = rows.iter().map(|s| format!("{s}\n")).collect();
-            std::fs::write(dir.path().join(file), format!("seconds\n{text}")).expect("csv");
+            std::fs::write(dir.path().join(file), csv_text(rows)).expect("csv");
         }
         let path = dir.path().join("s.toml");
         Scenario::parse(&built.toml, &path, dir.path())

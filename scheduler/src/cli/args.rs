@@ -265,13 +265,23 @@ impl CatalogServerArgs {
     /// The certificate to present, from the SSL directory given or
     /// `default_ssldir` (puppet.conf's).
     pub fn identity(&self, default_ssldir: &std::path::Path) -> crate::daemon::tls::PuppetSsl {
-        let me = self
-            .as_certname
-            .clone()
-            .unwrap_or_else(crate::puppet_conf::hostname);
-        let ssldir = self.ssldir.as_deref().unwrap_or(default_ssldir);
-        crate::daemon::tls::PuppetSsl::new(ssldir, &me)
+        identity(
+            self.ssldir.as_deref(),
+            self.as_certname.as_deref(),
+            default_ssldir,
+        )
     }
+}
+
+/// The certificate to present: `as_certname` (default: this host's name)
+/// from `ssldir` (default: `default_ssldir`, puppet.conf's).
+pub fn identity(
+    ssldir: Option<&std::path::Path>,
+    as_certname: Option<&str>,
+    default_ssldir: &std::path::Path,
+) -> crate::daemon::tls::PuppetSsl {
+    let me = as_certname.map_or_else(crate::puppet_conf::hostname, String::from);
+    crate::daemon::tls::PuppetSsl::new(ssldir.unwrap_or(default_ssldir), &me)
 }
 
 #[derive(clap::Args)]

@@ -20,17 +20,16 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::site::{
-    EnvironmentCount, ObservedAgents, ObservedExports, ObservedMaster, Runs, Site, MAX_SAMPLES,
+    push_newest, EnvironmentCount, ObservedAgents, ObservedExports, ObservedMaster, Runs, Site,
+    MAX_SAMPLES,
 };
 
 /// Reports fetched per request.
 const PAGE: usize = 5_000;
 
-/// A node as `/pdb/query/v4/nodes` lists it.
+/// A node as `/pdb/query/v4/nodes` lists it (its environments only).
 #[derive(Debug, Deserialize)]
 pub struct NodeRow {
-    /// The node.
-    pub certname: String,
     /// Environment of its last catalog.
     #[serde(default)]
     pub catalog_environment: Option<String>,
@@ -124,9 +123,9 @@ fn agents_of(runs: &HashMap<String, Vec<f64>>) -> Option<ObservedAgents> {
 /// Pool sizes and borrow times per master name.
 pub type Pools = BTreeMap<String, crate::daemon::backend::puppetserver::JrubyPool>;
 
-/// What the reports say, summed up one page at a time: memory stays at a
-/// few numbers per node and [`MAX_SAMPLES`] compile times per master,
-/// however many reports there are.
+/// What the reports say, summed up one page at a time: memory stays at
+/// one start time per report (8 bytes, for each node's run interval) and
+/// [`MAX_SAMPLES`] compile times per master, not the reports themselves.
 #[derive(Debug, Default)]
 pub struct Tally {
     runs: Runs,
@@ -178,11 +177,7 @@ impl Tally {
         }
         if let Some(s) = config_retrieval(&report.metrics) {
             let producer = report.producer.clone().unwrap_or_else(|| "unknown".into());
-            let kept = self.samples.entry(producer).or_default();
-            if kept.len() == MAX_SAMPLES {
-                kept.pop_front();
-            }
-            kept.push_back(s);
+            push_newest(self.samples.entry(producer).or_default(), s, MAX_SAMPLES);
         }
         Ok(())
     }
@@ -203,9 +198,8 @@ pub fn summarize(
     if pools.is_empty() {
         return Err("no Puppet Server's JRuby pool was read".into());
     }
-    let mut environments: BTreeMap<String, u32> = BTreeMap::new();
-    for n in nodes {
-        let env = [
+    let environments = EnvironmentCount::tally(nodes.iter().map(|n| {
+        [
             &n.catalog_environment,
             &n.facts_environment,
             &n.report_environment,
@@ -214,14 +208,8 @@ pub fn summarize(
         .flatten()
         .next()
         .cloned()
-        .unwrap_or_else(|| "production".into());
-        *environments.entry(env).or_default() += 1;
-    }
-    let mut environments: Vec<EnvironmentCount> = environments
-        .into_iter()
-        .map(|(name, nodes)| EnvironmentCount { name, nodes })
-        .collect();
-    environments.sort_by(|a, b| b.nodes.cmp(&a.nodes).then(a.name.cmp(&b.name)));
+        .unwrap_or_else(|| "production".into())
+    }));
 
     let Tally {
         runs,
@@ -519,13 +507,12 @@ mod tests {
 
     #[test]
     fn reports_give_runs_intervals_and_compile_times_per_master() {
-        let node = |c: &str, env: Option<&str>| NodeRow {
-            certname: c.into(),
+        let node = |env: Option<&str>| NodeRow {
             catalog_environment: env.map(String::from),
             facts_environment: Some("production".into()),
             report_environment: None,
         };
-        let nodes = [node("a", Some("dev")), node("b", None), node("c", None)];
+        let nodes = [node(Some("dev")), node(None), node(None)];
         let reports = [
             report("a", "2026-12-04T10:00:00.000Z", "changed", 3.0, "m1"),
             report("a", "2026-12-04T10:30:00.000Z", "unchanged", 1.0, "m1"),

@@ -11,12 +11,12 @@ use std::collections::BTreeMap;
 use anyhow::{anyhow, Context, Result};
 use reqwest::Method;
 
+use super::args::identity;
 use super::args::SiteArgs;
 use super::client;
 use super::puppetdb;
 use super::render::emit;
 use crate::daemon::backend::puppetserver::PuppetServer;
-use crate::daemon::tls::PuppetSsl;
 use crate::private_file;
 use crate::puppet_conf::PuppetSettings;
 use crate::site::Site;
@@ -78,11 +78,11 @@ async fn from_puppetdb(args: &SiteArgs, url: &str) -> Result<Site> {
         );
     }
     let puppet = PuppetSettings::discover();
-    let me = args
-        .as_certname
-        .clone()
-        .unwrap_or_else(crate::puppet_conf::hostname);
-    let ssl = PuppetSsl::new(args.ssldir.as_deref().unwrap_or(&puppet.ssldir), &me);
+    let ssl = identity(
+        args.ssldir.as_deref(),
+        args.as_certname.as_deref(),
+        &puppet.ssldir,
+    );
     let mut pools = BTreeMap::new();
     for server_url in &args.puppetservers {
         let server = PuppetServer::agent_like(server_url, &ssl)?;
@@ -120,8 +120,10 @@ fn without_userinfo(url: &str) -> String {
 /// The host of a URL: the name a Puppet Server's reports carry as their
 /// producer (its certname, when that is its host name).
 fn host_of(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    rest.split(['/', ':']).next().unwrap_or(rest).to_string()
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(String::from))
+        .unwrap_or_else(|| url.to_string())
 }
 
 #[cfg(test)]

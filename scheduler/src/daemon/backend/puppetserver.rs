@@ -91,7 +91,7 @@ impl PuppetServer {
 
     /// Its JRuby pool, from the status API
     /// (`/status/v1/services/jruby-metrics?level=debug`; the default
-    /// auth.conf lets any client with a certificate read it).
+    /// auth.conf lets any client read it, certificate or not).
     pub async fn jruby_pool(&self) -> Result<JrubyPool, String> {
         let url = format!("{}/status/v1/services/jruby-metrics?level=debug", self.url);
         let answer: Value = async {

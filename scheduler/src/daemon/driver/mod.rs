@@ -894,20 +894,15 @@ impl Driver {
     }
 
     fn site(&self) -> Site {
-        let mut environments: HashMap<String, u32> = HashMap::new();
+        let environments =
+            EnvironmentCount::tally(self.core.node_ids().map(|id| self.environment_of(id)));
         let (mut exporters, mut collectors) = (0, 0);
         for id in self.core.node_ids() {
-            *environments.entry(self.environment_of(id)).or_default() += 1;
             if let Some(info) = self.nodes.get(id) {
                 exporters += u32::from(!info.exports.is_empty());
                 collectors += u32::from(info.deps.as_ref().is_some_and(|d| !d.collects.is_empty()));
             }
         }
-        let mut environments: Vec<EnvironmentCount> = environments
-            .into_iter()
-            .map(|(name, nodes)| EnvironmentCount { name, nodes })
-            .collect();
-        environments.sort_by(|a, b| b.nodes.cmp(&a.nodes).then(a.name.cmp(&b.name)));
         let masters = self
             .masters
             .all()

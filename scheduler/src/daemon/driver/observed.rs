@@ -1,6 +1,6 @@
 //! What this daemon saw since it started, for `GET /v1/site` (`pcq site`):
 //! the compile durations per master, the facts uploads and what they
-//! changed, export changes and deploys. `pcq-sim scenario` builds a
+//! changed, and deploys (export changes are counted by the router). `pcq-sim scenario` builds a
 //! scenario from it, so a capacity plan starts from the site's own figures
 //! rather than guesses.
 //!
@@ -11,7 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::core::Time;
-use crate::site::{FactUploads, ObservedDeploy, MAX_DEPLOYS, MAX_SAMPLES};
+use crate::site::{push_newest, FactUploads, ObservedDeploy, MAX_DEPLOYS, MAX_SAMPLES};
 
 /// The record.
 #[derive(Debug)]
@@ -21,8 +21,6 @@ pub struct Observed {
     compile_seconds: HashMap<usize, VecDeque<f64>>,
     /// Facts uploads.
     pub facts: FactUploads,
-    /// Compiles whose exported resources changed.
-    pub export_changes: u64,
     deploys: VecDeque<ObservedDeploy>,
 }
 
@@ -33,18 +31,17 @@ impl Observed {
             since,
             compile_seconds: HashMap::new(),
             facts: FactUploads::default(),
-            export_changes: 0,
             deploys: VecDeque::new(),
         }
     }
 
-    /// A compile that gave a catalog took `seconds` on master `m`.
+    /// A compile held master `m` for `seconds`.
     pub fn compiled(&mut self, m: usize, seconds: f64) {
-        let samples = self.compile_seconds.entry(m).or_default();
-        if samples.len() == MAX_SAMPLES {
-            samples.pop_front();
-        }
-        samples.push_back(seconds);
+        push_newest(
+            self.compile_seconds.entry(m).or_default(),
+            seconds,
+            MAX_SAMPLES,
+        );
     }
 
     /// A facts upload, with its result label (`changed`: a used fact,
@@ -62,10 +59,7 @@ impl Observed {
 
     /// A deploy was decided.
     pub fn deploy(&mut self, deploy: ObservedDeploy) {
-        if self.deploys.len() == MAX_DEPLOYS {
-            self.deploys.pop_front();
-        }
-        self.deploys.push_back(deploy);
+        push_newest(&mut self.deploys, deploy, MAX_DEPLOYS);
     }
 
     /// The compile seconds seen on master `m`, oldest first.
