@@ -16,7 +16,7 @@
 //! half the measured; the fitted value comes within a few percent.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,8 +27,9 @@ use scheduler::calibration::{Experiment, Measurement, Run};
 use scheduler::core::Time;
 
 use crate::distribution::CompileTime;
-use crate::master::{Completion, SimMaster};
+use crate::master::{Completion, SimMaster, Work};
 use crate::metrics::Summary;
+use crate::pool::{Borrower, JRubyPool};
 
 /// Replications averaged per prediction.
 pub const REPLICATIONS: u32 = 40;
@@ -115,9 +116,7 @@ pub struct MasterModel {
 struct Pool<'a> {
     master: SimMaster,
     sampler: crate::distribution::Sampler,
-    slots: u32,
-    busy: u32,
-    waiting: VecDeque<u32>,
+    jrubies: JRubyPool,
     /// When each request was sent, by key.
     issued: Vec<Time>,
     /// Completions to schedule.
@@ -130,27 +129,27 @@ impl Pool<'_> {
     fn send(&mut self, now: Time) {
         let key = self.issued.len() as u32;
         self.issued.push(now);
-        if self.busy < self.slots {
+        if self.jrubies.borrow(now, Borrower::Catalog(key)) {
             self.start(now, key);
-        } else {
-            self.waiting.push_back(key);
         }
     }
 
     fn start(&mut self, now: Time, key: u32) {
-        self.busy += 1;
         let work = self.sampler.draw(self.rng);
-        self.master.start(now, key, work, &mut self.out);
+        self.master
+            .start(now, Work::Compile(key), work, &mut self.out);
     }
 
     /// The completion event fired: the request's latency if it was
     /// current (the JRuby then takes the next waiting request).
-    fn complete(&mut self, (at, generation, key): Completion) -> Option<f64> {
-        self.master.complete(at, generation, key, &mut self.out)?;
-        self.busy -= 1;
-        if let Some(next) = self.waiting.pop_front() {
+    fn complete(&mut self, (at, generation, work): Completion) -> Option<f64> {
+        self.master.complete(at, generation, work, &mut self.out)?;
+        if let Some(Borrower::Catalog(next)) = self.jrubies.release() {
             self.start(at, next);
         }
+        let Work::Compile(key) = work else {
+            return None;
+        };
         Some(at.since(self.issued[key as usize]).as_secs_f64())
     }
 }
@@ -167,9 +166,7 @@ pub fn simulate(model: &MasterModel, experiment: Experiment, rng: &mut ChaCha8Rn
     let mut pool = Pool {
         master: SimMaster::new(model.cores, model.background, Time::ZERO),
         sampler: model.compile.sampler(),
-        slots: model.slots,
-        busy: 0,
-        waiting: VecDeque::new(),
+        jrubies: JRubyPool::new(model.slots),
         issued: Vec::with_capacity(total as usize),
         out: Vec::new(),
         rng,

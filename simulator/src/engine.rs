@@ -10,6 +10,8 @@ use std::collections::BinaryHeap;
 
 use scheduler::core::Time;
 
+use crate::master::Work;
+
 /// Something that happens at a point in virtual time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -37,9 +39,9 @@ pub enum Event {
     MasterDown(u32),
     /// Master `.0` comes back.
     MasterUp(u32),
-    /// On master `.0`, the compile `.2` completes, if the master's
-    /// generation is still `.1`.
-    Complete(u32, u32, u32),
+    /// On master `.0`, the compile or file request `.2` completes, if the
+    /// master's generation is still `.1`.
+    Complete(u32, u32, Work),
     /// On demand: request `.0`'s agent gives up.
     Timeout(u32),
     /// Every master's load average is updated (Linux: every 5 s).

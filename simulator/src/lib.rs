@@ -12,13 +12,16 @@
 //! - [`policy`]: the list of policies, the on-demand model and the queue
 //!   model;
 //! - [`run`]: the event loop of one run;
-//! - [`master`], [`fleet`], [`distribution`]: masters' CPUs, nodes and
-//!   their changes, compile times;
+//! - [`master`], [`pool`], [`fleet`], [`distribution`]: masters' CPUs,
+//!   their JRuby pools (compiles and file requests), nodes and their
+//!   changes, compile times;
 //! - [`measure`], [`metrics`]: what a run records while it runs, and what
 //!   it reports ([`metrics::RunResult`]);
 //! - [`plan`], [`report`], [`plot`]: sweeps, confidence intervals, SLOs
 //!   and the written report;
 //! - [`theory`]: the formulas the simulator is checked against;
+//! - [`file_serving`]: the end-to-end suite's file-serving experiment (a
+//!   client fetching files beside catalog clients) on a simulated master;
 //! - [`calibration`]: the master model fitted to, and checked against, what
 //!   `pcq calibrate` measured on a real Puppet Server; [`site`]: a
 //!   scenario from what a site was seen to do (`pcq site`).
@@ -26,6 +29,7 @@
 pub mod calibration;
 pub mod distribution;
 pub mod engine;
+pub mod file_serving;
 pub mod fleet;
 pub mod master;
 pub mod measure;
@@ -33,6 +37,7 @@ pub mod metrics;
 pub mod plan;
 pub mod plot;
 pub mod policy;
+pub mod pool;
 pub mod report;
 pub mod run;
 pub mod scenario;

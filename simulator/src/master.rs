@@ -1,5 +1,6 @@
-//! A simulated master: CPU shared by its running compiles and its
-//! background load, and a Linux-like load average.
+//! A simulated master: CPU shared by its running compiles, the file
+//! requests it serves and its background load, and a Linux-like load
+//! average.
 //!
 //! Compile times in a scenario are CPU seconds on an idle core. While
 //! compiles plus background processes do not exceed the cores, a compile
@@ -19,13 +20,23 @@ use scheduler::core::Time;
 /// Seconds between load-average updates (Linux's LOAD_FREQ).
 pub const LOAD_TICK_SECS: u64 = 5;
 
-/// A completion event to schedule: when, for which generation, which key.
-pub type Completion = (Time, u32, u32);
+/// A completion event to schedule: when, for which generation, what.
+pub type Completion = (Time, u32, Work);
 
-/// A compile running on a master: who it is for and the CPU work left.
+/// What a master's CPU works on: a compile (its model's key) or a file
+/// request (`file_metadata`, `file_content`) for a node's agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Work {
+    /// A compile; the key is the model's.
+    Compile(u32),
+    /// A file request of this node's agent.
+    File(u32),
+}
+
+/// Work running on a master: what it is and the CPU seconds left.
 #[derive(Clone, Copy, Debug)]
 struct Job {
-    key: u32,
+    work: Work,
     work_left: f64,
     started: Time,
 }
@@ -80,10 +91,17 @@ impl SimMaster {
 
     /// Compiles running.
     pub fn running(&self) -> usize {
-        self.jobs.len()
+        self.compiles()
     }
 
-    /// Runnable processes now: compiles plus background.
+    fn compiles(&self) -> usize {
+        self.jobs
+            .iter()
+            .filter(|j| matches!(j.work, Work::Compile(_)))
+            .count()
+    }
+
+    /// Runnable processes now: compiles, file requests and background.
     pub fn runnable(&self) -> f64 {
         self.jobs.len() as f64 + self.background
     }
@@ -110,7 +128,7 @@ impl SimMaster {
                 j.work_left -= done;
             }
             let measured = now.since(self.last.max(self.measure_from)).as_secs_f64();
-            self.busy += measured * self.jobs.len() as f64;
+            self.busy += measured * self.compiles() as f64;
         }
         self.last = now;
     }
@@ -120,42 +138,42 @@ impl SimMaster {
         self.generation = self.generation.wrapping_add(1);
         let rate = self.rate_with(self.jobs.len());
         for j in &self.jobs {
-            out.push((after(now, j.work_left / rate), self.generation, j.key));
+            out.push((after(now, j.work_left / rate), self.generation, j.work));
         }
     }
 
-    /// Starts a compile of `work` CPU seconds for `key`; pushes the
-    /// completion events to schedule onto `out`.
-    pub fn start(&mut self, now: Time, key: u32, work: f64, out: &mut Vec<Completion>) {
+    /// Starts `work` of `cpu` CPU seconds; pushes the completion events to
+    /// schedule onto `out`.
+    pub fn start(&mut self, now: Time, work: Work, cpu: f64, out: &mut Vec<Completion>) {
         self.advance(now);
         let before = self.rate_with(self.jobs.len());
         self.jobs.push(Job {
-            key,
-            work_left: work.max(0.0),
+            work,
+            work_left: cpu.max(0.0),
             started: now,
         });
         let rate = self.rate_with(self.jobs.len());
         if rate == before {
-            out.push((after(now, work / rate), self.generation, key));
+            out.push((after(now, cpu / rate), self.generation, work));
         } else {
             self.reschedule(now, out);
         }
     }
 
-    /// The completion event (`generation`, `key`) fired. Returns when the
-    /// compile started if the event was current (the compile is done);
-    /// pushes events to schedule again if the speed changed.
+    /// The completion event (`generation`, `work`) fired. Returns when the
+    /// work started if the event was current (the work is done); pushes
+    /// events to schedule again if the speed changed.
     pub fn complete(
         &mut self,
         now: Time,
         generation: u32,
-        key: u32,
+        work: Work,
         out: &mut Vec<Completion>,
     ) -> Option<Time> {
         if generation != self.generation {
             return None;
         }
-        let i = self.jobs.iter().position(|j| j.key == key)?;
+        let i = self.jobs.iter().position(|j| j.work == work)?;
         let started = self.jobs[i].started;
         self.advance(now);
         let before = self.rate_with(self.jobs.len());
@@ -166,11 +184,11 @@ impl SimMaster {
         Some(started)
     }
 
-    /// Drops every running compile (the master died); returns their keys.
-    pub fn kill_all(&mut self, now: Time) -> Vec<u32> {
+    /// Drops everything running (the master died); returns it.
+    pub fn kill_all(&mut self, now: Time) -> Vec<Work> {
         self.advance(now);
         self.generation = self.generation.wrapping_add(1);
-        self.jobs.drain(..).map(|j| j.key).collect()
+        self.jobs.drain(..).map(|j| j.work).collect()
     }
 
     /// One load-average update (call every [`LOAD_TICK_SECS`]).
@@ -191,7 +209,7 @@ mod tests {
     use super::*;
 
     /// Runs a master to the end: returns (key, finish time) in order.
-    fn drain(m: &mut SimMaster, mut pending: Vec<Completion>) -> Vec<(u32, Time)> {
+    fn drain(m: &mut SimMaster, mut pending: Vec<Completion>) -> Vec<(Work, Time)> {
         let mut done = Vec::new();
         while !pending.is_empty() {
             pending.sort_by_key(|c| std::cmp::Reverse(c.0));
@@ -211,16 +229,22 @@ mod tests {
     fn uncontended_compiles_take_their_work() {
         let mut m = SimMaster::new(4.0, 0.0, Time::ZERO);
         let mut out = Vec::new();
-        m.start(Time::ZERO, 7, 3.0, &mut out);
-        assert_eq!(out, vec![(Time::from_secs(3), 0, 7)]);
-        m.start(Time::from_secs(1), 8, 1.0, &mut out);
+        m.start(Time::ZERO, Work::Compile(7), 3.0, &mut out);
+        assert_eq!(out, vec![(Time::from_secs(3), 0, Work::Compile(7))]);
+        m.start(Time::from_secs(1), Work::Compile(8), 1.0, &mut out);
         assert_eq!(
             out[1],
-            (Time::from_secs(2), 0, 8),
+            (Time::from_secs(2), 0, Work::Compile(8)),
             "one event each, same generation"
         );
         let done = drain(&mut m, out);
-        assert_eq!(done, vec![(8, Time::from_secs(2)), (7, Time::from_secs(3))]);
+        assert_eq!(
+            done,
+            vec![
+                (Work::Compile(8), Time::from_secs(2)),
+                (Work::Compile(7), Time::from_secs(3))
+            ]
+        );
         assert_eq!(m.busy_seconds(Time::from_secs(3)), 4.0);
     }
 
@@ -230,7 +254,7 @@ mod tests {
         let mut m = SimMaster::new(2.0, 0.0, Time::ZERO);
         let mut out = Vec::new();
         for k in 0..4 {
-            m.start(Time::ZERO, k, 2.0, &mut out);
+            m.start(Time::ZERO, Work::Compile(k), 2.0, &mut out);
         }
         let done = drain(&mut m, out);
         assert_eq!(done.len(), 4);
@@ -241,25 +265,32 @@ mod tests {
         // background load slows them further
         let mut m = SimMaster::new(2.0, 2.0, Time::ZERO);
         let mut out = Vec::new();
-        m.start(Time::ZERO, 0, 1.0, &mut out);
-        assert_eq!(out, vec![(Time::from_micros(1_500_000), 1, 0)]);
+        m.start(Time::ZERO, Work::Compile(0), 1.0, &mut out);
+        assert_eq!(
+            out,
+            vec![(Time::from_micros(1_500_000), 1, Work::Compile(0))]
+        );
         // a compile ending speeds up the rest: 3 compiles on 2 cores
         let mut m = SimMaster::new(2.0, 0.0, Time::ZERO);
         let mut out = Vec::new();
-        m.start(Time::ZERO, 0, 1.0, &mut out);
-        m.start(Time::ZERO, 1, 1.0, &mut out);
-        m.start(Time::ZERO, 2, 2.0, &mut out);
+        m.start(Time::ZERO, Work::Compile(0), 1.0, &mut out);
+        m.start(Time::ZERO, Work::Compile(1), 1.0, &mut out);
+        m.start(Time::ZERO, Work::Compile(2), 2.0, &mut out);
         // at 2/3 speed, 0 and 1 end at 1.5 s; 2 has 1 s left, at full speed
         let done = drain(&mut m, out);
-        assert_eq!(done[2], (2, Time::from_micros(2_500_000)), "{done:?}");
+        assert_eq!(
+            done[2],
+            (Work::Compile(2), Time::from_micros(2_500_000)),
+            "{done:?}"
+        );
     }
 
     #[test]
     fn a_dead_master_fires_nothing() {
         let mut m = SimMaster::new(4.0, 0.0, Time::ZERO);
         let mut out = Vec::new();
-        m.start(Time::ZERO, 1, 5.0, &mut out);
-        assert_eq!(m.kill_all(Time::from_secs(1)), vec![1]);
+        m.start(Time::ZERO, Work::Compile(1), 5.0, &mut out);
+        assert_eq!(m.kill_all(Time::from_secs(1)), vec![Work::Compile(1)]);
         assert!(drain(&mut m, out).is_empty());
     }
 
@@ -267,8 +298,8 @@ mod tests {
     fn load_average_follows_the_kernel_formula() {
         let mut m = SimMaster::new(4.0, 0.0, Time::ZERO);
         let mut out = Vec::new();
-        m.start(Time::ZERO, 0, 1e9, &mut out);
-        m.start(Time::ZERO, 1, 1e9, &mut out);
+        m.start(Time::ZERO, Work::Compile(0), 1e9, &mut out);
+        m.start(Time::ZERO, Work::Compile(1), 1e9, &mut out);
         for _ in 0..12 {
             m.tick_load();
         }

@@ -91,6 +91,11 @@ pub struct Metrics {
     /// Per catalog request (on demand: issued to received) or compile
     /// (queue: started to stored), seconds.
     pub latencies: Vec<f64>,
+    /// File requests, from the agent's request to the answer, seconds.
+    pub file_waits: Vec<f64>,
+    /// Applies that made file requests: from the catalog in hand to the
+    /// apply over (its `apply_time` plus its file requests), seconds.
+    pub apply_times: Vec<f64>,
     /// Agent runs / syncs.
     pub runs: u64,
     /// Failures.

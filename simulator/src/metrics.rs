@@ -96,6 +96,16 @@ pub struct RunResult {
     /// start to the catalog stored. Compare a herd's prediction with what
     /// clients measured (`pcq calibrate --herd`).
     pub request_latency: Summary,
+    /// What an agent's file request (`file_metadata`, `file_content`)
+    /// took, from request to answer: the wait for a JRuby behind compiles
+    /// and other requests, plus its own JRuby time (`[files]`; empty
+    /// without file requests).
+    #[serde(default)]
+    pub file_wait: Summary,
+    /// An apply with file requests, from the catalog in hand to the apply
+    /// over: `agents.apply_time` plus the file requests one after another.
+    #[serde(default)]
+    pub apply_time: Summary,
     /// Agent runs (on demand) or syncs (queue) started.
     pub agent_runs: u64,
     /// Failed agent runs.

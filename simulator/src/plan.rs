@@ -94,6 +94,10 @@ pub struct PointStats {
     pub node_cpu_per_node_day: Estimate,
     /// Share of fact changes that touch facts a catalog reads.
     pub used_share: Estimate,
+    /// p95 of a file request, request to answer, seconds.
+    pub file_wait_p95: Estimate,
+    /// p95 of an apply with its file requests, seconds.
+    pub apply_time_p95: Estimate,
 }
 
 impl PointStats {
@@ -113,6 +117,8 @@ impl PointStats {
             wasted: est(&|r| r.compiles.wasted_ratio),
             node_cpu_per_node_day: est(&|r| r.node_cpu_per_node_day),
             used_share: est(&|r| r.churn.used_share),
+            file_wait_p95: est(&|r| r.file_wait.p95),
+            apply_time_p95: est(&|r| r.apply_time.p95),
         }
     }
 }
@@ -182,6 +188,40 @@ pub struct PlanResult {
     /// What narrowed deploys save, per fleet size (queue with narrowing
     /// on, scenarios with deploys).
     pub narrowing: Vec<Narrowing>,
+    /// How many JRubies pcq may compile on, per fleet size (queue, with
+    /// file requests and a file-wait SLO).
+    pub concurrency: Vec<Concurrency>,
+}
+
+/// The queue at each `max_concurrency` below the JRubies (the rest left
+/// for file requests) at each master count: the answer is the fewest
+/// masters, and at that count the largest `max_concurrency`, that meet
+/// every SLO, the file wait's among them.
+#[derive(Clone, Debug, Serialize)]
+pub struct Concurrency {
+    /// Nodes.
+    pub nodes: u32,
+    /// Masters recommended.
+    pub masters: Option<u32>,
+    /// `max_concurrency` per master recommended with them.
+    pub max_concurrency: Option<u32>,
+    /// Every (masters, max_concurrency) tried.
+    pub tried: Vec<ConcurrencyPoint>,
+}
+
+/// One (masters, max_concurrency) of the queue.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConcurrencyPoint {
+    /// Masters.
+    pub masters: u32,
+    /// Compiles at once per master.
+    pub max_concurrency: u32,
+    /// p95 file request, seconds.
+    pub file_wait_p95: Estimate,
+    /// p95 change -> applied, seconds.
+    pub staleness_applied_p95: Estimate,
+    /// Every SLO met.
+    pub met: bool,
 }
 
 /// The queue with narrowed deploys (only the nodes whose catalogs reach
@@ -387,6 +427,14 @@ pub fn plan(
     } else {
         Vec::new()
     };
+    let concurrency = if options.policies.contains(&Policy::Queue)
+        && scenario.slo.file_wait_p95.is_some()
+        && scenario.files.per_apply > 0
+    {
+        concurrency(scenario, &sizes, &masters, reps, &points, options, progress)?
+    } else {
+        Vec::new()
+    };
     Ok(PlanResult {
         scenario: scenario.name.clone(),
         replications: reps,
@@ -394,7 +442,92 @@ pub fn plan(
         recommendations,
         filtering,
         narrowing,
+        concurrency,
     })
+}
+
+/// The queue swept over `max_concurrency` (every value from 1 to the
+/// JRubies; the scenario's own is the plan's points already).
+fn concurrency(
+    scenario: &Scenario,
+    sizes: &[u32],
+    masters: &[u32],
+    reps: u32,
+    points: &[Point],
+    options: &PlanOptions,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Vec<Concurrency>, CoreError> {
+    let slots = scenario.masters.slots;
+    let own = slots - scenario.queue.reserve_for_files;
+    let variants: Vec<(u32, Scenario)> = (1..=slots)
+        .filter(|&c| c != own)
+        .map(|c| {
+            let mut s = scenario.clone();
+            s.queue.reserve_for_files = slots - c;
+            (c, s)
+        })
+        .collect();
+    let mut jobs = Vec::new();
+    for &nodes in sizes {
+        for (_, s) in &variants {
+            for &m in masters {
+                for rep in 0..reps {
+                    jobs.push(RunSpec {
+                        scenario: s,
+                        policy: Policy::Queue,
+                        masters: m,
+                        nodes,
+                        seed: scenario.seed.wrapping_add(u64::from(rep)),
+                    });
+                }
+            }
+        }
+    }
+    let results = run_all(&jobs, options.jobs, progress);
+    let mut it = results.into_iter();
+    let mut out = Vec::new();
+    for &nodes in sizes {
+        let mut tried = Vec::new();
+        for (c, _) in &variants {
+            for &m in masters {
+                let stats = PointStats::of(&next_runs(&mut it, reps)?);
+                let met = check_slos(scenario, &stats).iter().all(|x| x.met);
+                tried.push(point_at(m, *c, &stats, met));
+            }
+        }
+        for p in points
+            .iter()
+            .filter(|p| p.policy == Policy::Queue && p.nodes == nodes)
+        {
+            tried.push(point_at(p.masters, own, &p.stats, p.meets_all()));
+        }
+        tried.sort_by_key(|p| (p.masters, p.max_concurrency));
+        let best = masters.iter().find_map(|&m| {
+            tried
+                .iter()
+                .filter(|p| p.masters == m && p.met)
+                .map(|p| p.max_concurrency)
+                .max()
+                .map(|c| (m, c))
+        });
+        out.push(Concurrency {
+            nodes,
+            masters: best.map(|b| b.0),
+            max_concurrency: best.map(|b| b.1),
+            tried,
+        });
+    }
+    Ok(out)
+}
+
+fn point_at(masters: u32, max_concurrency: u32, stats: &PointStats, met: bool) -> ConcurrencyPoint {
+    ConcurrencyPoint {
+        masters,
+        max_concurrency,
+        file_wait_p95: stats.file_wait_p95,
+        staleness_applied_p95: stats.staleness_applied_p95,
+        met,
+    }
 }
 
 /// Sweeps the queue with every deploy moving every node of its
@@ -593,6 +726,13 @@ pub fn check_slos(scenario: &Scenario, stats: &PointStats) -> Vec<SloCheck> {
         slo.oldest_age.map(|d| d.as_secs_f64()),
         stats.oldest_age_max,
     );
+    if scenario.files.per_apply + scenario.files.per_run > 0 {
+        add(
+            "file_wait_p95",
+            slo.file_wait_p95.map(|d| d.as_secs_f64()),
+            stats.file_wait_p95,
+        );
+    }
     checks
 }
 

@@ -8,8 +8,10 @@ use scheduler::core::{CoreError, Time};
 
 use crate::engine::Event;
 use crate::fleet::Change;
+use crate::master::Work;
 use crate::metrics::{Little, RunResult, Summary};
 use crate::policy::{Model, Policy};
+use crate::pool::Borrower;
 use crate::scenario::Scenario;
 use crate::world::{World, DAY};
 
@@ -113,16 +115,25 @@ fn handle(w: &mut World, model: &mut dyn Model, event: Event) {
         }
         Event::Cron(_) => w.synchronized_cron(),
         Event::MasterDown(m) => {
-            let keys = w.master_down(m);
-            model.master_down(w, m, keys);
+            let (running, waiting) = w.master_down(m);
+            model.master_down(w, m, running, waiting);
         }
         Event::MasterUp(m) => {
             w.master_up(m);
             model.master_up(w, m);
         }
-        Event::Complete(m, generation, key) => {
-            if let Some(started) = w.compile_done(m, generation, key) {
-                model.complete(w, m, key, started);
+        Event::Complete(m, generation, work) => {
+            if let Some(started) = w.work_done(m, generation, work) {
+                match work {
+                    Work::Compile(key) => {
+                        model.complete(w, m, key, started);
+                        release(w, model, m);
+                    }
+                    Work::File(node) => {
+                        release(w, model, m);
+                        w.file_done(node);
+                    }
+                }
             }
         }
         Event::Timeout(r) => model.timeout(w, r),
@@ -137,6 +148,15 @@ fn handle(w: &mut World, model: &mut dyn Model, event: Event) {
             let (oldest, waiting) = model.sample(w);
             w.record_sample(oldest, waiting);
         }
+    }
+}
+
+/// Master `m`'s JRuby is back: whoever's turn it is gets it.
+fn release(w: &mut World, model: &mut dyn Model, m: u32) {
+    match w.pools[m as usize].release() {
+        Some(Borrower::Catalog(key)) => model.granted(w, m, key),
+        Some(Borrower::File(node)) => w.start_file(m, node),
+        None => {}
     }
 }
 
@@ -222,6 +242,8 @@ fn finish(mut w: World, model: &dyn Model, spec: &RunSpec, little: LittleMeter) 
         staleness_applied: Summary::of(&mut m.applied),
         queue_wait: Summary::of(&mut m.waits),
         request_latency: Summary::of(&mut m.latencies),
+        file_wait: Summary::of(&mut m.file_waits),
+        apply_time: Summary::of(&mut m.apply_times),
         agent_runs: m.runs,
         failed_runs: m.failures,
         utilization,

@@ -57,6 +57,9 @@ pub struct Scenario {
     /// Herds: mass cert signing, synchronized cron, master outages.
     #[serde(default)]
     pub herds: Vec<Herd>,
+    /// The agents' file requests, which share the masters' JRubies.
+    #[serde(default)]
+    pub files: Files,
     /// The masters.
     pub masters: Masters,
     /// Settings of Puppet Server's on-demand model.
@@ -297,6 +300,43 @@ impl Herd {
     }
 }
 
+/// The file requests an agent makes (`file_metadata`, `file_content`;
+/// every `source => 'puppet:///...'` file resource, and pluginsync), each
+/// borrowing one of its master's JRubies for `jruby_time`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Files {
+    /// Requests while applying a catalog, one after the other (on demand
+    /// after each catalog; in the queue when a node applies a changed
+    /// catalog). 0: file requests are not simulated.
+    pub per_apply: u32,
+    /// Further requests of a full agent run (pluginsync: `file_metadatas`
+    /// of plugins, pluginfacts, locales), on demand only: `pcq sync`
+    /// applies with `--use_cached_catalog`, which skips pluginsync.
+    /// Simulated after the catalog, with the apply's.
+    pub per_run: u32,
+    /// CPU time a request holds its JRuby on an idle master. Default: the
+    /// mean of `file_metadata` and `file_content` measured on Debian's
+    /// Puppet Server 7 on this project's test machine (the file-serving
+    /// end-to-end test prints it).
+    #[serde(with = "humantime_serde")]
+    pub jruby_time: Duration,
+}
+
+impl Default for Files {
+    fn default() -> Self {
+        Files {
+            per_apply: 0,
+            per_run: 0,
+            jruby_time: Duration::from_millis(FILE_JRUBY_MS),
+        }
+    }
+}
+
+/// `files.jruby_time`'s default, in milliseconds (measured: see
+/// [`Files::jruby_time`]).
+pub const FILE_JRUBY_MS: u64 = 30;
+
 /// The masters.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -348,8 +388,12 @@ impl Default for OnDemand {
 #[serde(deny_unknown_fields, default)]
 pub struct Queue {
     /// The scheduling core's configuration, as in `pcq`'s config file.
-    /// `gate.max_concurrency` is taken from `masters.slots`.
+    /// `gate.max_concurrency` is `masters.slots - reserve_for_files`.
     pub core: CoreConfig,
+    /// JRubies of each master pcq leaves to other requests (files); its
+    /// compiles use the rest. pcq's own default is one when it can read
+    /// the pool's size; here it is 0 unless the scenario says so.
+    pub reserve_for_files: u32,
     /// `pcq sync` cron interval; `"off"` or absent: `agents.interval`.
     #[serde(with = "off_or_duration")]
     pub sync_interval: Option<Duration>,
@@ -376,6 +420,7 @@ impl Default for Queue {
     fn default() -> Self {
         Queue {
             core: CoreConfig::default(),
+            reserve_for_files: 0,
             sync_interval: None,
             notify: true,
             notify_delay: Duration::from_secs(5),
@@ -413,6 +458,9 @@ pub struct Slo {
     /// The oldest queued job's age, largest sample after warm-up.
     #[serde(with = "off_or_duration")]
     pub oldest_age: Option<Duration>,
+    /// p95 of a file request, request to answer (with `[files]`).
+    #[serde(with = "off_or_duration")]
+    pub file_wait_p95: Option<Duration>,
 }
 
 /// What `pcq-sim plan` sweeps.
@@ -572,6 +620,15 @@ impl Scenario {
         if !(self.masters.background_load >= 0.0 && self.masters.background_load.is_finite()) {
             return err("masters.background_load", "must be a number of at least 0");
         }
+        if self.queue.reserve_for_files >= self.masters.slots {
+            return err(
+                "queue.reserve_for_files",
+                "must be below masters.slots (pcq needs one JRuby to compile)",
+            );
+        }
+        if self.files.per_apply + self.files.per_run > 0 && self.files.jruby_time.is_zero() {
+            return err("files.jruby_time", "must be above zero");
+        }
         if let Err(e) = self.queue_core().validate() {
             return Err((format!("queue.core.{}", e.field), e.message));
         }
@@ -597,7 +654,7 @@ impl Scenario {
     /// The core configuration the queue model runs with.
     pub fn queue_core(&self) -> CoreConfig {
         let mut core = self.queue.core.clone();
-        core.gate.max_concurrency = self.masters.slots;
+        core.gate.max_concurrency = self.masters.slots - self.queue.reserve_for_files;
         core
     }
 

@@ -3,7 +3,8 @@
 //! CPUs, the random streams and the measurements.
 //!
 //! The world owns everything that does not depend on how catalogs get
-//! compiled; a policy's model (`policy::Model`) reacts to it. The run loop
+//! compiled, the masters' JRuby pools and the agents' file requests among
+//! them; a policy's model (`policy::Model`) reacts to it. The run loop
 //! (`run`) gives each event to the world first (the methods under "what
 //! happens by itself" below) and then to the model, which calls back the
 //! methods under "what models do" to compile, deliver and apply.
@@ -19,8 +20,9 @@ use scheduler::core::Time;
 use crate::distribution::Sampler;
 use crate::engine::{Event, Events};
 use crate::fleet::{self, Change, SimNode};
-use crate::master::{Completion, SimMaster, LOAD_TICK_SECS};
+use crate::master::{Completion, SimMaster, Work, LOAD_TICK_SECS};
 use crate::measure::{Metrics, Point};
+use crate::pool::{Borrower, JRubyPool};
 use crate::scenario::{ChurnModel, Herd, Scenario};
 use crate::streams::Streams;
 
@@ -55,6 +57,12 @@ pub struct World<'a> {
     next_new: u32,
     /// The masters' CPUs.
     pub masters: Vec<SimMaster>,
+    /// The masters' JRuby pools, which compiles and file requests share.
+    pub pools: Vec<JRubyPool>,
+    /// Each node's agent in its file requests, if it is.
+    files: Vec<AgentFiles>,
+    /// Where the least-outstanding pick of a master starts looking.
+    next_pick: usize,
     /// Random streams.
     pub rng: Streams,
     /// Compile times.
@@ -102,6 +110,9 @@ impl<'a> World<'a> {
             masters: (0..masters)
                 .map(|_| SimMaster::new(s.masters.cores, s.masters.background_load, from))
                 .collect(),
+            pools: vec![JRubyPool::new(s.masters.slots); masters as usize],
+            files: vec![AgentFiles::default(); capacity as usize],
+            next_pick: 0,
             rng: Streams::new(seed),
             compile_time: s.compile.sampler(),
             metrics: Metrics::with_capacity(from, expected_changes(s, nodes)),
@@ -129,10 +140,79 @@ impl<'a> World<'a> {
         self.compile_time.draw(&mut self.rng.compile)
     }
 
-    /// Starts a compile on master `m` for `key`, scheduling its completion.
+    /// Starts a compile on master `m` for `key`, scheduling its completion
+    /// (its JRuby is borrowed already).
     pub fn start_compile(&mut self, m: u32, key: u32) {
-        let work = self.draw_compile();
-        self.on_master(m, |master, now, out| master.start(now, key, work, out));
+        let cpu = self.draw_compile();
+        self.on_master(m, |master, now, out| {
+            master.start(now, Work::Compile(key), cpu, out)
+        });
+    }
+
+    /// The reachable master with the fewest outstanding requests (lent
+    /// JRubies plus waiters), ties taken in rotation: a least-connections
+    /// load balancer.
+    pub fn pick_master(&mut self) -> Option<u32> {
+        let n = self.pools.len();
+        let mut best: Option<(usize, usize)> = None;
+        for k in 0..n {
+            let m = (self.next_pick + k) % n;
+            if !self.masters[m].up {
+                continue;
+            }
+            let load = self.pools[m].outstanding();
+            if best.is_none_or(|(_, l)| load < l) {
+                best = Some((m, load));
+            }
+        }
+        self.next_pick = (self.next_pick + 1) % n.max(1);
+        best.map(|(m, _)| m as u32)
+    }
+
+    /// The node's agent applies a catalog and makes `requests` file
+    /// requests for it, one after the other (`[files]` of the scenario).
+    pub fn fetch_files(&mut self, node: u32, requests: u32) {
+        if requests == 0 || self.files[node as usize].left > 0 {
+            return; // (still busy with the apply before)
+        }
+        self.files[node as usize] = AgentFiles {
+            left: requests,
+            began: self.now,
+            issued: self.now,
+        };
+        self.next_file(node);
+    }
+
+    /// Master `m` lent a JRuby to `node`'s file request: its Ruby work
+    /// starts on the master's CPU.
+    pub fn start_file(&mut self, m: u32, node: u32) {
+        let cpu = self.scenario.files.jruby_time.as_secs_f64();
+        self.on_master(m, |master, now, out| {
+            master.start(now, Work::File(node), cpu, out)
+        });
+    }
+
+    /// `node`'s file request was answered (its JRuby is back already):
+    /// its wait is booked and the next one goes out, or the apply is over.
+    pub fn file_done(&mut self, node: u32) {
+        let now = self.now;
+        let f = &mut self.files[node as usize];
+        let (issued, began) = (f.issued, f.began);
+        f.left = f.left.saturating_sub(1);
+        let more = f.left > 0;
+        if self.metrics.counts(now) {
+            self.metrics
+                .file_waits
+                .push(now.since(issued).as_secs_f64());
+        }
+        if more {
+            self.next_file(node);
+        } else if self.metrics.counts(now) {
+            let applied = now.plus(self.scenario.agents.apply_time);
+            self.metrics
+                .apply_times
+                .push(applied.since(began).as_secs_f64());
+        }
     }
 
     /// Books a finished compile of `node` that included `included` and was
@@ -394,12 +474,27 @@ impl<'a> World<'a> {
         }
     }
 
-    /// `MasterDown(m)`: the master dies. Returns the keys of the compiles
-    /// it was running.
-    pub fn master_down(&mut self, m: u32) -> Vec<u32> {
+    /// `MasterDown(m)`: the master dies. Its file requests fail (their
+    /// applies end there); returns the keys of the compiles it was
+    /// running and of those that waited for a JRuby.
+    pub fn master_down(&mut self, m: u32) -> (Vec<u32>, Vec<u32>) {
         let master = &mut self.masters[m as usize];
         master.up = false;
-        master.kill_all(self.now)
+        let mut running = Vec::new();
+        for work in master.kill_all(self.now) {
+            match work {
+                Work::Compile(key) => running.push(key),
+                Work::File(node) => self.files[node as usize].left = 0,
+            }
+        }
+        let mut waiting = Vec::new();
+        for who in self.pools[m as usize].drain() {
+            match who {
+                Borrower::Catalog(key) => waiting.push(key),
+                Borrower::File(node) => self.files[node as usize].left = 0,
+            }
+        }
+        (running, waiting)
     }
 
     /// `MasterUp(m)`: the master is back.
@@ -407,11 +502,11 @@ impl<'a> World<'a> {
         self.masters[m as usize].up = true;
     }
 
-    /// `Complete(m, generation, key)`: whether the compile `key` on master
-    /// `m` is done (and not an event its master has rescheduled since).
-    pub fn compile_done(&mut self, m: u32, generation: u32, key: u32) -> Option<Time> {
+    /// `Complete(m, generation, work)`: whether `work` on master `m` is
+    /// done (and not an event its master has rescheduled since).
+    pub fn work_done(&mut self, m: u32, generation: u32, work: Work) -> Option<Time> {
         self.on_master(m, |master, now, out| {
-            master.complete(now, generation, key, out)
+            master.complete(now, generation, work, out)
         })
     }
 
@@ -476,6 +571,18 @@ impl<'a> World<'a> {
         result
     }
 
+    /// Sends `node`'s next file request to a master's pool.
+    fn next_file(&mut self, node: u32) {
+        let Some(m) = self.pick_master() else {
+            self.files[node as usize].left = 0; // no master: the apply fails
+            return;
+        };
+        self.files[node as usize].issued = self.now;
+        if self.pools[m as usize].borrow(self.now, Borrower::File(node)) {
+            self.start_file(m, node);
+        }
+    }
+
     /// Closed churn: the node's next used-fact change, an exponential time
     /// from now.
     fn schedule_node_fact(&mut self, node: u32) {
@@ -530,6 +637,17 @@ impl<'a> World<'a> {
         self.nodes[node as usize].next_run = at;
         self.events.at(at, Event::Run(node));
     }
+}
+
+/// An agent's file requests while it applies a catalog.
+#[derive(Clone, Copy, Debug, Default)]
+struct AgentFiles {
+    /// Requests still to make (0: not applying).
+    left: u32,
+    /// When the apply began.
+    began: Time,
+    /// When the current request went out.
+    issued: Time,
 }
 
 /// About how many catalog changes a run will see, to size the sample

@@ -297,3 +297,72 @@ fn the_load_gate_holds_compiles_back_when_the_master_is_busy() {
     assert!(peak(&g) <= 2, "gated peak {}", peak(&g));
     assert!(g.utilization < o.utilization);
 }
+
+/// A fleet whose agents fetch files, on masters of three JRubies.
+fn with_files(extra: &str) -> Scenario {
+    scenario(
+        FLEET,
+        &format!(
+            "[masters]\ncount = 1\nslots = 3\ncores = 4\n[files]\nper_apply = 10\nper_run = 3\njruby_time = \"20ms\"\n{extra}"
+        ),
+    )
+}
+
+#[test]
+fn file_requests_wait_behind_an_on_demand_herd_but_not_behind_a_reserve() {
+    let herd = "[[herds]]\nkind = \"synchronized_cron\"\nat = \"2h\"\n";
+    // the queue compiles without a pause (no load gate): every JRuby it
+    // may use is busy
+    let busy =
+        "[queue.core]\nmin_cycle_interval = \"0s\"\n[queue.core.gate]\nmax_load_per_core = 0.0\n";
+    let od = go(&with_files(herd), Policy::OnDemand);
+    let all = go(&with_files(&format!("{herd}{busy}")), Policy::Queue);
+    let reserved = go(
+        &with_files(&format!("{herd}{busy}[queue]\nreserve_for_files = 1\n")),
+        Policy::Queue,
+    );
+    for r in [&od, &all, &reserved] {
+        assert!(r.file_wait.count > 1000, "{:?}", r.file_wait);
+        assert!(
+            r.file_wait.p50 >= 0.02,
+            "a request takes its JRuby time at least"
+        );
+        assert!(r.apply_time.count > 0);
+    }
+    // on demand the herd's catalog requests take the pool: files wait
+    // behind hundreds of compiles
+    assert!(od.file_wait.max > 60.0, "{:?}", od.file_wait);
+    // compiling on every JRuby, files wait for a compile to end
+    assert!(
+        all.file_wait.p95 > 1.0,
+        "{:?} {:?} {}",
+        all.file_wait,
+        all.compiles,
+        all.utilization
+    );
+    // with one JRuby left, a file request waits only for other files
+    assert!(reserved.file_wait.p99 < 0.5, "{:?}", reserved.file_wait);
+    assert!(reserved.apply_time.p95 < all.apply_time.p95);
+    // and the reserve costs compiles: two JRubies compile, not three
+    assert!(reserved.compiles.per_hour < all.compiles.per_hour);
+}
+
+#[test]
+fn without_files_no_file_request_is_simulated() {
+    let s = scenario(FLEET, MASTERS);
+    for policy in [Policy::OnDemand, Policy::Queue] {
+        let r = go(&s, policy);
+        assert_eq!(r.file_wait.count, 0, "{policy:?}");
+        assert_eq!(r.apply_time.count, 0, "{policy:?}");
+    }
+}
+
+#[test]
+fn a_reserve_must_leave_pcq_a_jruby() {
+    let text = format!("{FLEET}\n{MASTERS}\n[queue]\nreserve_for_files = 2\n");
+    let e = Scenario::parse(&text, Path::new("t.toml"), Path::new("."))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("queue.reserve_for_files"), "{e}");
+}

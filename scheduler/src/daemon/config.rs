@@ -230,10 +230,19 @@ pub struct Master {
     /// Its gate; default: `core.gate`.
     #[serde(default)]
     pub gate: Option<GateConfig>,
+    /// JRubies of its pool pcq leaves to file requests: at start pcq reads
+    /// the pool's size (status API) and compiles on at most `size -
+    /// reserve_for_files` of them.
+    #[serde(default = "one")]
+    pub reserve_for_files: u32,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// The database.
@@ -639,6 +648,7 @@ impl Config {
                 cores: 0,
                 local: true,
                 gate: None,
+                reserve_for_files: 1,
             }]
         } else {
             self.masters.clone()

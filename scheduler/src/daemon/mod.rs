@@ -39,6 +39,7 @@ pub mod listener;
 pub mod load;
 pub mod metrics;
 pub mod notify;
+pub mod reserve;
 pub mod store;
 pub mod tasks;
 
@@ -124,13 +125,14 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, ServeError> {
     }
 }
 
-/// Builds each master's backend.
-fn masters(config: &Config) -> Result<(Vec<MasterSlot>, Option<PuppetServer>), ServeError> {
+/// Builds each master's backend; a Puppet Server's concurrency leaves
+/// its `reserve_for_files` (`reserve`).
+async fn masters(config: &Config) -> Result<(Vec<MasterSlot>, Option<PuppetServer>), ServeError> {
     let mut slots = Vec::new();
     let mut ca_client = None;
     for m in config.masters() {
         let cores = if m.cores == 0 { load::cores() } else { m.cores };
-        let spec = MasterSpec::new(
+        let mut spec = MasterSpec::new(
             cores,
             m.gate.clone().unwrap_or_else(|| config.core.gate.clone()),
         );
@@ -138,13 +140,28 @@ fn masters(config: &Config) -> Result<(Vec<MasterSlot>, Option<PuppetServer>), S
             Backend::Puppetserver(p) => {
                 let ssl = PuppetSsl::new(&config.puppet.ssldir, &config.certname());
                 let url = m.url.clone().unwrap_or_else(|| p.url.clone());
+                let server = PuppetServer::new(&url, &ssl, p.persist_facts, p.persist_catalog)?
+                    .with_ca(&p.url);
+                // (a short wait: a master that does not answer now is
+                // probed later anyway, and pcq's start must not hang on it)
+                let pool = tokio::time::timeout(Duration::from_secs(3), server.jruby_pool())
+                    .await
+                    .unwrap_or_else(|_| Err("no answer within 3 s".into()));
+                let reservation = reserve::reserve(
+                    &m.name,
+                    spec.gate.max_concurrency,
+                    pool.as_ref().map(|p| p.size).map_err(String::as_str),
+                    m.reserve_for_files,
+                );
+                if let Some(w) = &reservation.warning {
+                    tracing::warn!("{w}");
+                }
+                spec.gate.max_concurrency = reservation.max_concurrency;
                 tracing::info!(
                     "master {}: {url} ({cores} cores, at most {} compiles at once)",
                     m.name,
                     spec.gate.max_concurrency
                 );
-                let server = PuppetServer::new(&url, &ssl, p.persist_facts, p.persist_catalog)?
-                    .with_ca(&p.url);
                 if ca_client.is_none() {
                     ca_client = Some(PuppetServer::new(&p.url, &ssl, false, false)?);
                 }
@@ -189,7 +206,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         Ignore::new(&config.facts.ignore)
             .map_err(|e| ServeError::Config(format!("facts.ignore: {e}")))?,
     );
-    let (slots, ca_client) = masters(&config)?;
+    let (slots, ca_client) = masters(&config).await?;
     let deps = Arc::new(
         Dependencies::new(&config.analysis, ignore.clone()).keep_baselines_in(&config.state_dir),
     );

@@ -28,8 +28,11 @@ pub trait Model {
     /// A node's certificate was signed; it has a visible change (its first
     /// catalog).
     fn node_joined(&mut self, w: &mut World, node: u32);
-    /// Master `m` died; `keys` are the compiles that were running on it.
-    fn master_down(&mut self, w: &mut World, m: u32, keys: Vec<u32>);
+    /// Master `m` died; `running` are the compiles that were running on
+    /// it, `waiting` those that waited for one of its JRubies.
+    fn master_down(&mut self, w: &mut World, m: u32, running: Vec<u32>, waiting: Vec<u32>);
+    /// The compile `key` waited for a JRuby of master `m` and got one.
+    fn granted(&mut self, w: &mut World, m: u32, key: u32);
     /// Master `m` is back.
     fn master_up(&mut self, w: &mut World, m: u32);
     /// The compile `key` on master `m`, started at `started`, completed.

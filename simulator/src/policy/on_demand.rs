@@ -2,7 +2,8 @@
 //!
 //! Every agent run sends its facts and asks a master (chosen by a
 //! least-connections load balancer) for a catalog. Each master has a pool of
-//! `masters.slots` JRubies and a FIFO borrow queue. An agent waits at most
+//! `masters.slots` JRubies and a FIFO borrow queue (`pool`), which the
+//! agents' file requests after their catalog wait in too. An agent waits at most
 //! `agents.timeout` (`http_read_timeout`); past that its run fails, it tries
 //! again at its next interval, and the master still compiles the abandoned
 //! request when its turn comes. With `on_demand.max_queued_requests` a master
@@ -10,7 +11,6 @@
 //! Retry-After drawn from `[0, max_retry_delay]`. A master that dies fails
 //! every request it holds.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use rand::RngExt;
@@ -20,6 +20,7 @@ use super::description::{Description, Prose};
 use super::model::Model;
 use crate::engine::Event;
 use crate::fleet::{move_changes, Change, Changes};
+use crate::pool::Borrower;
 use crate::scenario::Scenario;
 use crate::world::{Deployed, World};
 
@@ -66,52 +67,24 @@ struct Request {
     timer: bool,
 }
 
-#[derive(Clone, Debug, Default)]
-struct Pool {
-    waiting: VecDeque<u32>,
-    busy: u32,
-}
-
 /// The on-demand model's state.
 pub struct OnDemandModel {
-    pools: Vec<Pool>,
-    jrubies: u32,
     requests: Vec<Request>,
     free: Vec<u32>,
-    next_pick: usize,
+    /// Catalog requests waiting for a JRuby, over all masters.
+    queued: usize,
     waits: (u64, f64),
 }
 
 impl OnDemandModel {
-    /// A model for the world's masters.
-    pub fn new(w: &World) -> OnDemandModel {
+    /// A model for the world's masters (their pools are the world's).
+    pub fn new(_w: &World) -> OnDemandModel {
         OnDemandModel {
-            pools: vec![Pool::default(); w.masters.len()],
-            jrubies: w.scenario.masters.slots,
             requests: Vec::new(),
             free: Vec::new(),
-            next_pick: 0,
+            queued: 0,
             waits: (0, 0.0),
         }
-    }
-
-    /// Least outstanding requests among reachable masters, ties taken in
-    /// rotation.
-    fn pick_master(&mut self, w: &World) -> Option<usize> {
-        let n = self.pools.len();
-        let mut best: Option<(usize, usize)> = None;
-        for k in 0..n {
-            let m = (self.next_pick + k) % n;
-            if !w.masters[m].up {
-                continue;
-            }
-            let load = self.pools[m].waiting.len() + self.pools[m].busy as usize;
-            if best.is_none_or(|(_, l)| load < l) {
-                best = Some((m, load));
-            }
-        }
-        self.next_pick = (self.next_pick + 1) % n.max(1);
-        best.map(|(m, _)| m)
     }
 
     fn new_request(&mut self, node: u32, now: Time) -> u32 {
@@ -148,8 +121,8 @@ impl OnDemandModel {
         }
     }
 
-    fn start(&mut self, w: &mut World, m: usize, id: u32) {
-        self.pools[m].busy += 1;
+    /// Request `id` holds a JRuby of master `m`: its compile starts.
+    fn start(&mut self, w: &mut World, m: u32, id: u32) {
         let r = &mut self.requests[id as usize];
         r.phase = Phase::Compiling;
         move_changes(&mut r.included, &mut w.nodes[r.node as usize].visible);
@@ -159,7 +132,7 @@ impl OnDemandModel {
             self.waits.1 += w.now.since(issued).as_secs_f64();
         }
         w.metrics.waited(issued, w.now);
-        w.start_compile(m as u32, id);
+        w.start_compile(m, id);
     }
 
     /// The agent's run is over without a catalog.
@@ -189,14 +162,14 @@ impl Model for OnDemandModel {
         let n = &mut w.nodes[node as usize];
         move_changes(&mut n.visible, &mut n.unseen);
 
-        let Some(m) = self.pick_master(w) else {
+        let Some(m) = w.pick_master() else {
             if w.metrics.counts(now) {
                 w.metrics.failures.errors += 1;
             }
             return;
         };
         let limit = w.scenario.on_demand.max_queued_requests;
-        if limit > 0 && self.pools[m].waiting.len() >= limit as usize {
+        if limit > 0 && w.pools[m as usize].waiting() >= limit as usize {
             if w.metrics.counts(now) {
                 w.metrics.failures.rejected += 1;
             }
@@ -212,10 +185,10 @@ impl Model for OnDemandModel {
         let id = self.new_request(node, now);
         w.events
             .at(now.plus(w.scenario.agents.timeout), Event::Timeout(id));
-        if self.pools[m].busy < self.jrubies {
+        if w.pools[m as usize].borrow(now, Borrower::Catalog(id)) {
             self.start(w, m, id);
         } else {
-            self.pools[m].waiting.push_back(id);
+            self.queued += 1;
         }
     }
 
@@ -229,12 +202,10 @@ impl Model for OnDemandModel {
 
     fn node_joined(&mut self, _w: &mut World, _node: u32) {}
 
-    fn master_down(&mut self, w: &mut World, m: u32, keys: Vec<u32>) {
+    fn master_down(&mut self, w: &mut World, _m: u32, running: Vec<u32>, waiting: Vec<u32>) {
         let counts = w.metrics.counts(w.now);
-        let pool = &mut self.pools[m as usize];
-        let waiting: Vec<u32> = pool.waiting.drain(..).collect();
-        pool.busy = 0;
-        for id in keys {
+        self.queued = self.queued.saturating_sub(waiting.len());
+        for id in running {
             let r = &mut self.requests[id as usize];
             r.phase = Phase::Done;
             move_changes(&mut w.nodes[r.node as usize].visible, &mut r.included);
@@ -261,9 +232,12 @@ impl Model for OnDemandModel {
 
     fn master_up(&mut self, _w: &mut World, _m: u32) {}
 
-    fn complete(&mut self, w: &mut World, m: u32, id: u32, _started: Time) {
-        let m = m as usize;
-        self.pools[m].busy = self.pools[m].busy.saturating_sub(1);
+    fn granted(&mut self, w: &mut World, m: u32, id: u32) {
+        self.queued = self.queued.saturating_sub(1);
+        self.start(w, m, id);
+    }
+
+    fn complete(&mut self, w: &mut World, _m: u32, id: u32, _started: Time) {
         let r = &mut self.requests[id as usize];
         r.phase = Phase::Done;
         let node = r.node;
@@ -283,11 +257,10 @@ impl Model for OnDemandModel {
             w.apply(&included, Duration::ZERO);
             included.clear();
             self.requests[id as usize].included = included;
+            let files = &w.scenario.files;
+            w.fetch_files(node, files.per_apply + files.per_run);
         }
         self.release_if_unused(id);
-        if let Some(next) = self.pools[m].waiting.pop_front() {
-            self.start(w, m, next);
-        }
     }
 
     fn timeout(&mut self, w: &mut World, id: u32) {
@@ -311,17 +284,17 @@ impl Model for OnDemandModel {
     fn sample(&mut self, w: &World) -> (f64, u64) {
         let mut oldest = 0.0f64;
         let mut waiting = 0;
-        for pool in &self.pools {
-            waiting += pool.waiting.len() as u64;
-            if let Some(&id) = pool.waiting.front() {
-                oldest = oldest.max(w.now.since(self.requests[id as usize].issued).as_secs_f64());
+        for pool in &w.pools {
+            waiting += pool.waiting() as u64;
+            if let Some(since) = pool.oldest() {
+                oldest = oldest.max(w.now.since(since).as_secs_f64());
             }
         }
         (oldest, waiting)
     }
 
     fn urgent_depth(&self) -> usize {
-        self.pools.iter().map(|p| p.waiting.len()).sum()
+        self.queued
     }
 
     fn urgent_waits(&self) -> Option<(u64, f64)> {

@@ -21,6 +21,7 @@ use super::description::{Description, Prose};
 use super::model::Model;
 use crate::engine::Event;
 use crate::fleet::{move_changes, Change};
+use crate::pool::Borrower;
 use crate::scenario::{FactUpload, Scenario};
 use crate::world::{Deployed, World};
 
@@ -174,6 +175,8 @@ impl QueueModel {
         w.apply(&compiled, w.scenario.agents.apply_cpu);
         compiled.clear();
         w.nodes[node as usize].compiled = compiled;
+        // a cached catalog's apply fetches its files (no pluginsync)
+        w.fetch_files(node, w.scenario.files.per_apply);
     }
 }
 
@@ -233,9 +236,11 @@ impl Model for QueueModel {
         }
     }
 
-    fn master_down(&mut self, w: &mut World, m: u32, keys: Vec<u32>) {
+    fn master_down(&mut self, w: &mut World, m: u32, running: Vec<u32>, waiting: Vec<u32>) {
         let counts = w.metrics.counts(w.now);
-        for node in keys {
+        // (a compile still waiting for a JRuby is as lost as a running one:
+        // the core counts both as running on that master)
+        for node in running.into_iter().chain(waiting) {
             let n = &mut w.nodes[node as usize];
             move_changes(&mut n.visible, &mut n.included);
             if counts {
@@ -251,6 +256,10 @@ impl Model for QueueModel {
 
     fn master_up(&mut self, _w: &mut World, m: u32) {
         self.add_master(m);
+    }
+
+    fn granted(&mut self, w: &mut World, m: u32, node: u32) {
+        w.start_compile(m, node);
     }
 
     fn complete(&mut self, w: &mut World, m: u32, node: u32, started: Time) {
@@ -335,7 +344,11 @@ impl Model for QueueModel {
                     self.urgent_waits.1 += start.waited.as_secs_f64();
                 }
             }
-            w.start_compile(m, node);
+            // the compile asks the master for a catalog: it borrows a
+            // JRuby, and waits if file requests hold them all
+            if w.pools[m as usize].borrow(now, Borrower::Catalog(node)) {
+                w.start_compile(m, node);
+            }
         }
         if let Some(t) = self.core.next_wakeup() {
             if self.wakeup.is_none_or(|w| t < w) {

@@ -52,6 +52,7 @@ pub fn markdown(s: &Scenario, plan: &PlanResult, plots: &[(String, String)]) -> 
     for nodes in plan.fleet_sizes() {
         md.push_str(&verdict(s, plan, nodes));
     }
+    md.push_str(&concurrency(s, plan));
     let _ = writeln!(
         md,
         "\nA master count meets an SLO when the upper end of the metric's 95% confidence interval \
@@ -67,7 +68,7 @@ pub fn markdown(s: &Scenario, plan: &PlanResult, plots: &[(String, String)]) -> 
     for nodes in plan.fleet_sizes() {
         for p in &pols {
             let _ = writeln!(md, "\n## {} — {} nodes\n", p.description().title, nodes);
-            md.push_str(&point_table(plan, *p, nodes));
+            md.push_str(&point_table(s, plan, *p, nodes));
         }
     }
 
@@ -107,6 +108,13 @@ fn slo_list(s: &Scenario) -> String {
     }
     if let Some(d) = slo.oldest_age {
         let _ = writeln!(out, "- oldest queued job <= {}", human(d.as_secs_f64()));
+    }
+    if let Some(d) = slo.file_wait_p95.filter(|_| files(s)) {
+        let _ = writeln!(
+            out,
+            "- file request (request to answer), p95 <= {}",
+            human(d.as_secs_f64())
+        );
     }
     if out.is_empty() {
         out.push_str("- none (every count meets them)\n");
@@ -186,6 +194,17 @@ fn scenario_summary(s: &Scenario) -> String {
     for h in &s.herds {
         let _ = writeln!(out, "- herd at {}: {}", secs(h.at()), h.label());
     }
+    if files(s) {
+        let _ = writeln!(
+            out,
+            "- file requests: {} per apply, {} more per full agent run (pluginsync, on demand \
+             only), {} of JRuby each; pcq leaves {} JRuby(s) per master to them",
+            s.files.per_apply,
+            s.files.per_run,
+            secs(s.files.jruby_time),
+            s.queue.reserve_for_files
+        );
+    }
     let _ = writeln!(
         out,
         "- masters: {} compile slots, {} cores, background load {}; queue cycle pacing {}",
@@ -197,19 +216,74 @@ fn scenario_summary(s: &Scenario) -> String {
     out
 }
 
-fn point_table(plan: &PlanResult, policy: Policy, nodes: u32) -> String {
-    let mut out = String::from(
-        "| masters | applied p95 | compiled p95 | queue wait p95 | failed runs | oldest age | utilization | compiles/h | no-op compiles | node CPU s/day | SLOs |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
-    );
+/// Does the scenario simulate file requests?
+fn files(s: &Scenario) -> bool {
+    s.files.per_apply + s.files.per_run > 0
+}
+
+/// How many JRubies pcq may compile on: the plan's sweep of
+/// `max_concurrency`, when the scenario has a file-wait SLO.
+fn concurrency(s: &Scenario, plan: &PlanResult) -> String {
+    let mut out = String::new();
+    for c in &plan.concurrency {
+        let _ = writeln!(out, "\n### JRubies left for files — {} nodes\n", c.nodes);
+        let _ = match (c.masters, c.max_concurrency) {
+            (Some(m), Some(k)) => writeln!(
+                out,
+                "pcq meets every SLO with **{m} master(s) compiling on at most {k} of their {} \
+                 JRubies** (`max_concurrency = {k}`, `reserve_for_files = {}`): the largest \
+                 value at the fewest masters.\n",
+                s.masters.slots,
+                s.masters.slots - k
+            ),
+            _ => writeln!(
+                out,
+                "No master count tried meets every SLO at any `max_concurrency`.\n"
+            ),
+        };
+        out.push_str(
+            "| masters | max_concurrency | file wait p95 | applied p95 | SLOs |\n|---|---|---|---|---|\n",
+        );
+        for p in &c.tried {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                p.masters,
+                p.max_concurrency,
+                human_est(&p.file_wait_p95),
+                human_est(&p.staleness_applied_p95),
+                if p.met { "all met" } else { "missed" }
+            );
+        }
+    }
+    out
+}
+
+fn point_table(s: &Scenario, plan: &PlanResult, policy: Policy, nodes: u32) -> String {
+    let files = files(s);
+    let mut out = String::from(if files {
+        "| masters | applied p95 | compiled p95 | queue wait p95 | file wait p95 | apply with files p95 | failed runs | oldest age | utilization | compiles/h | no-op compiles | node CPU s/day | SLOs |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    } else {
+        "| masters | applied p95 | compiled p95 | queue wait p95 | failed runs | oldest age | utilization | compiles/h | no-op compiles | node CPU s/day | SLOs |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+    });
     for p in plan
         .points
         .iter()
         .filter(|p| p.policy == policy && p.nodes == nodes)
     {
         let st = &p.stats;
+        let file_columns = if files {
+            format!(
+                " {} | {} |",
+                human_est(&st.file_wait_p95),
+                human_est(&st.apply_time_p95)
+            )
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0}% | {:.1} | {} |",
+            "| {} | {} | {} | {} |{file_columns} {} | {} | {} | {:.0} | {:.0}% | {:.1} | {} |",
             p.masters,
             human_est(&st.staleness_applied_p95),
             human_est(&st.staleness_compiled_p95),

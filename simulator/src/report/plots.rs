@@ -68,6 +68,62 @@ pub fn write_plots(dir: &Path, s: &Scenario, plan: &PlanResult) -> Vec<(String, 
         ),
     );
 
+    // file request waits against masters, beside staleness (scenarios
+    // with file requests)
+    if s.files.per_apply + s.files.per_run > 0 {
+        let slo = s.slo.file_wait_p95.map(|d| d.as_secs_f64());
+        let slo_label = format!(
+            "SLO: p95 <= {}",
+            slo.map_or(String::new(), |v| format!("{v} s"))
+        );
+        let mut lines: Vec<Line> = pols
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Line {
+                label: format!("{} p95", p.name()),
+                points: by_masters(plan, *p, nodes, |x| x.stats.file_wait_p95.mean),
+                dashed: p.description().dashed,
+                color: i,
+            })
+            .collect();
+        if let Some(c) = plan.concurrency.iter().find(|c| c.nodes == nodes) {
+            let mut per: Vec<u32> = c.tried.iter().map(|t| t.max_concurrency).collect();
+            per.sort_unstable();
+            per.dedup();
+            let own = s.masters.slots - s.queue.reserve_for_files;
+            for (k, mc) in per.into_iter().filter(|&mc| mc != own).enumerate() {
+                lines.push(Line {
+                    label: format!("queue p95, max_concurrency {mc}"),
+                    points: c
+                        .tried
+                        .iter()
+                        .filter(|t| t.max_concurrency == mc)
+                        .map(|t| (f64::from(t.masters), t.file_wait_p95.mean))
+                        .collect(),
+                    dashed: false,
+                    color: pols.len() + k,
+                });
+            }
+        }
+        keep(
+            "file_wait.svg",
+            format!("File requests (request to answer) by master count ({nodes} nodes)"),
+            plot::lines(
+                &dir.join("file_wait.svg"),
+                &Axes {
+                    title: "file request wait",
+                    x: "masters",
+                    y: "seconds (log)",
+                    log_y: true,
+                    whole_x: true,
+                    target: slo.map(|v| (v, slo_label.as_str())),
+                },
+                &lines,
+                &[],
+            ),
+        );
+    }
+
     // utilization against masters
     let lines: Vec<Line> = pols
         .iter()
