@@ -104,6 +104,10 @@ pub struct ObservedMaster {
     pub name: String,
     /// Compile slots: pcq's `max_concurrency`, or the JRuby pool's size.
     pub slots: u32,
+    /// The JRuby pool's size (its status API), when read: more than
+    /// `slots` when pcq leaves some to file requests.
+    #[serde(default)]
+    pub jrubies: Option<u32>,
     /// CPU cores, when known.
     #[serde(default)]
     pub cores: Option<f64>,

@@ -450,6 +450,9 @@ async fn a_running_pcq_gives_the_counts_of_its_queue_and_metrics() {
         u64::from(site.masters[0].slots),
         masters[0]["max_concurrency"].as_u64().expect("slots")
     );
+    // the pool pcq read at start, of which it compiles on `slots`
+    let jrubies = site.masters[0].jrubies.expect("the pool's size");
+    assert!(jrubies > site.masters[0].slots, "{jrubies}");
     // pcq's own settings: the cycle is off here
     assert_eq!(site.core.as_ref().expect("core").min_cycle_interval, None);
     // only an admin reads it
@@ -461,5 +464,10 @@ async fn a_running_pcq_gives_the_counts_of_its_queue_and_metrics() {
     assert_eq!(u64::from(s.fleet.nodes), site.nodes());
     assert_eq!(csv.len(), compiles);
     assert_eq!(s.masters.count as usize, masters.len());
+    // the simulator's masters have the whole pool; pcq leaves the rest
+    assert_eq!(
+        (s.masters.slots, s.queue.reserve_for_files),
+        (jrubies, jrubies - site.masters[0].slots)
+    );
     assert_eq!(s.deploys.len(), 1);
 }

@@ -726,7 +726,7 @@ pub fn check_slos(scenario: &Scenario, stats: &PointStats) -> Vec<SloCheck> {
         slo.oldest_age.map(|d| d.as_secs_f64()),
         stats.oldest_age_max,
     );
-    if scenario.files.per_apply + scenario.files.per_run > 0 {
+    if scenario.files.simulated() {
         add(
             "file_wait_p95",
             slo.file_wait_p95.map(|d| d.as_secs_f64()),

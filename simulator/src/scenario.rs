@@ -333,6 +333,19 @@ impl Default for Files {
     }
 }
 
+impl Files {
+    /// Requests of a full agent run on demand: the apply's and
+    /// pluginsync's.
+    pub fn per_agent_run(&self) -> u32 {
+        self.per_apply.saturating_add(self.per_run)
+    }
+
+    /// Are file requests simulated at all?
+    pub fn simulated(&self) -> bool {
+        self.per_agent_run() > 0
+    }
+}
+
 /// `files.jruby_time`'s default, in milliseconds (measured: see
 /// [`Files::jruby_time`]).
 pub const FILE_JRUBY_MS: u64 = 30;
@@ -626,7 +639,7 @@ impl Scenario {
                 "must be below masters.slots (pcq needs one JRuby to compile)",
             );
         }
-        if self.files.per_apply + self.files.per_run > 0 && self.files.jruby_time.is_zero() {
+        if self.files.simulated() && self.files.jruby_time.is_zero() {
             return err("files.jruby_time", "must be above zero");
         }
         if let Err(e) = self.queue_core().validate() {

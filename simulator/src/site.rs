@@ -360,11 +360,28 @@ pub fn scenario(site: &Site, name: &str) -> Result<Built, String> {
         .unwrap_or(1)
         .max(1);
     let cores: Vec<f64> = site.masters.iter().filter_map(|m| m.cores).collect();
+    // the pool, when every master's was read: pcq compiles on `slots` of
+    // its JRubies and leaves the rest to file requests
+    let pools: Vec<u32> = site.masters.iter().filter_map(|m| m.jrubies).collect();
+    let jrubies = (pools.len() == site.masters.len())
+        .then(|| pools.iter().copied().min())
+        .flatten()
+        .filter(|&j| j > slots);
     out += "\n[masters]\n";
-    let _ = writeln!(
-        out,
-        "# observed: {count} master(s), {slots} compile slots each (the smallest seen: the simulator's masters are alike)\ncount = {count}\nslots = {slots}"
-    );
+    match jrubies {
+        Some(j) => {
+            let _ = writeln!(
+                out,
+                "# observed: {count} master(s) of {j} JRubies, pcq compiling on {slots} of them (the smallest seen: the simulator's masters are alike)\ncount = {count}\nslots = {j}"
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "# observed: {count} master(s), {slots} compile slots each (the smallest seen: the simulator's masters are alike)\ncount = {count}\nslots = {slots}"
+            );
+        }
+    }
     if cores.len() == site.masters.len() && !cores.is_empty() {
         let c = cores.iter().sum::<f64>() / cores.len() as f64;
         let _ = writeln!(
@@ -381,8 +398,8 @@ pub fn scenario(site: &Site, name: &str) -> Result<Built, String> {
 
     // --- queue ---------------------------------------------------------------
     if let Some(core) = &site.core {
-        out += "\n# observed: pcq's own scheduling settings (gate.max_concurrency comes from masters.slots)\n";
-        out += &core_table(core)?;
+        out += "\n# observed: pcq's own scheduling settings (gate.max_concurrency is masters.slots\n# less queue.reserve_for_files)\n";
+        out += &core_table(core, jrubies.map(|j| j - slots))?;
     }
 
     // --- what to plan for ------------------------------------------------------
@@ -403,8 +420,11 @@ pub fn scenario(site: &Site, name: &str) -> Result<Built, String> {
 }
 
 /// `[queue.core]` and its subtables, from the daemon's own settings.
-fn core_table(core: &CoreConfig) -> Result<String, String> {
+fn core_table(core: &CoreConfig, reserve_for_files: Option<u32>) -> Result<String, String> {
     let mut queue = toml::Table::new();
+    if let Some(r) = reserve_for_files {
+        queue.insert("reserve_for_files".into(), toml::Value::Integer(r.into()));
+    }
     let value = toml::Value::try_from(core).map_err(|e| format!("the core's settings: {e}"))?;
     queue.insert("core".into(), value);
     let mut root = toml::Table::new();
@@ -491,6 +511,7 @@ mod tests {
                 ObservedMaster {
                     name: "m1".into(),
                     slots: 3,
+                    jrubies: None,
                     cores: Some(4.0),
                     compile_seconds: vec![1.0, 2.0, 3.0],
                     average_borrow_seconds: None,
@@ -499,6 +520,7 @@ mod tests {
                 ObservedMaster {
                     name: "m/2".into(),
                     slots: 2,
+                    jrubies: None,
                     cores: Some(2.0),
                     compile_seconds: vec![4.0],
                     average_borrow_seconds: Some(1.5),
@@ -553,6 +575,22 @@ mod tests {
         let path = dir.path().join("s.toml");
         Scenario::parse(&built.toml, &path, dir.path())
             .unwrap_or_else(|e| panic!("{e}\n{}", built.toml))
+    }
+
+    #[test]
+    fn a_pool_larger_than_pcq_uses_is_kept_apart_as_the_reserve() {
+        let mut site = site();
+        for m in &mut site.masters {
+            m.slots = 2;
+            m.jrubies = Some(3);
+        }
+        let s = parsed(&scenario(&site, "observed").expect("scenario"));
+        assert_eq!((s.masters.slots, s.queue.reserve_for_files), (3, 1));
+        assert_eq!(s.queue_core().gate.max_concurrency, 2);
+        // one pool unknown: what pcq compiles on is all it knows
+        site.masters[1].jrubies = None;
+        let s = parsed(&scenario(&site, "observed").expect("scenario"));
+        assert_eq!((s.masters.slots, s.queue.reserve_for_files), (2, 0));
     }
 
     #[test]

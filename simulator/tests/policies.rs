@@ -366,3 +366,39 @@ fn a_reserve_must_leave_pcq_a_jruby() {
         .unwrap_or_default();
     assert!(e.contains("queue.reserve_for_files"), "{e}");
 }
+
+#[test]
+fn a_plan_says_how_many_jrubies_to_leave_for_files() {
+    // a herd every agent joins at once: on demand, files wait behind it;
+    // the queue compiles without a pause (no load gate), so at
+    // max_concurrency 3 its compiles hold every JRuby too
+    let s = with_files(
+        "[[herds]]\nkind = \"synchronized_cron\"\nat = \"2h\"\n[queue.core]\nmin_cycle_interval = \"0s\"\n[queue.core.gate]\nmax_load_per_core = 0.0\n[slo]\nfile_wait_p95 = \"1s\"\n[plan]\nmasters = [1, 2]\nreplications = 2\n",
+    );
+    let options = PlanOptions {
+        jobs: 2,
+        ..PlanOptions::new()
+    };
+    let result = plan(&s, &options, &|_, _| {}).expect("plan");
+    let c = &result.concurrency[0];
+    // every (masters, max_concurrency) of 1..=3 at 1 and 2 masters
+    assert_eq!(c.tried.len(), 6, "{:?}", c.tried);
+    let at = |m: u32, k: u32| {
+        c.tried
+            .iter()
+            .find(|p| p.masters == m && p.max_concurrency == k)
+            .expect("tried")
+    };
+    // all three JRubies compiling: files wait for compiles
+    assert!(!at(1, 3).met, "{:?}", at(1, 3));
+    assert!(at(1, 3).file_wait_p95.mean > at(1, 2).file_wait_p95.mean);
+    // the answer: one master, compiling on two of its three JRubies
+    assert_eq!((c.masters, c.max_concurrency), (Some(1), Some(2)), "{c:?}");
+    // on demand the herd breaks the file-wait SLO
+    let od = result.point(Policy::OnDemand, 600, 1).expect("point");
+    assert!(
+        od.slos.iter().any(|x| x.slo == "file_wait_p95" && !x.met),
+        "{:?}",
+        od.slos
+    );
+}

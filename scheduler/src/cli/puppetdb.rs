@@ -249,6 +249,7 @@ pub fn summarize(
         masters.push(ObservedMaster {
             name,
             slots: pool.size,
+            jrubies: Some(pool.size),
             cores: None,
             compile_seconds: s.into_iter().collect(),
             average_borrow_seconds: pool.average_borrow_seconds,

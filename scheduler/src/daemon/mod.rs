@@ -130,33 +130,32 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, ServeError> {
 async fn masters(config: &Config) -> Result<(Vec<MasterSlot>, Option<PuppetServer>), ServeError> {
     let mut slots = Vec::new();
     let mut ca_client = None;
+    let mut pools = jruby_pools(config).await?.into_iter();
     for m in config.masters() {
+        let pool = pools.next().unwrap_or_else(|| Err("not read".into()));
         let cores = if m.cores == 0 { load::cores() } else { m.cores };
         let mut spec = MasterSpec::new(
             cores,
             m.gate.clone().unwrap_or_else(|| config.core.gate.clone()),
         );
+        let mut jrubies = None;
         let (compiler, probe): (Arc<dyn Compiler>, Duration) = match &config.backend {
             Backend::Puppetserver(p) => {
                 let ssl = PuppetSsl::new(&config.puppet.ssldir, &config.certname());
                 let url = m.url.clone().unwrap_or_else(|| p.url.clone());
                 let server = PuppetServer::new(&url, &ssl, p.persist_facts, p.persist_catalog)?
                     .with_ca(&p.url);
-                // (a short wait: a master that does not answer now is
-                // probed later anyway, and pcq's start must not hang on it)
-                let pool = tokio::time::timeout(Duration::from_secs(3), server.jruby_pool())
-                    .await
-                    .unwrap_or_else(|_| Err("no answer within 3 s".into()));
                 let reservation = reserve::reserve(
                     &m.name,
                     spec.gate.max_concurrency,
-                    pool.as_ref().map(|p| p.size).map_err(String::as_str),
+                    pool.as_ref().copied().map_err(String::as_str),
                     m.reserve_for_files,
                 );
                 if let Some(w) = &reservation.warning {
                     tracing::warn!("{w}");
                 }
                 spec.gate.max_concurrency = reservation.max_concurrency;
+                jrubies = pool.ok();
                 tracing::info!(
                     "master {}: {url} ({cores} cores, at most {} compiles at once)",
                     m.name,
@@ -177,9 +176,40 @@ async fn masters(config: &Config) -> Result<(Vec<MasterSlot>, Option<PuppetServe
         };
         let mut slot = MasterSlot::new(m.name.clone(), compiler, spec, m.local, probe);
         slot.cores_known = m.cores != 0 || m.local;
+        slot.jrubies = jrubies;
         slots.push(slot);
     }
     Ok((slots, ca_client))
+}
+
+/// Each master's JRuby pool size (Puppet Server backend), read from all
+/// masters at once with a short wait: a master that does not answer now
+/// is probed later anyway, and pcq's start must not hang on it.
+async fn jruby_pools(config: &Config) -> Result<Vec<Result<u32, String>>, ServeError> {
+    let Backend::Puppetserver(p) = &config.backend else {
+        return Ok(Vec::new());
+    };
+    let ssl = PuppetSsl::new(&config.puppet.ssldir, &config.certname());
+    let mut reads = tokio::task::JoinSet::new();
+    let masters = config.masters();
+    for (i, m) in masters.iter().enumerate() {
+        let url = m.url.clone().unwrap_or_else(|| p.url.clone());
+        let server = PuppetServer::new(&url, &ssl, false, false)?;
+        reads.spawn(async move {
+            let pool = tokio::time::timeout(Duration::from_secs(3), server.jruby_pool()).await;
+            (
+                i,
+                pool.unwrap_or_else(|_| Err("no answer within 3 s".into())),
+            )
+        });
+    }
+    let mut pools: Vec<Result<u32, String>> = vec![Err("not read".into()); masters.len()];
+    while let Some(read) = reads.join_next().await {
+        if let Ok((i, pool)) = read {
+            pools[i] = pool.map(|p| p.size);
+        }
+    }
+    Ok(pools)
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.

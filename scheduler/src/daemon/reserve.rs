@@ -7,9 +7,10 @@
 //! agent's file resources wait behind whole compiles. So at start pcq reads
 //! each master's pool size from the status API and compiles on at most
 //! `size - reserve_for_files` of them (the master's `max_concurrency`, if
-//! lower, stands). When the pool cannot be read the configured
-//! `max_concurrency` stands, with a warning: pcq cannot know what it
-//! leaves.
+//! lower, stands; pcq keeps one at least). When the pool cannot be read the
+//! configured `max_concurrency` stands, with a warning: pcq cannot know
+//! what it leaves. The size is read once, at start: a pool resized later
+//! counts from pcq's next start.
 
 /// The concurrency to run with, and what to warn about.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,44 +32,52 @@ pub fn reserve(
     let size = match pool {
         Ok(size) => size,
         Err(why) => {
-            return Reservation {
-                max_concurrency,
-                warning: Some(format!(
+            let warning = (reserve_for_files > 0).then(|| {
+                format!(
                     "master {master}: its JRuby pool could not be read ({why}); \
                      max_concurrency {max_concurrency} stands: keep it at least \
                      {reserve_for_files} below the server's max-active-instances, \
                      or file requests wait behind compiles"
-                )),
-            }
+                )
+            });
+            return Reservation {
+                max_concurrency,
+                warning,
+            };
         }
     };
     let room = size.saturating_sub(reserve_for_files).max(1);
-    if max_concurrency <= room {
-        let warning = (max_concurrency >= size).then(|| {
-            format!(
-                "master {master}: max_concurrency {max_concurrency} takes the whole pool of \
-                 {size} JRubies (reserve_for_files = 0): file requests wait behind compiles"
-            )
-        });
-        return Reservation {
-            max_concurrency,
-            warning,
-        };
-    }
-    let left = size - room;
-    Reservation {
-        max_concurrency: room,
-        warning: Some(format!(
+    let run = max_concurrency.min(room);
+    let left = size.saturating_sub(run);
+    let warning = if run < max_concurrency {
+        Some(format!(
             "master {master}: max_concurrency {max_concurrency} would leave {} of its {size} \
-             JRubies for file requests; compiling at most {room} at once \
-             (reserve_for_files = {reserve_for_files}{})",
+             JRubies for file requests; compiling at most {run} at once \
+             (reserve_for_files = {reserve_for_files}){}",
             size.saturating_sub(max_concurrency),
             if left < reserve_for_files {
-                ", and pcq needs one"
+                ": the pool is too small for the reserve, and pcq keeps one"
             } else {
                 ""
             }
-        )),
+        ))
+    } else if left < reserve_for_files {
+        Some(format!(
+            "master {master}: its pool of {size} JRubies is too small to leave \
+             {reserve_for_files} for file requests beside pcq's {run} compile(s): \
+             {left} left"
+        ))
+    } else if reserve_for_files == 0 && run >= size {
+        Some(format!(
+            "master {master}: max_concurrency {max_concurrency} takes the whole pool of \
+             {size} JRubies (reserve_for_files = 0): file requests wait behind compiles"
+        ))
+    } else {
+        None
+    };
+    Reservation {
+        max_concurrency: run,
+        warning,
     }
 }
 
@@ -76,13 +85,16 @@ pub fn reserve(
 mod tests {
     use super::*;
 
+    fn said(r: &Reservation) -> &str {
+        r.warning.as_deref().unwrap_or("")
+    }
+
     #[test]
     fn a_pool_it_can_read_keeps_the_reserve_free() {
         // Debian's default: 3 JRubies; pcq's default: leave one
         let r = reserve("local", 3, Ok(3), 1);
         assert_eq!(r.max_concurrency, 2);
-        let w = r.warning.unwrap_or_default();
-        assert!(w.contains("compiling at most 2"), "{w}");
+        assert!(said(&r).contains("compiling at most 2"), "{}", said(&r));
         // a lower max_concurrency stands, without a word
         assert_eq!(
             reserve("local", 2, Ok(3), 1),
@@ -91,22 +103,34 @@ mod tests {
                 warning: None
             }
         );
-        // a reserve as large as the pool still leaves pcq one
+        assert_eq!(reserve("local", 1, Ok(8), 3).warning, None);
+    }
+
+    #[test]
+    fn a_pool_too_small_for_the_reserve_still_compiles_and_says_so() {
         let r = reserve("local", 4, Ok(2), 2);
         assert_eq!(r.max_concurrency, 1);
-        assert!(r.warning.unwrap_or_default().contains("pcq needs one"));
+        assert!(said(&r).contains("pcq keeps one"), "{}", said(&r));
+        // already at one: nothing to lower, but the reserve is not kept
+        for (max, size) in [(1, 1), (1, 2)] {
+            let r = reserve("local", max, Ok(size), 2);
+            assert_eq!(r.max_concurrency, 1);
+            assert!(said(&r).contains("too small"), "{}", said(&r));
+        }
     }
 
     #[test]
     fn taking_the_whole_pool_is_said_out_loud() {
         let r = reserve("m1", 3, Ok(3), 0);
         assert_eq!(r.max_concurrency, 3);
-        assert!(r.warning.unwrap_or_default().contains("whole pool"));
+        assert!(said(&r).contains("whole pool"));
         let r = reserve("m1", 5, Err("403 Forbidden"), 1);
         assert_eq!(
             r.max_concurrency, 5,
             "what pcq cannot read, it does not change"
         );
-        assert!(r.warning.unwrap_or_default().contains("403 Forbidden"));
+        assert!(said(&r).contains("403 Forbidden"));
+        // no reserve asked for: an unreadable pool changes nothing to say
+        assert_eq!(reserve("m1", 5, Err("403 Forbidden"), 0).warning, None);
     }
 }

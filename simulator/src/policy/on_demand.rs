@@ -257,8 +257,7 @@ impl Model for OnDemandModel {
             w.apply(&included, Duration::ZERO);
             included.clear();
             self.requests[id as usize].included = included;
-            let files = &w.scenario.files;
-            w.fetch_files(node, files.per_apply + files.per_run);
+            w.fetch_files(node, w.scenario.files.per_agent_run());
         }
         self.release_if_unused(id);
     }

@@ -21,6 +21,7 @@ pub fn write_points_csv(path: &Path, plan: &PlanResult) -> std::io::Result<()> {
         "compiles_per_hour",
         "wasted",
         "node_cpu_per_node_day",
+        "file_wait_p95",
     ];
     let mut header = vec![
         "policy".to_string(),
@@ -48,6 +49,7 @@ pub fn write_points_csv(path: &Path, plan: &PlanResult) -> std::io::Result<()> {
             st.compiles_per_hour,
             st.wasted,
             st.node_cpu_per_node_day,
+            st.file_wait_p95,
         ];
         let mut row = vec![
             p.policy.name().to_string(),

@@ -7,6 +7,8 @@ use crate::plan::Estimate;
 pub fn human(secs: f64) -> String {
     if !secs.is_finite() {
         "∞".into()
+    } else if secs > 0.0 && secs < 1.0 {
+        format!("{:.0} ms", secs * 1000.0)
     } else if secs < 120.0 {
         format!("{secs:.0} s")
     } else if secs < 7200.0 {

@@ -218,7 +218,7 @@ fn scenario_summary(s: &Scenario) -> String {
 
 /// Does the scenario simulate file requests?
 fn files(s: &Scenario) -> bool {
-    s.files.per_apply + s.files.per_run > 0
+    s.files.simulated()
 }
 
 /// How many JRubies pcq may compile on: the plan's sweep of

@@ -70,7 +70,7 @@ pub fn write_plots(dir: &Path, s: &Scenario, plan: &PlanResult) -> Vec<(String, 
 
     // file request waits against masters, beside staleness (scenarios
     // with file requests)
-    if s.files.per_apply + s.files.per_run > 0 {
+    if s.files.simulated() {
         let slo = s.slo.file_wait_p95.map(|d| d.as_secs_f64());
         let slo_label = format!(
             "SLO: p95 <= {}",

@@ -30,6 +30,8 @@ pub struct MasterSlot {
     /// `spec.cores` was configured, or is this host's count on this host
     /// (false: a remote master given this host's count for want of one).
     pub cores_known: bool,
+    /// Its JRuby pool's size, when read at start.
+    pub jrubies: Option<u32>,
     id: Option<MasterId>,
     probing: bool,
 }
@@ -50,6 +52,7 @@ impl MasterSlot {
             local,
             probe_interval,
             cores_known: true,
+            jrubies: None,
             id: None,
             probing: false,
         }

@@ -911,6 +911,7 @@ impl Driver {
             .map(|(m, slot)| ObservedMaster {
                 name: slot.name.clone(),
                 slots: slot.spec.gate.max_concurrency,
+                jrubies: slot.jrubies,
                 cores: slot.cores_known.then(|| f64::from(slot.spec.cores)),
                 compile_seconds: self.observed.compile_seconds(m),
                 average_borrow_seconds: None,
