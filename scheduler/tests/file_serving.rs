@@ -222,8 +222,24 @@ async fn compiles_under_pcq_leave_file_requests_alone_and_a_herd_does_not() {
         "the reservation is logged:\n{}",
         pcq.log_text()
     );
+    let m = pcq.metrics().await;
+    assert_eq!(
+        (
+            harness::metric_sum(&m, "pcq_master_jrubies"),
+            harness::metric_sum(&m, "pcq_master_max_concurrency")
+        ),
+        (f64::from(pool), f64::from(pool - 1)),
+        "the pool and pcq's share of it in /metrics"
+    );
+    // pcq's analysis of the code (Ruby, at start) is done: what follows
+    // is pcq compiling, not pcq starting
+    assert!(
+        pcq.wait_analysed(&names[0], Duration::from_secs(300)).await,
+        "the analysis did not finish:\n{}",
+        pcq.log_text()
+    );
     let started = |m: &str| harness::metric_sum(m, "pcq_compiles_started_total");
-    let before = started(&pcq.metrics().await);
+    let before = started(&m);
     let t = Instant::now();
     let mut under_pcq = files.fetch(FILE_REQUESTS).await;
     let window = t.elapsed().as_secs_f64();
@@ -251,7 +267,7 @@ async fn compiles_under_pcq_leave_file_requests_alone_and_a_herd_does_not() {
     println!("{}", line("compile on an idle server", &compile_s));
     println!(
         "herd: {throughput:.2} catalogs/s; pcq started {compiled} compiles in the {window:.1} s window; \
-         a file request's JRuby time (idle mean): {:.1} ms",
+         a file request on an idle server (its JRuby time, for the simulator): {:.1} ms",
         idle_s.mean * 1000.0
     );
     // pcq compiled all along (at least a compile per two idle compile

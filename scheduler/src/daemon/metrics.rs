@@ -86,6 +86,10 @@ pub struct Metrics {
     pub ca_listings: Family<ResultLabel, Counter>,
     /// Masters reachable (1) or not (0).
     pub master_up: Family<MasterLabel, Gauge>,
+    /// Each master's JRuby pool (read at start) and pcq's share of it.
+    pub master_jrubies: Family<MasterLabel, Gauge>,
+    /// Compiles pcq runs at once on each master at most.
+    pub master_max_concurrency: Family<MasterLabel, Gauge>,
     /// API connections open.
     pub connections: Gauge,
     /// API connections closed, by reason.
@@ -178,6 +182,18 @@ impl Metrics {
             "1 while a master is reachable",
             master_up.clone(),
         );
+        let master_jrubies = Family::<MasterLabel, Gauge>::default();
+        registry.register(
+            "master_jrubies",
+            "A master's JRuby pool size (max-active-instances), read from its status API at start; absent when it could not be read",
+            master_jrubies.clone(),
+        );
+        let master_max_concurrency = Family::<MasterLabel, Gauge>::default();
+        registry.register(
+            "master_max_concurrency",
+            "Compiles pcq runs at once on a master at most: the JRubies it leaves to file requests are the pool less this",
+            master_max_concurrency.clone(),
+        );
         let connections = Gauge::default();
         registry.register(
             "api_connections",
@@ -254,6 +270,8 @@ impl Metrics {
             facts_uploads,
             ca_listings,
             master_up,
+            master_jrubies,
+            master_max_concurrency,
             connections,
             connections_closed,
             connection_cap_reached,
@@ -392,6 +410,19 @@ impl Metrics {
                 master: master.to_string(),
             })
             .set(i64::from(up));
+    }
+
+    /// A master's concurrency in force and its pool, when known.
+    pub fn set_master_pool(&self, master: &str, max_concurrency: u32, jrubies: Option<u32>) {
+        let label = MasterLabel {
+            master: master.to_string(),
+        };
+        self.master_max_concurrency
+            .get_or_create(&label)
+            .set(i64::from(max_concurrency));
+        if let Some(j) = jrubies {
+            self.master_jrubies.get_or_create(&label).set(i64::from(j));
+        }
     }
 
     /// Counts one of a one-label counter family.

@@ -81,6 +81,7 @@ impl Masters {
         for m in &mut slots {
             m.id = Some(core.add_master(t, m.spec.clone())?);
             metrics.set_master_up(&m.name, true);
+            metrics.set_master_pool(&m.name, m.spec.gate.max_concurrency, m.jrubies);
         }
         Ok(Masters { slots, metrics })
     }
