@@ -65,44 +65,30 @@ pub fn simulate(e: &FileExperiment, rng: &mut ChaCha8Rng) -> Vec<f64> {
         }
     }
     // the file client starts once the catalog clients are in full swing
-    let mut issued = Time::from_secs(30);
+    // (on an idle master at once)
+    let mut issued = if e.catalog_clients == 0 {
+        Time::ZERO
+    } else {
+        Time::from_secs(30)
+    };
     let mut file_started = false;
     let mut latencies = Vec::with_capacity(e.file_requests as usize);
     events.extend(out.drain(..).map(Reverse));
-    if e.catalog_clients == 0 {
-        issued = Time::ZERO;
-        file_started = true;
-        if pool.borrow(issued, Borrower::File(FILE_CLIENT)) {
-            start(
-                Borrower::File(FILE_CLIENT),
-                issued,
-                &mut master,
-                &mut out,
-                rng,
-            );
-        }
-        events.extend(out.drain(..).map(Reverse));
-    }
     while latencies.len() < e.file_requests as usize {
-        let Some(&Reverse((at, generation, work))) = events.peek() else {
-            break;
-        };
-        if !file_started && at >= issued {
-            // the file client's first request goes out before this event
+        let next = events.peek().map(|&Reverse((at, _, _))| at);
+        if !file_started && next.is_none_or(|at| at >= issued) {
+            // the file client's first request goes out before that event
             file_started = true;
-            if pool.borrow(issued, Borrower::File(FILE_CLIENT)) {
-                start(
-                    Borrower::File(FILE_CLIENT),
-                    issued,
-                    &mut master,
-                    &mut out,
-                    rng,
-                );
+            let who = Borrower::File(FILE_CLIENT);
+            if pool.borrow(issued, who) {
+                start(who, issued, &mut master, &mut out, rng);
             }
             events.extend(out.drain(..).map(Reverse));
             continue;
         }
-        events.pop();
+        let Some(Reverse((at, generation, work))) = events.pop() else {
+            break;
+        };
         if master.complete(at, generation, work, &mut out).is_some() {
             if let Some(next) = pool.release() {
                 start(next, at, &mut master, &mut out, rng);

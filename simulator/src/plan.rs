@@ -357,17 +357,7 @@ pub fn plan(
     let mut jobs = Vec::new();
     for &policy in &options.policies {
         for &nodes in &sizes {
-            for &m in &masters {
-                for rep in 0..reps {
-                    jobs.push(RunSpec {
-                        scenario,
-                        policy,
-                        masters: m,
-                        nodes,
-                        seed: scenario.seed.wrapping_add(u64::from(rep)),
-                    });
-                }
-            }
+            replicate(&mut jobs, scenario, policy, nodes, &masters, reps);
         }
     }
     let results = run_all(&jobs, options.jobs, progress);
@@ -470,17 +460,7 @@ fn concurrency(
     let mut jobs = Vec::new();
     for &nodes in sizes {
         for (_, s) in &variants {
-            for &m in masters {
-                for rep in 0..reps {
-                    jobs.push(RunSpec {
-                        scenario: s,
-                        policy: Policy::Queue,
-                        masters: m,
-                        nodes,
-                        seed: scenario.seed.wrapping_add(u64::from(rep)),
-                    });
-                }
-            }
+            replicate(&mut jobs, s, Policy::Queue, nodes, masters, reps);
         }
     }
     let results = run_all(&jobs, options.jobs, progress);
@@ -520,6 +500,30 @@ fn concurrency(
     Ok(out)
 }
 
+/// The runs of `scenario` under `policy` at `nodes` and each of `masters`:
+/// `reps` replications each, with seeds `scenario.seed, + 1, ...` (every
+/// variant of a scenario keeps its seed, so variants compare run for run).
+fn replicate<'a>(
+    jobs: &mut Vec<RunSpec<'a>>,
+    scenario: &'a Scenario,
+    policy: Policy,
+    nodes: u32,
+    masters: &[u32],
+    reps: u32,
+) {
+    for &m in masters {
+        for rep in 0..reps {
+            jobs.push(RunSpec {
+                scenario,
+                policy,
+                masters: m,
+                nodes,
+                seed: scenario.seed.wrapping_add(u64::from(rep)),
+            });
+        }
+    }
+}
+
 fn point_at(masters: u32, max_concurrency: u32, stats: &PointStats, met: bool) -> ConcurrencyPoint {
     ConcurrencyPoint {
         masters,
@@ -546,17 +550,7 @@ fn narrowing(
     whole.queue.narrow_deploys = false;
     let mut jobs = Vec::new();
     for &nodes in sizes {
-        for &m in masters {
-            for rep in 0..reps {
-                jobs.push(RunSpec {
-                    scenario: &whole,
-                    policy: Policy::Queue,
-                    masters: m,
-                    nodes,
-                    seed: scenario.seed.wrapping_add(u64::from(rep)),
-                });
-            }
-        }
+        replicate(&mut jobs, &whole, Policy::Queue, nodes, masters, reps);
     }
     let results = run_all(&jobs, options.jobs, progress);
     let mut it = results.into_iter();
@@ -625,15 +619,14 @@ fn filtering(
             continue;
         };
         at.push(with);
-        for rep in 0..reps {
-            jobs.push(RunSpec {
-                scenario: &unfiltered,
-                policy: Policy::Queue,
-                masters,
-                nodes,
-                seed: scenario.seed.wrapping_add(u64::from(rep)),
-            });
-        }
+        replicate(
+            &mut jobs,
+            &unfiltered,
+            Policy::Queue,
+            nodes,
+            &[masters],
+            reps,
+        );
     }
     let results = run_all(&jobs, options.jobs, progress);
     let mut it = results.into_iter();

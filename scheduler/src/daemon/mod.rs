@@ -128,11 +128,24 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, ServeError> {
 /// Builds each master's backend; a Puppet Server's concurrency leaves
 /// its `reserve_for_files` (`reserve`).
 async fn masters(config: &Config) -> Result<(Vec<MasterSlot>, Option<PuppetServer>), ServeError> {
-    let mut slots = Vec::new();
+    let masters = config.masters();
+    // each master's Puppet Server client, once (none with the command
+    // backend), and its pool read through it
+    let mut servers = Vec::new();
     let mut ca_client = None;
-    let mut pools = jruby_pools(config).await?.into_iter();
-    for m in config.masters() {
-        let pool = pools.next().unwrap_or_else(|| Err("not read".into()));
+    if let Backend::Puppetserver(p) = &config.backend {
+        let ssl = PuppetSsl::new(&config.puppet.ssldir, &config.certname());
+        for m in &masters {
+            let url = m.url.as_deref().unwrap_or(&p.url);
+            servers.push(
+                PuppetServer::new(url, &ssl, p.persist_facts, p.persist_catalog)?.with_ca(&p.url),
+            );
+        }
+        ca_client = Some(PuppetServer::new(&p.url, &ssl, false, false)?);
+    }
+    let pools = jruby_pools(&servers).await;
+    let mut slots = Vec::new();
+    for (i, m) in masters.into_iter().enumerate() {
         let cores = if m.cores == 0 { load::cores() } else { m.cores };
         let mut spec = MasterSpec::new(
             cores,
@@ -141,10 +154,8 @@ async fn masters(config: &Config) -> Result<(Vec<MasterSlot>, Option<PuppetServe
         let mut jrubies = None;
         let (compiler, probe): (Arc<dyn Compiler>, Duration) = match &config.backend {
             Backend::Puppetserver(p) => {
-                let ssl = PuppetSsl::new(&config.puppet.ssldir, &config.certname());
-                let url = m.url.clone().unwrap_or_else(|| p.url.clone());
-                let server = PuppetServer::new(&url, &ssl, p.persist_facts, p.persist_catalog)?
-                    .with_ca(&p.url);
+                // (one server and one pool per master, built above)
+                let (server, pool) = (&servers[i], pools[i].clone());
                 let reservation = reserve::reserve(
                     &m.name,
                     spec.gate.max_concurrency,
@@ -157,14 +168,12 @@ async fn masters(config: &Config) -> Result<(Vec<MasterSlot>, Option<PuppetServe
                 spec.gate.max_concurrency = reservation.max_concurrency;
                 jrubies = pool.ok();
                 tracing::info!(
-                    "master {}: {url} ({cores} cores, at most {} compiles at once)",
+                    "master {}: {} ({cores} cores, at most {} compiles at once)",
                     m.name,
+                    server.url(),
                     spec.gate.max_concurrency
                 );
-                if ca_client.is_none() {
-                    ca_client = Some(PuppetServer::new(&p.url, &ssl, false, false)?);
-                }
-                (Arc::new(server), p.probe_interval)
+                (Arc::new(server.clone()), p.probe_interval)
             }
             Backend::Command(c) => {
                 tracing::info!("master {}: the command {:?}", m.name, c.command);
@@ -182,19 +191,13 @@ async fn masters(config: &Config) -> Result<(Vec<MasterSlot>, Option<PuppetServe
     Ok((slots, ca_client))
 }
 
-/// Each master's JRuby pool size (Puppet Server backend), read from all
-/// masters at once with a short wait: a master that does not answer now
-/// is probed later anyway, and pcq's start must not hang on it.
-async fn jruby_pools(config: &Config) -> Result<Vec<Result<u32, String>>, ServeError> {
-    let Backend::Puppetserver(p) = &config.backend else {
-        return Ok(Vec::new());
-    };
-    let ssl = PuppetSsl::new(&config.puppet.ssldir, &config.certname());
+/// Each server's JRuby pool size, read from all at once with a short
+/// wait: a master that does not answer now is probed later anyway, and
+/// pcq's start must not hang on it.
+async fn jruby_pools(servers: &[PuppetServer]) -> Vec<Result<u32, String>> {
     let mut reads = tokio::task::JoinSet::new();
-    let masters = config.masters();
-    for (i, m) in masters.iter().enumerate() {
-        let url = m.url.clone().unwrap_or_else(|| p.url.clone());
-        let server = PuppetServer::new(&url, &ssl, false, false)?;
+    for (i, server) in servers.iter().enumerate() {
+        let server = server.clone();
         reads.spawn(async move {
             let pool = tokio::time::timeout(Duration::from_secs(3), server.jruby_pool()).await;
             (
@@ -203,13 +206,13 @@ async fn jruby_pools(config: &Config) -> Result<Vec<Result<u32, String>>, ServeE
             )
         });
     }
-    let mut pools: Vec<Result<u32, String>> = vec![Err("not read".into()); masters.len()];
+    let mut pools: Vec<Result<u32, String>> = vec![Err("not read".into()); servers.len()];
     while let Some(read) = reads.join_next().await {
         if let Ok((i, pool)) = read {
             pools[i] = pool.map(|p| p.size);
         }
     }
-    Ok(pools)
+    pools
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.

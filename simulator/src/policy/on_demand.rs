@@ -44,8 +44,9 @@ fn agent_interval(scenario: &Scenario) -> Option<Duration> {
     scenario.agents.interval
 }
 
-fn build(w: &mut World, _seed: u64) -> Result<Box<dyn Model>, CoreError> {
-    Ok(Box::new(OnDemandModel::new(w)))
+fn build(_w: &mut World, _seed: u64) -> Result<Box<dyn Model>, CoreError> {
+    // (the masters' pools are the world's)
+    Ok(Box::new(OnDemandModel::default()))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +69,7 @@ struct Request {
 }
 
 /// The on-demand model's state.
+#[derive(Default)]
 pub struct OnDemandModel {
     requests: Vec<Request>,
     free: Vec<u32>,
@@ -77,16 +79,6 @@ pub struct OnDemandModel {
 }
 
 impl OnDemandModel {
-    /// A model for the world's masters (their pools are the world's).
-    pub fn new(_w: &World) -> OnDemandModel {
-        OnDemandModel {
-            requests: Vec::new(),
-            free: Vec::new(),
-            queued: 0,
-            waits: (0, 0.0),
-        }
-    }
-
     fn new_request(&mut self, node: u32, now: Time) -> u32 {
         let req = Request {
             node,

@@ -109,7 +109,7 @@ fn slo_list(s: &Scenario) -> String {
     if let Some(d) = slo.oldest_age {
         let _ = writeln!(out, "- oldest queued job <= {}", human(d.as_secs_f64()));
     }
-    if let Some(d) = slo.file_wait_p95.filter(|_| files(s)) {
+    if let Some(d) = slo.file_wait_p95.filter(|_| s.files.simulated()) {
         let _ = writeln!(
             out,
             "- file request (request to answer), p95 <= {}",
@@ -194,7 +194,7 @@ fn scenario_summary(s: &Scenario) -> String {
     for h in &s.herds {
         let _ = writeln!(out, "- herd at {}: {}", secs(h.at()), h.label());
     }
-    if files(s) {
+    if s.files.simulated() {
         let _ = writeln!(
             out,
             "- file requests: {} per apply, {} more per full agent run (pluginsync, on demand \
@@ -214,11 +214,6 @@ fn scenario_summary(s: &Scenario) -> String {
         s.queue.core.min_cycle_interval.map_or("off".into(), secs)
     );
     out
-}
-
-/// Does the scenario simulate file requests?
-fn files(s: &Scenario) -> bool {
-    s.files.simulated()
 }
 
 /// How many JRubies pcq may compile on: the plan's sweep of
@@ -260,7 +255,7 @@ fn concurrency(s: &Scenario, plan: &PlanResult) -> String {
 }
 
 fn point_table(s: &Scenario, plan: &PlanResult, policy: Policy, nodes: u32) -> String {
-    let files = files(s);
+    let files = s.files.simulated();
     let mut out = String::from(if files {
         "| masters | applied p95 | compiled p95 | queue wait p95 | file wait p95 | apply with files p95 | failed runs | oldest age | utilization | compiles/h | no-op compiles | node CPU s/day | SLOs |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     } else {
