@@ -24,9 +24,12 @@
 //!   client fetching files beside catalog clients) on a simulated master;
 //! - [`calibration`]: the master model fitted to, and checked against, what
 //!   `pcq calibrate` measured on a real Puppet Server; [`site`]: a
-//!   scenario from what a site was seen to do (`pcq site`).
+//!   scenario from what a site was seen to do (`pcq site`);
+//! - [`cli`]: `pcq-sim`'s command line (the binary runs it; the packaging
+//!   renders its man page and completions).
 
 pub mod calibration;
+pub mod cli;
 pub mod distribution;
 pub mod engine;
 pub mod file_serving;

@@ -197,11 +197,33 @@ struct FactsQuery {
     environment: Option<String>,
 }
 
+/// A facts upload, counted in `pcq_facts_uploads_total` when refused:
+/// `rejected` (the client's fault: 4xx) or `unavailable` (pcq's: 5xx).
 async fn put_facts(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
     Query(query): Query<FactsQuery>,
+    body: Bytes,
+) -> Answer {
+    let metrics = state.metrics.clone();
+    let answer = store_facts(state, caller, raw, query, body).await;
+    if let Err(refusal) = &answer {
+        let label = if refusal.status.is_server_error() {
+            "unavailable"
+        } else {
+            "rejected"
+        };
+        Metrics::count(&metrics.facts_uploads, label);
+    }
+    answer
+}
+
+async fn store_facts(
+    state: ApiState,
+    caller: Caller,
+    raw: String,
+    query: FactsQuery,
     body: Bytes,
 ) -> Answer {
     let certname = node_for(&caller, &raw, "facts")?;
@@ -378,6 +400,7 @@ async fn get_metrics(
     let (stats, waiting) = ask(&state, |reply| Command::Stats { reply }).await?;
     state.metrics.update(&stats);
     state.metrics.set_waiting_for_facts(waiting);
+    state.metrics.set_analyses(&state.deps.states());
     Ok((
         [(
             header::CONTENT_TYPE,

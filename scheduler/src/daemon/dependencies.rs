@@ -22,6 +22,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use serde_json::{Map, Value};
 
@@ -29,12 +30,13 @@ use super::analyze::{default_ruby, Analysis, AnalyzeError, NodeDeps, Snapshot, U
 use super::certname::Certname;
 use super::config;
 use super::facts::Ignore;
+use super::metrics::AnalysisState;
 
 /// An environment's analysis.
 #[derive(Clone, Debug)]
 pub enum EnvAnalysis {
-    /// Running.
-    Pending,
+    /// Running since then.
+    Pending(Instant),
     /// Done.
     Ready(Arc<Analysis>),
     /// Failed; nodes of the environment count every fact until the next
@@ -116,11 +118,31 @@ impl Dependencies {
         let Ok(mut envs) = self.environments.write() else {
             return false;
         };
-        if matches!(envs.get(environment), Some(EnvAnalysis::Pending)) {
+        if matches!(envs.get(environment), Some(EnvAnalysis::Pending(_))) {
             return false;
         }
-        envs.insert(environment.to_string(), EnvAnalysis::Pending);
+        envs.insert(
+            environment.to_string(),
+            EnvAnalysis::Pending(Instant::now()),
+        );
         true
+    }
+
+    /// Where each environment's analysis stands, for the metrics.
+    pub fn states(&self) -> Vec<(String, AnalysisState)> {
+        let Ok(envs) = self.environments.read() else {
+            return Vec::new();
+        };
+        envs.iter()
+            .map(|(name, state)| {
+                let state = match state {
+                    EnvAnalysis::Pending(since) => AnalysisState::Running(since.elapsed()),
+                    EnvAnalysis::Ready(_) => AnalysisState::Ready,
+                    EnvAnalysis::Failed(_) => AnalysisState::Failed,
+                };
+                (name.clone(), state)
+            })
+            .collect()
     }
 
     /// Whether Puppet's environmentpath (`analysis.environments_dir`, with
@@ -350,8 +372,16 @@ mod tests {
         let d = Dependencies::new(&config::Analysis::default(), ignore.clone());
         assert!(d.begin("production"));
         assert!(!d.begin("production"), "already pending");
+        assert!(matches!(
+            d.states().as_slice(),
+            [(e, AnalysisState::Running(_))] if e == "production"
+        ));
         assert!(d.analysis("production").is_none());
         d.finish("production", Err("no ruby".into()));
+        assert_eq!(
+            d.states(),
+            vec![("production".to_string(), AnalysisState::Failed)]
+        );
         assert!(d.analysis("production").is_none());
         assert!(d.begin("production"), "a failed analysis may run again");
         let off = Dependencies::new(

@@ -5,7 +5,9 @@
 //! scrape; counters and the compile-duration histogram are updated as
 //! things happen.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::RwLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -14,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::core::{Blocked, Lane, Stats};
+use crate::core::{Blocked, Lane, MasterId, Stats};
 
 /// Labels `result`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -51,6 +53,13 @@ pub struct NotifyLabel {
     pub channel: String,
     /// sent or failed.
     pub result: String,
+}
+
+/// Labels `environment`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EnvironmentLabel {
+    /// A Puppet environment.
+    pub environment: String,
 }
 
 /// Labels `master`.
@@ -90,6 +99,18 @@ pub struct Metrics {
     pub master_jrubies: Family<MasterLabel, Gauge>,
     /// Compiles pcq runs at once on each master at most.
     pub master_max_concurrency: Family<MasterLabel, Gauge>,
+    master_in_flight: Family<MasterLabel, Gauge>,
+    master_load: Family<MasterLabel, FGauge>,
+    /// Master names by core id, for the per-master gauges of the core's
+    /// snapshot.
+    master_names: RwLock<HashMap<MasterId, String>>,
+    /// Analyses by result: ok, failed.
+    pub analyses: Family<ResultLabel, Counter>,
+    analysis_failed: Family<EnvironmentLabel, Gauge>,
+    /// Analyses that found the code changed since the last deploy without
+    /// a deploy.
+    pub code_changed_without_deploy: Counter,
+    analysis_running: Family<EnvironmentLabel, FGauge>,
     /// API connections open.
     pub connections: Gauge,
     /// API connections closed, by reason.
@@ -194,6 +215,42 @@ impl Metrics {
             "Compiles pcq runs at once on a master at most: the JRubies it leaves to file requests are the pool less this",
             master_max_concurrency.clone(),
         );
+        let master_in_flight = Family::<MasterLabel, Gauge>::default();
+        registry.register(
+            "master_in_flight",
+            "Compiles pcq runs on a master now (its JRubies in pcq's use)",
+            master_in_flight.clone(),
+        );
+        let master_load = Family::<MasterLabel, FGauge>::default();
+        registry.register(
+            "master_load_per_core",
+            "The load gate's estimate of a master's load per core (the one-minute load average, corrected for starts it does not show yet); 0 where no load is read",
+            master_load.clone(),
+        );
+        let analyses = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "analyses",
+            "Analyses of an environment's code by result: ok, failed (its nodes recompile on every fact change until an analysis succeeds; the log says why)",
+            analyses.clone(),
+        );
+        let analysis_failed = Family::<EnvironmentLabel, Gauge>::default();
+        registry.register(
+            "analysis_failed",
+            "1 while the last analysis of an environment failed: its nodes recompile on every fact change and its deploys move every node",
+            analysis_failed.clone(),
+        );
+        let code_changed_without_deploy = Counter::default();
+        registry.register(
+            "code_changed_without_deploy",
+            "Analyses that found an environment's code changed since its last deploy with no deploy announced (a deploy hook missing: catalogs may not reflect the code; the next deploy moves every node)",
+            code_changed_without_deploy.clone(),
+        );
+        let analysis_running = Family::<EnvironmentLabel, FGauge>::default();
+        registry.register(
+            "analysis_running_seconds",
+            "How long the analysis under way in an environment has run (0: none); meanwhile its nodes have no answer and its deploys wait",
+            analysis_running.clone(),
+        );
         let connections = Gauge::default();
         registry.register(
             "api_connections",
@@ -272,6 +329,13 @@ impl Metrics {
             master_up,
             master_jrubies,
             master_max_concurrency,
+            master_in_flight,
+            master_load,
+            master_names: RwLock::new(HashMap::new()),
+            analyses,
+            analysis_failed,
+            code_changed_without_deploy,
+            analysis_running,
             connections,
             connections_closed,
             connection_cap_reached,
@@ -301,12 +365,16 @@ impl Metrics {
                 outcome: o.name().into(),
             }));
         }
-        let results: [(&Family<ResultLabel, Counter>, &[&str]); 7] = [
+        let results: [(&Family<ResultLabel, Counter>, &[&str]); 8] = [
             (
                 &self.catalogs,
                 &["changed", "unchanged", "unstored", "lost"],
             ),
-            (&self.facts_uploads, &["changed", "unused", "unchanged"]),
+            (
+                &self.facts_uploads,
+                &["changed", "unused", "unchanged", "rejected", "unavailable"],
+            ),
+            (&self.analyses, &["ok", "failed"]),
             (&self.ca_listings, &["plausible", "implausible", "failed"]),
             (
                 &self.connections_closed,
@@ -374,6 +442,38 @@ impl Metrics {
         }
         self.cycle_time
             .set(stats.cycle_time.map_or(f64::NAN, |d| d.as_secs_f64()));
+        let Ok(names) = self.master_names.read() else {
+            return;
+        };
+        for m in &stats.masters {
+            let Some(name) = names.get(&m.id) else {
+                continue;
+            };
+            let label = MasterLabel {
+                master: name.clone(),
+            };
+            self.master_in_flight
+                .get_or_create(&label)
+                .set(i64::from(m.in_flight));
+            self.master_load.get_or_create(&label).set(m.load_per_core);
+        }
+    }
+
+    /// Every environment's analysis: whether the last one failed, and how
+    /// long the one under way has run.
+    pub fn set_analyses(&self, environments: &[(String, AnalysisState)]) {
+        for (environment, state) in environments {
+            let label = EnvironmentLabel {
+                environment: environment.clone(),
+            };
+            let (failed, running) = match state {
+                AnalysisState::Ready => (0, 0.0),
+                AnalysisState::Failed => (1, 0.0),
+                AnalysisState::Running(d) => (0, d.as_secs_f64()),
+            };
+            self.analysis_failed.get_or_create(&label).set(failed);
+            self.analysis_running.get_or_create(&label).set(running);
+        }
     }
 
     /// The text format.
@@ -412,11 +512,22 @@ impl Metrics {
             .set(i64::from(up));
     }
 
-    /// A master's concurrency in force and its pool, when known.
-    pub fn set_master_pool(&self, master: &str, max_concurrency: u32, jrubies: Option<u32>) {
+    /// A master's id, concurrency in force and pool, when known.
+    pub fn set_master_pool(
+        &self,
+        id: MasterId,
+        master: &str,
+        max_concurrency: u32,
+        jrubies: Option<u32>,
+    ) {
+        if let Ok(mut names) = self.master_names.write() {
+            names.insert(id, master.to_string());
+        }
         let label = MasterLabel {
             master: master.to_string(),
         };
+        self.master_in_flight.get_or_create(&label).set(0);
+        self.master_load.get_or_create(&label).set(0.0);
         self.master_max_concurrency
             .get_or_create(&label)
             .set(i64::from(max_concurrency));
@@ -438,6 +549,17 @@ impl Metrics {
             })
             .inc_by(n);
     }
+}
+
+/// Where an environment's analysis stands, for [`Metrics::set_analyses`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum AnalysisState {
+    /// The last one succeeded.
+    Ready,
+    /// The last one failed.
+    Failed,
+    /// One has run this long.
+    Running(std::time::Duration),
 }
 
 impl Default for Metrics {
@@ -464,9 +586,49 @@ mod tests {
             "pcq_crl_refreshes_total{result=\"invalid\"} 0",
             "pcq_api_connections_closed_total{result=\"client_timeout\"} 0",
             "pcq_nodes_waiting_for_facts 0",
+            "pcq_facts_uploads_total{result=\"rejected\"} 0",
+            "pcq_facts_uploads_total{result=\"unavailable\"} 0",
+            "pcq_analyses_total{result=\"failed\"} 0",
+            "pcq_code_changed_without_deploy_total 0",
             // unknown, not zero
             "pcq_cycle_time_seconds NaN",
             "pcq_crl_age_seconds NaN",
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
+    }
+
+    #[test]
+    fn per_master_and_per_environment_gauges() {
+        let m = Metrics::new();
+        m.set_master_pool(MasterId(0), "puppet1", 2, Some(3));
+        let mut stats = crate::core::Core::new(crate::core::CoreConfig::default(), 1)
+            .expect("core")
+            .stats(crate::core::Time::ZERO);
+        stats.masters = vec![crate::core::MasterStats {
+            id: MasterId(0),
+            up: true,
+            in_flight: 2,
+            max_concurrency: 2,
+            cores: 4,
+            load_per_core: 0.75,
+        }];
+        m.update(&stats);
+        m.set_analyses(&[
+            ("production".into(), AnalysisState::Failed),
+            (
+                "staging".into(),
+                AnalysisState::Running(std::time::Duration::from_secs(90)),
+            ),
+        ]);
+        let text = m.encode();
+        for series in [
+            "pcq_master_in_flight{master=\"puppet1\"} 2",
+            "pcq_master_load_per_core{master=\"puppet1\"} 0.75",
+            "pcq_master_jrubies{master=\"puppet1\"} 3",
+            "pcq_analysis_failed{environment=\"production\"} 1",
+            "pcq_analysis_failed{environment=\"staging\"} 0",
+            "pcq_analysis_running_seconds{environment=\"staging\"} 90.0",
         ] {
             assert!(text.contains(series), "{series} missing:\n{text}");
         }

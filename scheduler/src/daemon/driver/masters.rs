@@ -79,9 +79,10 @@ impl Masters {
         t: Time,
     ) -> Result<Masters, CoreError> {
         for m in &mut slots {
-            m.id = Some(core.add_master(t, m.spec.clone())?);
+            let id = core.add_master(t, m.spec.clone())?;
+            m.id = Some(id);
             metrics.set_master_up(&m.name, true);
-            metrics.set_master_pool(&m.name, m.spec.gate.max_concurrency, m.jrubies);
+            metrics.set_master_pool(id, &m.name, m.spec.gate.max_concurrency, m.jrubies);
         }
         Ok(Masters { slots, metrics })
     }

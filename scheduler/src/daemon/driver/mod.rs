@@ -293,6 +293,8 @@ impl Driver {
                 environment,
                 result,
             } => {
+                let label = if result.is_ok() { "ok" } else { "failed" };
+                Metrics::count(&self.parts.metrics.analyses, label);
                 let (replies, more) = self.waiting_deploys.ended(&environment);
                 if replies.is_empty() && !more {
                     self.code_changed_without_deploy(&environment, &result);
@@ -368,6 +370,7 @@ impl Driver {
             change.files.len(),
             change.files.first().map(|f| f.path.as_str()).unwrap_or("?")
         );
+        self.parts.metrics.code_changed_without_deploy.inc();
         self.parts.deps.set_baseline(environment, None);
     }
 
