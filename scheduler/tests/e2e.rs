@@ -719,6 +719,17 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
     let (s, text) =
         upload(serde_json::to_vec(&facts_body("bad-02.example.com", "x", 1)).expect("json")).await;
     assert_eq!(s, 400, "name mismatch: {text}");
+    // every refused upload is counted, the body limit's 413 too
+    let text = pcq.metrics().await;
+    assert_eq!(
+        metric(&text, "pcq_facts_uploads_total{result=\"rejected\"}"),
+        9.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "pcq_facts_uploads_total{result=\"unavailable\"}"),
+        0.0
+    );
     let (s, _) = pcq
         .request(
             Via::Admin,

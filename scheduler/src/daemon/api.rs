@@ -24,8 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -63,6 +64,7 @@ pub struct ApiState {
 
 /// The API's routes.
 pub fn router(state: ApiState, max_body: usize) -> Router {
+    let metrics = state.metrics.clone();
     Router::new()
         .route("/puppet/v3/facts/{certname}", put(put_facts))
         .route("/v1/nodes/{certname}/catalog", get(get_catalog))
@@ -78,6 +80,10 @@ pub fn router(state: ApiState, max_body: usize) -> Router {
             super::body_limit::limit,
         ))
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            count_refused_facts,
+        ))
         .with_state(state)
 }
 
@@ -197,33 +203,37 @@ struct FactsQuery {
     environment: Option<String>,
 }
 
-/// A facts upload, counted in `pcq_facts_uploads_total` when refused:
-/// `rejected` (the client's fault: 4xx) or `unavailable` (pcq's: 5xx).
-async fn put_facts(
-    State(state): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-    Path(raw): Path<String>,
-    Query(query): Query<FactsQuery>,
-    body: Bytes,
-) -> Answer {
-    let metrics = state.metrics.clone();
-    let answer = store_facts(state, caller, raw, query, body).await;
-    if let Err(refusal) = &answer {
-        let label = if refusal.status.is_server_error() {
+/// Counts every refused facts upload in `pcq_facts_uploads_total`:
+/// `rejected` (the client's fault: 4xx, the body limit's 413 and 408
+/// included) or `unavailable` (pcq's: 5xx). Outermost, so it sees the
+/// refusals of every layer.
+async fn count_refused_facts(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let facts = request.method() == Method::PUT && request.uri().path().starts_with(FACTS_PATH);
+    let response = next.run(request).await;
+    let status = response.status();
+    if facts && (status.is_client_error() || status.is_server_error()) {
+        let label = if status.is_server_error() {
             "unavailable"
         } else {
             "rejected"
         };
         Metrics::count(&metrics.facts_uploads, label);
     }
-    answer
+    response
 }
 
-async fn store_facts(
-    state: ApiState,
-    caller: Caller,
-    raw: String,
-    query: FactsQuery,
+/// Where nodes upload facts (Puppet's own path).
+const FACTS_PATH: &str = "/puppet/v3/facts/";
+
+async fn put_facts(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(raw): Path<String>,
+    Query(query): Query<FactsQuery>,
     body: Bytes,
 ) -> Answer {
     let certname = node_for(&caller, &raw, "facts")?;
