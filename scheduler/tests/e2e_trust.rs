@@ -469,6 +469,40 @@ async fn the_admin_channel_is_a_socket_for_its_group_and_a_token_on_loopback() {
         .expect("answer");
     assert_eq!(r.status(), 200);
 
+    // the metrics token (made in the state directory, 0600): GET /metrics
+    // and nothing else, so a Prometheus given it reads no catalog
+    let metrics_token_file = pcq.state_dir().join("metrics.token");
+    let mode = std::fs::metadata(&metrics_token_file)
+        .expect("metrics.token made at start")
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let metrics_token = std::fs::read_to_string(&metrics_token_file).expect("read");
+    let metrics_token = metrics_token.trim();
+    assert_ne!(metrics_token, harness::ADMIN_TOKEN);
+    let r = plain
+        .get(format!("{}/metrics", pcq.api))
+        .bearer_auth(metrics_token)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.expect("body").contains("pcq_nodes"));
+    for (method, path) in [
+        (reqwest::Method::GET, "/v1/queue"),
+        (reqwest::Method::GET, "/v1/nodes/x.example.com/catalog"),
+        (reqwest::Method::PUT, "/puppet/v3/facts/forged.example.com"),
+        (reqwest::Method::POST, "/v1/deploys"),
+    ] {
+        let r = plain
+            .request(method.clone(), format!("{}{path}", pcq.api))
+            .bearer_auth(metrics_token)
+            .body("{}")
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(r.status(), 403, "{method} {path} with the metrics token");
+    }
+
     // a token file others may read stops the start, loudly
     pcq.terminate(Duration::from_secs(10));
     let loose = tempfile::tempdir().expect("tmp");

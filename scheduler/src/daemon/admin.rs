@@ -12,7 +12,9 @@
 //! but `/healthz` must carry `Authorization: Bearer <token>`, the token
 //! read from `api.admin_token_file` (mode 0600, made with a random token if
 //! missing), and a `Host` header naming loopback, so a web page on the
-//! host cannot reach it by DNS rebinding.
+//! host cannot reach it by DNS rebinding. A second token
+//! (`api.metrics_token_file`) opens `GET /metrics` and nothing else: the
+//! one a Prometheus gets, so that what scrapes pcq reads no catalog.
 
 use std::io::Read as _;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -56,7 +58,11 @@ pub fn bind_socket(path: &Path, group: Option<&str>) -> Result<tokio::net::UnixL
     let staged = private.join("admin.sock");
     let bound = tokio::net::UnixListener::bind(&staged).and_then(|listener| {
         std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o660))?;
-        std::os::unix::fs::chown(&staged, None, gid)?;
+        if gid.is_some() {
+            // no call at all without a group: a service sandbox may forbid
+            // chown (pcq.service allows it, but not every unit does)
+            std::os::unix::fs::chown(&staged, None, gid)?;
+        }
         std::fs::rename(&staged, path)?;
         Ok(listener)
     });
@@ -154,20 +160,38 @@ pub fn default_token_file(state_dir: &Path) -> PathBuf {
     state_dir.join("admin.token")
 }
 
+/// Where the metrics token file is when `api.metrics_token_file` is not
+/// set.
+pub fn default_metrics_token_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("metrics.token")
+}
+
 /// What the loopback TCP listener checks on each request.
 pub struct Guard {
     token: String,
+    /// Opens `GET /metrics` and nothing else: the token a Prometheus is
+    /// given, which must not read catalogs or upload facts.
+    metrics_token: String,
 }
 
 impl Guard {
-    /// A guard requiring `token`.
-    pub fn new(token: String) -> Arc<Guard> {
-        Arc::new(Guard { token })
+    /// A guard requiring `token` (everything) or `metrics_token` (only
+    /// `GET /metrics`).
+    pub fn new(token: String, metrics_token: String) -> Arc<Guard> {
+        Arc::new(Guard {
+            token,
+            metrics_token,
+        })
     }
 
     /// Why a request with these `host` and `authorization` headers is
-    /// refused, if it is.
-    fn refuse(&self, host: Option<&str>, authorization: Option<&str>) -> Option<Refused> {
+    /// refused, if it is; `metrics` says it is `GET /metrics`.
+    fn refuse(
+        &self,
+        host: Option<&str>,
+        authorization: Option<&str>,
+        metrics: bool,
+    ) -> Option<Refused> {
         if !host.is_some_and(names_loopback) {
             return Some(Refused::Host);
         }
@@ -176,6 +200,9 @@ impl Guard {
             .map(str::trim);
         match given {
             Some(t) if constant_time_eq(t.as_bytes(), self.token.as_bytes()) => None,
+            Some(t) if constant_time_eq(t.as_bytes(), self.metrics_token.as_bytes()) => {
+                (!metrics).then_some(Refused::MetricsOnly)
+            }
             _ => Some(Refused::Token),
         }
     }
@@ -184,6 +211,7 @@ impl Guard {
 enum Refused {
     Host,
     Token,
+    MetricsOnly,
 }
 
 /// Is `host` (a Host header) loopback: `127.0.0.1`, `[::1]` or `localhost`,
@@ -205,7 +233,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
     let headers = request.headers();
     let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    let mut refused = guard.refuse(text(header::HOST), text(header::AUTHORIZATION));
+    let metrics = request.method() == axum::http::Method::GET && request.uri().path() == "/metrics";
+    let mut refused = guard.refuse(text(header::HOST), text(header::AUTHORIZATION), metrics);
     if request.uri().path() == "/healthz" && matches!(refused, Some(Refused::Token)) {
         // health checks need no token, but a loopback Host all the same
         refused = None;
@@ -220,6 +249,19 @@ pub async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next
             (
                 StatusCode::FORBIDDEN,
                 Json(json!({"error": "the Host header must name loopback (127.0.0.1, [::1] or localhost)"})),
+            )
+                .into_response()
+        }
+        Some(Refused::MetricsOnly) => {
+            tracing::warn!(
+                "admin listener: the metrics token used for {} refused (it opens GET /metrics only)",
+                request.uri().path()
+            );
+            (
+                StatusCode::FORBIDDEN,
+                Json(
+                    json!({"error": "the token of api.metrics_token_file opens GET /metrics only"}),
+                ),
             )
                 .into_response()
         }
@@ -247,32 +289,46 @@ mod tests {
     fn only_loopback_hosts_and_the_token_pass() {
         let g = Guard {
             token: "0123456789abcdef0123".into(),
+            metrics_token: "fedcba9876543210fedc".into(),
         };
         let ok = Some("Bearer 0123456789abcdef0123");
-        assert!(g.refuse(Some("127.0.0.1:8144"), ok).is_none());
-        assert!(g.refuse(Some("localhost:8144"), ok).is_none());
-        assert!(g.refuse(Some("[::1]:8144"), ok).is_none());
-        assert!(g.refuse(Some("localhost"), ok).is_none());
+        let refuse = |host, auth| g.refuse(host, auth, false);
+        assert!(refuse(Some("127.0.0.1:8144"), ok).is_none());
+        assert!(refuse(Some("localhost:8144"), ok).is_none());
+        assert!(refuse(Some("[::1]:8144"), ok).is_none());
+        assert!(refuse(Some("localhost"), ok).is_none());
         assert!(matches!(
-            g.refuse(Some("evil.example:8144"), ok),
+            refuse(Some("evil.example:8144"), ok),
             Some(Refused::Host)
         ));
         assert!(matches!(
-            g.refuse(Some("127.0.0.1.evil.example"), ok),
+            refuse(Some("127.0.0.1.evil.example"), ok),
             Some(Refused::Host)
         ));
-        assert!(matches!(g.refuse(None, ok), Some(Refused::Host)));
+        assert!(matches!(refuse(None, ok), Some(Refused::Host)));
         assert!(matches!(
-            g.refuse(Some("127.0.0.1"), None),
+            refuse(Some("127.0.0.1"), None),
             Some(Refused::Token)
         ));
         assert!(matches!(
-            g.refuse(Some("127.0.0.1"), Some("Bearer 0123456789abcdef0124")),
+            refuse(Some("127.0.0.1"), Some("Bearer 0123456789abcdef0124")),
             Some(Refused::Token)
         ));
         assert!(matches!(
-            g.refuse(Some("127.0.0.1"), Some("Bearer 0123")),
+            refuse(Some("127.0.0.1"), Some("Bearer 0123")),
             Some(Refused::Token)
+        ));
+        // the metrics token opens GET /metrics and nothing else
+        let metrics = Some("Bearer fedcba9876543210fedc");
+        assert!(g.refuse(Some("127.0.0.1"), metrics, true).is_none());
+        assert!(g.refuse(Some("127.0.0.1"), ok, true).is_none());
+        assert!(matches!(
+            g.refuse(Some("127.0.0.1"), metrics, false),
+            Some(Refused::MetricsOnly)
+        ));
+        assert!(matches!(
+            g.refuse(Some("evil.example"), metrics, true),
+            Some(Refused::Host)
         ));
     }
 

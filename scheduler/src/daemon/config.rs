@@ -110,6 +110,10 @@ pub struct Api {
     /// The bearer token of `admin_listen` (mode 0600; made with a random
     /// token if missing). Default: `admin.token` in the state directory.
     pub admin_token_file: Option<PathBuf>,
+    /// A second token for `admin_listen` that opens `GET /metrics` only:
+    /// the one to give Prometheus (mode 0600; made with a random token if
+    /// missing). Default: `metrics.token` in the state directory.
+    pub metrics_token_file: Option<PathBuf>,
     /// Largest request body accepted (facts uploads), bytes.
     pub max_body_bytes: usize,
     /// API connections open at once; more wait in the kernel's backlog.
@@ -134,6 +138,7 @@ impl Default for Api {
             admin_group: None,
             admin_listen: None,
             admin_token_file: None,
+            metrics_token_file: None,
             max_body_bytes: 4 << 20,
             max_connections: 8192,
             client_timeout: Duration::from_secs(10),

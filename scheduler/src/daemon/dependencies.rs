@@ -35,8 +35,13 @@ use super::metrics::AnalysisState;
 /// An environment's analysis.
 #[derive(Clone, Debug)]
 pub enum EnvAnalysis {
-    /// Running since then.
-    Pending(Instant),
+    /// Running.
+    Pending {
+        /// Since when.
+        since: Instant,
+        /// Whether the last analysis that ended failed.
+        failed_before: bool,
+    },
     /// Done.
     Ready(Arc<Analysis>),
     /// Failed; nodes of the environment count every fact until the next
@@ -118,12 +123,17 @@ impl Dependencies {
         let Ok(mut envs) = self.environments.write() else {
             return false;
         };
-        if matches!(envs.get(environment), Some(EnvAnalysis::Pending(_))) {
-            return false;
-        }
+        let failed_before = match envs.get(environment) {
+            Some(EnvAnalysis::Pending { .. }) => return false,
+            Some(EnvAnalysis::Failed(_)) => true,
+            _ => false,
+        };
         envs.insert(
             environment.to_string(),
-            EnvAnalysis::Pending(Instant::now()),
+            EnvAnalysis::Pending {
+                since: Instant::now(),
+                failed_before,
+            },
         );
         true
     }
@@ -136,9 +146,21 @@ impl Dependencies {
         envs.iter()
             .map(|(name, state)| {
                 let state = match state {
-                    EnvAnalysis::Pending(since) => AnalysisState::Running(since.elapsed()),
-                    EnvAnalysis::Ready(_) => AnalysisState::Ready,
-                    EnvAnalysis::Failed(_) => AnalysisState::Failed,
+                    EnvAnalysis::Pending {
+                        since,
+                        failed_before,
+                    } => AnalysisState {
+                        failed: *failed_before,
+                        running: Some(since.elapsed()),
+                    },
+                    EnvAnalysis::Ready(_) => AnalysisState {
+                        failed: false,
+                        running: None,
+                    },
+                    EnvAnalysis::Failed(_) => AnalysisState {
+                        failed: true,
+                        running: None,
+                    },
                 };
                 (name.clone(), state)
             })
@@ -374,16 +396,30 @@ mod tests {
         assert!(!d.begin("production"), "already pending");
         assert!(matches!(
             d.states().as_slice(),
-            [(e, AnalysisState::Running(_))] if e == "production"
+            [(e, AnalysisState { failed: false, running: Some(_) })] if e == "production"
         ));
         assert!(d.analysis("production").is_none());
         d.finish("production", Err("no ruby".into()));
-        assert_eq!(
-            d.states(),
-            vec![("production".to_string(), AnalysisState::Failed)]
-        );
+        let failed = AnalysisState {
+            failed: true,
+            running: None,
+        };
+        assert_eq!(d.states(), vec![("production".to_string(), failed)]);
         assert!(d.analysis("production").is_none());
         assert!(d.begin("production"), "a failed analysis may run again");
+        assert!(
+            matches!(
+                d.states().as_slice(),
+                [(
+                    _,
+                    AnalysisState {
+                        failed: true,
+                        running: Some(_)
+                    }
+                )]
+            ),
+            "a retry under way does not clear the failure"
+        );
         let off = Dependencies::new(
             &config::Analysis {
                 enabled: false,

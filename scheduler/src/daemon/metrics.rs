@@ -107,9 +107,7 @@ pub struct Metrics {
     /// Analyses by result: ok, failed.
     pub analyses: Family<ResultLabel, Counter>,
     analysis_failed: Family<EnvironmentLabel, Gauge>,
-    /// Analyses that found the code changed since the last deploy without
-    /// a deploy.
-    pub code_changed_without_deploy: Counter,
+    code_unannounced: Family<EnvironmentLabel, Gauge>,
     analysis_running: Family<EnvironmentLabel, FGauge>,
     /// API connections open.
     pub connections: Gauge,
@@ -239,11 +237,11 @@ impl Metrics {
             "1 while the last analysis of an environment failed: its nodes recompile on every fact change and its deploys move every node",
             analysis_failed.clone(),
         );
-        let code_changed_without_deploy = Counter::default();
+        let code_unannounced = Family::<EnvironmentLabel, Gauge>::default();
         registry.register(
-            "code_changed_without_deploy",
-            "Analyses that found an environment's code changed since its last deploy with no deploy announced (a deploy hook missing: catalogs may not reflect the code; the next deploy moves every node)",
-            code_changed_without_deploy.clone(),
+            "code_unannounced",
+            "1 from when an analysis finds an environment's code changed since its last deploy with no deploy announced (a deploy hook missing: catalogs may lag the code) until the next deploy (which moves every node)",
+            code_unannounced.clone(),
         );
         let analysis_running = Family::<EnvironmentLabel, FGauge>::default();
         registry.register(
@@ -334,7 +332,7 @@ impl Metrics {
             master_names: RwLock::new(HashMap::new()),
             analyses,
             analysis_failed,
-            code_changed_without_deploy,
+            code_unannounced,
             analysis_running,
             connections,
             connections_closed,
@@ -459,21 +457,30 @@ impl Metrics {
         }
     }
 
-    /// Every environment's analysis: whether the last one failed, and how
-    /// long the one under way has run.
+    /// Every environment's analysis: whether the last one that ended
+    /// failed (a retry under way does not clear it), and how long the one
+    /// under way has run.
     pub fn set_analyses(&self, environments: &[(String, AnalysisState)]) {
         for (environment, state) in environments {
             let label = EnvironmentLabel {
                 environment: environment.clone(),
             };
-            let (failed, running) = match state {
-                AnalysisState::Ready => (0, 0.0),
-                AnalysisState::Failed => (1, 0.0),
-                AnalysisState::Running(d) => (0, d.as_secs_f64()),
-            };
-            self.analysis_failed.get_or_create(&label).set(failed);
-            self.analysis_running.get_or_create(&label).set(running);
+            self.analysis_failed
+                .get_or_create(&label)
+                .set(i64::from(state.failed));
+            self.analysis_running
+                .get_or_create(&label)
+                .set(state.running.map_or(0.0, |d| d.as_secs_f64()));
         }
+    }
+
+    /// Says whether `environment`'s code changed with no deploy announced.
+    pub fn set_code_unannounced(&self, environment: &str, unannounced: bool) {
+        self.code_unannounced
+            .get_or_create(&EnvironmentLabel {
+                environment: environment.to_string(),
+            })
+            .set(i64::from(unannounced));
     }
 
     /// The text format.
@@ -553,13 +560,11 @@ impl Metrics {
 
 /// Where an environment's analysis stands, for [`Metrics::set_analyses`].
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum AnalysisState {
-    /// The last one succeeded.
-    Ready,
-    /// The last one failed.
-    Failed,
+pub struct AnalysisState {
+    /// The last analysis that ended failed.
+    pub failed: bool,
     /// One has run this long.
-    Running(std::time::Duration),
+    pub running: Option<std::time::Duration>,
 }
 
 impl Default for Metrics {
@@ -589,7 +594,6 @@ mod tests {
             "pcq_facts_uploads_total{result=\"rejected\"} 0",
             "pcq_facts_uploads_total{result=\"unavailable\"} 0",
             "pcq_analyses_total{result=\"failed\"} 0",
-            "pcq_code_changed_without_deploy_total 0",
             // unknown, not zero
             "pcq_cycle_time_seconds NaN",
             "pcq_crl_age_seconds NaN",
@@ -615,12 +619,22 @@ mod tests {
         }];
         m.update(&stats);
         m.set_analyses(&[
-            ("production".into(), AnalysisState::Failed),
+            (
+                "production".into(),
+                AnalysisState {
+                    failed: true,
+                    running: Some(std::time::Duration::from_secs(90)),
+                },
+            ),
             (
                 "staging".into(),
-                AnalysisState::Running(std::time::Duration::from_secs(90)),
+                AnalysisState {
+                    failed: false,
+                    running: None,
+                },
             ),
         ]);
+        m.set_code_unannounced("staging", true);
         let text = m.encode();
         for series in [
             "pcq_master_in_flight{master=\"puppet1\"} 2",
@@ -628,7 +642,9 @@ mod tests {
             "pcq_master_jrubies{master=\"puppet1\"} 3",
             "pcq_analysis_failed{environment=\"production\"} 1",
             "pcq_analysis_failed{environment=\"staging\"} 0",
-            "pcq_analysis_running_seconds{environment=\"staging\"} 90.0",
+            "pcq_analysis_running_seconds{environment=\"production\"} 90.0",
+            "pcq_analysis_running_seconds{environment=\"staging\"} 0.0",
+            "pcq_code_unannounced{environment=\"staging\"} 1",
         ] {
             assert!(text.contains(series), "{series} missing:\n{text}");
         }

@@ -393,13 +393,27 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             .unwrap_or_else(|| admin::default_token_file(dir));
         let token = admin::token(&token_file)
             .map_err(|e| ServeError::Config(format!("api.admin_token_file: {e}")))?;
-        let guard = admin::Guard::new(token);
+        let metrics_token_file = config
+            .api
+            .metrics_token_file
+            .clone()
+            .unwrap_or_else(|| admin::default_metrics_token_file(dir));
+        let metrics_token = admin::token(&metrics_token_file)
+            .map_err(|e| ServeError::Config(format!("api.metrics_token_file: {e}")))?;
+        if metrics_token == token {
+            return Err(ServeError::Config(
+                "api.metrics_token_file holds the admin token: give Prometheus a token of its own"
+                    .into(),
+            ));
+        }
+        let guard = admin::Guard::new(token, metrics_token);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| io(&format!("listening on {addr}"), e))?;
         tracing::info!(
-            "admin API on http://{addr} (loopback; bearer token in {})",
-            token_file.display()
+            "admin API on http://{addr} (loopback; bearer token in {}, GET /metrics only with the one in {})",
+            token_file.display(),
+            metrics_token_file.display()
         );
         let app = api::router(state, config.api.max_body_bytes)
             .layer(axum::Extension(identity::Caller::Admin("loopback".into())))

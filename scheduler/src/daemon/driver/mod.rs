@@ -370,7 +370,7 @@ impl Driver {
             change.files.len(),
             change.files.first().map(|f| f.path.as_str()).unwrap_or("?")
         );
-        self.parts.metrics.code_changed_without_deploy.inc();
+        self.parts.metrics.set_code_unannounced(environment, true);
         self.parts.deps.set_baseline(environment, None);
     }
 
@@ -404,6 +404,7 @@ impl Driver {
         self.parts
             .deps
             .set_baseline(environment, decision.baseline.clone());
+        self.parts.metrics.set_code_unannounced(environment, false);
         // the baseline file follows once the moved nodes are stored
         let rows: Vec<Write> = moves
             .iter()
