@@ -174,7 +174,7 @@ impl Metrics {
         let catalogs = Family::<ResultLabel, Counter>::default();
         registry.register(
             "catalogs",
-            "Catalogs: result changed, unchanged, unstored (the file could not be written: the old catalog stays and the next compile tries again), or lost (found at start not to hold the catalog its recorded hash names: compiled again)",
+            "Catalogs: result changed, unchanged, unstored (the file could not be written: the old catalog stays and the next compile tries again), lost (found at start not to hold the catalog its recorded hash names, nor another whole catalog of the node: forgotten, compiled again), or adopted (found at start to hold another whole catalog of the node, after a crash between file and store: kept under its own hash, compiled again)",
             catalogs.clone(),
         );
         let notifications = Family::<NotifyLabel, Counter>::default();
@@ -366,7 +366,7 @@ impl Metrics {
         let results: [(&Family<ResultLabel, Counter>, &[&str]); 8] = [
             (
                 &self.catalogs,
-                &["changed", "unchanged", "unstored", "lost"],
+                &["changed", "unchanged", "unstored", "lost", "adopted"],
             ),
             (
                 &self.facts_uploads,

@@ -101,9 +101,9 @@ pub enum Command {
         /// The last batch of this environment's reload.
         done: Option<String>,
     },
-    /// Catalog files that disagree with their recorded hash (certname,
-    /// that hash, why), found by the check at start.
-    CatalogsChecked(Vec<(Certname, String, String)>),
+    /// Catalog files that disagree with their recorded hash, found by the
+    /// check at start.
+    CatalogsChecked(Vec<super::restore::Disagreement>),
     /// A probe found master `.0` answering again.
     MasterBack(usize),
     /// The start-time probe of a master failed: it is down until a probe

@@ -771,27 +771,46 @@ impl Driver {
         });
     }
 
-    /// Nodes whose catalog file is not the catalog their hash names: the
-    /// hash is forgotten (no catalog is served under it) and the node
-    /// compiles again, which writes the file.
-    fn catalogs_lost(&mut self, lost: Vec<(Certname, String, String)>) {
+    /// Nodes whose catalog file is not the catalog their hash names: a
+    /// file holding another whole catalog of the node is recorded under
+    /// its own hash (the node keeps the catalog Puppet Server compiled for
+    /// it); otherwise the hash is forgotten (no catalog is served under
+    /// it). Either way the node compiles again, which writes file and row
+    /// together.
+    fn catalogs_lost(&mut self, lost: Vec<restore::Disagreement>) {
         let t = now();
-        for (certname, hash, why) in lost {
+        for d in lost {
+            let certname = d.certname;
             let Some(id) = self.nodes.id(&certname) else {
                 continue;
             };
             let Some(info) = self.nodes.get_mut(id) else {
                 continue;
             };
-            if info.catalog_hash.as_deref() != Some(hash.as_str()) {
+            if info.catalog_hash.as_deref() != Some(d.recorded.as_str()) {
                 continue; // compiled since: the file is new
             }
-            tracing::error!(%certname, "catalog file disagrees with its recorded hash {hash}: {why}; compiling it again");
-            info.catalog_hash = None;
-            Metrics::count(&self.parts.metrics.catalogs, "lost");
-            self.pending_writes.push(Write::CatalogLost {
-                certname: certname.to_string(),
-            });
+            match d.found {
+                restore::Found::Another { hash, exports } => {
+                    tracing::warn!(%certname, "catalog file holds catalog {hash}, not the recorded {} (a crash between the file and the store): kept under its own hash, compiling it again", d.recorded);
+                    let changed_at = info.record_catalog(&hash, true, t);
+                    Metrics::count(&self.parts.metrics.catalogs, "adopted");
+                    self.pending_writes.push(Write::Catalog {
+                        certname: certname.to_string(),
+                        hash,
+                        changed_at,
+                        exports,
+                    });
+                }
+                restore::Found::Unusable(why) => {
+                    tracing::error!(%certname, "catalog file disagrees with its recorded hash {}: {why}; compiling it again", d.recorded);
+                    info.catalog_hash = None;
+                    Metrics::count(&self.parts.metrics.catalogs, "lost");
+                    self.pending_writes.push(Write::CatalogLost {
+                        certname: certname.to_string(),
+                    });
+                }
+            }
             let _ = self.core.bump(t, id, BumpReason::Manual);
             self.dirty.insert(id);
         }

@@ -10,9 +10,13 @@
 //!
 //! The disk and the database must agree too: each catalog file is checked
 //! against the hash its row records ([`disagreeing`], in the background
-//! after start). A file that is missing, torn, or holds another catalog
-//! (a rename lost with the power) is not served under a hash that is not
-//! its own: the driver forgets the hash and compiles the node again.
+//! after start). A file is never served under a hash that is not its own.
+//! One that holds another whole catalog of the node (a crash between the
+//! file's rename and the row's commit leaves the newer one; a rename lost
+//! with the power, the older) is a catalog Puppet Server compiled for it:
+//! the driver records its hash, so the node keeps a catalog, and compiles
+//! the node again. One that is missing, torn or another node's is
+//! forgotten, and the node compiles again.
 
 use crate::core::{Core, CoreError, NodeId, NodeState};
 use crate::daemon::catalog::{self, CatalogFiles, Export, Exported};
@@ -21,24 +25,59 @@ use crate::daemon::store::StoredNode;
 
 use super::nodes::{NodeInfo, Nodes};
 
+/// What a catalog file holds when it is not the catalog its row names.
+#[derive(Debug)]
+pub enum Found {
+    /// Another whole catalog of the node: its hash and exports.
+    Another {
+        /// Its canonical hash.
+        hash: String,
+        /// Its exported resources.
+        exports: Vec<Export>,
+    },
+    /// Nothing usable, and why.
+    Unusable(String),
+}
+
+/// A node whose catalog file disagrees with its row.
+#[derive(Debug)]
+pub struct Disagreement {
+    /// The node.
+    pub certname: Certname,
+    /// The hash its row records.
+    pub recorded: String,
+    /// What the file holds instead.
+    pub found: Found,
+}
+
 /// The nodes of `recorded` (certname, recorded catalog hash) whose catalog
-/// file does not hold that catalog, and why.
+/// file does not hold that catalog, and what it holds.
 pub fn disagreeing(
     catalogs: &CatalogFiles,
     recorded: Vec<(Certname, String)>,
-) -> Vec<(Certname, String, String)> {
+) -> Vec<Disagreement> {
     let mut out = Vec::new();
     for (certname, hash) in recorded {
-        let why = match catalogs.read(&certname) {
+        let found = match catalogs.read(&certname) {
             Ok(Some(bytes)) => match catalog::read(&bytes) {
                 Ok(c) if c.hash == hash => continue,
-                Ok(c) => format!("the file holds catalog {} instead", c.hash),
-                Err(e) => format!("the file is not a catalog ({e})"),
+                Ok(c) if c.name != certname.as_str() => {
+                    Found::Unusable(format!("the file holds the catalog of {:?}", c.name))
+                }
+                Ok(c) => Found::Another {
+                    hash: c.hash,
+                    exports: c.exports,
+                },
+                Err(e) => Found::Unusable(format!("the file is not a catalog ({e})")),
             },
-            Ok(None) => "the file is missing".to_string(),
-            Err(e) => format!("the file cannot be read ({e})"),
+            Ok(None) => Found::Unusable("the file is missing".to_string()),
+            Err(e) => Found::Unusable(format!("the file cannot be read ({e})")),
         };
-        out.push((certname, hash, why));
+        out.push(Disagreement {
+            certname,
+            recorded: hash,
+            found,
+        });
     }
     out
 }
@@ -182,17 +221,20 @@ mod tests {
         }
         let found: Vec<String> = disagreeing(&catalogs, recorded)
             .into_iter()
-            .map(|(c, _, why)| format!("{c}: {why}"))
+            .map(|d| match d.found {
+                Found::Another { hash, .. } => {
+                    assert_eq!(hash, hash_of(&json("older", "an older content")));
+                    format!("{}: another catalog", d.certname)
+                }
+                Found::Unusable(why) => format!("{}: {why}", d.certname),
+            })
             .collect();
         assert_eq!(found.len(), 3, "{found:?}");
         assert!(
             found[0].starts_with("torn: the file is not a catalog"),
             "{found:?}"
         );
-        assert!(
-            found[1].starts_with("older: the file holds catalog"),
-            "{found:?}"
-        );
+        assert_eq!(found[1], "older: another catalog");
         assert_eq!(found[2], "lost: the file is missing");
     }
 
