@@ -136,21 +136,19 @@ pub fn token(path: &Path) -> Result<String, String> {
             .map_err(|e| format!("/dev/urandom: {e}"))?;
         let text = format!("{}\n", hex::encode(bytes));
         crate::private_file::write(path, text.as_bytes()).map_err(|e| format!("{shown}: {e}"))?;
-        tracing::info!("admin token written to {shown}");
+        tracing::info!("token written to {shown}");
     }
     let meta = std::fs::metadata(path).map_err(|e| format!("{shown}: {e}"))?;
     if meta.mode() & 0o077 != 0 {
         return Err(format!(
-            "{shown}: mode {:o}; the admin token must be readable by its owner only (chmod 600)",
+            "{shown}: mode {:o}; a token must be readable by its owner only (chmod 600)",
             meta.mode() & 0o777
         ));
     }
     let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
     let token = text.trim().to_string();
     if token.len() < 16 {
-        return Err(format!(
-            "{shown}: the admin token must be at least 16 characters"
-        ));
+        return Err(format!("{shown}: a token must be at least 16 characters"));
     }
     Ok(token)
 }
