@@ -18,7 +18,7 @@
 
 use std::io::Read as _;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
@@ -153,16 +153,13 @@ pub fn token(path: &Path) -> Result<String, String> {
     Ok(token)
 }
 
-/// Where the token file is when `api.admin_token_file` is not set.
-pub fn default_token_file(state_dir: &Path) -> PathBuf {
-    state_dir.join("admin.token")
-}
+/// The token file in the state directory when `api.admin_token_file` is
+/// not set.
+pub const TOKEN_FILE: &str = "admin.token";
 
-/// Where the metrics token file is when `api.metrics_token_file` is not
-/// set.
-pub fn default_metrics_token_file(state_dir: &Path) -> PathBuf {
-    state_dir.join("metrics.token")
-}
+/// The metrics token file in the state directory when
+/// `api.metrics_token_file` is not set.
+pub const METRICS_TOKEN_FILE: &str = "metrics.token";
 
 /// What the loopback TCP listener checks on each request.
 pub struct Guard {

@@ -215,12 +215,12 @@ async fn count_refused_facts(
     let facts = request.method() == Method::PUT && request.uri().path().starts_with(FACTS_PATH);
     let response = next.run(request).await;
     let status = response.status();
-    if facts && (status.is_client_error() || status.is_server_error()) {
-        let label = if status.is_server_error() {
-            "unavailable"
-        } else {
-            "rejected"
-        };
+    let refused = if status.is_server_error() {
+        Some("unavailable")
+    } else {
+        status.is_client_error().then_some("rejected")
+    };
+    if let (true, Some(label)) = (facts, refused) {
         Metrics::count(&metrics.facts_uploads, label);
     }
     response

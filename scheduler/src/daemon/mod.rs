@@ -386,20 +386,23 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         listener::serve_plain(socket, app, limits, metrics.clone()),
     );
     if let Some(addr) = config.api.admin_listen {
-        let token_file = config
-            .api
-            .admin_token_file
-            .clone()
-            .unwrap_or_else(|| admin::default_token_file(dir));
-        let token = admin::token(&token_file)
-            .map_err(|e| ServeError::Config(format!("api.admin_token_file: {e}")))?;
-        let metrics_token_file = config
-            .api
-            .metrics_token_file
-            .clone()
-            .unwrap_or_else(|| admin::default_metrics_token_file(dir));
-        let metrics_token = admin::token(&metrics_token_file)
-            .map_err(|e| ServeError::Config(format!("api.metrics_token_file: {e}")))?;
+        // a configured file, or the default beside the state; made if missing
+        let token_in = |configured: &Option<std::path::PathBuf>, default: &str, key: &str| {
+            let file = configured.clone().unwrap_or_else(|| dir.join(default));
+            admin::token(&file)
+                .map(|token| (file, token))
+                .map_err(|e| ServeError::Config(format!("api.{key}: {e}")))
+        };
+        let (token_file, token) = token_in(
+            &config.api.admin_token_file,
+            admin::TOKEN_FILE,
+            "admin_token_file",
+        )?;
+        let (metrics_token_file, metrics_token) = token_in(
+            &config.api.metrics_token_file,
+            admin::METRICS_TOKEN_FILE,
+            "metrics_token_file",
+        )?;
         if metrics_token == token {
             return Err(ServeError::Config(
                 "api.metrics_token_file holds the admin token: give Prometheus a token of its own"
