@@ -72,6 +72,12 @@ impl JRubyPool {
         self.busy as usize + self.queue.len()
     }
 
+    /// Instances nobody holds (what Puppet Server's status API reports as
+    /// `num-free-jrubies`).
+    pub fn free(&self) -> u32 {
+        self.size.saturating_sub(self.busy)
+    }
+
     /// Borrowers waiting.
     pub fn waiting(&self) -> usize {
         self.queue.len()

@@ -37,6 +37,7 @@ pub fn queue(q: &QueueView) -> String {
         "up".into(),
         "running".into(),
         "load/core".into(),
+        "jrubies free".into(),
     ]];
     for m in &q.masters {
         masters.push(vec![
@@ -44,10 +45,11 @@ pub fn queue(q: &QueueView) -> String {
             if m.up { "yes" } else { "NO" }.into(),
             format!("{}/{}", m.in_flight, m.max_concurrency),
             format!("{:.2}", m.load_per_core),
+            m.jrubies_free.map_or_else(|| "-".into(), |f| f.to_string()),
         ]);
     }
     out += "\n";
-    out += &columns(&masters, &[false, false, true, true]);
+    out += &columns(&masters, &[false, false, true, true, true]);
     if !q.in_flight.is_empty() {
         out += "\ncompiling\n";
         for r in &q.in_flight {
@@ -194,6 +196,7 @@ mod tests {
                 in_flight: 1,
                 max_concurrency: 2,
                 load_per_core: 0.5,
+                jrubies_free: Some(0),
             }],
             waiting_for_facts: 4,
         };
@@ -206,7 +209,10 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("master  up  running  load/core\nlocal   NO      1/2       0.50\n"),
+            text.contains(
+                "master  up  running  load/core  jrubies free\n\
+                 local   NO      1/2       0.50             0\n"
+            ),
             "{text}"
         );
         assert!(

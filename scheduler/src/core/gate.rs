@@ -1,10 +1,12 @@
 //! The gate in front of each master: may a compile start there now?
 //!
-//! Three limits, checked in order, and the reason the first one says no:
+//! Four limits, checked in order, and the reason the first one says no:
 //!
 //! 1. concurrency: compiles in flight < `max_concurrency`;
-//! 2. load: estimated load / cores < `max_load_per_core`;
-//! 3. rate: a token bucket of `start_rate` starts per second.
+//! 2. pool: the master's JRuby pool has an instance free for pcq, where the
+//!    driver reads the pool (Puppet Server's status API);
+//! 3. load: estimated load / cores < `max_load_per_core`;
+//! 4. rate: a token bucket of `start_rate` starts per second.
 //!
 //! The load estimate is the crux. The one-minute load average is an
 //! exponential average (time constant 60 s, sampled every 5 s by Linux), so a
@@ -19,6 +21,12 @@
 //! When the driver also knows the instantaneous runnable count (the fourth
 //! field of `/proc/loadavg`, what GNU parallel reads), the estimate is at
 //! least that count plus the starts since it was read.
+//!
+//! The pool reading lags too, by the poll interval: a compile started after
+//! it holds an instance the reading shows free, and one that ended after it
+//! gave back an instance the reading shows busy. The gate counts both since
+//! the reading, so a burst of starts cannot take the instances other
+//! traffic (agents' own catalog and file requests) holds.
 
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +46,9 @@ pub enum Blocked {
     Down,
     /// Every master has `max_concurrency` compiles in flight.
     Concurrency,
+    /// The master's JRuby pool has no instance free for pcq: other traffic
+    /// holds them (the reserve for file requests is not pcq's).
+    Pool,
     /// The load estimate is at or above the limit.
     Load,
     /// The start-rate limit is used up for now.
@@ -46,11 +57,12 @@ pub enum Blocked {
 
 impl Blocked {
     /// Every reason, in order (index = `as usize`).
-    pub const ALL: [Blocked; 6] = [
+    pub const ALL: [Blocked; 7] = [
         Blocked::Empty,
         Blocked::Paced,
         Blocked::Down,
         Blocked::Concurrency,
+        Blocked::Pool,
         Blocked::Load,
         Blocked::Rate,
     ];
@@ -62,6 +74,7 @@ impl Blocked {
             Blocked::Paced => "paced",
             Blocked::Down => "down",
             Blocked::Concurrency => "concurrency",
+            Blocked::Pool => "pool",
             Blocked::Load => "load",
             Blocked::Rate => "rate",
         }
@@ -79,6 +92,26 @@ pub struct LoadSample {
     pub runnable: Option<f64>,
 }
 
+/// The master's JRuby pool as last read, and pcq's compiles since.
+#[derive(Clone, Copy, Debug)]
+struct PoolReading {
+    /// Instances free for pcq when read.
+    free: u32,
+    at: Time,
+    /// Compiles started since, still running: each holds an instance the
+    /// reading shows free.
+    taken: u32,
+    /// Compiles that started before it and ended since: each gave back an
+    /// instance the reading shows busy.
+    returned: u32,
+}
+
+impl PoolReading {
+    fn available(&self) -> u32 {
+        (self.free + self.returned).saturating_sub(self.taken)
+    }
+}
+
 /// A master's gate state.
 #[derive(Clone, Debug)]
 pub(crate) struct Gate {
@@ -94,6 +127,8 @@ pub(crate) struct Gate {
     fresh: u32,
     tokens: f64,
     tokens_at: Time,
+    /// `None`: the pool is not read (or its last reading failed).
+    pool: Option<PoolReading>,
 }
 
 impl Gate {
@@ -112,6 +147,7 @@ impl Gate {
             fresh: 0,
             tokens,
             tokens_at: now,
+            pool: None,
         }
     }
 
@@ -157,6 +193,23 @@ impl Gate {
         }
     }
 
+    /// Takes a new reading of the JRubies free for pcq (`None`: unknown,
+    /// the pool limit is off until the next reading).
+    pub fn pool_sample(&mut self, at: Time, free: Option<u32>) {
+        self.pool = free.map(|free| PoolReading {
+            free,
+            at,
+            taken: 0,
+            returned: 0,
+        });
+    }
+
+    /// JRubies free for pcq now, as far as the gate knows (`None`: the
+    /// pool is not read).
+    pub fn pool_available(&self) -> Option<u32> {
+        self.pool.as_ref().map(PoolReading::available)
+    }
+
     fn refill(&mut self, now: Time) {
         if self.config.start_rate > 0.0 && now > self.tokens_at {
             let gained = now.since(self.tokens_at).as_secs_f64() * self.config.start_rate;
@@ -169,6 +222,9 @@ impl Gate {
     pub fn check(&mut self, now: Time) -> Result<(), Blocked> {
         if self.in_flight >= self.config.max_concurrency {
             return Err(Blocked::Concurrency);
+        }
+        if self.pool_available() == Some(0) {
+            return Err(Blocked::Pool);
         }
         if self.config.max_load_per_core > 0.0
             && self.load_per_core() >= self.config.max_load_per_core
@@ -201,6 +257,9 @@ impl Gate {
         self.in_flight += 1;
         self.hidden += 1.0;
         self.fresh += 1;
+        if let Some(pool) = &mut self.pool {
+            pool.taken += 1;
+        }
         if self.config.start_rate > 0.0 {
             self.refill(now);
             self.tokens -= 1.0;
@@ -213,6 +272,13 @@ impl Gate {
         self.hidden = (self.hidden - self.hidden_part(started)).max(0.0);
         if started >= self.sampled_at {
             self.fresh = self.fresh.saturating_sub(1);
+        }
+        if let Some(pool) = &mut self.pool {
+            if started >= pool.at {
+                pool.taken = pool.taken.saturating_sub(1);
+            } else {
+                pool.returned += 1;
+            }
         }
         if self.in_flight == 0 {
             // Drop accumulated rounding.
@@ -323,6 +389,45 @@ mod tests {
             std::iter::empty(),
         );
         assert_eq!(g.load_estimate(), 0.0);
+    }
+
+    #[test]
+    fn pool_limit_counts_starts_and_ends_since_the_reading() {
+        let cfg = GateConfig {
+            max_concurrency: 10,
+            max_load_per_core: 0.0,
+            ..GateConfig::default()
+        };
+        let mut g = gate(cfg, 4);
+        // not read: no limit
+        assert_eq!(g.pool_available(), None);
+        assert_eq!(g.check(Time::ZERO), Ok(()));
+        // one compile of pcq's runs; then the pool says 2 are free for pcq
+        g.on_start(Time::ZERO);
+        let t = Time::from_secs(1);
+        g.pool_sample(t, Some(2));
+        g.on_start(t);
+        assert_eq!(g.check(t), Ok(()));
+        g.on_start(t);
+        assert_eq!(g.pool_available(), Some(0));
+        assert_eq!(g.check(t), Err(Blocked::Pool));
+        // the compile from before the reading ends: its instance is back
+        g.on_finish(Time::ZERO);
+        assert_eq!(g.pool_available(), Some(1));
+        assert_eq!(g.check(t), Ok(()));
+        // a compile from after the reading ends: back as well
+        g.on_finish(t);
+        assert_eq!(g.pool_available(), Some(2));
+        // other traffic holds everything: no start, whatever pcq runs
+        g.pool_sample(Time::from_secs(2), Some(0));
+        assert_eq!(g.check(Time::from_secs(2)), Err(Blocked::Pool));
+        // concurrency still binds first
+        g.config.max_concurrency = 1;
+        assert_eq!(g.check(Time::from_secs(2)), Err(Blocked::Concurrency));
+        g.config.max_concurrency = 10;
+        // a failed reading switches the limit off until the next one
+        g.pool_sample(Time::from_secs(3), None);
+        assert_eq!(g.check(Time::from_secs(3)), Ok(()));
     }
 
     #[test]

@@ -179,6 +179,20 @@ impl Core {
         Ok(())
     }
 
+    /// Feeds a reading of a master's JRuby pool to its gate: the instances
+    /// free for pcq (free minus those kept for file requests), or `None`
+    /// when it could not be read (the pool limit is off until it can).
+    pub fn report_pool(
+        &mut self,
+        now: Time,
+        id: MasterId,
+        free: Option<u32>,
+    ) -> Result<(), CoreError> {
+        let now = self.advance(now);
+        self.master_mut(id)?.gate.pool_sample(now, free);
+        Ok(())
+    }
+
     /// Ids of the masters present, in order.
     pub fn masters(&self) -> impl Iterator<Item = MasterId> + '_ {
         self.masters
@@ -644,6 +658,7 @@ impl Core {
                     max_concurrency: m.gate.config.max_concurrency,
                     cores: m.spec.cores,
                     load_per_core: m.gate.load_per_core(),
+                    pool_free: m.gate.pool_available(),
                 })
             })
             .collect();

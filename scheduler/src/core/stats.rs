@@ -42,6 +42,9 @@ pub struct MasterStats {
     pub cores: u32,
     /// The gate's load estimate per core.
     pub load_per_core: f64,
+    /// JRubies free for pcq by the gate's count (its last pool reading and
+    /// pcq's starts and ends since), where the pool is read.
+    pub pool_free: Option<u32>,
 }
 
 /// A snapshot of the core.

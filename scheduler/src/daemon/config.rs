@@ -177,6 +177,15 @@ pub struct Puppetserver {
     /// How often a master that stopped answering is probed.
     #[serde(default = "five_seconds", with = "humantime_serde")]
     pub probe_interval: Duration,
+    /// How often each master's status API is read for its gate (JRubies
+    /// free, the JVM's CPU use); `"off"`: the gate counts concurrency and
+    /// this host's load only.
+    #[serde(default = "two_seconds", with = "off_or_duration")]
+    pub status_interval: Option<Duration>,
+}
+
+fn two_seconds() -> Option<Duration> {
+    Some(Duration::from_secs(2))
 }
 
 fn ssldir() -> PathBuf {

@@ -101,6 +101,8 @@ pub struct Metrics {
     pub master_max_concurrency: Family<MasterLabel, Gauge>,
     master_in_flight: Family<MasterLabel, Gauge>,
     master_load: Family<MasterLabel, FGauge>,
+    master_jrubies_free: Family<MasterLabel, Gauge>,
+    master_status_read: Family<MasterLabel, Gauge>,
     /// Master names by core id, for the per-master gauges of the core's
     /// snapshot.
     master_names: RwLock<HashMap<MasterId, String>>,
@@ -225,6 +227,18 @@ impl Metrics {
             "The load gate's estimate of a master's load per core (the one-minute load average, corrected for starts it does not show yet); 0 where no load is read",
             master_load.clone(),
         );
+        let master_jrubies_free = Family::<MasterLabel, Gauge>::default();
+        registry.register(
+            "master_jrubies_free",
+            "JRubies free for pcq on a master by the pool gate's count: its status API's last reading (free instances less reserve_for_files), less pcq's starts and plus its ends since; absent where the pool is not read",
+            master_jrubies_free.clone(),
+        );
+        let master_status_read = Family::<MasterLabel, Gauge>::default();
+        registry.register(
+            "master_status_read",
+            "1 while a master's status API answers pcq's polls (its pool and CPU feed the gate), 0 while it does not (the gate falls back to concurrency and the local load)",
+            master_status_read.clone(),
+        );
         let analyses = Family::<ResultLabel, Counter>::default();
         registry.register(
             "analyses",
@@ -329,6 +343,8 @@ impl Metrics {
             master_max_concurrency,
             master_in_flight,
             master_load,
+            master_jrubies_free,
+            master_status_read,
             master_names: RwLock::new(HashMap::new()),
             analyses,
             analysis_failed,
@@ -454,7 +470,26 @@ impl Metrics {
                 .get_or_create(&label)
                 .set(i64::from(m.in_flight));
             self.master_load.get_or_create(&label).set(m.load_per_core);
+            match m.pool_free {
+                Some(free) => {
+                    self.master_jrubies_free
+                        .get_or_create(&label)
+                        .set(i64::from(free));
+                }
+                None => {
+                    self.master_jrubies_free.remove(&label);
+                }
+            }
         }
+    }
+
+    /// Whether a master's status API answered the last poll.
+    pub fn set_master_status_read(&self, master: &str, read: bool) {
+        self.master_status_read
+            .get_or_create(&MasterLabel {
+                master: master.to_string(),
+            })
+            .set(i64::from(read));
     }
 
     /// Every environment's analysis: whether the last one that ended
@@ -616,6 +651,7 @@ mod tests {
             max_concurrency: 2,
             cores: 4,
             load_per_core: 0.75,
+            pool_free: Some(1),
         }];
         m.update(&stats);
         m.set_analyses(&[
@@ -640,6 +676,7 @@ mod tests {
             "pcq_master_in_flight{master=\"puppet1\"} 2",
             "pcq_master_load_per_core{master=\"puppet1\"} 0.75",
             "pcq_master_jrubies{master=\"puppet1\"} 3",
+            "pcq_master_jrubies_free{master=\"puppet1\"} 1",
             "pcq_analysis_failed{environment=\"production\"} 1",
             "pcq_analysis_failed{environment=\"staging\"} 0",
             "pcq_analysis_running_seconds{environment=\"production\"} 90.0",

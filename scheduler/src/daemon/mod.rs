@@ -37,6 +37,7 @@ pub mod facts;
 pub mod identity;
 pub mod listener;
 pub mod load;
+pub mod master_status;
 pub mod metrics;
 pub mod notify;
 pub mod reserve;
@@ -127,7 +128,11 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, ServeError> {
 
 /// Builds each master's backend; a Puppet Server's concurrency leaves
 /// its `reserve_for_files` (`reserve`).
-async fn masters(config: &Config) -> Result<(Vec<MasterSlot>, Option<PuppetServer>), ServeError> {
+/// The masters' slots for the driver, the CA's client, and each master's
+/// Puppet Server client by slot index (none with the command backend).
+type MasterParts = (Vec<MasterSlot>, Option<PuppetServer>, Vec<PuppetServer>);
+
+async fn masters(config: &Config) -> Result<MasterParts, ServeError> {
     let masters = config.masters();
     // each master's Puppet Server client, once (none with the command
     // backend), and its pool read through it
@@ -186,9 +191,10 @@ async fn masters(config: &Config) -> Result<(Vec<MasterSlot>, Option<PuppetServe
         let mut slot = MasterSlot::new(m.name.clone(), compiler, spec, m.local, probe);
         slot.cores_known = m.cores != 0 || m.local;
         slot.jrubies = jrubies;
+        slot.reserve_for_files = m.reserve_for_files;
         slots.push(slot);
     }
-    Ok((slots, ca_client))
+    Ok((slots, ca_client, servers))
 }
 
 /// Each server's JRuby pool size, read from all at once with a short
@@ -239,7 +245,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         Ignore::new(&config.facts.ignore)
             .map_err(|e| ServeError::Config(format!("facts.ignore: {e}")))?,
     );
-    let (slots, ca_client) = masters(&config).await?;
+    let (slots, ca_client, servers) = masters(&config).await?;
     let deps = Arc::new(
         Dependencies::new(&config.analysis, ignore.clone()).keep_baselines_in(&config.state_dir),
     );
@@ -296,6 +302,17 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             }
         }
     });
+
+    if let (Backend::Puppetserver(p), false) = (&config.backend, servers.is_empty()) {
+        if let Some(every) = p.status_interval {
+            let status_tx = tx.clone();
+            tasks.spawn(
+                "the master status poller",
+                Ends::Never,
+                master_status::poll(servers, every, status_tx),
+            );
+        }
+    }
 
     // the API: mutual TLS with Puppet's CA (and its CRL), plus an optional
     // plain admin listener on loopback

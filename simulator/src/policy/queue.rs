@@ -298,7 +298,11 @@ impl Model for QueueModel {
         }
     }
 
+    /// The readings `pcq serve` takes of each master: its load, and its
+    /// status API's free JRubies less the reserve for files (read here at
+    /// the load tick; the daemon reads the status every 2 s by default).
     fn load_tick(&mut self, w: &mut World) {
+        let reserve = w.scenario.queue.reserve_for_files;
         for (m, sim) in w.masters.iter().enumerate() {
             if let Some(id) = self.core_master.get(m).copied().flatten() {
                 let sample = LoadSample {
@@ -306,6 +310,8 @@ impl Model for QueueModel {
                     runnable: Some(sim.runnable()),
                 };
                 let _ = self.core.report_load(w.now, id, sample);
+                let free = w.pools[m].free().saturating_sub(reserve);
+                let _ = self.core.report_pool(w.now, id, Some(free));
             }
         }
         self.dirty = true;
@@ -370,5 +376,66 @@ impl Model for QueueModel {
 
     fn urgent_waits(&self) -> Option<(u64, f64)> {
         Some(self.urgent_waits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::scenario::Scenario;
+
+    /// One master of 3 JRubies, one of them left to files; nodes due at
+    /// once; no load gate.
+    const SCENARIO: &str = r#"
+name = "pool"
+duration = "1h"
+[fleet]
+nodes = 10
+[agents]
+interval = "30m"
+[compile]
+distribution = "constant"
+mean = "10s"
+[masters]
+count = 1
+slots = 3
+cores = 4
+[queue]
+reserve_for_files = 1
+[queue.core]
+min_cycle_interval = "0s"
+[queue.core.gate]
+max_load_per_core = 0.0
+"#;
+
+    #[test]
+    fn starts_nothing_while_other_requests_hold_the_pool_and_resumes_when_it_frees() {
+        let s =
+            Scenario::parse(SCENARIO, Path::new("pool.toml"), Path::new(".")).expect("scenario");
+        let mut w = World::new(&s, 1, 10, 7, None);
+        let mut q = QueueModel::new(&mut w, 7).expect("model");
+        // agents' file requests hold every JRuby when the status is read
+        for n in 0..3 {
+            assert!(w.pools[0].borrow(w.now, Borrower::File(n)));
+        }
+        q.load_tick(&mut w);
+        q.settle(&mut w);
+        assert_eq!(q.core.stats(w.now).in_flight, 0, "no start on a full pool");
+        assert_eq!(w.pools[0].waiting(), 0, "no compile waits behind files");
+        // two come back: one is free for pcq beside the reserve
+        w.pools[0].release();
+        w.pools[0].release();
+        q.load_tick(&mut w);
+        q.settle(&mut w);
+        assert_eq!(q.core.stats(w.now).in_flight, 1);
+        assert_eq!(w.pools[0].waiting(), 0);
+        // the last one back: pcq takes its second (max_concurrency 2)
+        w.pools[0].release();
+        q.load_tick(&mut w);
+        q.settle(&mut w);
+        assert_eq!(q.core.stats(w.now).in_flight, 2);
+        assert_eq!(w.pools[0].free(), 1, "the reserve stays free");
     }
 }

@@ -94,10 +94,37 @@ impl PuppetServer {
     /// auth.conf lets any client read it, certificate or not).
     pub async fn jruby_pool(&self) -> Result<JrubyPool, String> {
         let url = format!("{}/status/v1/services/jruby-metrics?level=debug", self.url);
-        let answer: Value = async {
+        let answer = self.get_json(&url, Duration::from_secs(10)).await?;
+        JrubyPool::from_status(&answer["status"]).map_err(|e| format!("{url}: {e}"))
+    }
+
+    /// What its gate reads: the JRuby pool and the JVM's CPU use, in one
+    /// request (`/status/v1/services?level=debug`), given up after
+    /// `limit`.
+    pub async fn gate_status(&self, limit: Duration) -> Result<GateStatus, String> {
+        let url = format!("{}/status/v1/services?level=debug", self.url);
+        let answer = self.get_json(&url, limit).await?;
+        let pool = JrubyPool::from_status(&answer["jruby-metrics"]["status"])
+            .map_err(|e| format!("{url}: {e}"))?;
+        let free = pool
+            .free
+            .ok_or_else(|| format!("{url}: no num-free-jrubies in the answer"))?;
+        let cpu_percent = answer["status-service"]["status"]["experimental"]["jvm-metrics"]
+            ["cpu-usage"]
+            .as_f64()
+            .filter(|c| c.is_finite() && *c >= 0.0);
+        Ok(GateStatus {
+            size: pool.size,
+            free,
+            cpu_percent,
+        })
+    }
+
+    async fn get_json(&self, url: &str, limit: Duration) -> Result<Value, String> {
+        async {
             self.client
-                .get(&url)
-                .timeout(Duration::from_secs(10))
+                .get(url)
+                .timeout(limit)
                 .send()
                 .await?
                 .error_for_status()?
@@ -105,22 +132,7 @@ impl PuppetServer {
                 .await
         }
         .await
-        .map_err(|e| format!("{url}: {e}"))?;
-        let metrics = &answer["status"]["experimental"]["metrics"];
-        let size = metrics["num-jrubies"]
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .filter(|&n| n >= 1)
-            .ok_or_else(|| format!("{url}: no num-jrubies in the answer"))?;
-        let seconds = |key: &str| metrics[key].as_f64().map(|ms| ms / 1000.0);
-        Ok(JrubyPool {
-            size,
-            free: metrics["num-free-jrubies"]
-                .as_u64()
-                .and_then(|n| u32::try_from(n).ok()),
-            average_borrow_seconds: seconds("average-borrow-time"),
-            average_wait_seconds: seconds("average-wait-time"),
-        })
+        .map_err(|e| format!("{url}: {e}"))
     }
 
     fn body(&self, job: &Job, trusted: Value) -> Value {
@@ -362,4 +374,71 @@ pub struct JrubyPool {
     pub average_borrow_seconds: Option<f64>,
     /// Mean wait for a free JRuby, seconds.
     pub average_wait_seconds: Option<f64>,
+}
+
+impl JrubyPool {
+    /// From the jruby-metrics service's `status` object.
+    fn from_status(status: &Value) -> Result<JrubyPool, String> {
+        let metrics = &status["experimental"]["metrics"];
+        let size = metrics["num-jrubies"]
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|&n| n >= 1)
+            .ok_or("no num-jrubies in the answer")?;
+        let seconds = |key: &str| metrics[key].as_f64().map(|ms| ms / 1000.0);
+        Ok(JrubyPool {
+            size,
+            free: metrics["num-free-jrubies"]
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(|free| free.min(size)),
+            average_borrow_seconds: seconds("average-borrow-time"),
+            average_wait_seconds: seconds("average-wait-time"),
+        })
+    }
+}
+
+/// What a master's gate reads from its status API.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GateStatus {
+    /// JRuby instances.
+    pub size: u32,
+    /// Of them, free now (nobody borrowed them).
+    pub free: u32,
+    /// The JVM's CPU use over Puppet Server's last few seconds, in percent
+    /// of all the host's cores (`jvm-metrics.cpu-usage`), when reported.
+    pub cpu_percent: Option<f64>,
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_pool_and_the_cpu_and_refuses_garbage() {
+        let status = json!({"experimental": {"metrics": {
+            "num-jrubies": 3, "num-free-jrubies": 1,
+            "average-borrow-time": 1500.0, "average-wait-time": 20
+        }}});
+        let pool = JrubyPool::from_status(&status).expect("a pool");
+        assert_eq!(pool.size, 3);
+        assert_eq!(pool.free, Some(1));
+        assert_eq!(pool.average_borrow_seconds, Some(1.5));
+        for garbage in [
+            json!({}),
+            json!({"experimental": {"metrics": {"num-jrubies": 0}}}),
+            json!({"experimental": {"metrics": {"num-jrubies": "3"}}}),
+            json!("html"),
+        ] {
+            assert!(JrubyPool::from_status(&garbage).is_err(), "{garbage}");
+        }
+        // more free than the pool holds is clamped
+        let status = json!({"experimental": {"metrics": {
+            "num-jrubies": 2, "num-free-jrubies": 9
+        }}});
+        assert_eq!(
+            JrubyPool::from_status(&status).expect("a pool").free,
+            Some(2)
+        );
+    }
 }

@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::core::{Bumped, LoadSample, Stats};
 use crate::daemon::analyze::Analysis;
+use crate::daemon::backend::puppetserver::GateStatus;
 use crate::daemon::certname::Certname;
 use crate::daemon::dependencies::UsedHash;
 use crate::daemon::store::StoreError;
@@ -116,6 +117,13 @@ pub enum Command {
     },
     /// A load reading of this host.
     Load(LoadSample),
+    /// A poll of a master's status API, for its gate.
+    MasterStatus {
+        /// The master's index.
+        m: usize,
+        /// What it said, or why it could not be read.
+        reading: Result<GateStatus, String>,
+    },
     /// One node's status.
     Status {
         /// The node.

@@ -6,12 +6,20 @@
 //! still finish), `pcq_master_up` says so, and a probe asks it every
 //! `probe_interval` until it answers; then starts resume.
 //!
+//! Each master's status API, polled (`master_status`), feeds its gate: the
+//! JRubies free for pcq (free less `reserve_for_files`) always, and the
+//! JVM's CPU use as the load of a master on another host (a local one's
+//! load is this host's `/proc/loadavg`). A status that cannot be read
+//! switches the pool limit off (the gate falls back to concurrency and the
+//! local load), with a warning and `pcq_master_status_read` 0.
+//!
 //! [`Failure::Server`]: crate::daemon::backend::Failure::Server
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::core::{Core, CoreError, LoadSample, MasterId, MasterSpec, Time};
+use crate::daemon::backend::puppetserver::GateStatus;
 use crate::daemon::backend::Compiler;
 use crate::daemon::metrics::Metrics;
 
@@ -32,8 +40,12 @@ pub struct MasterSlot {
     pub cores_known: bool,
     /// Its JRuby pool's size, when read at start.
     pub jrubies: Option<u32>,
+    /// JRubies of its pool left to file requests.
+    pub reserve_for_files: u32,
     id: Option<MasterId>,
     probing: bool,
+    /// Its status API answered the last poll (`None`: not polled yet).
+    status_read: Option<bool>,
 }
 
 impl MasterSlot {
@@ -53,8 +65,10 @@ impl MasterSlot {
             probe_interval,
             cores_known: true,
             jrubies: None,
+            reserve_for_files: 0,
             id: None,
             probing: false,
+            status_read: None,
         }
     }
 
@@ -107,6 +121,71 @@ impl Masters {
         for id in self.slots.iter().filter(|m| m.local).filter_map(|m| m.id) {
             let _ = core.report_load(t, id, sample);
         }
+    }
+
+    /// A poll of master `m`'s status API, for its gate.
+    pub fn report_status(
+        &mut self,
+        core: &mut Core,
+        t: Time,
+        m: usize,
+        reading: Result<GateStatus, String>,
+    ) {
+        let Some(slot) = self.slots.get_mut(m) else {
+            return;
+        };
+        let Some(id) = slot.id else {
+            return;
+        };
+        let read = reading.is_ok();
+        match reading {
+            Ok(status) => {
+                let free = status.free.saturating_sub(slot.reserve_for_files);
+                let _ = core.report_pool(t, id, Some(free));
+                if let (false, Some(cpu)) = (slot.local, status.cpu_percent) {
+                    // Puppet Server's CPU over its last seconds: an
+                    // instantaneous reading, in busy cores
+                    let busy = (cpu / 100.0).clamp(0.0, 1.0) * f64::from(slot.spec.cores);
+                    let sample = LoadSample {
+                        load1: 0.0,
+                        runnable: Some(busy),
+                    };
+                    let _ = core.report_load(t, id, sample);
+                }
+                if slot.status_read == Some(false) {
+                    tracing::info!(
+                        "master {}: its status API answers again; its pool gates starts",
+                        slot.name
+                    );
+                }
+            }
+            Err(why) => {
+                let _ = core.report_pool(t, id, None);
+                if !slot.local {
+                    // its last CPU reading is stale: no load known
+                    let unknown = LoadSample {
+                        load1: 0.0,
+                        runnable: None,
+                    };
+                    let _ = core.report_load(t, id, unknown);
+                }
+                if slot.status_read != Some(false) {
+                    tracing::warn!(
+                        "master {}: its status API cannot be read ({why}); starts there are \
+                         gated on max_concurrency{} alone until it can (auth.conf must let \
+                         pcq read /status/v1/services: see the README)",
+                        slot.name,
+                        if slot.local {
+                            " and this host's load"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+        }
+        slot.status_read = Some(read);
+        self.metrics.set_master_status_read(&slot.name, read);
     }
 
     /// Master `m` failed a compile: no starts on it from now. Returns the

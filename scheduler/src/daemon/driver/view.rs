@@ -131,6 +131,9 @@ pub struct MasterView {
     pub max_concurrency: u32,
     /// Its gate's load estimate per core.
     pub load_per_core: f64,
+    /// JRubies free for pcq by its gate's count, where its pool is read.
+    #[serde(default)]
+    pub jrubies_free: Option<u32>,
 }
 
 fn secs(t: Time) -> f64 {
@@ -246,6 +249,7 @@ pub fn queue_view(
                     in_flight: s.in_flight,
                     max_concurrency: s.max_concurrency,
                     load_per_core: s.load_per_core,
+                    jrubies_free: s.pool_free,
                 })
             })
             .collect(),
