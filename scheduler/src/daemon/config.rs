@@ -263,8 +263,27 @@ fn one() -> u32 {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSettings {
+    /// Which database: SQLite in the state directory (the default, one
+    /// master), or PostgreSQL.
+    pub kind: StoreKind,
     /// SQLite's `synchronous` level.
     pub synchronous: Synchronous,
+    /// PostgreSQL: a libpq connection string or URL
+    /// (`postgresql://pcq@db.example.com/pcq?sslmode=require`).
+    pub url: Option<String>,
+    /// PostgreSQL over TLS: PEM roots to trust (default: the system's).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The database kinds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// `state.db` in the state directory.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database of its own (`store.url`).
+    Postgresql,
 }
 
 /// How far an acknowledged write survives.
@@ -560,6 +579,24 @@ impl Config {
             if let Err(e) = globset::Glob::new(p) {
                 return Err((format!("facts.ignore[{i}]"), e.to_string()));
             }
+        }
+        match (self.store.kind, &self.store.url) {
+            (StoreKind::Postgresql, None) => {
+                return err(
+                    "store.url",
+                    "kind = \"postgresql\" needs the database's URL, e.g. \
+                     \"postgresql://pcq@db.example.com/pcq?sslmode=require\"",
+                );
+            }
+            (StoreKind::Postgresql, Some(url)) => {
+                if let Err(e) = url.parse::<postgres::Config>() {
+                    return err("store.url", &e.to_string());
+                }
+            }
+            (StoreKind::Sqlite, Some(_)) => {
+                return err("store.url", "only with kind = \"postgresql\"");
+            }
+            (StoreKind::Sqlite, None) => {}
         }
         if self.notify.attempts == 0 {
             return err("notify.attempts", "must be at least 1");

@@ -60,12 +60,13 @@ use backend::command::CommandCompiler;
 use backend::puppetserver::PuppetServer;
 use backend::Compiler;
 use catalog::CatalogFiles;
-use config::{Backend, Config};
+use config::{Backend, Config, StoreKind};
 use dependencies::Dependencies;
 use driver::{Command, Driver, MasterSlot, Parts};
 use facts::Ignore;
 use metrics::Metrics;
 use notify::Notifier;
+use store::postgresql::{self, PostgresStore};
 use store::sqlite::SqliteStore;
 use store::{Store, StoreError, StoreHandle};
 use tasks::{Ends, Tasks};
@@ -221,6 +222,26 @@ async fn jruby_pools(servers: &[PuppetServer]) -> Vec<Result<u32, String>> {
     pools
 }
 
+/// The store the configuration names: SQLite in the state directory, or
+/// PostgreSQL (migrated, its queue lock taken).
+fn open_store(config: &Config) -> Result<Box<dyn Store>, ServeError> {
+    Ok(match (config.store.kind, &config.store.url) {
+        (StoreKind::Postgresql, Some(url)) => {
+            let connection = postgresql::Connection {
+                url: url.clone(),
+                ca_file: config.store.ca_file.clone(),
+            };
+            let store = PostgresStore::open(&connection)?;
+            tracing::info!("state in PostgreSQL (this pcq holds the queue's lock)");
+            Box::new(store)
+        }
+        _ => Box::new(SqliteStore::open_with(
+            &config.state_dir,
+            config.store.synchronous,
+        )?),
+    })
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -232,13 +253,21 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let _lock = lock_state_dir(dir)?;
 
     let started = std::time::Instant::now();
-    let mut sqlite = SqliteStore::open_with(dir, config.store.synchronous)?;
-    let stored = sqlite.load()?;
-    let owners = sqlite.facts_owners()?;
-    let stored_exports = sqlite.exports()?;
+    // (the PostgreSQL client blocks: it runs off the runtime, here and on
+    // the store's own thread)
+    let opening = config.clone();
+    let (db, stored, owners, stored_exports) = tokio::task::spawn_blocking(move || {
+        let mut db = open_store(&opening)?;
+        let stored = db.load()?;
+        let owners = db.facts_owners()?;
+        let stored_exports = db.exports()?;
+        Ok::<_, ServeError>((db, stored, owners, stored_exports))
+    })
+    .await
+    .map_err(|e| ServeError::Config(format!("opening the store: {e}")))??;
     let catalogs =
         CatalogFiles::open(&dir.join("catalogs")).map_err(|e| io("catalog directory", e))?;
-    let (store, store_died) = StoreHandle::spawn(Box::new(sqlite), Some(catalogs.clone()))?;
+    let (store, store_died) = StoreHandle::spawn(db, Some(catalogs.clone()))?;
     let metrics = Arc::new(Metrics::new());
     let notifier = Notifier::spawn(config.notify.clone(), metrics.clone());
     let ignore = Arc::new(

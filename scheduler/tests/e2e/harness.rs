@@ -506,6 +506,60 @@ impl Pcq {
         pcq
     }
 
+    /// Starts pcq with `config` (its own state directory and ports) where
+    /// it must refuse to run: what it said, once it exited non-zero within
+    /// 30 s (panics if it ran on, or exited 0).
+    pub async fn start_refused(config: &PcqConfig) -> String {
+        let dir = tempfile::tempdir().expect("tmp dir");
+        let token_file = dir.path().join("admin.token");
+        scheduler::private_file::write(&token_file, ADMIN_TOKEN.as_bytes()).expect("token file");
+        let text = config
+            .clone()
+            .set(
+                "state_dir",
+                &quoted(&dir.path().join("state").display().to_string()),
+            )
+            .set("api.listen", &quoted(&format!("127.0.0.1:{}", free_port())))
+            .set(
+                "api.admin_listen",
+                &quoted(&format!("127.0.0.1:{}", free_port())),
+            )
+            .set(
+                "api.admin_token_file",
+                &quoted(&token_file.display().to_string()),
+            )
+            .set(
+                "api.admin_socket",
+                &quoted(&dir.path().join("admin.sock").display().to_string()),
+            )
+            .toml();
+        let config_file = dir.path().join("pcq.toml");
+        std::fs::write(&config_file, text).expect("config");
+        let log = dir.path().join("pcq.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pcq"))
+            .args(["serve", "--config"])
+            .arg(&config_file)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("pcq starts");
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(30) {
+            if let Some(status) = child.try_wait().expect("wait") {
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                assert!(!status.success(), "pcq exited 0:\n{said}");
+                return said;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "pcq ran on where it must refuse:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
     /// Starts pcq with `config` once `names` have signed certificates (made
     /// if missing), and waits up to 20 s until the CA poll has listed them
     /// all (each known and waiting for its facts); whether it did.

@@ -22,6 +22,8 @@
 //! of growing memory without end.
 
 pub mod interface;
+pub mod postgresql;
+pub mod row;
 pub mod sqlite;
 
 pub use interface::{Store, StoreError, StoredNode, Write};

@@ -11,9 +11,8 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::core::{BumpReason, Lane, MasterId, NodeId, NodeState, NodeView, Pending, Reason, Time};
-
 use super::interface::{Store, StoreError, StoredNode, Write};
+use super::row::{micros, pending_text, state_text, NodeRow, NODE_COLUMNS};
 use crate::daemon::catalog::Export;
 use crate::daemon::config::Synchronous;
 
@@ -96,129 +95,36 @@ impl SqliteStore {
     }
 }
 
-fn state_text(state: &NodeState) -> &'static str {
-    match state {
-        NodeState::Queued(Lane::Urgent) => "urgent",
-        NodeState::Queued(Lane::Deploy) => "deploy",
-        NodeState::Queued(Lane::Cycle) => "cycle",
-        NodeState::Compiling(_) => "compiling",
-        NodeState::Parked(_) => "parked",
-    }
-}
-
-fn pending_text(p: Pending) -> &'static str {
-    match p {
-        Pending::None => "none",
-        Pending::Deploy => "deploy",
-        Pending::Urgent(BumpReason::Facts) => "urgent:facts",
-        Pending::Urgent(BumpReason::Exports) => "urgent:exports",
-        Pending::Urgent(BumpReason::Manual) => "urgent:manual",
-    }
-}
-
-fn pending_of(s: &str) -> Option<Pending> {
-    Some(match s {
-        "none" => Pending::None,
-        "deploy" => Pending::Deploy,
-        "urgent:facts" => Pending::Urgent(BumpReason::Facts),
-        "urgent:exports" => Pending::Urgent(BumpReason::Exports),
-        "urgent:manual" => Pending::Urgent(BumpReason::Manual),
-        _ => return None,
-    })
-}
-
-fn reason_of(s: &str) -> Option<Reason> {
-    Reason::ALL.into_iter().find(|r| r.name() == s)
-}
-
-fn micros(t: Time) -> i64 {
-    i64::try_from(t.as_micros()).unwrap_or(i64::MAX)
-}
-
-fn time(us: i64) -> Time {
-    Time::from_micros(u64::try_from(us).unwrap_or(0))
-}
-
 impl Store for SqliteStore {
     fn load(&mut self) -> Result<Vec<StoredNode>, StoreError> {
         let mut stmt = self
             .db
-            .prepare(
-                "SELECT certname, environment, state, reason, since_us, pending, pending_since_us,
-                        last_compile_us, failures, catalog_hash, catalog_changed_us, facts_hash, last_error
-                 FROM nodes ORDER BY certname",
-            )
+            .prepare(&format!(
+                "SELECT {NODE_COLUMNS} FROM nodes ORDER BY certname"
+            ))
             .map_err(db_err)?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, i64>(6)?,
-                    r.get::<_, Option<i64>>(7)?,
-                    r.get::<_, i64>(8)?,
-                    r.get::<_, Option<String>>(9)?,
-                    r.get::<_, Option<i64>>(10)?,
-                    r.get::<_, Option<String>>(11)?,
-                    r.get::<_, Option<String>>(12)?,
-                ))
+                Ok(NodeRow {
+                    certname: r.get(0)?,
+                    environment: r.get(1)?,
+                    state: r.get(2)?,
+                    reason: r.get(3)?,
+                    since_us: r.get(4)?,
+                    pending: r.get(5)?,
+                    pending_since_us: r.get(6)?,
+                    last_compile_us: r.get(7)?,
+                    failures: r.get(8)?,
+                    catalog_hash: r.get(9)?,
+                    catalog_changed_us: r.get(10)?,
+                    facts_hash: r.get(11)?,
+                    last_error: r.get(12)?,
+                })
             })
             .map_err(db_err)?;
         let mut out = Vec::new();
         for row in rows {
-            let (
-                certname,
-                environment,
-                state,
-                reason,
-                since,
-                pending,
-                pending_since,
-                last,
-                failures,
-                hash,
-                changed,
-                facts_hash,
-                error,
-            ) = row.map_err(db_err)?;
-            let corrupt = |why: &str| StoreError::Corrupt {
-                certname: certname.clone(),
-                why: why.to_string(),
-            };
-            let since = time(since);
-            let state = match state.as_str() {
-                "urgent" => NodeState::Queued(Lane::Urgent),
-                "deploy" => NodeState::Queued(Lane::Deploy),
-                "cycle" => NodeState::Queued(Lane::Cycle),
-                // the master id is meaningless after a restart: the core
-                // requeues compiling nodes at the front
-                "compiling" => NodeState::Compiling(MasterId::default()),
-                "parked" => NodeState::Parked(since),
-                _ => return Err(corrupt("unknown state")),
-            };
-            let view = NodeView {
-                id: NodeId::from_index(0),
-                state,
-                environment,
-                reason: reason_of(&reason).ok_or_else(|| corrupt("unknown reason"))?,
-                since,
-                pending: pending_of(&pending).ok_or_else(|| corrupt("unknown pending"))?,
-                pending_since: time(pending_since),
-                last_compile: last.map(time),
-                failures: u16::try_from(failures).unwrap_or(u16::MAX),
-            };
-            out.push(StoredNode {
-                certname: certname.clone(),
-                view,
-                catalog_hash: hash,
-                catalog_changed_at: changed.map(time),
-                facts_hash,
-                last_error: error,
-            });
+            out.push(row.map_err(db_err)?.decode()?);
         }
         Ok(out)
     }
@@ -367,6 +273,9 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::{
+        BumpReason, Lane, MasterId, NodeId, NodeState, NodeView, Pending, Reason, Time,
+    };
 
     fn view(state: NodeState, since: u64) -> NodeView {
         NodeView {

@@ -1,0 +1,454 @@
+//! The shared store: PostgreSQL, as PuppetDB uses it.
+//!
+//! It holds what the SQLite store holds (nodes, facts, exports; the same
+//! columns, [`super::row`]), in a database of its own, so a site runs pcq's
+//! state where it already runs PuppetDB's: backed up, replicated and
+//! monitored the way it already is.
+//!
+//! **One scheduler per database.** The daemon that opens the store takes
+//! a session advisory lock ([`QUEUE_LOCK`]) and keeps it for as long as
+//! its connection lives; a second `pcq serve` on the same database is
+//! refused at start. When the connection breaks (PostgreSQL restarted),
+//! the next write reconnects and takes the lock again before it writes
+//! anything; if another daemon holds it by then, the write fails and this
+//! daemon stops, so two schedulers never write one queue.
+//!
+//! **Migrations** are SQL files in `store/migrations/`, numbered, embedded
+//! in the binary, and applied in order in one transaction under a
+//! transaction-level advisory lock (two daemons starting at once migrate
+//! once). A database migrated by a newer pcq is refused, never written.
+//!
+//! **TLS** as PuppetDB allows it: `sslmode=require` in the URL (rustls,
+//! which always verifies the server's certificate and name) against the
+//! system's roots or `ca_file` (Puppet's CA, for a PostgreSQL that uses
+//! Puppet's certificates); `sslmode=disable` for a local socket or
+//! loopback.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use postgres::{Client, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::interface::{Store, StoreError, StoredNode, Write};
+use super::row::{micros, pending_text, state_text, NodeRow, NODE_COLUMNS};
+use crate::daemon::catalog::Export;
+
+/// The session advisory lock the scheduling daemon holds ("pcq" in ASCII).
+pub const QUEUE_LOCK: i64 = 0x0070_6371;
+/// The transaction advisory lock migrations take.
+const MIGRATION_LOCK: i64 = 0x0070_6372;
+
+/// The migrations, in order: (version, name, SQL).
+const MIGRATIONS: [(i32, &str, &str); 1] =
+    [(1, "nodes", include_str!("migrations/0001_nodes.sql"))];
+
+/// Where the database is, and how to trust it.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    /// A libpq connection string or URL
+    /// (`postgresql://pcq@db.example.com/pcq?sslmode=require`).
+    pub url: String,
+    /// PEM roots for TLS (default: the system's).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The PostgreSQL store.
+pub struct PostgresStore {
+    connection: Connection,
+    db: Client,
+    statements: Statements,
+    /// The connection failed in a way that ends it (the server went away,
+    /// or ended the session): connect again before the next use.
+    broken: bool,
+}
+
+/// The writes' statements, prepared on the connection.
+struct Statements {
+    node: Statement,
+    facts: Statement,
+    facts_hash: Statement,
+    catalog: Statement,
+    delete_exports: Statement,
+    export: Statement,
+    error: Statement,
+    catalog_lost: Statement,
+    remove: [Statement; 3],
+}
+
+/// Why a use of the database failed.
+enum Failure {
+    /// PostgreSQL (or the way to it) said no.
+    Database(postgres::Error),
+    /// A row it returned is not one pcq writes.
+    Store(StoreError),
+}
+
+impl From<postgres::Error> for Failure {
+    fn from(e: postgres::Error) -> Failure {
+        Failure::Database(e)
+    }
+}
+
+/// Does this error end the connection (a new one is needed)?
+fn ends_connection(e: &postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.as_db_error() {
+        // I/O: the server is gone
+        None => true,
+        Some(db) => {
+            let code = db.code().code();
+            // connection exceptions, operator intervention (shutdown,
+            // terminated backend), or a FATAL that ended the session
+            code.starts_with("08") || code.starts_with("57") || db.severity() == "FATAL"
+        }
+    }
+}
+
+fn db_err(e: postgres::Error) -> StoreError {
+    // the server's own message (with its detail) where it sent one
+    match e.as_db_error() {
+        Some(db) => StoreError::Database(format!("PostgreSQL: {}", db.message())),
+        None => StoreError::Database(format!("PostgreSQL: {e}")),
+    }
+}
+
+fn tls(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, StoreError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| StoreError::Database(format!("{}: {e}", path.display())))?;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert =
+                    cert.map_err(|e| StoreError::Database(format!("{}: {e}", path.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| StoreError::Database(format!("{}: {e}", path.display())))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+impl PostgresStore {
+    /// Connects, migrates the schema, and takes the queue's lock: refused
+    /// when another `pcq serve` holds it.
+    pub fn open(connection: &Connection) -> Result<PostgresStore, StoreError> {
+        let mut db = connect(connection)?;
+        migrate(&mut db)?;
+        lock(&mut db)?;
+        let statements = Statements::prepare(&mut db)?;
+        Ok(PostgresStore {
+            connection: connection.clone(),
+            db,
+            statements,
+            broken: false,
+        })
+    }
+
+    /// A connection that broke is made again, with the lock, before
+    /// anything is written through it.
+    fn reconnect_if_closed(&mut self) -> Result<(), StoreError> {
+        if !self.broken && !self.db.is_closed() {
+            return Ok(());
+        }
+        tracing::warn!("the connection to PostgreSQL broke; connecting again");
+        let mut db = connect(&self.connection)?;
+        lock(&mut db)?;
+        self.statements = Statements::prepare(&mut db)?;
+        self.db = db;
+        self.broken = false;
+        tracing::info!("connected to PostgreSQL again, holding the queue's lock");
+        Ok(())
+    }
+}
+
+fn connect(connection: &Connection) -> Result<Client, StoreError> {
+    let config = postgres::Config::from_str(&connection.url)
+        .map_err(|e| StoreError::Database(format!("store.url: {e}")))?;
+    let mut config = config;
+    if config.get_application_name().is_none() {
+        config.application_name("pcq");
+    }
+    config
+        .connect(tls(connection.ca_file.as_deref())?)
+        .map_err(db_err)
+}
+
+fn lock(db: &mut Client) -> Result<(), StoreError> {
+    let row = db
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&QUEUE_LOCK])
+        .map_err(db_err)?;
+    if row.get::<_, bool>(0) {
+        Ok(())
+    } else {
+        Err(StoreError::Database(
+            "another pcq serve runs the queue on this database (it holds the queue's lock); \
+             one scheduler per database"
+                .into(),
+        ))
+    }
+}
+
+/// Applies the migrations this database lacks; refuses one migrated by a
+/// newer pcq.
+fn migrate(db: &mut Client) -> Result<(), StoreError> {
+    let mut tx = db.transaction().map_err(db_err)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .map_err(db_err)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS pcq_schema (
+             version    integer PRIMARY KEY,
+             name       text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )",
+    )
+    .map_err(db_err)?;
+    let current: i32 = tx
+        .query_one("SELECT coalesce(max(version), 0) FROM pcq_schema", &[])
+        .map_err(db_err)?
+        .get(0);
+    let newest = MIGRATIONS.last().map_or(0, |m| m.0);
+    if current > newest {
+        return Err(StoreError::Database(format!(
+            "the database's schema is version {current}, newer than this pcq knows ({newest}): \
+             run the newer pcq, or restore a backup"
+        )));
+    }
+    for (version, name, sql) in MIGRATIONS {
+        if version <= current {
+            continue;
+        }
+        tx.batch_execute(sql).map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO pcq_schema (version, name) VALUES ($1, $2)",
+            &[&version, &name],
+        )
+        .map_err(db_err)?;
+        tracing::info!("PostgreSQL schema migrated to version {version} ({name})");
+    }
+    tx.commit().map_err(db_err)
+}
+
+impl Statements {
+    fn prepare(db: &mut Client) -> Result<Statements, StoreError> {
+        let mut p = |sql: &str| db.prepare(sql).map_err(db_err);
+        Ok(Statements {
+            node: p(
+                "INSERT INTO nodes (certname, environment, state, reason, since_us, pending,
+                                        pending_since_us, last_compile_us, failures)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                     ON CONFLICT (certname) DO UPDATE SET
+                        environment = excluded.environment, state = excluded.state,
+                        reason = excluded.reason, since_us = excluded.since_us,
+                        pending = excluded.pending, pending_since_us = excluded.pending_since_us,
+                        last_compile_us = excluded.last_compile_us, failures = excluded.failures",
+            )?,
+            facts: p(
+                "INSERT INTO facts (certname, values_json, updated_us) VALUES ($1, $2, $3)
+                      ON CONFLICT (certname) DO UPDATE SET values_json = excluded.values_json,
+                         updated_us = excluded.updated_us",
+            )?,
+            facts_hash: p("UPDATE nodes SET facts_hash = $2 WHERE certname = $1")?,
+            catalog: p(
+                "UPDATE nodes SET catalog_hash = $2, catalog_changed_us = $3, last_error = NULL
+                 WHERE certname = $1",
+            )?,
+            delete_exports: p("DELETE FROM exports WHERE certname = $1")?,
+            export: p(
+                "INSERT INTO exports (certname, type, title, parameters_hash)
+                       VALUES ($1, $2, $3, $4)
+                       ON CONFLICT (certname, type, title) DO UPDATE SET
+                          parameters_hash = excluded.parameters_hash",
+            )?,
+            error: p("UPDATE nodes SET last_error = $2 WHERE certname = $1")?,
+            catalog_lost: p("UPDATE nodes SET catalog_hash = NULL WHERE certname = $1")?,
+            remove: [
+                p("DELETE FROM nodes WHERE certname = $1")?,
+                p("DELETE FROM facts WHERE certname = $1")?,
+                p("DELETE FROM exports WHERE certname = $1")?,
+            ],
+        })
+    }
+}
+
+impl Store for PostgresStore {
+    fn load(&mut self) -> Result<Vec<StoredNode>, StoreError> {
+        self.using(Self::load_now)
+    }
+
+    fn write(&mut self, batch: &[Write]) -> Result<(), StoreError> {
+        self.using(|s| s.write_now(batch))
+    }
+
+    fn facts(&mut self, certname: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.using(|s| s.facts_now(certname))
+    }
+
+    fn exports(&mut self) -> Result<Vec<(String, Export)>, StoreError> {
+        self.using(Self::exports_now)
+    }
+
+    fn facts_owners(&mut self) -> Result<Vec<String>, StoreError> {
+        self.using(Self::facts_owners_now)
+    }
+}
+
+impl PostgresStore {
+    /// Runs `f` on a live connection (made again first if the last one
+    /// broke), and notes a failure that ends this one.
+    fn using<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, Failure>,
+    ) -> Result<T, StoreError> {
+        self.reconnect_if_closed()?;
+        f(self).map_err(|e| match e {
+            Failure::Database(e) => {
+                if ends_connection(&e) {
+                    self.broken = true;
+                }
+                db_err(e)
+            }
+            Failure::Store(e) => e,
+        })
+    }
+
+    fn load_now(&mut self) -> Result<Vec<StoredNode>, Failure> {
+        let rows = self.db.query(
+            &format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY certname"),
+            &[],
+        )?;
+        rows.into_iter()
+            .map(|r| {
+                NodeRow {
+                    certname: r.get(0),
+                    environment: r.get(1),
+                    state: r.get(2),
+                    reason: r.get(3),
+                    since_us: r.get(4),
+                    pending: r.get(5),
+                    pending_since_us: r.get(6),
+                    last_compile_us: r.get(7),
+                    failures: r.get(8),
+                    catalog_hash: r.get(9),
+                    catalog_changed_us: r.get(10),
+                    facts_hash: r.get(11),
+                    last_error: r.get(12),
+                }
+                .decode()
+                .map_err(Failure::Store)
+            })
+            .collect()
+    }
+
+    fn write_now(&mut self, batch: &[Write]) -> Result<(), Failure> {
+        let s = &self.statements;
+        let mut tx = self.db.transaction()?;
+        for w in batch {
+            match w {
+                Write::Node { certname, view } => {
+                    tx.execute(
+                        &s.node,
+                        &[
+                            certname,
+                            &view.environment,
+                            &state_text(&view.state),
+                            &view.reason.name(),
+                            &micros(view.since),
+                            &pending_text(view.pending),
+                            &micros(view.pending_since),
+                            &view.last_compile.map(micros),
+                            &i64::from(view.failures),
+                        ],
+                    )?;
+                }
+                Write::Remove { certname } => {
+                    for statement in &s.remove {
+                        tx.execute(statement, &[certname])?;
+                    }
+                }
+                Write::Facts {
+                    certname,
+                    values,
+                    hash,
+                    at,
+                } => {
+                    tx.execute(&s.facts, &[certname, values, &micros(*at)])?;
+                    tx.execute(&s.facts_hash, &[certname, hash])?;
+                }
+                Write::FactsHash { certname, hash } => {
+                    tx.execute(&s.facts_hash, &[certname, hash])?;
+                }
+                Write::Catalog {
+                    certname,
+                    hash,
+                    changed_at,
+                    exports,
+                } => {
+                    tx.execute(&s.catalog, &[certname, hash, &micros(*changed_at)])?;
+                    tx.execute(&s.delete_exports, &[certname])?;
+                    for e in exports {
+                        tx.execute(
+                            &s.export,
+                            &[certname, &e.kind, &e.title, &e.parameters_hash],
+                        )?;
+                    }
+                }
+                Write::Error { certname, error } => {
+                    tx.execute(&s.error, &[certname, error])?;
+                }
+                Write::CatalogLost { certname } => {
+                    tx.execute(&s.catalog_lost, &[certname])?;
+                }
+            }
+        }
+        Ok(tx.commit()?)
+    }
+
+    fn facts_now(&mut self, certname: &str) -> Result<Option<Vec<u8>>, Failure> {
+        let row = self.db.query_opt(
+            "SELECT values_json FROM facts WHERE certname = $1",
+            &[&certname],
+        )?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn exports_now(&mut self) -> Result<Vec<(String, Export)>, Failure> {
+        let rows = self.db.query(
+            "SELECT certname, type, title, parameters_hash FROM exports ORDER BY 1, 2, 3",
+            &[],
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    Export {
+                        kind: r.get(1),
+                        title: r.get(2),
+                        parameters_hash: r.get(3),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    fn facts_owners_now(&mut self) -> Result<Vec<String>, Failure> {
+        let rows = self
+            .db
+            .query("SELECT certname FROM facts ORDER BY certname", &[])?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+}

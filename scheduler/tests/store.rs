@@ -1,0 +1,419 @@
+//! The stores against real databases: the same writes give the same state
+//! in SQLite and in the machine's PostgreSQL; the PostgreSQL store's
+//! migrations, its one-scheduler lock, and a connection that breaks
+//! (feature `e2e`: PostgreSQL on 127.0.0.1:5432, trust auth for `postgres`);
+//! and `pcq serve` on PostgreSQL against the real Puppet Server: kill -9
+//! during compiles, and a second daemon on the same database.
+
+#![cfg(feature = "e2e")]
+
+#[path = "e2e/harness.rs"]
+#[allow(dead_code)] // each test binary uses part of it
+mod harness;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use harness::{metric, with_role, Pcq, PcqConfig};
+
+use scheduler::core::{
+    BumpReason, Lane, MasterId, NodeId, NodeState, NodeView, Pending, Reason, Time,
+};
+use scheduler::daemon::catalog::Export;
+use scheduler::daemon::store::postgresql::{Connection, PostgresStore, QUEUE_LOCK};
+use scheduler::daemon::store::sqlite::SqliteStore;
+use scheduler::daemon::store::{Store, StoreError, Write};
+
+const ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
+
+/// Runs `f` on a thread of its own: the synchronous PostgreSQL client
+/// runs a runtime of its own, which tokio refuses inside a test's.
+fn apart<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().expect("no panic"))
+}
+
+/// A database of its own for one test, dropped at the end.
+struct Database {
+    name: String,
+}
+
+impl Database {
+    fn new() -> Database {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "pcq_test_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        apart(|| {
+            let mut admin = postgres::Client::connect(ADMIN, postgres::NoTls).expect("PostgreSQL");
+            admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .expect("no old test database");
+            admin
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .expect("a test database");
+        });
+        Database { name }
+    }
+
+    fn connection(&self) -> Connection {
+        Connection {
+            url: format!(
+                "host=127.0.0.1 port=5432 user=postgres dbname={} sslmode=disable",
+                self.name
+            ),
+            ca_file: None,
+        }
+    }
+
+    fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.connection().url, postgres::NoTls).expect("a client")
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let name = &self.name;
+        apart(|| {
+            if let Ok(mut admin) = postgres::Client::connect(ADMIN, postgres::NoTls) {
+                let _ =
+                    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        });
+    }
+}
+
+fn view(state: NodeState, since: u64) -> NodeView {
+    NodeView {
+        id: NodeId::from_index(3),
+        state,
+        environment: "production".into(),
+        reason: Reason::Facts,
+        since: Time::from_secs(since),
+        pending: Pending::Urgent(BumpReason::Exports),
+        pending_since: Time::from_secs(2),
+        last_compile: Some(Time::from_secs(1)),
+        failures: 2,
+    }
+}
+
+fn export(title: &str, hash: &str) -> Export {
+    Export {
+        kind: "Host".into(),
+        title: title.into(),
+        parameters_hash: hash.into(),
+    }
+}
+
+/// Every kind of write, in an order that overwrites and removes.
+fn history() -> Vec<Vec<Write>> {
+    vec![
+        vec![
+            Write::Node {
+                certname: "a".into(),
+                view: view(NodeState::Queued(Lane::Deploy), 5),
+            },
+            Write::Node {
+                certname: "b".into(),
+                view: view(NodeState::Compiling(MasterId::default()), 6),
+            },
+            Write::Node {
+                certname: "c".into(),
+                view: view(NodeState::Parked(Time::from_secs(9)), 9),
+            },
+            Write::Facts {
+                certname: "a".into(),
+                values: b"{\"x\":1}".to_vec(),
+                hash: "h1".into(),
+                at: Time::from_secs(7),
+            },
+            Write::Facts {
+                certname: "stranger".into(),
+                values: b"{}".to_vec(),
+                hash: "h0".into(),
+                at: Time::from_secs(7),
+            },
+            Write::Catalog {
+                certname: "a".into(),
+                hash: "c1".into(),
+                changed_at: Time::from_secs(8),
+                exports: vec![export("a", "p1"), export("a2", "p2")],
+            },
+            Write::Catalog {
+                certname: "c".into(),
+                hash: "c3".into(),
+                changed_at: Time::from_secs(8),
+                exports: vec![export("c", "p3")],
+            },
+            Write::Error {
+                certname: "b".into(),
+                error: Some("Evaluation Error: boom".into()),
+            },
+        ],
+        vec![
+            // the node moves on, its catalog changes, its exports shrink
+            Write::Node {
+                certname: "a".into(),
+                view: view(NodeState::Queued(Lane::Cycle), 20),
+            },
+            Write::Catalog {
+                certname: "a".into(),
+                hash: "c2".into(),
+                changed_at: Time::from_secs(21),
+                exports: vec![export("a", "p9")],
+            },
+            Write::FactsHash {
+                certname: "b".into(),
+                hash: "hb".into(),
+            },
+            Write::CatalogLost {
+                certname: "c".into(),
+            },
+            Write::Remove {
+                certname: "stranger".into(),
+            },
+        ],
+    ]
+}
+
+/// What a store holds, as the daemon reads it at start.
+fn snapshot(s: &mut dyn Store) -> String {
+    let nodes = s.load().expect("load");
+    let exports = s.exports().expect("exports");
+    let owners = s.facts_owners().expect("owners");
+    let facts: Vec<Option<Vec<u8>>> = ["a", "b", "stranger"]
+        .iter()
+        .map(|n| s.facts(n).expect("facts"))
+        .collect();
+    format!("{nodes:#?}\n{exports:#?}\n{owners:?}\n{facts:?}")
+}
+
+#[test]
+fn the_same_writes_give_the_same_state_in_sqlite_and_postgresql() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = Database::new();
+    let mut sqlite = SqliteStore::open(dir.path()).expect("SQLite");
+    let mut pg = PostgresStore::open(&db.connection()).expect("PostgreSQL");
+    for batch in history() {
+        sqlite.write(&batch).expect("SQLite write");
+        pg.write(&batch).expect("PostgreSQL write");
+    }
+    let (a, b) = (snapshot(&mut sqlite), snapshot(&mut pg));
+    assert_eq!(a, b);
+    // and what they hold is what was written
+    let nodes = pg.load().expect("load");
+    assert_eq!(nodes.len(), 3);
+    assert_eq!(nodes[0].catalog_hash.as_deref(), Some("c2"));
+    assert_eq!(nodes[0].view.state, NodeState::Queued(Lane::Cycle));
+    assert_eq!(nodes[1].facts_hash.as_deref(), Some("hb"));
+    assert_eq!(
+        nodes[1].last_error.as_deref(),
+        Some("Evaluation Error: boom")
+    );
+    assert_eq!(nodes[2].catalog_hash, None, "the lost catalog is forgotten");
+    assert_eq!(pg.exports().expect("exports").len(), 2);
+    assert_eq!(pg.facts("stranger").expect("facts"), None);
+    // a store opened again reads the same (the state survives the process)
+    drop(pg);
+    let mut pg = PostgresStore::open(&db.connection()).expect("reopened");
+    assert_eq!(snapshot(&mut pg), a);
+}
+
+#[test]
+fn a_failed_batch_leaves_nothing_behind() {
+    let db = Database::new();
+    let mut pg = PostgresStore::open(&db.connection()).expect("PostgreSQL");
+    db.client()
+        .batch_execute(
+            "CREATE FUNCTION no_b() RETURNS trigger AS $$ BEGIN
+                 IF NEW.certname = 'b' THEN RAISE EXCEPTION 'no b'; END IF; RETURN NEW;
+             END $$ LANGUAGE plpgsql;
+             CREATE TRIGGER no_b BEFORE INSERT ON nodes FOR EACH ROW EXECUTE FUNCTION no_b();",
+        )
+        .expect("trigger");
+    let batch = [
+        Write::Node {
+            certname: "a".into(),
+            view: view(NodeState::Queued(Lane::Cycle), 1),
+        },
+        Write::Node {
+            certname: "b".into(),
+            view: view(NodeState::Queued(Lane::Cycle), 1),
+        },
+    ];
+    let e = pg.write(&batch).expect_err("the trigger refuses b");
+    assert!(e.to_string().contains("no b"), "{e}");
+    assert!(pg.load().expect("load").is_empty(), "all or nothing");
+}
+
+#[test]
+fn one_scheduler_per_database() {
+    let db = Database::new();
+    let first = PostgresStore::open(&db.connection()).expect("the first");
+    match PostgresStore::open(&db.connection()) {
+        Err(StoreError::Database(why)) => {
+            assert!(why.contains("another pcq serve"), "{why}")
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a second scheduler on one database"),
+    }
+    // the lock goes with its holder
+    drop(first);
+    let mut second = PostgresStore::open(&db.connection()).expect("the lock is free again");
+    second.write(&history()[0]).expect("and it writes");
+}
+
+#[test]
+fn a_broken_connection_comes_back_with_the_lock_or_not_at_all() {
+    let db = Database::new();
+    let mut pg = PostgresStore::open(&db.connection()).expect("PostgreSQL");
+    pg.write(&history()[0]).expect("write");
+    // PostgreSQL drops the store's connection (as a restart does)
+    let mut admin = db.client();
+    let kill = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = '{}' AND pid <> pg_backend_pid()",
+        db.name
+    );
+    admin.batch_execute(&kill).expect("terminate");
+    // the first use after it may fail (the break shows then); the store's
+    // thread retries, and the retry connects again and takes the lock
+    let mut wrote = pg.write(&history()[1]);
+    if wrote.is_err() {
+        wrote = pg.write(&history()[1]);
+    }
+    wrote.expect("written after connecting again");
+    assert_eq!(pg.load().expect("load").len(), 3);
+    let held: bool = admin
+        .query_one(
+            "SELECT count(*) = 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = $1",
+            &[&(QUEUE_LOCK as u32)],
+        )
+        .expect("locks")
+        .get(0);
+    assert!(held, "the queue's lock is held again");
+
+    // broken again, and another scheduler takes the lock meanwhile: this
+    // one must not write
+    admin.batch_execute(&kill).expect("terminate");
+    let mut other = PostgresStore::open(&db.connection()).expect("the other takes over");
+    let mut refused = pg.write(&history()[0]);
+    if !matches!(&refused, Err(StoreError::Database(w)) if w.contains("another pcq serve")) {
+        refused = pg.write(&history()[0]);
+    }
+    match refused {
+        Err(StoreError::Database(why)) => assert!(why.contains("another pcq serve"), "{why}"),
+        other => panic!("a deposed store wrote: {other:?}"),
+    }
+    other.write(&history()[1]).expect("the new holder writes");
+}
+
+#[test]
+fn migrations_run_once_and_a_newer_schema_is_refused() {
+    let db = Database::new();
+    drop(PostgresStore::open(&db.connection()).expect("migrates"));
+    drop(PostgresStore::open(&db.connection()).expect("already migrated"));
+    let mut client = db.client();
+    let versions: i64 = client
+        .query_one("SELECT count(*) FROM pcq_schema", &[])
+        .expect("schema")
+        .get(0);
+    assert_eq!(versions, 1);
+    client
+        .batch_execute("INSERT INTO pcq_schema (version, name) VALUES (999, 'future')")
+        .expect("a newer pcq's");
+    match PostgresStore::open(&db.connection()) {
+        Err(StoreError::Database(why)) => assert!(why.contains("newer"), "{why}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a newer schema was opened"),
+    }
+}
+
+/// `pcq serve` keeps its state in `db`.
+fn on_postgresql(config: PcqConfig, db: &Database) -> PcqConfig {
+    config
+        .set("store.kind", "\"postgresql\"")
+        .set("store.url", &format!("\"{}\"", db.connection().url))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pcq_on_postgresql_survives_kill_9_during_compiles_and_refuses_a_second_scheduler() {
+    let _serial = harness::serial().await;
+    let db = Database::new();
+    let names: Vec<String> = (1..=12).map(|i| format!("pg-{i:02}.example.com")).collect();
+    let config = on_postgresql(
+        PcqConfig::puppetserver()
+            .cycle_every(Duration::ZERO)
+            .max_concurrency(2),
+        &db,
+    );
+    let (mut pcq, _) =
+        Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(180)).await;
+    assert!(
+        !pcq.state_dir().join("state.db").exists(),
+        "no SQLite beside PostgreSQL"
+    );
+
+    // a second daemon (its own state directory and ports) on the same
+    // database is refused, and the first goes on
+    let second = Pcq::start_refused(&config).await;
+    assert!(
+        second.contains("another pcq serve runs the queue on this database"),
+        "{second}"
+    );
+    assert!(pcq.healthy().await);
+
+    for round in 0..2 {
+        let busy = pcq
+            .wait(Duration::from_secs(30), || async {
+                !pcq.queue().await["in_flight"]
+                    .as_array()
+                    .is_none_or(Vec::is_empty)
+            })
+            .await;
+        assert!(busy, "round {round}: nothing compiling");
+        pcq.kill9();
+        // the database right after the crash: every node exactly once
+        let (rows, distinct, compiling): (i64, i64, i64) = apart(|| {
+            let row = db
+                .client()
+                .query_one(
+                    "SELECT count(*), count(DISTINCT certname),
+                            count(*) FILTER (WHERE state = 'compiling') FROM nodes",
+                    &[],
+                )
+                .expect("count");
+            (row.get(0), row.get(1), row.get(2))
+        });
+        assert_eq!((rows, distinct), (12, 12), "round {round}");
+        assert!(
+            compiling >= 1,
+            "round {round}: the compiles running are recorded"
+        );
+        // the killed daemon's session ends with it: its lock is free again
+        pcq.restart().await;
+        let q = pcq.queue().await;
+        assert_eq!(q["nodes"], 12, "round {round}: {q}");
+        for n in &names {
+            let s = pcq.status(n).await.unwrap_or_else(|| panic!("{n} lost"));
+            assert!(!s["catalog_hash"].is_null(), "{n}: last good catalog lost");
+        }
+        let requeued = pcq
+            .wait(Duration::from_secs(10), || async {
+                metric(
+                    &pcq.metrics().await,
+                    "pcq_compiles_started_total{reason=\"requeued\"}",
+                ) >= 1.0
+            })
+            .await;
+        assert!(
+            requeued,
+            "round {round}: interrupted compiles not requeued first:\n{}",
+            pcq.metrics().await
+        );
+    }
+    // a node's facts reach the database: a catalog it can fetch
+    let catalog = pcq.catalog(&names[0]).await.expect("a catalog");
+    assert_eq!(catalog["name"], names[0].as_str());
+}
