@@ -163,6 +163,25 @@ fn history() -> Vec<Vec<Write>> {
                 changed_at: Time::from_secs(21),
                 exports: vec![export("a", "p9")],
             },
+            // a run of uploads, one node twice: its last one wins
+            Write::Facts {
+                certname: "a".into(),
+                values: b"{\"x\":2}".to_vec(),
+                hash: "h2".into(),
+                at: Time::from_secs(22),
+            },
+            Write::Facts {
+                certname: "b".into(),
+                values: b"{\"y\":1}".to_vec(),
+                hash: "hb0".into(),
+                at: Time::from_secs(22),
+            },
+            Write::Facts {
+                certname: "a".into(),
+                values: b"{\"x\":3}".to_vec(),
+                hash: "h3".into(),
+                at: Time::from_secs(23),
+            },
             Write::FactsHash {
                 certname: "b".into(),
                 hash: "hb".into(),
@@ -214,6 +233,12 @@ fn the_same_writes_give_the_same_state_in_sqlite_and_postgresql() {
     assert_eq!(nodes[2].catalog_hash, None, "the lost catalog is forgotten");
     assert_eq!(pg.exports().expect("exports").len(), 2);
     assert_eq!(pg.facts("stranger").expect("facts"), None);
+    assert_eq!(
+        pg.facts("a").expect("facts").as_deref(),
+        Some(&b"{\"x\":3}"[..]),
+        "the last upload of a run wins"
+    );
+    assert_eq!(nodes[0].facts_hash.as_deref(), Some("h3"));
     // a store opened again reads the same (the state survives the process)
     drop(pg);
     let mut pg = PostgresStore::open(&db.connection()).expect("reopened");

@@ -3,19 +3,30 @@
 //! measurements without compiling N catalogs first.
 //!
 //! `cargo run --release -p benches --bin fill-store -- DIR N [PREFIX]`
+//!
+//! With `PCQ_STORE_URL` set (a libpq URL), the nodes go to that PostgreSQL
+//! database instead (`[store] kind = "postgresql"`), and DIR is unused.
 
 use std::path::PathBuf;
 
 use scheduler::core::{Lane, NodeId, NodeState, NodeView, Pending, Reason, Time};
+use scheduler::daemon::store::postgresql::{Connection, PostgresStore};
 use scheduler::daemon::store::sqlite::SqliteStore;
-use scheduler::daemon::store::{Store, Write};
+use scheduler::daemon::store::{Store, StoreError, Write};
+
+fn open(dir: &std::path::Path) -> Result<Box<dyn Store>, StoreError> {
+    Ok(match std::env::var("PCQ_STORE_URL") {
+        Ok(url) => Box::new(PostgresStore::open(&Connection { url, ca_file: None })?),
+        Err(_) => Box::new(SqliteStore::open(dir)?),
+    })
+}
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let dir = PathBuf::from(args.next().unwrap_or_else(|| "pcq-state".into()));
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let prefix = args.next().unwrap_or_else(|| "node".into());
-    let mut store = match SqliteStore::open(&dir) {
+    let mut store = match open(&dir) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("fill-store: {e}");

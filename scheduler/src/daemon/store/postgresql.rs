@@ -67,6 +67,10 @@ pub struct PostgresStore {
 struct Statements {
     node: Statement,
     facts: Statement,
+    /// A run of uploads' facts in one statement each (group commit hands
+    /// thousands at once; a statement per row is a round trip per row).
+    facts_many: Statement,
+    facts_hash_many: Statement,
     facts_hash: Statement,
     catalog: Statement,
     delete_exports: Statement,
@@ -262,6 +266,14 @@ impl Statements {
                          updated_us = excluded.updated_us",
             )?,
             facts_hash: p("UPDATE nodes SET facts_hash = $2 WHERE certname = $1")?,
+            facts_many: p("INSERT INTO facts (certname, values_json, updated_us)
+                           SELECT * FROM unnest($1::text[], $2::bytea[], $3::bigint[])
+                           ON CONFLICT (certname) DO UPDATE SET
+                              values_json = excluded.values_json,
+                              updated_us = excluded.updated_us")?,
+            facts_hash_many: p("UPDATE nodes SET facts_hash = v.hash
+                                FROM unnest($1::text[], $2::text[]) AS v (certname, hash)
+                                WHERE nodes.certname = v.certname")?,
             catalog: p(
                 "UPDATE nodes SET catalog_hash = $2, catalog_changed_us = $3, last_error = NULL
                  WHERE certname = $1",
@@ -282,6 +294,44 @@ impl Statements {
             ],
         })
     }
+}
+
+/// A run of `Write::Facts` as two statements: the facts, then the nodes'
+/// hashes; a node's last upload in the run wins, as written one by one.
+fn facts_at_once(
+    tx: &mut postgres::Transaction<'_>,
+    s: &Statements,
+    run: &[Write],
+) -> Result<(), postgres::Error> {
+    let mut last = std::collections::HashMap::new();
+    for (i, w) in run.iter().enumerate() {
+        if let Write::Facts { certname, .. } = w {
+            last.insert(certname.as_str(), i);
+        }
+    }
+    let mut names = Vec::with_capacity(last.len());
+    let mut values: Vec<&[u8]> = Vec::with_capacity(last.len());
+    let mut ats = Vec::with_capacity(last.len());
+    let mut hashes = Vec::with_capacity(last.len());
+    for (i, w) in run.iter().enumerate() {
+        if let Write::Facts {
+            certname,
+            values: v,
+            hash,
+            at,
+        } = w
+        {
+            if last.get(certname.as_str()) == Some(&i) {
+                names.push(certname.as_str());
+                values.push(v);
+                ats.push(micros(*at));
+                hashes.push(hash.as_str());
+            }
+        }
+    }
+    tx.execute(&s.facts_many, &[&names, &values, &ats])?;
+    tx.execute(&s.facts_hash_many, &[&names, &hashes])?;
+    Ok(())
 }
 
 impl Store for PostgresStore {
@@ -356,7 +406,20 @@ impl PostgresStore {
     fn write_now(&mut self, batch: &[Write]) -> Result<(), Failure> {
         let s = &self.statements;
         let mut tx = self.db.transaction()?;
-        for w in batch {
+        let mut rest = batch;
+        while let Some(w) = rest.first() {
+            // consecutive facts uploads go in at once: they touch one
+            // node each and the last of a node's wins, in any order
+            let run = rest
+                .iter()
+                .take_while(|w| matches!(w, Write::Facts { .. }))
+                .count();
+            if run > 1 {
+                facts_at_once(&mut tx, s, &rest[..run])?;
+                rest = &rest[run..];
+                continue;
+            }
+            rest = &rest[1..];
             match w {
                 Write::Node { certname, view } => {
                     tx.execute(
