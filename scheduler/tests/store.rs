@@ -277,7 +277,7 @@ fn one_scheduler_per_database() {
     let db = Database::new();
     let first = PostgresStore::open(&db.connection()).expect("the first");
     match PostgresStore::open(&db.connection()) {
-        Err(StoreError::Database(why)) => {
+        Err(StoreError::Deposed(why)) => {
             assert!(why.contains("another pcq serve"), "{why}")
         }
         Err(e) => panic!("{e}"),
@@ -324,11 +324,11 @@ fn a_broken_connection_comes_back_with_the_lock_or_not_at_all() {
     admin.batch_execute(&kill).expect("terminate");
     let mut other = PostgresStore::open(&db.connection()).expect("the other takes over");
     let mut refused = pg.write(&history()[0]);
-    if !matches!(&refused, Err(StoreError::Database(w)) if w.contains("another pcq serve")) {
+    if !matches!(&refused, Err(StoreError::Deposed(w)) if w.contains("another pcq serve")) {
         refused = pg.write(&history()[0]);
     }
     match refused {
-        Err(StoreError::Database(why)) => assert!(why.contains("another pcq serve"), "{why}"),
+        Err(StoreError::Deposed(why)) => assert!(why.contains("another pcq serve"), "{why}"),
         other => panic!("a deposed store wrote: {other:?}"),
     }
     other.write(&history()[1]).expect("the new holder writes");
@@ -441,4 +441,143 @@ async fn pcq_on_postgresql_survives_kill_9_during_compiles_and_refuses_a_second_
     // a node's facts reach the database: a catalog it can fetch
     let catalog = pcq.catalog(&names[0]).await.expect("a catalog");
     assert_eq!(catalog["name"], names[0].as_str());
+}
+
+/// The machine's PostgreSQL cluster, stopped and started as its service
+/// would be (`pg_ctlcluster`, run as root).
+fn cluster(action: &str) {
+    let list = std::process::Command::new("pg_lsclusters")
+        .arg("--no-header")
+        .output()
+        .expect("pg_lsclusters");
+    let text = String::from_utf8_lossy(&list.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some("5432"))
+        .unwrap_or_else(|| panic!("no cluster on 5432: {text}"));
+    let mut fields = line.split_whitespace();
+    let (version, name) = (
+        fields.next().expect("version"),
+        fields.next().expect("name"),
+    );
+    let mut args = vec![version, name, action];
+    if action == "stop" {
+        args.extend(["-m", "fast"]);
+    }
+    let status = std::process::Command::new("pg_ctlcluster")
+        .args(&args)
+        .status()
+        .expect("pg_ctlcluster");
+    assert!(status.success(), "pg_ctlcluster {args:?}: {status}");
+}
+
+/// Starts the cluster again if a test stopped it and then failed.
+struct StartAgain;
+
+impl Drop for StartAgain {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = std::process::Command::new("bash")
+                .args(["-c", "pg_lsclusters --no-header | awk '$3 == 5432 {print $1, $2}' | xargs -r -n2 sh -c 'pg_ctlcluster $0 $1 start'"])
+                .status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgresql_restarted_for_30_s_refuses_uploads_meanwhile_and_resumes() {
+    let _serial = harness::serial().await;
+    let db = Database::new();
+    let names: Vec<String> = (1..=4)
+        .map(|i| format!("pgdown-{i:02}.example.com"))
+        .collect();
+    let config = on_postgresql(
+        PcqConfig::puppetserver()
+            .cycle_every(Duration::ZERO)
+            .max_concurrency(2),
+        &db,
+    );
+    let (mut pcq, _) =
+        Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(180)).await;
+    let _start_again = StartAgain;
+
+    cluster("stop");
+    let down = std::time::Instant::now();
+    let mut refused = 0;
+    let mut unhealthy = false;
+    while down.elapsed() < Duration::from_secs(30) {
+        let body = harness::facts_body(&names[0], "db", 1);
+        let upload = pcq.put_facts_raw(&names[0], &body);
+        let Ok((status, _, retry_after)) =
+            tokio::time::timeout(Duration::from_secs(10), upload).await
+        else {
+            panic!("an upload hung during the outage:\n{}", pcq.log_text());
+        };
+        match status {
+            503 => {
+                refused += 1;
+                assert_eq!(retry_after.as_deref(), Some("2"), "503 says when to retry");
+            }
+            200 => {} // taken before pcq's next commit found the database gone
+            other => panic!("an upload during the outage answered {other}"),
+        }
+        unhealthy |= pcq.http_status("/healthz").await == Some(503);
+        assert!(
+            pcq.exited(Duration::from_millis(1)).is_none(),
+            "pcq ended:\n{}",
+            pcq.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        refused > 0,
+        "no upload was refused while PostgreSQL was down"
+    );
+    assert!(unhealthy, "/healthz never said the store was down");
+    cluster("start");
+
+    // everything resumes: healthy, uploads taken, a used fact's change
+    // compiled, nobody blamed
+    let back = pcq
+        .wait(Duration::from_secs(60), || async { pcq.healthy().await })
+        .await;
+    assert!(back, "not healthy again:\n{}", pcq.log_text());
+    let (status, _, _) = pcq
+        .put_facts_raw(&names[1], &harness::facts_body(&names[1], "db", 1))
+        .await;
+    assert_eq!(status, 200);
+    let recompiled = pcq
+        .wait(Duration::from_secs(120), || async {
+            pcq.catalog(&names[1])
+                .await
+                .is_some_and(|c| c.to_string().contains("This node's role: db"))
+        })
+        .await;
+    assert!(
+        recompiled,
+        "the new facts were not compiled:\n{}",
+        pcq.log_text()
+    );
+    // compiles that found the store down were deferred, not failed: no
+    // failure counted (one backoff step's wait, as for any deferral), and
+    // the next compile clears the note
+    for n in &names {
+        let s = pcq.status(n).await.expect("status");
+        assert_eq!(s["failures"], 0, "{n} blamed: {s}");
+    }
+    let cleared = pcq
+        .wait(Duration::from_secs(90), || async {
+            let mut all = true;
+            for n in &names {
+                all &= pcq
+                    .status(n)
+                    .await
+                    .is_some_and(|s| s["last_error"].is_null());
+            }
+            all
+        })
+        .await;
+    assert!(cleared, "a deferral's note stayed after a good compile");
+    assert!(pcq.exited(Duration::from_millis(1)).is_none());
+    pcq.kill9();
 }

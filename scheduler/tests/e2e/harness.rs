@@ -758,6 +758,29 @@ impl Pcq {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// A node's facts upload over TLS: its status, text and `Retry-After`.
+    pub async fn put_facts_raw(
+        &self,
+        certname: &str,
+        body: &Value,
+    ) -> (u16, String, Option<String>) {
+        let r = self
+            .as_node(certname)
+            .put(format!("{}/puppet/v3/facts/{certname}", self.tls))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(body).expect("facts JSON"))
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        let retry_after = r
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        (status, r.text().await.unwrap_or_default(), retry_after)
+    }
+
     /// A request with a JSON `body` (may be empty); its status and text.
     pub async fn request(
         &self,

@@ -231,7 +231,9 @@ impl Driver {
             } => {
                 let answer = match result {
                     Ok(()) => Ok(self.facts_stored(upload, baseline)),
-                    Err(StoreError::Busy) => Err(ApiError::Busy(StoreError::Busy.to_string())),
+                    Err(e @ (StoreError::Busy | StoreError::Unavailable(_))) => {
+                        Err(ApiError::Busy(e.to_string()))
+                    }
                     Err(e) => Err(ApiError::Internal(e.to_string())),
                 };
                 let _ = reply.send(answer);

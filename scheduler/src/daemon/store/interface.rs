@@ -84,7 +84,7 @@ pub enum Write {
 }
 
 /// A store failed.
-#[derive(Debug, Error)]
+#[derive(Clone, Debug, Error)]
 pub enum StoreError {
     /// The database said no.
     #[error("store: {0}")]
@@ -103,6 +103,14 @@ pub enum StoreError {
     /// The store's queue is full: try again in a moment.
     #[error("store: busy, the write queue is full")]
     Busy,
+    /// The database cannot be reached right now (its commits are being
+    /// retried): try again in a moment.
+    #[error("store: the database is unavailable ({0}); try again shortly")]
+    Unavailable(String),
+    /// Another daemon took the database's queue lock: this one must not
+    /// write again.
+    #[error("store: {0}")]
+    Deposed(String),
 }
 
 /// A place to keep the state. Implementations run on one thread; they need
@@ -118,4 +126,11 @@ pub trait Store: Send {
     fn exports(&mut self) -> Result<Vec<(String, Export)>, StoreError>;
     /// Certnames that have stored facts (nodes or not).
     fn facts_owners(&mut self) -> Result<Vec<String>, StoreError>;
+    /// Is the last failure an outage that ends by itself (a database
+    /// server restarting, unreachable for a while)? The store thread then
+    /// retries without end, saying so, instead of ending the daemon. A
+    /// local disk that fails is not: the default is no.
+    fn outage_passes(&self) -> bool {
+        false
+    }
 }

@@ -51,7 +51,7 @@ pub const RETRIES: [Duration; 4] = [
 ];
 
 enum Request {
-    Write(Vec<Write>, Option<oneshot::Sender<Result<(), String>>>),
+    Write(Vec<Write>, Option<oneshot::Sender<Result<(), StoreError>>>),
     Facts(String, oneshot::Sender<Result<Option<Vec<u8>>, String>>),
 }
 
@@ -156,8 +156,12 @@ impl StoreHandle {
     }
 
     /// Writes and waits until they are committed; [`StoreError::Busy`] at
-    /// once when the store's queue is full.
+    /// once when the store's queue is full, [`StoreError::Unavailable`]
+    /// while its commits fail (they are being retried).
     pub async fn write_durably(&self, batch: Vec<Write>) -> Result<(), StoreError> {
+        if let Err(why) = self.health() {
+            return Err(StoreError::Unavailable(why));
+        }
         let (tx, rx) = oneshot::channel();
         self.tx
             .try_send(Request::Write(batch, Some(tx)))
@@ -165,7 +169,7 @@ impl StoreHandle {
                 TrySendError::Full(_) => StoreError::Busy,
                 TrySendError::Disconnected(_) => StoreError::Closed,
             })?;
-        answer(rx).await
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Writes and waits until they are committed, waiting for room in a
@@ -173,11 +177,16 @@ impl StoreHandle {
     pub async fn write_finally(&self, batch: Vec<Write>) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         self.send_waiting(Request::Write(batch, Some(tx))).await?;
-        answer(rx).await
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// The node's last facts (waits for room in a full queue).
+    /// The node's last facts (waits for room in a full queue);
+    /// [`StoreError::Unavailable`] at once while commits fail (a compile
+    /// is deferred, not blamed; an upload is refused with 503).
     pub async fn facts(&self, certname: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Err(why) = self.health() {
+            return Err(StoreError::Unavailable(why));
+        }
         let (tx, rx) = oneshot::channel();
         self.send_waiting(Request::Facts(certname.to_owned(), tx))
             .await?;
@@ -247,9 +256,9 @@ fn run(
             }
         }
         if !writes.is_empty() || !waiting.is_empty() {
-            let result = commit(store, &writes, retries, trouble);
+            let result = commit(store, &writes, retries, trouble, &mut waiting);
             for reply in waiting {
-                let _ = reply.send(result.clone());
+                let _ = reply.send(result.clone().map_err(StoreError::Database));
             }
             if let Err(e) = result {
                 tracing::error!("{e}; the store gives up and pcq stops");
@@ -268,11 +277,15 @@ fn run(
 
 /// One batch, retried after each of `retries` while it fails; the store is
 /// reported unhealthy from the first failure to the next success.
+/// While an outage that passes is waited out, those `waiting` are told
+/// at once that the store is unavailable (they may try again) and the
+/// writes go on being retried.
 fn commit(
     store: &mut Synced<'_>,
     writes: &[Write],
     retries: &[Duration],
     trouble: &Mutex<Option<String>>,
+    waiting: &mut Vec<oneshot::Sender<Result<(), StoreError>>>,
 ) -> Result<(), String> {
     let set = |why: Option<String>| {
         if let Ok(mut t) = trouble.lock() {
@@ -290,10 +303,26 @@ fn commit(
                 return Ok(());
             }
             Err(e) => {
+                let deposed = matches!(e, StoreError::Deposed(_));
                 let e = format!("committing {} writes: {e}", writes.len());
                 set(Some(e.clone()));
-                let Some(wait) = retries.get(attempt) else {
+                if deposed {
                     return Err(e);
+                }
+                if store.store.outage_passes() {
+                    for reply in waiting.drain(..) {
+                        let _ = reply.send(Err(StoreError::Unavailable(e.clone())));
+                    }
+                }
+                // an outage that passes (a database server restarting) is
+                // waited out at the longest wait; anything else gives up
+                let wait = match retries.get(attempt) {
+                    Some(wait) => wait,
+                    None if store.store.outage_passes() => match retries.last() {
+                        Some(wait) => wait,
+                        None => return Err(e),
+                    },
+                    None => return Err(e),
                 };
                 tracing::error!("{e}; retrying in {wait:?}");
                 thread::sleep(*wait);
@@ -318,6 +347,8 @@ mod tests {
         writes: Arc<AtomicUsize>,
         slow: Duration,
         panics: bool,
+        /// Its failures are an outage that passes (a server restarting).
+        passes: bool,
     }
 
     impl Store for Flaky {
@@ -346,6 +377,9 @@ mod tests {
         fn facts_owners(&mut self) -> Result<Vec<String>, StoreError> {
             Ok(Vec::new())
         }
+        fn outage_passes(&self) -> bool {
+            self.passes
+        }
     }
 
     fn flaky(
@@ -359,6 +393,7 @@ mod tests {
             writes: writes.clone(),
             slow,
             panics: false,
+            passes: false,
         };
         (Box::new(store), failing, writes)
     }
@@ -408,10 +443,52 @@ mod tests {
             .expect("a reason");
         assert!(why.contains("disk I/O error"), "{why}");
         assert!(handle.health().is_err());
+        // refused (the daemon is ending: a restarted one takes it)
         assert!(matches!(
             handle.write_durably(vec![row(2)]).await,
-            Err(StoreError::Closed)
+            Err(StoreError::Closed | StoreError::Unavailable(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn an_outage_that_passes_is_waited_out_and_uploads_are_refused_meanwhile() {
+        // ten failures: more than the retries, fewer than forever
+        let failing = Arc::new(AtomicUsize::new(10));
+        let writes = Arc::new(AtomicUsize::new(0));
+        let store = Flaky {
+            failing: failing.clone(),
+            writes: writes.clone(),
+            slow: Duration::ZERO,
+            panics: false,
+            passes: true,
+        };
+        let (handle, mut died) =
+            StoreHandle::spawn_with(Box::new(store), None, 16, &QUICK).expect("spawn");
+        // the driver's writes go in while the database is down
+        assert!(handle.write(vec![row(1)]).is_ok());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // meanwhile an upload is refused at once, not queued to wait
+        match handle.write_durably(vec![row(2)]).await {
+            Err(StoreError::Unavailable(why)) => assert!(why.contains("disk I/O"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(handle.health().is_err());
+        // the outage ends; the waiting write commits; nothing died
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while writes.load(Ordering::SeqCst) == 0 {
+            assert!(std::time::Instant::now() < deadline, "never committed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(failing.load(Ordering::SeqCst), 0);
+        assert_eq!(handle.health(), Ok(()));
+        assert!(matches!(
+            died.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ));
+        handle
+            .write_durably(vec![row(3)])
+            .await
+            .expect("uploads are taken again");
     }
 
     #[tokio::test]
@@ -445,6 +522,7 @@ mod tests {
             writes: Arc::new(AtomicUsize::new(0)),
             slow: Duration::ZERO,
             panics: true,
+            passes: false,
         };
         let (handle, died) =
             StoreHandle::spawn_with(Box::new(panics), None, 4, &QUICK).expect("spawn");

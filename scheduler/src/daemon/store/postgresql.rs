@@ -168,6 +168,8 @@ impl PostgresStore {
         if !self.broken && !self.db.is_closed() {
             return Ok(());
         }
+        // until a connection holds the lock again, failures are the outage's
+        self.broken = true;
         tracing::warn!("the connection to PostgreSQL broke; connecting again");
         let mut db = connect(&self.connection)?;
         lock(&mut db)?;
@@ -198,7 +200,7 @@ fn lock(db: &mut Client) -> Result<(), StoreError> {
     if row.get::<_, bool>(0) {
         Ok(())
     } else {
-        Err(StoreError::Database(
+        Err(StoreError::Deposed(
             "another pcq serve runs the queue on this database (it holds the queue's lock); \
              one scheduler per database"
                 .into(),
@@ -353,6 +355,12 @@ impl Store for PostgresStore {
 
     fn facts_owners(&mut self) -> Result<Vec<String>, StoreError> {
         self.using(Self::facts_owners_now)
+    }
+
+    /// The connection broke or cannot be made: PostgreSQL restarting, or
+    /// out of reach for a while.
+    fn outage_passes(&self) -> bool {
+        self.broken
     }
 }
 
