@@ -23,7 +23,7 @@ use scheduler::daemon::tls::PuppetSsl;
 use serde_json::Value;
 
 /// How long each stand-in request holds its JRuby.
-const HOLD: Duration = Duration::from_secs(30);
+const HOLD: Duration = Duration::from_secs(45);
 /// How long pcq must start nothing while the pool is held.
 const WATCH: Duration = Duration::from_secs(10);
 

@@ -208,8 +208,14 @@ fn snapshot(s: &mut dyn Store) -> String {
     format!("{nodes:#?}\n{exports:#?}\n{owners:?}\n{facts:?}")
 }
 
-#[test]
-fn the_same_writes_give_the_same_state_in_sqlite_and_postgresql() {
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_writes_give_the_same_state_in_sqlite_and_postgresql() {
+    // one at a time: another test stops the whole PostgreSQL cluster
+    let _serial = harness::serial().await;
+    apart(the_same_writes_give_the_same_state_in_sqlite_and_postgresql_body);
+}
+
+fn the_same_writes_give_the_same_state_in_sqlite_and_postgresql_body() {
     let dir = tempfile::tempdir().expect("tmp");
     let db = Database::new();
     let mut sqlite = SqliteStore::open(dir.path()).expect("SQLite");
@@ -245,8 +251,14 @@ fn the_same_writes_give_the_same_state_in_sqlite_and_postgresql() {
     assert_eq!(snapshot(&mut pg), a);
 }
 
-#[test]
-fn a_failed_batch_leaves_nothing_behind() {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_batch_leaves_nothing_behind() {
+    // one at a time: another test stops the whole PostgreSQL cluster
+    let _serial = harness::serial().await;
+    apart(a_failed_batch_leaves_nothing_behind_body);
+}
+
+fn a_failed_batch_leaves_nothing_behind_body() {
     let db = Database::new();
     let mut pg = PostgresStore::open(&db.connection()).expect("PostgreSQL");
     db.client()
@@ -272,8 +284,14 @@ fn a_failed_batch_leaves_nothing_behind() {
     assert!(pg.load().expect("load").is_empty(), "all or nothing");
 }
 
-#[test]
-fn one_scheduler_per_database() {
+#[tokio::test(flavor = "multi_thread")]
+async fn one_scheduler_per_database() {
+    // one at a time: another test stops the whole PostgreSQL cluster
+    let _serial = harness::serial().await;
+    apart(one_scheduler_per_database_body);
+}
+
+fn one_scheduler_per_database_body() {
     let db = Database::new();
     let first = PostgresStore::open(&db.connection()).expect("the first");
     match PostgresStore::open(&db.connection()) {
@@ -289,8 +307,14 @@ fn one_scheduler_per_database() {
     second.write(&history()[0]).expect("and it writes");
 }
 
-#[test]
-fn a_broken_connection_comes_back_with_the_lock_or_not_at_all() {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_connection_comes_back_with_the_lock_or_not_at_all() {
+    // one at a time: another test stops the whole PostgreSQL cluster
+    let _serial = harness::serial().await;
+    apart(a_broken_connection_comes_back_with_the_lock_or_not_at_all_body);
+}
+
+fn a_broken_connection_comes_back_with_the_lock_or_not_at_all_body() {
     let db = Database::new();
     let mut pg = PostgresStore::open(&db.connection()).expect("PostgreSQL");
     pg.write(&history()[0]).expect("write");
@@ -334,8 +358,14 @@ fn a_broken_connection_comes_back_with_the_lock_or_not_at_all() {
     other.write(&history()[1]).expect("the new holder writes");
 }
 
-#[test]
-fn migrations_run_once_and_a_newer_schema_is_refused() {
+#[tokio::test(flavor = "multi_thread")]
+async fn migrations_run_once_and_a_newer_schema_is_refused() {
+    // one at a time: another test stops the whole PostgreSQL cluster
+    let _serial = harness::serial().await;
+    apart(migrations_run_once_and_a_newer_schema_is_refused_body);
+}
+
+fn migrations_run_once_and_a_newer_schema_is_refused_body() {
     let db = Database::new();
     drop(PostgresStore::open(&db.connection()).expect("migrates"));
     drop(PostgresStore::open(&db.connection()).expect("already migrated"));

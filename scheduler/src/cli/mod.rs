@@ -107,7 +107,14 @@ async fn dispatch(command: Command) -> Result<()> {
             for w in config.warnings() {
                 eprintln!("pcq: warning: {}: {w}", file.display());
             }
-            print!("{}", toml::to_string(&config)?);
+            // what it holds, without the database's password
+            let mut shown = config.clone();
+            shown.store.url = shown
+                .store
+                .url
+                .as_deref()
+                .map(crate::daemon::store::postgresql::redacted);
+            print!("{}", toml::to_string(&shown)?);
         }
         Command::Bump { node, api } => {
             let path = format!("/v1/nodes/{node}/bump");

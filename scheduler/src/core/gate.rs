@@ -193,13 +193,21 @@ impl Gate {
         }
     }
 
-    /// Takes a new reading of the JRubies free for pcq (`None`: unknown,
-    /// the pool limit is off until the next reading).
-    pub fn pool_sample(&mut self, at: Time, free: Option<u32>) {
+    /// Takes a new reading of the JRubies free for pcq, asked for at `at`
+    /// (`None`: unknown, the pool limit is off until the next reading).
+    /// Compiles running that started after `at` count as taken (one that
+    /// started at `at` itself is in the reading: a simulated master's
+    /// reading is taken after the instant's starts).
+    pub fn pool_sample(
+        &mut self,
+        at: Time,
+        free: Option<u32>,
+        started: impl Iterator<Item = Time>,
+    ) {
         self.pool = free.map(|free| PoolReading {
             free,
             at,
-            taken: 0,
+            taken: u32::try_from(started.filter(|s| *s > at).count()).unwrap_or(u32::MAX),
             returned: 0,
         });
     }
@@ -274,8 +282,9 @@ impl Gate {
             self.fresh = self.fresh.saturating_sub(1);
         }
         if let Some(pool) = &mut self.pool {
-            if started >= pool.at {
-                pool.taken = pool.taken.saturating_sub(1);
+            // (either way the count gains one; this keeps both >= 0)
+            if started > pool.at && pool.taken > 0 {
+                pool.taken -= 1;
             } else {
                 pool.returned += 1;
             }
@@ -405,7 +414,7 @@ mod tests {
         // one compile of pcq's runs; then the pool says 2 are free for pcq
         g.on_start(Time::ZERO);
         let t = Time::from_secs(1);
-        g.pool_sample(t, Some(2));
+        g.pool_sample(t, Some(2), [Time::ZERO].into_iter());
         g.on_start(t);
         assert_eq!(g.check(t), Ok(()));
         g.on_start(t);
@@ -419,15 +428,24 @@ mod tests {
         g.on_finish(t);
         assert_eq!(g.pool_available(), Some(2));
         // other traffic holds everything: no start, whatever pcq runs
-        g.pool_sample(Time::from_secs(2), Some(0));
+        g.pool_sample(Time::from_secs(2), Some(0), std::iter::empty());
         assert_eq!(g.check(Time::from_secs(2)), Err(Blocked::Pool));
         // concurrency still binds first
         g.config.max_concurrency = 1;
         assert_eq!(g.check(Time::from_secs(2)), Err(Blocked::Concurrency));
         g.config.max_concurrency = 10;
         // a failed reading switches the limit off until the next one
-        g.pool_sample(Time::from_secs(3), None);
+        g.pool_sample(Time::from_secs(3), None, std::iter::empty());
         assert_eq!(g.check(Time::from_secs(3)), Ok(()));
+        // a reading asked for at 4 s and handled at 5 s: the compile pcq
+        // started at 4.5 s counts as taken, shown in the answer or not
+        g.pool_sample(
+            Time::from_secs(4),
+            Some(1),
+            [Time::from_micros(4_500_000)].into_iter(),
+        );
+        assert_eq!(g.pool_available(), Some(0));
+        assert_eq!(g.check(Time::from_secs(5)), Err(Blocked::Pool));
     }
 
     #[test]

@@ -182,14 +182,21 @@ impl Core {
     /// Feeds a reading of a master's JRuby pool to its gate: the instances
     /// free for pcq (free minus those kept for file requests), or `None`
     /// when it could not be read (the pool limit is off until it can).
+    /// `asked` is when the reading was requested: compiles started since
+    /// count as taken, whether or not the answer already shows them.
     pub fn report_pool(
         &mut self,
         now: Time,
         id: MasterId,
         free: Option<u32>,
+        asked: Time,
     ) -> Result<(), CoreError> {
         let now = self.advance(now);
-        self.master_mut(id)?.gate.pool_sample(now, free);
+        let master = self.master_mut(id)?;
+        let started: Vec<Time> = master.running.iter().map(|r| r.started).collect();
+        master
+            .gate
+            .pool_sample(asked.min(now), free, started.into_iter());
         Ok(())
     }
 

@@ -545,6 +545,9 @@ impl Config {
                 if p.probe_interval.is_zero() {
                     return err("backend.probe_interval", "must be above zero");
                 }
+                if p.status_interval.is_some_and(|i| i.is_zero()) {
+                    return err("backend.status_interval", "must be above zero, or \"off\"");
+                }
             }
             Backend::Command(c) => {
                 if c.command.is_empty() {
@@ -589,12 +592,32 @@ impl Config {
                 );
             }
             (StoreKind::Postgresql, Some(url)) => {
-                if let Err(e) = url.parse::<postgres::Config>() {
-                    return err("store.url", &e.to_string());
+                let parsed = match url.parse::<postgres::Config>() {
+                    Ok(parsed) => parsed,
+                    Err(e) => return err("store.url", &e.to_string()),
+                };
+                // libpq's default, sslmode=prefer, falls back to plain
+                // text: say what is meant, except on this host
+                let local = parsed.get_hosts().iter().all(|h| match h {
+                    postgres::config::Host::Tcp(name) => {
+                        matches!(name.as_str(), "localhost" | "127.0.0.1" | "::1")
+                    }
+                    postgres::config::Host::Unix(_) => true,
+                });
+                if !local && !url.contains("sslmode") {
+                    return err(
+                        "store.url",
+                        "say sslmode=require (TLS, the server's certificate checked) or \
+                         sslmode=disable (a network you trust); the default would fall back \
+                         to plain text silently",
+                    );
                 }
             }
             (StoreKind::Sqlite, Some(_)) => {
                 return err("store.url", "only with kind = \"postgresql\"");
+            }
+            (StoreKind::Sqlite, None) if self.store.ca_file.is_some() => {
+                return err("store.ca_file", "only with kind = \"postgresql\"");
             }
             (StoreKind::Sqlite, None) => {}
         }

@@ -10,11 +10,14 @@
 //! gate starts nothing there while no instance is free for pcq
 //! ([`crate::core::Blocked::Pool`]).
 //!
-//! A reading says what the pool held when Puppet Server answered; a start
-//! pcq sends while the request is on its way may show as free in it. The
-//! gate then lets one start too many through until the next reading, and
-//! that compile waits for a JRuby in Puppet Server's queue: a wait, not a
-//! failure.
+//! A reading says what the pool held when Puppet Server answered, and
+//! the gate counts every compile pcq started since the request was sent
+//! as taken on top of it (a start the answer already shows is counted
+//! twice: the gate errs towards fewer starts until the next reading). A
+//! start sent just before the request whose JRuby Puppet Server had not
+//! yet borrowed can show as free: one start too many may go through until
+//! the next reading, and waits for a JRuby in Puppet Server's queue (a
+//! wait, not a failure).
 
 use std::time::Duration;
 
@@ -23,7 +26,7 @@ use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
 use crate::daemon::backend::puppetserver::PuppetServer;
-use crate::daemon::driver::Command;
+use crate::daemon::driver::{self, Command};
 
 /// How long one read may take: a master too busy to answer its status
 /// within this is read as unknown, not as idle.
@@ -40,8 +43,10 @@ pub async fn poll(servers: Vec<PuppetServer>, every: Duration, tx: mpsc::Sender<
             tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
             loop {
                 tick.tick().await;
+                let asked = driver::now();
                 let reading = server.gate_status(READ_LIMIT).await;
-                if tx.send(Command::MasterStatus { m, reading }).await.is_err() {
+                let status = Command::MasterStatus { m, reading, asked };
+                if tx.send(status).await.is_err() {
                     return;
                 }
             }

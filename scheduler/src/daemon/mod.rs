@@ -253,6 +253,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let _lock = lock_state_dir(dir)?;
 
     let started = std::time::Instant::now();
+    // (before the store: a PostgreSQL client must not be dropped on the
+    // runtime, as an error here would)
+    let catalogs =
+        CatalogFiles::open(&dir.join("catalogs")).map_err(|e| io("catalog directory", e))?;
     // (the PostgreSQL client blocks: it runs off the runtime, here and on
     // the store's own thread)
     let opening = config.clone();
@@ -265,8 +269,6 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     })
     .await
     .map_err(|e| ServeError::Config(format!("opening the store: {e}")))??;
-    let catalogs =
-        CatalogFiles::open(&dir.join("catalogs")).map_err(|e| io("catalog directory", e))?;
     let (store, store_died) = StoreHandle::spawn(db, Some(catalogs.clone()))?;
     let metrics = Arc::new(Metrics::new());
     let notifier = Notifier::spawn(config.notify.clone(), metrics.clone());

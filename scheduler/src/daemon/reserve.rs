@@ -81,9 +81,27 @@ pub fn reserve(
     }
 }
 
+/// JRubies free for pcq in a status reading: the free ones less the
+/// reserve, where the reserve never takes the last JRuby (as
+/// [`reserve`] keeps one for pcq in a pool too small for the reserve).
+pub fn free_for_pcq(free: u32, size: u32, reserve_for_files: u32) -> u32 {
+    free.saturating_sub(reserve_for_files.min(size.saturating_sub(1)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reserve_never_takes_the_last_jruby_from_the_gate() {
+        assert_eq!(free_for_pcq(3, 3, 1), 2);
+        assert_eq!(free_for_pcq(1, 3, 1), 0);
+        // a pool of one (Puppet Server's default on 2 CPUs), reserve 1:
+        // pcq compiles on it when it is free, as `reserve` promised
+        assert_eq!(free_for_pcq(1, 1, 1), 1);
+        assert_eq!(free_for_pcq(0, 1, 1), 0);
+        assert_eq!(free_for_pcq(2, 2, 5), 1);
+    }
 
     fn said(r: &Reservation) -> &str {
         r.warning.as_deref().unwrap_or("")

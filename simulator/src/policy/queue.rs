@@ -311,7 +311,7 @@ impl Model for QueueModel {
                 };
                 let _ = self.core.report_load(w.now, id, sample);
                 let free = w.pools[m].free().saturating_sub(reserve);
-                let _ = self.core.report_pool(w.now, id, Some(free));
+                let _ = self.core.report_pool(w.now, id, Some(free), w.now);
             }
         }
         self.dirty = true;

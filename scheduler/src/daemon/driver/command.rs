@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::core::{Bumped, LoadSample, Stats};
+use crate::core::{Bumped, LoadSample, Stats, Time};
 use crate::daemon::analyze::Analysis;
 use crate::daemon::backend::puppetserver::GateStatus;
 use crate::daemon::certname::Certname;
@@ -123,6 +123,8 @@ pub enum Command {
         m: usize,
         /// What it said, or why it could not be read.
         reading: Result<GateStatus, String>,
+        /// When the reading was asked for.
+        asked: Time,
     },
     /// One node's status.
     Status {

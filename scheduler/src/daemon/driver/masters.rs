@@ -22,6 +22,7 @@ use crate::core::{Core, CoreError, LoadSample, MasterId, MasterSpec, Time};
 use crate::daemon::backend::puppetserver::GateStatus;
 use crate::daemon::backend::Compiler;
 use crate::daemon::metrics::Metrics;
+use crate::daemon::reserve;
 
 /// A master as the driver runs it.
 pub struct MasterSlot {
@@ -130,6 +131,7 @@ impl Masters {
         t: Time,
         m: usize,
         reading: Result<GateStatus, String>,
+        asked: Time,
     ) {
         let Some(slot) = self.slots.get_mut(m) else {
             return;
@@ -140,8 +142,8 @@ impl Masters {
         let read = reading.is_ok();
         match reading {
             Ok(status) => {
-                let free = status.free.saturating_sub(slot.reserve_for_files);
-                let _ = core.report_pool(t, id, Some(free));
+                let free = reserve::free_for_pcq(status.free, status.size, slot.reserve_for_files);
+                let _ = core.report_pool(t, id, Some(free), asked);
                 if let (false, Some(cpu)) = (slot.local, status.cpu_percent) {
                     // Puppet Server's CPU over its last seconds: an
                     // instantaneous reading, in busy cores
@@ -160,7 +162,7 @@ impl Masters {
                 }
             }
             Err(why) => {
-                let _ = core.report_pool(t, id, None);
+                let _ = core.report_pool(t, id, None, asked);
                 if !slot.local {
                     // its last CPU reading is stale: no load known
                     let unknown = LoadSample {

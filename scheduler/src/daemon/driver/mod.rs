@@ -325,9 +325,9 @@ impl Driver {
             Command::MasterBack(m) => self.masters.back(&mut self.core, now(), m),
             Command::MasterUnreachable { m, why } => self.master_down(m, &why),
             Command::Load(sample) => self.masters.report_load(&mut self.core, now(), sample),
-            Command::MasterStatus { m, reading } => {
+            Command::MasterStatus { m, reading, asked } => {
                 self.masters
-                    .report_status(&mut self.core, now(), m, reading);
+                    .report_status(&mut self.core, now(), m, reading, asked);
             }
             Command::Status { certname, reply } => {
                 let _ = reply.send(self.status(&certname));

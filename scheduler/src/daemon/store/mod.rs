@@ -234,6 +234,9 @@ impl Synced<'_> {
 /// The store thread: waits for a request, takes every request already
 /// queued behind it, commits all their writes in one transaction, answers.
 /// Ends with the reason when a commit fails even after its retries.
+/// A request's writes, and who waits for them to commit.
+type Part = (Vec<Write>, Option<oneshot::Sender<Result<(), StoreError>>>);
+
 fn run(
     store: &mut Synced<'_>,
     rx: mpsc::Receiver<Request>,
@@ -241,24 +244,22 @@ fn run(
     trouble: &Mutex<Option<String>>,
 ) -> Result<(), String> {
     while let Ok(first) = rx.recv() {
-        let mut writes = Vec::new();
-        let mut waiting = Vec::new();
+        let mut parts: Vec<Part> = Vec::new();
         let mut pending = vec![first];
         pending.extend(rx.try_iter().take(4096));
         let mut reads = Vec::new();
         for request in pending {
             match request {
-                Request::Write(batch, reply) => {
-                    writes.extend(batch);
-                    waiting.extend(reply);
-                }
+                Request::Write(batch, reply) => parts.push((batch, reply)),
                 Request::Facts(certname, reply) => reads.push((certname, reply)),
             }
         }
-        if !writes.is_empty() || !waiting.is_empty() {
-            let result = commit(store, &writes, retries, trouble, &mut waiting);
-            for reply in waiting {
-                let _ = reply.send(result.clone().map_err(StoreError::Database));
+        if !parts.is_empty() {
+            let result = commit(store, &mut parts, retries, trouble);
+            for (_, reply) in parts {
+                if let Some(reply) = reply {
+                    let _ = reply.send(result.clone().map_err(StoreError::Database));
+                }
             }
             if let Err(e) = result {
                 tracing::error!("{e}; the store gives up and pcq stops");
@@ -277,24 +278,25 @@ fn run(
 
 /// One batch, retried after each of `retries` while it fails; the store is
 /// reported unhealthy from the first failure to the next success.
-/// While an outage that passes is waited out, those `waiting` are told
-/// at once that the store is unavailable (they may try again) and the
-/// writes go on being retried.
+/// While an outage that passes is waited out, the writes someone waits
+/// for (uploads) leave the batch and are answered unavailable at once:
+/// they were not written, and the node sends them again; the rest (the
+/// driver's) go on being retried.
 fn commit(
     store: &mut Synced<'_>,
-    writes: &[Write],
+    parts: &mut Vec<Part>,
     retries: &[Duration],
     trouble: &Mutex<Option<String>>,
-    waiting: &mut Vec<oneshot::Sender<Result<(), StoreError>>>,
 ) -> Result<(), String> {
     let set = |why: Option<String>| {
         if let Ok(mut t) = trouble.lock() {
             *t = why;
         }
     };
+    let mut writes: Vec<Write> = parts.iter().flat_map(|(w, _)| w.iter().cloned()).collect();
     let mut attempt = 0;
     loop {
-        match store.write(writes) {
+        match store.write(&writes) {
             Ok(()) => {
                 if attempt > 0 {
                     tracing::info!("the store commits again (after {attempt} retries)");
@@ -309,16 +311,22 @@ fn commit(
                 if deposed {
                     return Err(e);
                 }
-                if store.store.outage_passes() {
-                    for reply in waiting.drain(..) {
-                        let _ = reply.send(Err(StoreError::Unavailable(e.clone())));
-                    }
+                let outage = store.store.outage_passes();
+                if outage && parts.iter().any(|(_, reply)| reply.is_some()) {
+                    parts.retain_mut(|(_, reply)| match reply.take() {
+                        Some(reply) => {
+                            let _ = reply.send(Err(StoreError::Unavailable(e.clone())));
+                            false
+                        }
+                        None => true,
+                    });
+                    writes = parts.iter().flat_map(|(w, _)| w.iter().cloned()).collect();
                 }
                 // an outage that passes (a database server restarting) is
                 // waited out at the longest wait; anything else gives up
                 let wait = match retries.get(attempt) {
                     Some(wait) => wait,
-                    None if store.store.outage_passes() => match retries.last() {
+                    None if outage => match retries.last() {
                         Some(wait) => wait,
                         None => return Err(e),
                     },
@@ -481,6 +489,8 @@ mod tests {
         }
         assert_eq!(failing.load(Ordering::SeqCst), 0);
         assert_eq!(handle.health(), Ok(()));
+        // the refused upload was not written behind its back
+        assert_eq!(writes.load(Ordering::SeqCst), 1);
         assert!(matches!(
             died.try_recv(),
             Err(oneshot::error::TryRecvError::Empty)
@@ -489,6 +499,37 @@ mod tests {
             .write_durably(vec![row(3)])
             .await
             .expect("uploads are taken again");
+        assert_eq!(writes.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn an_upload_caught_in_a_failing_batch_is_refused_and_left_out() {
+        // the upload is queued behind the driver's write before the first
+        // failure shows: both are in the failing batch
+        let failing = Arc::new(AtomicUsize::new(6));
+        let writes = Arc::new(AtomicUsize::new(0));
+        let store = Flaky {
+            failing: failing.clone(),
+            writes: writes.clone(),
+            slow: Duration::ZERO,
+            panics: false,
+            passes: true,
+        };
+        let mut store: Box<dyn Store> = Box::new(store);
+        let mut synced = Synced {
+            store: &mut *store,
+            catalogs: None,
+        };
+        let (tx, rx) = oneshot::channel();
+        let mut parts: Vec<Part> = vec![(vec![row(1)], None), (vec![row(2)], Some(tx))];
+        let trouble = Mutex::new(None);
+        commit(&mut synced, &mut parts, &QUICK, &trouble).expect("the outage ends");
+        assert!(matches!(
+            rx.blocking_recv(),
+            Ok(Err(StoreError::Unavailable(_)))
+        ));
+        assert_eq!(parts.len(), 1, "the upload left the batch");
+        assert_eq!(writes.load(Ordering::SeqCst), 1, "only the driver's row");
     }
 
     #[tokio::test]

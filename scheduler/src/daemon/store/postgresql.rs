@@ -53,6 +53,19 @@ pub struct Connection {
     pub ca_file: Option<PathBuf>,
 }
 
+/// `url` with its password hidden, for printing.
+pub fn redacted(url: &str) -> String {
+    let password = url.parse::<postgres::Config>().ok().and_then(|c| {
+        c.get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+    });
+    match password {
+        None => url.to_string(),
+        Some(p) if !p.is_empty() && url.contains(&p) => url.replace(&p, "********"),
+        Some(_) => "(set; it holds a password)".to_string(),
+    }
+}
+
 /// The PostgreSQL store.
 pub struct PostgresStore {
     connection: Connection,
@@ -94,7 +107,9 @@ impl From<postgres::Error> for Failure {
     }
 }
 
-/// Does this error end the connection (a new one is needed)?
+/// Does this error end the connection (a new one is needed)? Only when
+/// the session is gone: a session still alive holds the queue's lock, and
+/// a second one of this pcq's would find it taken.
 fn ends_connection(e: &postgres::Error) -> bool {
     if e.is_closed() {
         return true;
@@ -104,10 +119,44 @@ fn ends_connection(e: &postgres::Error) -> bool {
         None => true,
         Some(db) => {
             let code = db.code().code();
-            // connection exceptions, operator intervention (shutdown,
-            // terminated backend), or a FATAL that ended the session
-            code.starts_with("08") || code.starts_with("57") || db.severity() == "FATAL"
+            // connection exceptions; the server shutting down or ending
+            // the session (57P01 admin, 57P02 crash, 57P03 starting up)
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
         }
+    }
+}
+
+/// Is a failed connect an outage that passes (the server down, starting,
+/// full), rather than a refusal that will not (a wrong password, a
+/// database that is gone, pg_hba)?
+fn connect_outage(e: &StoreError) -> bool {
+    matches!(e, StoreError::Unavailable(_))
+}
+
+/// A connect's error: an outage or a refusal.
+fn connect_err(e: postgres::Error) -> StoreError {
+    let outage = match e.as_db_error() {
+        None => true,
+        Some(db) => {
+            let code = db.code().code();
+            code.starts_with("08") || matches!(code, "57P03" | "53300")
+        }
+    };
+    if outage {
+        StoreError::Unavailable(format!("PostgreSQL: {e}"))
+    } else {
+        db_err(e)
+    }
+}
+
+/// Text as PostgreSQL takes it: `text` refuses NUL, which SQLite keeps
+/// (a compile error or an export's title may carry one from a node's
+/// facts); it becomes U+FFFD rather than fail the whole batch.
+fn text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{fffd}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
     }
 }
 
@@ -151,8 +200,10 @@ impl PostgresStore {
     /// when another `pcq serve` holds it.
     pub fn open(connection: &Connection) -> Result<PostgresStore, StoreError> {
         let mut db = connect(connection)?;
-        migrate(&mut db)?;
+        // the lock first: a pcq refused here must not have migrated the
+        // schema under the one running
         lock(&mut db)?;
+        migrate(&mut db)?;
         let statements = Statements::prepare(&mut db)?;
         Ok(PostgresStore {
             connection: connection.clone(),
@@ -168,10 +219,16 @@ impl PostgresStore {
         if !self.broken && !self.db.is_closed() {
             return Ok(());
         }
-        // until a connection holds the lock again, failures are the outage's
         self.broken = true;
         tracing::warn!("the connection to PostgreSQL broke; connecting again");
-        let mut db = connect(&self.connection)?;
+        let mut db = match connect(&self.connection) {
+            Ok(db) => db,
+            Err(e) => {
+                // a server down is waited out; a refusal is not
+                self.broken = connect_outage(&e);
+                return Err(e);
+            }
+        };
         lock(&mut db)?;
         self.statements = Statements::prepare(&mut db)?;
         self.db = db;
@@ -188,9 +245,17 @@ fn connect(connection: &Connection) -> Result<Client, StoreError> {
     if config.get_application_name().is_none() {
         config.application_name("pcq");
     }
+    // a server that stops answering (half-open TCP) is an outage within
+    // seconds, not a write blocked for the kernel's 15 minutes
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(10));
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(std::time::Duration::from_secs(30));
+    }
     config
         .connect(tls(connection.ca_file.as_deref())?)
-        .map_err(db_err)
+        .map_err(connect_err)
 }
 
 fn lock(db: &mut Client) -> Result<(), StoreError> {
@@ -298,6 +363,9 @@ impl Statements {
     }
 }
 
+/// The most facts bytes one statement carries.
+const FACTS_BYTES: usize = 64 << 20;
+
 /// A run of `Write::Facts` as two statements: the facts, then the nodes'
 /// hashes; a node's last upload in the run wins, as written one by one.
 fn facts_at_once(
@@ -331,8 +399,23 @@ fn facts_at_once(
             }
         }
     }
-    tx.execute(&s.facts_many, &[&names, &values, &ats])?;
-    tx.execute(&s.facts_hash_many, &[&names, &hashes])?;
+    // statements of at most FACTS_BYTES of facts each: PostgreSQL refuses
+    // a message over 1 GB, and a retried batch must not grow into one
+    let mut from = 0;
+    while from < names.len() {
+        let mut to = from;
+        let mut bytes = 0;
+        while to < names.len() && (to == from || bytes + values[to].len() <= FACTS_BYTES) {
+            bytes += values[to].len();
+            to += 1;
+        }
+        tx.execute(
+            &s.facts_many,
+            &[&&names[from..to], &&values[from..to], &&ats[from..to]],
+        )?;
+        tx.execute(&s.facts_hash_many, &[&&names[from..to], &&hashes[from..to]])?;
+        from = to;
+    }
     Ok(())
 }
 
@@ -473,12 +556,19 @@ impl PostgresStore {
                     for e in exports {
                         tx.execute(
                             &s.export,
-                            &[certname, &e.kind, &e.title, &e.parameters_hash],
+                            &[
+                                certname,
+                                &text(&e.kind).as_ref(),
+                                &text(&e.title).as_ref(),
+                                &e.parameters_hash,
+                            ],
                         )?;
                     }
                 }
                 Write::Error { certname, error } => {
-                    tx.execute(&s.error, &[certname, error])?;
+                    let error = error.as_deref().map(text);
+                    let error = error.as_deref();
+                    tx.execute(&s.error, &[certname, &error])?;
                 }
                 Write::CatalogLost { certname } => {
                     tx.execute(&s.catalog_lost, &[certname])?;
@@ -521,5 +611,25 @@ impl PostgresStore {
             .db
             .query("SELECT certname FROM facts ORDER BY certname", &[])?;
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_hidden_and_nul_is_replaced() {
+        assert_eq!(
+            redacted("postgresql://pcq:s3cret@db.example.com/pcq?sslmode=require"),
+            "postgresql://pcq:********@db.example.com/pcq?sslmode=require"
+        );
+        assert_eq!(
+            redacted("host=db user=pcq password=s3cret dbname=pcq"),
+            "host=db user=pcq password=******** dbname=pcq"
+        );
+        assert_eq!(redacted("host=db user=pcq"), "host=db user=pcq");
+        assert_eq!(text("a\0b"), "a\u{fffd}b");
+        assert_eq!(text("plain"), "plain");
     }
 }
