@@ -32,6 +32,13 @@ fn apart<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| s.spawn(f).join().expect("no panic"))
 }
 
+/// Runs a synchronous test body one test at a time (another test stops
+/// the whole PostgreSQL cluster), off the runtime.
+async fn alone(body: fn()) {
+    let _serial = harness::serial().await;
+    apart(body);
+}
+
 /// A database of its own for one test, dropped at the end.
 struct Database {
     name: String,
@@ -210,9 +217,7 @@ fn snapshot(s: &mut dyn Store) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_same_writes_give_the_same_state_in_sqlite_and_postgresql() {
-    // one at a time: another test stops the whole PostgreSQL cluster
-    let _serial = harness::serial().await;
-    apart(the_same_writes_give_the_same_state_in_sqlite_and_postgresql_body);
+    alone(the_same_writes_give_the_same_state_in_sqlite_and_postgresql_body).await;
 }
 
 fn the_same_writes_give_the_same_state_in_sqlite_and_postgresql_body() {
@@ -253,9 +258,7 @@ fn the_same_writes_give_the_same_state_in_sqlite_and_postgresql_body() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_batch_leaves_nothing_behind() {
-    // one at a time: another test stops the whole PostgreSQL cluster
-    let _serial = harness::serial().await;
-    apart(a_failed_batch_leaves_nothing_behind_body);
+    alone(a_failed_batch_leaves_nothing_behind_body).await;
 }
 
 fn a_failed_batch_leaves_nothing_behind_body() {
@@ -286,9 +289,7 @@ fn a_failed_batch_leaves_nothing_behind_body() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_scheduler_per_database() {
-    // one at a time: another test stops the whole PostgreSQL cluster
-    let _serial = harness::serial().await;
-    apart(one_scheduler_per_database_body);
+    alone(one_scheduler_per_database_body).await;
 }
 
 fn one_scheduler_per_database_body() {
@@ -309,9 +310,7 @@ fn one_scheduler_per_database_body() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broken_connection_comes_back_with_the_lock_or_not_at_all() {
-    // one at a time: another test stops the whole PostgreSQL cluster
-    let _serial = harness::serial().await;
-    apart(a_broken_connection_comes_back_with_the_lock_or_not_at_all_body);
+    alone(a_broken_connection_comes_back_with_the_lock_or_not_at_all_body).await;
 }
 
 fn a_broken_connection_comes_back_with_the_lock_or_not_at_all_body() {
@@ -360,9 +359,7 @@ fn a_broken_connection_comes_back_with_the_lock_or_not_at_all_body() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn migrations_run_once_and_a_newer_schema_is_refused() {
-    // one at a time: another test stops the whole PostgreSQL cluster
-    let _serial = harness::serial().await;
-    apart(migrations_run_once_and_a_newer_schema_is_refused_body);
+    alone(migrations_run_once_and_a_newer_schema_is_refused_body).await;
 }
 
 fn migrations_run_once_and_a_newer_schema_is_refused_body() {

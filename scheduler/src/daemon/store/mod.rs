@@ -293,7 +293,13 @@ fn commit(
             *t = why;
         }
     };
-    let mut writes: Vec<Write> = parts.iter().flat_map(|(w, _)| w.iter().cloned()).collect();
+    // the writes move into one batch (facts can be large: no copies); each
+    // part keeps how many of them are its own
+    let mut counts: Vec<usize> = parts.iter().map(|(w, _)| w.len()).collect();
+    let mut writes: Vec<Write> = parts
+        .iter_mut()
+        .flat_map(|(w, _)| std::mem::take(w))
+        .collect();
     let mut attempt = 0;
     loop {
         match store.write(&writes) {
@@ -313,14 +319,25 @@ fn commit(
                 }
                 let outage = store.store.outage_passes();
                 if outage && parts.iter().any(|(_, reply)| reply.is_some()) {
-                    parts.retain_mut(|(_, reply)| match reply.take() {
-                        Some(reply) => {
-                            let _ = reply.send(Err(StoreError::Unavailable(e.clone())));
-                            false
+                    // the uploads' writes leave the batch, the rest stay
+                    let mut all = std::mem::take(&mut writes).into_iter();
+                    let (mut kept, mut kept_counts) = (Vec::new(), Vec::new());
+                    for ((w, reply), n) in parts.drain(..).zip(counts.drain(..)) {
+                        let own = all.by_ref().take(n);
+                        match reply {
+                            Some(reply) => {
+                                own.for_each(drop);
+                                let _ = reply.send(Err(StoreError::Unavailable(e.clone())));
+                            }
+                            None => {
+                                writes.extend(own);
+                                kept.push((w, None));
+                                kept_counts.push(n);
+                            }
                         }
-                        None => true,
-                    });
-                    writes = parts.iter().flat_map(|(w, _)| w.iter().cloned()).collect();
+                    }
+                    *parts = kept;
+                    counts = kept_counts;
                 }
                 // an outage that passes (a database server restarting) is
                 // waited out at the longest wait; anything else gives up
@@ -406,6 +423,20 @@ mod tests {
         (Box::new(store), failing, writes)
     }
 
+    /// A store down for `failing` writes, an outage that passes.
+    fn passing_outage(failing: usize) -> (Flaky, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let failing = Arc::new(AtomicUsize::new(failing));
+        let writes = Arc::new(AtomicUsize::new(0));
+        let store = Flaky {
+            failing: failing.clone(),
+            writes: writes.clone(),
+            slow: Duration::ZERO,
+            panics: false,
+            passes: true,
+        };
+        (store, failing, writes)
+    }
+
     fn row(n: usize) -> Write {
         Write::Error {
             certname: format!("n{n}"),
@@ -461,15 +492,7 @@ mod tests {
     #[tokio::test]
     async fn an_outage_that_passes_is_waited_out_and_uploads_are_refused_meanwhile() {
         // ten failures: more than the retries, fewer than forever
-        let failing = Arc::new(AtomicUsize::new(10));
-        let writes = Arc::new(AtomicUsize::new(0));
-        let store = Flaky {
-            failing: failing.clone(),
-            writes: writes.clone(),
-            slow: Duration::ZERO,
-            panics: false,
-            passes: true,
-        };
+        let (store, failing, writes) = passing_outage(10);
         let (handle, mut died) =
             StoreHandle::spawn_with(Box::new(store), None, 16, &QUICK).expect("spawn");
         // the driver's writes go in while the database is down
@@ -506,15 +529,7 @@ mod tests {
     fn an_upload_caught_in_a_failing_batch_is_refused_and_left_out() {
         // the upload is queued behind the driver's write before the first
         // failure shows: both are in the failing batch
-        let failing = Arc::new(AtomicUsize::new(6));
-        let writes = Arc::new(AtomicUsize::new(0));
-        let store = Flaky {
-            failing: failing.clone(),
-            writes: writes.clone(),
-            slow: Duration::ZERO,
-            panics: false,
-            passes: true,
-        };
+        let (store, _, writes) = passing_outage(6);
         let mut store: Box<dyn Store> = Box::new(store);
         let mut synced = Synced {
             store: &mut *store,
