@@ -14,12 +14,13 @@ mod harness;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use harness::{metric, with_role, Pcq, PcqConfig};
+use harness::{metric, metric_sum, with_role, Pcq, PcqConfig};
 
 use scheduler::core::{
     BumpReason, Lane, MasterId, NodeId, NodeState, NodeView, Pending, Reason, Time,
 };
 use scheduler::daemon::catalog::Export;
+use scheduler::daemon::store::catalog_reads::{compress, CatalogReads, StoredCatalog};
 use scheduler::daemon::store::postgresql::{Connection, PostgresStore, QUEUE_LOCK};
 use scheduler::daemon::store::sqlite::SqliteStore;
 use scheduler::daemon::store::{Store, StoreError, Write};
@@ -113,6 +114,16 @@ fn export(title: &str, hash: &str) -> Export {
     }
 }
 
+/// A node's catalog JSON, version `v`.
+fn catalog_json(certname: &str, v: u32) -> Vec<u8> {
+    format!(r#"{{"name":"{certname}","version":{v},"resources":[],"edges":[]}}"#).into_bytes()
+}
+
+/// The same, compressed as the store keeps it.
+fn body(certname: &str, v: u32) -> Vec<u8> {
+    compress(&catalog_json(certname, v)).expect("compress")
+}
+
 /// Every kind of write, in an order that overwrites and removes.
 fn history() -> Vec<Vec<Write>> {
     vec![
@@ -146,12 +157,14 @@ fn history() -> Vec<Vec<Write>> {
                 hash: "c1".into(),
                 changed_at: Time::from_secs(8),
                 exports: vec![export("a", "p1"), export("a2", "p2")],
+                body: Some(body("a", 1)),
             },
             Write::Catalog {
                 certname: "c".into(),
                 hash: "c3".into(),
                 changed_at: Time::from_secs(8),
                 exports: vec![export("c", "p3")],
+                body: Some(body("c", 3)),
             },
             Write::Error {
                 certname: "b".into(),
@@ -169,6 +182,7 @@ fn history() -> Vec<Vec<Write>> {
                 hash: "c2".into(),
                 changed_at: Time::from_secs(21),
                 exports: vec![export("a", "p9")],
+                body: Some(body("a", 2)),
             },
             // a run of uploads, one node twice: its last one wins
             Write::Facts {
@@ -254,6 +268,30 @@ fn the_same_writes_give_the_same_state_in_sqlite_and_postgresql_body() {
     drop(pg);
     let mut pg = PostgresStore::open(&db.connection()).expect("reopened");
     assert_eq!(snapshot(&mut pg), a);
+    // the catalogs: the last one of a, none of c (lost) or b (never had one)
+    let reads = CatalogReads::new(&db.connection()).expect("reads");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let read = |n: &str| runtime.block_on(reads.read(n)).expect("read");
+    assert_eq!(
+        read("a"),
+        Some(StoredCatalog {
+            hash: "c2".into(),
+            json: catalog_json("a", 2)
+        })
+    );
+    assert_eq!(read("c"), None, "a lost catalog is not served");
+    assert_eq!(read("b"), None);
+    assert_eq!(
+        runtime.block_on(reads.hashes()).expect("hashes"),
+        vec![("a".to_string(), "c2".to_string())]
+    );
+    // a removed node's catalog goes with it
+    pg.write(&[Write::Remove {
+        certname: "a".into(),
+    }])
+    .expect("remove");
+    assert_eq!(read("a"), None, "a removed node's catalog is gone");
+    drop(reads);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -371,7 +409,7 @@ fn migrations_run_once_and_a_newer_schema_is_refused_body() {
         .query_one("SELECT count(*) FROM pcq_schema", &[])
         .expect("schema")
         .get(0);
-    assert_eq!(versions, 1);
+    assert_eq!(versions, 2, "nodes, then catalogs");
     client
         .batch_execute("INSERT INTO pcq_schema (version, name) VALUES (999, 'future')")
         .expect("a newer pcq's");
@@ -468,6 +506,63 @@ async fn pcq_on_postgresql_survives_kill_9_during_compiles_and_refuses_a_second_
     // a node's facts reach the database: a catalog it can fetch
     let catalog = pcq.catalog(&names[0]).await.expect("a catalog");
     assert_eq!(catalog["name"], names[0].as_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_catalog_kept_in_postgresql_is_served_by_a_daemon_that_never_compiled_it() {
+    let _serial = harness::serial().await;
+    let db = Database::new();
+    let names: Vec<String> = (1..=3)
+        .map(|i| format!("pgcat-{i:02}.example.com"))
+        .collect();
+    let config = on_postgresql(PcqConfig::puppetserver().cycle_off(), &db);
+    let (mut first, _) =
+        Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(180)).await;
+    assert!(
+        !first.state_dir().join("catalogs").exists(),
+        "no catalog files beside PostgreSQL"
+    );
+    let mut served = Vec::new();
+    for n in &names {
+        let (status, etag, json) = first.catalog_etag(n, None).await;
+        assert_eq!(status, 200, "{n}");
+        let hash = first.status(n).await.expect("status")["catalog_hash"].clone();
+        assert_eq!(
+            etag,
+            Some(format!("\"{}\"", hash.as_str().expect("a hash")))
+        );
+        served.push((etag.expect("an ETag"), json));
+    }
+    // stored compressed, a fraction of the JSON
+    let (stored, plain): (i64, usize) = (
+        apart(|| {
+            db.client()
+                .query_one("SELECT sum(octet_length(body))::bigint FROM catalogs", &[])
+                .expect("sizes")
+                .get(0)
+        }),
+        served.iter().map(|(_, json)| json.len()).sum(),
+    );
+    assert!(
+        stored > 0 && (stored as usize) < plain / 2,
+        "{stored} of {plain} bytes"
+    );
+
+    // the first daemon stops; another, with a state directory of its own,
+    // serves the same catalogs under the same ETags without compiling
+    let (_, clean) = first.terminate(Duration::from_secs(30));
+    assert!(clean, "the first pcq did not stop:\n{}", first.log_text());
+    let second = Pcq::start(&config).await;
+    assert_ne!(second.state_dir(), first.state_dir());
+    for (n, (etag, json)) in names.iter().zip(&served) {
+        let (status, tag, body) = second.catalog_etag(n, None).await;
+        assert_eq!((status, tag.as_ref()), (200, Some(etag)), "{n}");
+        assert_eq!(&body, json, "{n}: another body");
+        let (status, tag, _) = second.catalog_etag(n, Some(etag)).await;
+        assert_eq!((status, tag.as_ref()), (304, Some(etag)), "{n}");
+    }
+    let started = metric_sum(&second.metrics().await, "pcq_compiles_started_total");
+    assert_eq!(started, 0.0, "the second pcq compiled to serve");
 }
 
 /// The machine's PostgreSQL cluster, stopped and started as its service

@@ -21,6 +21,12 @@ fn open(dir: &std::path::Path) -> Result<Box<dyn Store>, StoreError> {
     })
 }
 
+/// A small catalog of the node, compressed as the store keeps it.
+fn body(certname: &str) -> Vec<u8> {
+    let json = format!(r#"{{"name":"{certname}","version":1,"resources":[],"edges":[]}}"#);
+    scheduler::daemon::store::catalog_reads::compress(json.as_bytes()).unwrap_or_default()
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let dir = PathBuf::from(args.next().unwrap_or_else(|| "pcq-state".into()));
@@ -58,6 +64,8 @@ fn main() {
                 hash: format!("{i:064x}"),
                 changed_at: now,
                 exports: Vec::new(),
+                // kept by PostgreSQL (SQLite's are files, and not made here)
+                body: Some(body(&certname)),
             });
             batch.push(Write::FactsHash {
                 certname,

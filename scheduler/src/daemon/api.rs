@@ -34,7 +34,6 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use super::catalog::CatalogFiles;
 use super::certname::Certname;
 use super::config::valid_environment;
 use super::dependencies::Dependencies;
@@ -42,6 +41,7 @@ use super::driver::router::ANALYSIS_LIMIT;
 use super::driver::{ApiError, Command, FactsUpload};
 use super::facts::{Ignore, Upload};
 use super::identity::Caller;
+use super::last_good::{LastGood, ReadError};
 use super::metrics::Metrics;
 use super::store::StoreHandle;
 
@@ -51,7 +51,7 @@ pub struct ApiState {
     /// The driver.
     pub driver: mpsc::Sender<Command>,
     /// The last good catalogs.
-    pub catalogs: CatalogFiles,
+    pub catalogs: LastGood,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Facts that never count as a change.
@@ -292,27 +292,44 @@ async fn get_catalog(
             format!("no catalog compiled for {certname} yet"),
         )
     })?;
-    let etag = format!("\"{hash}\"");
-    let matches = headers
+    let asked = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
-    if matches {
+        .unwrap_or_default()
+        .to_string();
+    let matches = |hash: &str| {
+        let etag = format!("\"{hash}\"");
+        asked
+            .split(',')
+            .any(|t| t.trim() == etag || t.trim() == "*")
+    };
+    if matches(&hash) {
+        let etag = format!("\"{hash}\"");
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
-    let catalogs = state.catalogs.clone();
-    let c = certname.clone();
-    let internal = |e: String| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e);
-    let bytes = tokio::task::spawn_blocking(move || catalogs.read(&c))
+    let served = state
+        .catalogs
+        .read(&certname)
         .await
-        .map_err(|e| internal(e.to_string()))?
-        .map_err(|e| internal(format!("reading the catalog: {e}")))?
+        .map_err(|e| match e {
+            ReadError::Unavailable(e) => Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e),
+            ReadError::Failed(e) => Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e),
+        })?
         .ok_or_else(|| {
             Refusal::new(
                 StatusCode::NOT_FOUND,
                 format!("no catalog stored for {certname}"),
             )
         })?;
+    // the database keeps each catalog with its hash: what it holds is
+    // what is served, under its own ETag (the driver's may be a commit
+    // ahead)
+    let hash = served.hash.unwrap_or(hash);
+    let etag = format!("\"{hash}\"");
+    if matches(&hash) {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    let bytes = served.json;
     Ok((
         StatusCode::OK,
         [

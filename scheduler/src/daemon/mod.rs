@@ -35,6 +35,7 @@ pub mod dependencies;
 pub mod driver;
 pub mod facts;
 pub mod identity;
+pub mod last_good;
 pub mod listener;
 pub mod load;
 pub mod master_status;
@@ -64,8 +65,10 @@ use config::{Backend, Config, StoreKind};
 use dependencies::Dependencies;
 use driver::{Command, Driver, MasterSlot, Parts};
 use facts::Ignore;
+use last_good::LastGood;
 use metrics::Metrics;
 use notify::Notifier;
+use store::catalog_reads::CatalogReads;
 use store::postgresql::{self, PostgresStore};
 use store::sqlite::SqliteStore;
 use store::{Store, StoreError, StoreHandle};
@@ -242,6 +245,24 @@ fn open_store(config: &Config) -> Result<Box<dyn Store>, ServeError> {
     })
 }
 
+/// Where the last good catalogs are kept: files in the state directory
+/// beside SQLite, the shared database's rows with PostgreSQL.
+fn last_good(config: &Config) -> Result<LastGood, ServeError> {
+    Ok(match (config.store.kind, &config.store.url) {
+        (StoreKind::Postgresql, Some(url)) => {
+            let connection = postgresql::Connection {
+                url: url.clone(),
+                ca_file: config.store.ca_file.clone(),
+            };
+            LastGood::Database(Arc::new(CatalogReads::new(&connection)?))
+        }
+        _ => LastGood::Files(
+            CatalogFiles::open(&config.state_dir.join("catalogs"))
+                .map_err(|e| io("catalog directory", e))?,
+        ),
+    })
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -255,8 +276,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let started = std::time::Instant::now();
     // (before the store: a PostgreSQL client must not be dropped on the
     // runtime, as an error here would)
-    let catalogs =
-        CatalogFiles::open(&dir.join("catalogs")).map_err(|e| io("catalog directory", e))?;
+    let catalogs = last_good(&config)?;
     // (the PostgreSQL client blocks: it runs off the runtime, here and on
     // the store's own thread)
     let opening = config.clone();
@@ -269,7 +289,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     })
     .await
     .map_err(|e| ServeError::Config(format!("opening the store: {e}")))??;
-    let (store, store_died) = StoreHandle::spawn(db, Some(catalogs.clone()))?;
+    let (store, store_died) = StoreHandle::spawn(db, catalogs.files().cloned())?;
     let metrics = Arc::new(Metrics::new());
     let notifier = Notifier::spawn(config.notify.clone(), metrics.clone());
     let ignore = Arc::new(

@@ -816,6 +816,29 @@ impl Pcq {
         serde_json::from_str(&text).ok()
     }
 
+    /// `certname`'s catalog from the admin API, sent `If-None-Match` when
+    /// given: the status, the ETag, and the body.
+    pub async fn catalog_etag(
+        &self,
+        certname: &str,
+        if_none_match: Option<&str>,
+    ) -> (u16, Option<String>, Vec<u8>) {
+        let mut request = self
+            .http
+            .get(format!("{}/v1/nodes/{certname}/catalog", self.api));
+        if let Some(tag) = if_none_match {
+            request = request.header("if-none-match", tag);
+        }
+        let r = request.send().await.expect("catalog request");
+        let status = r.status().as_u16();
+        let etag = r
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        (status, etag, r.bytes().await.unwrap_or_default().to_vec())
+    }
+
     pub async fn status(&self, certname: &str) -> Option<Value> {
         let r = self
             .http

@@ -3,11 +3,13 @@
 //! core.
 //!
 //! A compile reads the node's stored facts, asks the master's backend for
-//! a catalog, checks it, stages it on disk only when its canonical hash
-//! changed, and works out its links. The driver puts the staged file in
-//! place only if the node is still the one the compile was for (not
+//! a catalog, checks it, and only when its canonical hash changed prepares
+//! it to be kept (staged on disk beside SQLite, compressed for the row
+//! with PostgreSQL; [`LastGood`]), and works out its links. The driver
+//! commits it only if the node is still the one the compile was for (not
 //! revoked meanwhile), so the last good catalog survives any failure and a
-//! removed node's catalog never comes back. Whose fault a failure is decides the core's outcome: a node's
+//! removed node's catalog never comes back. Whose fault a failure is
+//! decides the core's outcome: a node's
 //! own failure parks it, a master's (refused, 503) interrupts the compile
 //! without blame (see [`super::masters`]).
 
@@ -17,11 +19,11 @@ use std::time::{Duration, Instant};
 use crate::core::{NodeId, Outcome};
 use crate::daemon::analyze::Analysis;
 use crate::daemon::backend::{facts_map, Compiler, Failure, Job};
-use crate::daemon::catalog::{self, CatalogFiles, Export};
+use crate::daemon::catalog::{self, Export};
 use crate::daemon::certname::Certname;
 use crate::daemon::dependencies::Dependencies;
+use crate::daemon::last_good::{Kept, LastGood};
 use crate::daemon::store::StoreHandle;
-use crate::private_file::Staged;
 
 use super::links::Links;
 
@@ -44,7 +46,7 @@ pub struct CompileJob {
     /// Where its facts are.
     pub store: StoreHandle,
     /// Where its catalog goes.
-    pub catalogs: CatalogFiles,
+    pub catalogs: LastGood,
     /// The environment's analysis (read when the compile ends).
     pub deps: Arc<Dependencies>,
 }
@@ -63,15 +65,15 @@ pub struct Compiled {
     pub result: Result<Catalog, Failure>,
 }
 
-/// A good catalog; if it changed, staged beside the node's current one.
+/// A good catalog; if it changed, ready to take the current one's place.
 pub struct Catalog {
     /// Its canonical hash.
     pub hash: String,
     /// It differs from the node's last good one.
     pub changed: bool,
-    /// The new file, to commit once the driver knows the node is still
-    /// the one this compile was for (dropped otherwise).
-    pub staged: Option<Staged>,
+    /// The changed catalog, to commit once the driver knows the node is
+    /// still the one this compile was for (dropped otherwise).
+    pub kept: Option<Kept>,
     /// Its exported resources, for the store.
     pub exports: Vec<Export>,
     /// What it says about the node's links to others.
@@ -141,7 +143,7 @@ fn facts_of<E: std::fmt::Display>(
 /// Checks a compile's output and stages the catalog if it changed;
 /// `analysis` gives the analysis of the environment the catalog names.
 pub fn keep(
-    catalogs: &CatalogFiles,
+    catalogs: &LastGood,
     certname: &Certname,
     bytes: &[u8],
     previous: Option<String>,
@@ -157,10 +159,10 @@ pub fn keep(
     }
     let analysis = analysis(compiled.environment.as_deref());
     let changed = previous.as_deref() != Some(compiled.hash.as_str());
-    let staged = match changed {
+    let kept = match changed {
         true => Some(
             catalogs
-                .stage(certname, &compiled.json)
+                .keep(certname, &compiled.json)
                 .map_err(|e| Failure::Node(format!("storing the catalog: {e}")))?,
         ),
         false => None,
@@ -169,7 +171,7 @@ pub fn keep(
     Ok(Catalog {
         hash: compiled.hash,
         changed,
-        staged,
+        kept,
         exports: compiled.exports,
         links,
         environment: compiled.environment,
@@ -199,7 +201,7 @@ mod tests {
             Ok(Catalog {
                 hash: "h".into(),
                 changed,
-                staged: None,
+                kept: None,
                 exports: Vec::new(),
                 links: Links::default(),
                 environment: None,
@@ -238,31 +240,31 @@ mod tests {
     #[test]
     fn only_a_changed_catalog_is_written_and_garbage_is_the_nodes_failure() {
         let dir = tempfile::tempdir().expect("tmp");
-        let catalogs = CatalogFiles::open(&dir.path().join("catalogs")).expect("dir");
+        let files =
+            crate::daemon::catalog::CatalogFiles::open(&dir.path().join("catalogs")).expect("dir");
+        let catalogs = LastGood::Files(files.clone());
         let certname = Certname::parse("web-01.example.com").expect("certname");
         let json =
             br#"{"name":"web-01.example.com","version":1,"resources":[],"edges":[],"classes":[]}"#;
         let mut first = keep(&catalogs, &certname, json, None, |_| None).expect("a catalog");
         assert!(first.changed);
         assert!(
-            catalogs.read(&certname).expect("read").is_none(),
+            files.read(&certname).expect("read").is_none(),
             "staged, not in place"
         );
-        first
-            .staged
-            .take()
-            .expect("staged")
-            .commit()
-            .expect("commit");
-        assert!(catalogs.read(&certname).expect("read").is_some());
-        catalogs.remove(&certname).expect("remove");
+        let Some(Kept::Staged(staged)) = first.kept.take() else {
+            panic!("a changed catalog is staged beside SQLite");
+        };
+        staged.commit().expect("commit");
+        assert!(files.read(&certname).expect("read").is_some());
+        files.remove(&certname).expect("remove");
         let again = keep(&catalogs, &certname, json, Some(first.hash.clone()), |_| {
             None
         })
         .expect("a catalog");
-        assert!(!again.changed && again.staged.is_none());
+        assert!(!again.changed && again.kept.is_none());
         assert!(
-            catalogs.read(&certname).expect("read").is_none(),
+            files.read(&certname).expect("read").is_none(),
             "an unchanged catalog is not rewritten"
         );
         assert!(matches!(

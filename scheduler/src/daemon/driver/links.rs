@@ -17,8 +17,9 @@ use std::time::Duration;
 
 use crate::core::{NodeId, Time};
 use crate::daemon::analyze::{Analysis, NodeDeps};
-use crate::daemon::catalog::{self, CatalogFiles, Exported};
+use crate::daemon::catalog::{self, Exported};
 use crate::daemon::certname::Certname;
+use crate::daemon::last_good::LastGood;
 
 use super::nodes::Nodes;
 
@@ -72,14 +73,14 @@ pub struct Reloaded {
 /// when `emit` says no more. Returns what is left for the last batch.
 /// Blocking: file reads and JSON parsing.
 pub fn reload(
-    catalogs: &CatalogFiles,
+    catalogs: &LastGood,
     analysis: &Analysis,
     nodes: Vec<(Certname, String)>,
     mut emit: impl FnMut(Vec<Reloaded>) -> bool,
 ) -> Option<Vec<Reloaded>> {
     let mut batch = Vec::new();
     for (certname, hash) in nodes {
-        let Ok(Some(bytes)) = catalogs.read(&certname) else {
+        let Ok(Some(bytes)) = catalogs.read_blocking(&certname) else {
             continue;
         };
         let Ok(mut compiled) = catalog::read(&bytes) else {

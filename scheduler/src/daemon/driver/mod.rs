@@ -50,6 +50,7 @@ use crate::core::{BumpReason, Core, Finished, NodeId, Outcome, Poll, Start, Time
 use crate::daemon::backend::Failure;
 use crate::daemon::catalog::Export;
 use crate::daemon::certname::Certname;
+use crate::daemon::last_good::Kept;
 use crate::daemon::metrics::Metrics;
 use crate::daemon::notify::Notice;
 use crate::daemon::store::{StoreError, StoredNode, Write};
@@ -712,17 +713,23 @@ impl Driver {
         if self.nodes.get(c.node).is_none() {
             return; // cannot happen: the core still has the node
         }
-        if let Some(staged) = cat.staged.take() {
-            if let Err(e) = staged.commit() {
-                // the store keeps the old hash, so the node's next
-                // compile writes the file again
-                tracing::error!(certname = %c.certname, "storing the catalog: {e}");
-                Metrics::count(&self.parts.metrics.catalogs, "unstored");
-                let text = format!("storing the catalog: {e}");
-                return self.record_error(c.node, &c.certname, text);
+        let body = match cat.kept.take() {
+            Some(Kept::Staged(staged)) => {
+                if let Err(e) = staged.commit() {
+                    // the store keeps the old hash, so the node's next
+                    // compile writes the file again
+                    tracing::error!(certname = %c.certname, "storing the catalog: {e}");
+                    Metrics::count(&self.parts.metrics.catalogs, "unstored");
+                    let text = format!("storing the catalog: {e}");
+                    return self.record_error(c.node, &c.certname, text);
+                }
+                // the store syncs the directory before it records the hash
+                None
             }
-            // the store syncs the directory before it records the hash
-        }
+            // committed with the hash, in one transaction
+            Some(Kept::Compressed(body)) => Some(body),
+            None => None,
+        };
         if let Some(env) = cat.environment.as_deref() {
             self.classified(c.node, &c.certname, env);
         }
@@ -735,6 +742,7 @@ impl Driver {
             hash: cat.hash.clone(),
             changed_at,
             exports: cat.exports,
+            body,
         });
         self.router.compiled(
             &self.core,
@@ -769,8 +777,15 @@ impl Driver {
         let (catalogs, tx) = (self.parts.catalogs.clone(), self.tx.clone());
         tokio::task::spawn_blocking(move || {
             let count = recorded.len();
-            let lost = restore::disagreeing(&catalogs, recorded);
-            tracing::info!("{count} catalog files checked, {} disagree", lost.len());
+            let lost = match restore::disagreeing(&catalogs, recorded) {
+                Ok(lost) => lost,
+                Err(e) => {
+                    // nothing is proven lost: every hash stays
+                    tracing::error!("the stored catalogs could not be checked: {e}");
+                    return;
+                }
+            };
+            tracing::info!("{count} stored catalogs checked, {} disagree", lost.len());
             if !lost.is_empty() {
                 let _ = tx.blocking_send(Command::CatalogsChecked(lost));
             }
@@ -806,6 +821,7 @@ impl Driver {
                         hash,
                         changed_at,
                         exports,
+                        body: None,
                     });
                 }
                 restore::Found::Unusable(why) => {

@@ -5,9 +5,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::daemon::catalog::CatalogFiles;
 use crate::daemon::config::Exports as ExportsConfig;
 use crate::daemon::dependencies::Dependencies;
+use crate::daemon::last_good::LastGood;
 use crate::daemon::metrics::Metrics;
 use crate::daemon::notify::Notifier;
 use crate::daemon::store::StoreHandle;
@@ -19,7 +19,7 @@ pub struct Parts {
     /// The store.
     pub store: StoreHandle,
     /// The last good catalogs.
-    pub catalogs: CatalogFiles,
+    pub catalogs: LastGood,
     /// Notifications.
     pub notifier: Notifier,
     /// Metrics.

@@ -16,11 +16,15 @@
 //! with the power, the older) is a catalog Puppet Server compiled for it:
 //! the driver records its hash, so the node keeps a catalog, and compiles
 //! the node again. One that is missing, torn or another node's is
-//! forgotten, and the node compiles again.
+//! forgotten, and the node compiles again. With the PostgreSQL store a
+//! catalog and its hash are committed together, so only a row missing or
+//! under another hash (a database migrated from before catalogs were kept
+//! in it) disagrees: its hash is forgotten.
 
 use crate::core::{Core, CoreError, NodeId, NodeState};
 use crate::daemon::catalog::{self, CatalogFiles, Export, Exported};
 use crate::daemon::certname::Certname;
+use crate::daemon::last_good::{LastGood, ReadError};
 use crate::daemon::store::StoredNode;
 
 use super::nodes::{NodeInfo, Nodes};
@@ -50,9 +54,35 @@ pub struct Disagreement {
     pub found: Found,
 }
 
-/// The nodes of `recorded` (certname, recorded catalog hash) whose catalog
-/// file does not hold that catalog, and what it holds.
+/// The nodes of `recorded` (certname, recorded catalog hash) whose stored
+/// catalog is not that catalog, and what is stored instead. Blocking.
 pub fn disagreeing(
+    catalogs: &LastGood,
+    recorded: Vec<(Certname, String)>,
+) -> Result<Vec<Disagreement>, ReadError> {
+    match catalogs {
+        LastGood::Files(files) => Ok(disagreeing_files(files, recorded)),
+        LastGood::Database(rows) => {
+            let stored = tokio::runtime::Handle::current().block_on(rows.hashes())?;
+            let stored: std::collections::HashMap<String, String> = stored.into_iter().collect();
+            Ok(recorded
+                .into_iter()
+                .filter(|(certname, hash)| stored.get(certname.as_str()) != Some(hash))
+                .map(|(certname, hash)| Disagreement {
+                    found: Found::Unusable(match stored.get(certname.as_str()) {
+                        Some(other) => format!("the database holds catalog {other} for it"),
+                        None => "the database holds no catalog for it".to_string(),
+                    }),
+                    certname,
+                    recorded: hash,
+                })
+                .collect())
+        }
+    }
+}
+
+/// [`disagreeing`] over catalog files: each read and hashed.
+fn disagreeing_files(
     catalogs: &CatalogFiles,
     recorded: Vec<(Certname, String)>,
 ) -> Vec<Disagreement> {
@@ -219,7 +249,7 @@ mod tests {
                     .expect("commit");
             }
         }
-        let found: Vec<String> = disagreeing(&catalogs, recorded)
+        let found: Vec<String> = disagreeing_files(&catalogs, recorded)
             .into_iter()
             .map(|d| match d.found {
                 Found::Another { hash, .. } => {

@@ -16,10 +16,11 @@ use tokio::sync::mpsc;
 
 use crate::core::{Core, NodeId, Time};
 use crate::daemon::analyze::{Analysis, NodeDeps};
-use crate::daemon::catalog::{CatalogFiles, Exported};
+use crate::daemon::catalog::Exported;
 use crate::daemon::certname::Certname;
 use crate::daemon::config::Exports as ExportsConfig;
 use crate::daemon::dependencies::Dependencies;
+use crate::daemon::last_good::LastGood;
 
 use super::command::Command;
 use super::links::{self, Links, Reloaded, Routing};
@@ -39,7 +40,7 @@ pub struct Router {
     routing: Routing,
     deps: Arc<Dependencies>,
     exports: ExportsConfig,
-    catalogs: CatalogFiles,
+    catalogs: LastGood,
     tx: mpsc::Sender<Command>,
     /// Compiles whose exported resources changed, since start (`pcq site`).
     pub export_changes: u64,
@@ -50,7 +51,7 @@ impl Router {
     pub fn new(
         deps: Arc<Dependencies>,
         exports: ExportsConfig,
-        catalogs: CatalogFiles,
+        catalogs: LastGood,
         tx: mpsc::Sender<Command>,
     ) -> Router {
         Router {

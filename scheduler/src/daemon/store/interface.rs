@@ -66,6 +66,10 @@ pub enum Write {
         changed_at: Time,
         /// Its exported resources.
         exports: Vec<Export>,
+        /// The catalog itself, compressed (zstd), when the store keeps
+        /// catalogs (PostgreSQL) and it changed; `None` leaves the stored
+        /// one (unchanged, or kept in a file beside SQLite).
+        body: Option<Vec<u8>>,
     },
     /// The last compile error (`None` clears it).
     Error {
@@ -74,9 +78,9 @@ pub enum Write {
         /// The error text.
         error: Option<String>,
     },
-    /// The node's catalog file does not hold the catalog its recorded hash
-    /// names (torn, lost, replaced): the hash is forgotten, so the next
-    /// compile writes the file again.
+    /// The node's stored catalog is not the catalog its recorded hash
+    /// names (a file torn, lost or replaced; no catalog in the database):
+    /// the hash is forgotten, so the next compile stores the catalog again.
     CatalogLost {
         /// The node.
         certname: String,

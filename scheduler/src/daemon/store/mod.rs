@@ -7,8 +7,9 @@
 //! error. It holds no queue policy: order within a lane is rebuilt by the
 //! core from the stored times ([`crate::core::Core::restore_node`]).
 //!
-//! [`Store`] is the interface a backend implements (SQLite here; a
-//! PostgreSQL store shared by several masters can implement it later).
+//! [`Store`] is the interface a backend implements: SQLite (the default,
+//! one master) and PostgreSQL (shared; it keeps the catalogs too, read by
+//! [`catalog_reads`]).
 //! [`StoreHandle`] runs a store on its own thread and batches writes into
 //! one transaction (group commit): a facts upload waits for its commit, and
 //! thousands of them a second share a handful of commits.
@@ -21,6 +22,7 @@
 //! bounded: when it is full, uploads are refused (503, retry later) instead
 //! of growing memory without end.
 
+pub mod catalog_reads;
 pub mod interface;
 pub mod postgresql;
 pub mod row;

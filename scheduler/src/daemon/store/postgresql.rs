@@ -40,8 +40,10 @@ pub const QUEUE_LOCK: i64 = 0x0070_6371;
 const MIGRATION_LOCK: i64 = 0x0070_6372;
 
 /// The migrations, in order: (version, name, SQL).
-const MIGRATIONS: [(i32, &str, &str); 1] =
-    [(1, "nodes", include_str!("migrations/0001_nodes.sql"))];
+const MIGRATIONS: [(i32, &str, &str); 2] = [
+    (1, "nodes", include_str!("migrations/0001_nodes.sql")),
+    (2, "catalogs", include_str!("migrations/0002_catalogs.sql")),
+];
 
 /// Where the database is, and how to trust it.
 #[derive(Clone, Debug)]
@@ -86,11 +88,12 @@ struct Statements {
     facts_hash_many: Statement,
     facts_hash: Statement,
     catalog: Statement,
+    catalog_body: Statement,
     delete_exports: Statement,
     export: Statement,
     error: Statement,
-    catalog_lost: Statement,
-    remove: [Statement; 3],
+    catalog_lost: [Statement; 2],
+    remove: [Statement; 4],
 }
 
 /// Why a use of the database failed.
@@ -110,7 +113,7 @@ impl From<postgres::Error> for Failure {
 /// Does this error end the connection (a new one is needed)? Only when
 /// the session is gone: a session still alive holds the queue's lock, and
 /// a second one of this pcq's would find it taken.
-fn ends_connection(e: &postgres::Error) -> bool {
+pub(super) fn ends_connection(e: &postgres::Error) -> bool {
     if e.is_closed() {
         return true;
     }
@@ -134,7 +137,7 @@ fn connect_outage(e: &StoreError) -> bool {
 }
 
 /// A connect's error: an outage or a refusal.
-fn connect_err(e: postgres::Error) -> StoreError {
+pub(super) fn connect_err(e: postgres::Error) -> StoreError {
     let outage = match e.as_db_error() {
         None => true,
         Some(db) => {
@@ -160,7 +163,7 @@ fn text(s: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-fn db_err(e: postgres::Error) -> StoreError {
+pub(super) fn db_err(e: postgres::Error) -> StoreError {
     // the server's own message (with its detail) where it sent one
     match e.as_db_error() {
         Some(db) => StoreError::Database(format!("PostgreSQL: {}", db.message())),
@@ -168,7 +171,7 @@ fn db_err(e: postgres::Error) -> StoreError {
     }
 }
 
-fn tls(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, StoreError> {
+pub(super) fn tls(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, StoreError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
@@ -238,10 +241,11 @@ impl PostgresStore {
     }
 }
 
-fn connect(connection: &Connection) -> Result<Client, StoreError> {
-    let config = postgres::Config::from_str(&connection.url)
+/// The connection's settings: the URL's, with pcq's name and timeouts
+/// where it sets none.
+pub(super) fn settings(connection: &Connection) -> Result<tokio_postgres::Config, StoreError> {
+    let mut config = tokio_postgres::Config::from_str(&connection.url)
         .map_err(|e| StoreError::Database(format!("store.url: {e}")))?;
-    let mut config = config;
     if config.get_application_name().is_none() {
         config.application_name("pcq");
     }
@@ -253,7 +257,11 @@ fn connect(connection: &Connection) -> Result<Client, StoreError> {
     if config.get_tcp_user_timeout().is_none() {
         config.tcp_user_timeout(std::time::Duration::from_secs(30));
     }
-    config
+    Ok(config)
+}
+
+fn connect(connection: &Connection) -> Result<Client, StoreError> {
+    postgres::Config::from(settings(connection)?)
         .connect(tls(connection.ca_file.as_deref())?)
         .map_err(connect_err)
 }
@@ -345,6 +353,10 @@ impl Statements {
                 "UPDATE nodes SET catalog_hash = $2, catalog_changed_us = $3, last_error = NULL
                  WHERE certname = $1",
             )?,
+            catalog_body: p("INSERT INTO catalogs (certname, hash, body, stored_us)
+                             VALUES ($1, $2, $3, $4)
+                             ON CONFLICT (certname) DO UPDATE SET hash = excluded.hash,
+                                body = excluded.body, stored_us = excluded.stored_us")?,
             delete_exports: p("DELETE FROM exports WHERE certname = $1")?,
             export: p(
                 "INSERT INTO exports (certname, type, title, parameters_hash)
@@ -353,11 +365,15 @@ impl Statements {
                           parameters_hash = excluded.parameters_hash",
             )?,
             error: p("UPDATE nodes SET last_error = $2 WHERE certname = $1")?,
-            catalog_lost: p("UPDATE nodes SET catalog_hash = NULL WHERE certname = $1")?,
+            catalog_lost: [
+                p("UPDATE nodes SET catalog_hash = NULL WHERE certname = $1")?,
+                p("DELETE FROM catalogs WHERE certname = $1")?,
+            ],
             remove: [
                 p("DELETE FROM nodes WHERE certname = $1")?,
                 p("DELETE FROM facts WHERE certname = $1")?,
                 p("DELETE FROM exports WHERE certname = $1")?,
+                p("DELETE FROM catalogs WHERE certname = $1")?,
             ],
         })
     }
@@ -550,8 +566,13 @@ impl PostgresStore {
                     hash,
                     changed_at,
                     exports,
+                    body,
                 } => {
                     tx.execute(&s.catalog, &[certname, hash, &micros(*changed_at)])?;
+                    if let Some(body) = body {
+                        let at = micros(*changed_at);
+                        tx.execute(&s.catalog_body, &[certname, hash, body, &at])?;
+                    }
                     tx.execute(&s.delete_exports, &[certname])?;
                     for e in exports {
                         tx.execute(
@@ -571,7 +592,9 @@ impl PostgresStore {
                     tx.execute(&s.error, &[certname, &error])?;
                 }
                 Write::CatalogLost { certname } => {
-                    tx.execute(&s.catalog_lost, &[certname])?;
+                    for statement in &s.catalog_lost {
+                        tx.execute(statement, &[certname])?;
+                    }
                 }
             }
         }

@@ -195,6 +195,8 @@ impl Store for SqliteStore {
                     hash,
                     changed_at,
                     exports,
+                    // catalogs beside SQLite are files (`LastGood::Files`)
+                    body: _,
                 } => {
                     tx.prepare_cached(
                         "UPDATE nodes SET catalog_hash = ?2, catalog_changed_us = ?3, last_error = NULL
@@ -319,6 +321,7 @@ mod tests {
                     title: "a".into(),
                     parameters_hash: "p".into(),
                 }],
+                body: None,
             },
         ])
         .expect("write");
