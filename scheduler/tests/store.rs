@@ -21,7 +21,7 @@ use scheduler::core::{
 };
 use scheduler::daemon::catalog::Export;
 use scheduler::daemon::store::catalog_reads::{compress, CatalogReads, StoredCatalog};
-use scheduler::daemon::store::postgresql::{Connection, PostgresStore, QUEUE_LOCK};
+use scheduler::daemon::store::postgresql::{Connection, PostgresStore};
 use scheduler::daemon::store::sqlite::SqliteStore;
 use scheduler::daemon::store::{Store, StoreError, Write};
 
@@ -333,27 +333,88 @@ async fn one_scheduler_per_database() {
 fn one_scheduler_per_database_body() {
     let db = Database::new();
     let first = PostgresStore::open(&db.connection()).expect("the first");
+    assert_eq!(first.epoch(), 1);
     match PostgresStore::open(&db.connection()) {
-        Err(StoreError::Deposed(why)) => {
-            assert!(why.contains("another pcq serve"), "{why}")
+        Err(StoreError::Standby(why)) => {
+            assert!(why.contains("another pcq serve leads"), "{why}");
+            assert!(why.contains("epoch 1"), "{why}");
         }
         Err(e) => panic!("{e}"),
-        Ok(_) => panic!("a second scheduler on one database"),
+        Ok(_) => panic!("a second leader on one database"),
     }
-    // the lock goes with its holder
+    // a leader stopping gives the lead up at once
     drop(first);
-    let mut second = PostgresStore::open(&db.connection()).expect("the lock is free again");
+    let mut second = PostgresStore::open(&db.connection()).expect("the lead is free again");
+    assert_eq!(second.epoch(), 2, "each leader a new epoch");
     second.write(&history()[0]).expect("and it writes");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_broken_connection_comes_back_with_the_lock_or_not_at_all() {
-    alone(a_broken_connection_comes_back_with_the_lock_or_not_at_all_body).await;
+/// The leader's row: (epoch, holder).
+fn leader(db: &Database) -> (i64, String) {
+    let row = db
+        .client()
+        .query_one("SELECT epoch, holder FROM pcq_leader", &[])
+        .expect("leader");
+    (row.get(0), row.get(1))
 }
 
-fn a_broken_connection_comes_back_with_the_lock_or_not_at_all_body() {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_paused_past_its_lease_is_fenced_out() {
+    alone(a_leader_paused_past_its_lease_is_fenced_out_body).await;
+}
+
+fn a_leader_paused_past_its_lease_is_fenced_out_body() {
     let db = Database::new();
-    let mut pg = PostgresStore::open(&db.connection()).expect("PostgreSQL");
+    let lease = Duration::from_millis(1500);
+    let mut old = PostgresStore::open_with(&db.connection(), lease).expect("the first");
+    old.write(&history()[0]).expect("the leader writes");
+    let held = old.lease().expect("a shared store has a lease");
+    assert!(held.holds());
+    // a commit renews the lease: the standby waits
+    std::thread::sleep(lease / 2);
+    old.renew().expect("renewed");
+    std::thread::sleep(lease / 2);
+    assert!(matches!(
+        PostgresStore::open_with(&db.connection(), lease),
+        Err(StoreError::Standby(_))
+    ));
+    let before = snapshot(&mut old);
+    // the leader is "paused": no commit, no renewal, past its lease
+    std::thread::sleep(lease + Duration::from_millis(300));
+    assert!(
+        !held.holds(),
+        "the paused leader's own clock says it lapsed"
+    );
+    let mut new = PostgresStore::open_with(&db.connection(), lease).expect("a new leader");
+    assert_eq!(new.epoch(), old.epoch() + 1);
+    // the old one wakes: neither a commit nor a renewal gets through
+    match old.write(&history()[1]) {
+        Err(StoreError::Deposed(why)) => {
+            assert!(
+                why.contains("another pcq serve leads the queue now"),
+                "{why}"
+            )
+        }
+        other => panic!("a deposed leader wrote: {other:?}"),
+    }
+    assert!(matches!(old.renew(), Err(StoreError::Deposed(_))));
+    assert!(!held.holds());
+    assert_eq!(snapshot(&mut new), before, "nothing of the old leader's");
+    // and its end does not give away the new one's lead
+    drop(old);
+    assert_eq!(leader(&db).0, new.epoch());
+    new.write(&history()[1]).expect("the new leader writes");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_connection_comes_back_leading_or_not_at_all() {
+    alone(a_broken_connection_comes_back_leading_or_not_at_all_body).await;
+}
+
+fn a_broken_connection_comes_back_leading_or_not_at_all_body() {
+    let db = Database::new();
+    let lease = Duration::from_secs(1);
+    let mut pg = PostgresStore::open_with(&db.connection(), lease).expect("PostgreSQL");
     pg.write(&history()[0]).expect("write");
     // PostgreSQL drops the store's connection (as a restart does)
     let mut admin = db.client();
@@ -364,35 +425,30 @@ fn a_broken_connection_comes_back_with_the_lock_or_not_at_all_body() {
     );
     admin.batch_execute(&kill).expect("terminate");
     // the first use after it may fail (the break shows then); the store's
-    // thread retries, and the retry connects again and takes the lock
+    // thread retries, and the retry connects again; its epoch says it
+    // still leads
     let mut wrote = pg.write(&history()[1]);
     if wrote.is_err() {
         wrote = pg.write(&history()[1]);
     }
     wrote.expect("written after connecting again");
     assert_eq!(pg.load().expect("load").len(), 3);
-    let held: bool = admin
-        .query_one(
-            "SELECT count(*) = 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = $1",
-            &[&(QUEUE_LOCK as u32)],
-        )
-        .expect("locks")
-        .get(0);
-    assert!(held, "the queue's lock is held again");
+    assert_eq!(leader(&db).0, pg.epoch(), "it still leads");
 
-    // broken again, and another scheduler takes the lock meanwhile: this
-    // one must not write
+    // broken again, and paused past its lease while another takes the
+    // lead: this one must not write
     admin.batch_execute(&kill).expect("terminate");
+    std::thread::sleep(Duration::from_millis(1500));
     let mut other = PostgresStore::open(&db.connection()).expect("the other takes over");
     let mut refused = pg.write(&history()[0]);
-    if !matches!(&refused, Err(StoreError::Deposed(w)) if w.contains("another pcq serve")) {
+    if !matches!(&refused, Err(StoreError::Deposed(_))) {
         refused = pg.write(&history()[0]);
     }
     match refused {
-        Err(StoreError::Deposed(why)) => assert!(why.contains("another pcq serve"), "{why}"),
+        Err(StoreError::Deposed(why)) => assert!(why.contains("leads the queue now"), "{why}"),
         other => panic!("a deposed store wrote: {other:?}"),
     }
-    other.write(&history()[1]).expect("the new holder writes");
+    other.write(&history()[1]).expect("the new leader writes");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -409,7 +465,7 @@ fn migrations_run_once_and_a_newer_schema_is_refused_body() {
         .query_one("SELECT count(*) FROM pcq_schema", &[])
         .expect("schema")
         .get(0);
-    assert_eq!(versions, 2, "nodes, then catalogs");
+    assert_eq!(versions, 3, "nodes, catalogs, leader");
     client
         .batch_execute("INSERT INTO pcq_schema (version, name) VALUES (999, 'future')")
         .expect("a newer pcq's");
@@ -427,8 +483,42 @@ fn on_postgresql(config: PcqConfig, db: &Database) -> PcqConfig {
         .set("store.url", &format!("\"{}\"", db.connection().url))
 }
 
+/// Waits up to `limit` for the database's leader to move past `epoch`:
+/// how long it took, and the new epoch.
+async fn new_leader(db: &Database, epoch: i64, limit: Duration) -> Option<(Duration, i64)> {
+    let t = std::time::Instant::now();
+    while t.elapsed() < limit {
+        let now = apart(|| leader(db).0);
+        if now > epoch {
+            return Some((t.elapsed(), now));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// Every node once in the database: (rows, distinct certnames, compiling).
+fn rows_once(db: &Database) -> (i64, i64, i64) {
+    apart(|| {
+        let row = db
+            .client()
+            .query_one(
+                "SELECT count(*), count(DISTINCT certname),
+                        count(*) FILTER (WHERE state = 'compiling') FROM nodes",
+                &[],
+            )
+            .expect("count");
+        (row.get(0), row.get(1), row.get(2))
+    })
+}
+
+/// Lines of a pcq's log that say a compile started.
+fn starts_logged(pcq: &Pcq) -> usize {
+    pcq.log_text().matches("compile started").count()
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn pcq_on_postgresql_survives_kill_9_during_compiles_and_refuses_a_second_scheduler() {
+async fn the_leader_killed_during_compiles_fails_over_to_a_standby() {
     let _serial = harness::serial().await;
     let db = Database::new();
     let names: Vec<String> = (1..=12).map(|i| format!("pg-{i:02}.example.com")).collect();
@@ -438,61 +528,75 @@ async fn pcq_on_postgresql_survives_kill_9_during_compiles_and_refuses_a_second_
             .max_concurrency(2),
         &db,
     );
-    let (mut pcq, _) =
+    let (first, _) =
         Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(180)).await;
     assert!(
-        !pcq.state_dir().join("state.db").exists(),
+        !first.state_dir().join("state.db").exists(),
         "no SQLite beside PostgreSQL"
     );
-
     // a second daemon (its own state directory and ports) on the same
-    // database is refused, and the first goes on
-    let second = Pcq::start_refused(&config).await;
+    // database stands by, serving nothing, while the first leads
+    let second = Pcq::start_standby(&config).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!second.healthy().await, "a standby answered as a leader");
     assert!(
-        second.contains("another pcq serve runs the queue on this database"),
-        "{second}"
+        second
+            .log_text()
+            .contains("another pcq serve leads the queue"),
+        "{}",
+        second.log_text()
     );
-    assert!(pcq.healthy().await);
+    assert!(first.healthy().await);
 
+    let mut daemons = [first, second];
+    let mut failovers = Vec::new();
     for round in 0..2 {
-        let busy = pcq
+        let (leading, standing) = (round % 2, (round + 1) % 2);
+        let epoch = apart(|| leader(&db).0);
+        let busy = daemons[leading]
             .wait(Duration::from_secs(30), || async {
-                !pcq.queue().await["in_flight"]
+                !daemons[leading].queue().await["in_flight"]
                     .as_array()
                     .is_none_or(Vec::is_empty)
             })
             .await;
         assert!(busy, "round {round}: nothing compiling");
-        pcq.kill9();
+        daemons[leading].kill9();
         // the database right after the crash: every node exactly once
-        let (rows, distinct, compiling): (i64, i64, i64) = apart(|| {
-            let row = db
-                .client()
-                .query_one(
-                    "SELECT count(*), count(DISTINCT certname),
-                            count(*) FILTER (WHERE state = 'compiling') FROM nodes",
-                    &[],
-                )
-                .expect("count");
-            (row.get(0), row.get(1), row.get(2))
-        });
+        let (rows, distinct, compiling) = rows_once(&db);
         assert_eq!((rows, distinct), (12, 12), "round {round}");
         assert!(
             compiling >= 1,
-            "round {round}: the compiles running are recorded"
+            "round {round}: the running compiles are recorded"
         );
-        // the killed daemon's session ends with it: its lock is free again
-        pcq.restart().await;
-        let q = pcq.queue().await;
+        // the standby takes the lead once the dead one's lease lapses
+        let Some((took, now)) = new_leader(&db, epoch, Duration::from_secs(10)).await else {
+            panic!(
+                "round {round}: no new leader within 10 s:\n{}",
+                daemons[standing].log_text()
+            );
+        };
+        assert_eq!(now, epoch + 1, "round {round}");
+        let next = &daemons[standing];
+        let up = next
+            .wait(Duration::from_secs(20), || async { next.healthy().await })
+            .await;
+        assert!(
+            up,
+            "round {round}: the new leader never answered:\n{}",
+            next.log_text()
+        );
+        failovers.push(took);
+        let q = next.queue().await;
         assert_eq!(q["nodes"], 12, "round {round}: {q}");
         for n in &names {
-            let s = pcq.status(n).await.unwrap_or_else(|| panic!("{n} lost"));
+            let s = next.status(n).await.unwrap_or_else(|| panic!("{n} lost"));
             assert!(!s["catalog_hash"].is_null(), "{n}: last good catalog lost");
         }
-        let requeued = pcq
+        let requeued = next
             .wait(Duration::from_secs(10), || async {
                 metric(
-                    &pcq.metrics().await,
+                    &next.metrics().await,
                     "pcq_compiles_started_total{reason=\"requeued\"}",
                 ) >= 1.0
             })
@@ -500,12 +604,82 @@ async fn pcq_on_postgresql_survives_kill_9_during_compiles_and_refuses_a_second_
         assert!(
             requeued,
             "round {round}: interrupted compiles not requeued first:\n{}",
-            pcq.metrics().await
+            next.metrics().await
         );
+        assert_eq!(
+            metric(&next.metrics().await, "pcq_leader_epoch"),
+            now as f64,
+            "round {round}"
+        );
+        // the dead one comes back as the standby
+        daemons[leading].restart_standby();
     }
+    eprintln!("failover after kill -9 (the new leader's epoch taken): {failovers:?}");
     // a node's facts reach the database: a catalog it can fetch
-    let catalog = pcq.catalog(&names[0]).await.expect("a catalog");
+    let catalog = daemons[0].catalog(&names[0]).await.expect("a catalog");
     assert_eq!(catalog["name"], names[0].as_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_paused_past_its_lease_starts_nothing_and_steps_down() {
+    let _serial = harness::serial().await;
+    let db = Database::new();
+    let names: Vec<String> = (1..=6)
+        .map(|i| format!("pgstop-{i:02}.example.com"))
+        .collect();
+    let config = on_postgresql(
+        PcqConfig::puppetserver()
+            .cycle_every(Duration::ZERO)
+            .max_concurrency(2),
+        &db,
+    );
+    let (mut first, _) =
+        Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(180)).await;
+    let second = Pcq::start_standby(&config).await;
+    let epoch = apart(|| leader(&db).0);
+    let pid = first.pid().to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started_before = starts_logged(&first);
+    let Some((took, now)) = new_leader(&db, epoch, Duration::from_secs(15)).await else {
+        signal("-CONT");
+        panic!(
+            "no new leader while the first was stopped:\n{}",
+            second.log_text()
+        );
+    };
+    let up = second
+        .wait(Duration::from_secs(20), || async { second.healthy().await })
+        .await;
+    assert!(up, "the new leader never answered:\n{}", second.log_text());
+    // the paused leader wakes past its lease: it starts nothing, writes
+    // nothing, and stops
+    signal("-CONT");
+    let Some(status) = first.exited(Duration::from_secs(15)) else {
+        panic!("the deposed leader ran on:\n{}", first.log_text());
+    };
+    assert!(!status.success(), "the deposed leader exited 0");
+    let said = first.log_text();
+    assert!(
+        said.contains("another pcq serve leads the queue now"),
+        "{said}"
+    );
+    assert_eq!(
+        starts_logged(&first),
+        started_before,
+        "the deposed leader started a compile after it woke:\n{said}"
+    );
+    assert_eq!(apart(|| leader(&db).0), now, "the new leader still leads");
+    let (rows, distinct, _) = rows_once(&db);
+    assert_eq!((rows, distinct), (6, 6));
+    eprintln!("a new leader {took:?} after the first was stopped");
 }
 
 #[tokio::test(flavor = "multi_thread")]

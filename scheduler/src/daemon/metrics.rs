@@ -129,6 +129,10 @@ pub struct Metrics {
     pub deploys: Family<ResultLabel, Counter>,
     /// Nodes per deploy: moved, spared.
     pub deploy_nodes: Family<ResultLabel, Counter>,
+    /// The epoch this pcq leads in (0: SQLite, alone on its state).
+    pub leader_epoch: Gauge,
+    /// When this pcq took the lead (Unix seconds).
+    pub leader_since: FGauge,
 }
 
 impl Metrics {
@@ -317,6 +321,18 @@ impl Metrics {
             "Nodes deploys decided on, by result: moved (to recompile), spared (their catalogs do not reach the changed code)",
             deploy_nodes.clone(),
         );
+        let leader_epoch = Gauge::default();
+        registry.register(
+            "leader_epoch",
+            "The epoch this pcq leads the queue in: raised by each new leader on a shared (PostgreSQL) store; 0 with SQLite",
+            leader_epoch.clone(),
+        );
+        let leader_since = FGauge::default();
+        registry.register(
+            "leader_since_seconds",
+            "When this pcq took the lead (Unix time)",
+            leader_since.clone(),
+        );
         let waiting_for_facts = Gauge::default();
         registry.register(
             "nodes_waiting_for_facts",
@@ -359,6 +375,8 @@ impl Metrics {
             crl_expires_in,
             deploys,
             deploy_nodes,
+            leader_epoch,
+            leader_since,
         };
         metrics.every_series_from_the_start();
         metrics

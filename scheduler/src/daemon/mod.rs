@@ -226,7 +226,9 @@ async fn jruby_pools(servers: &[PuppetServer]) -> Vec<Result<u32, String>> {
 }
 
 /// The store the configuration names: SQLite in the state directory, or
-/// PostgreSQL (migrated, its queue lock taken).
+/// PostgreSQL (migrated, the lead taken: while another `pcq serve` leads,
+/// this one stands by until its lease lapses, then rebuilds the queue
+/// from the store exactly as a restart does).
 fn open_store(config: &Config) -> Result<Box<dyn Store>, ServeError> {
     Ok(match (config.store.kind, &config.store.url) {
         (StoreKind::Postgresql, Some(url)) => {
@@ -234,8 +236,22 @@ fn open_store(config: &Config) -> Result<Box<dyn Store>, ServeError> {
                 url: url.clone(),
                 ca_file: config.store.ca_file.clone(),
             };
-            let store = PostgresStore::open(&connection)?;
-            tracing::info!("state in PostgreSQL (this pcq holds the queue's lock)");
+            let mut said = false;
+            let store = loop {
+                match PostgresStore::open(&connection) {
+                    Err(StoreError::Standby(why)) => {
+                        if !std::mem::replace(&mut said, true) {
+                            tracing::info!("{why}");
+                        }
+                        std::thread::sleep(postgresql::RENEW_EVERY);
+                    }
+                    other => break other?,
+                }
+            };
+            tracing::info!(
+                "state in PostgreSQL; this pcq leads the queue (epoch {})",
+                store.epoch()
+            );
             Box::new(store)
         }
         _ => Box::new(SqliteStore::open_with(
@@ -289,8 +305,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     })
     .await
     .map_err(|e| ServeError::Config(format!("opening the store: {e}")))??;
+    let (lease, epoch) = (db.lease(), db.epoch());
     let (store, store_died) = StoreHandle::spawn(db, catalogs.files().cloned())?;
     let metrics = Arc::new(Metrics::new());
+    metrics.leader_epoch.set(epoch);
+    metrics
+        .leader_since
+        .set(driver::now().as_micros() as f64 / 1e6);
     let notifier = Notifier::spawn(config.notify.clone(), metrics.clone());
     let ignore = Arc::new(
         Ignore::new(&config.facts.ignore)
@@ -319,6 +340,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         default_environment: config.default_environment.clone(),
         deps: deps.clone(),
         exports: config.exports.clone(),
+        lease,
     };
     let driver = Driver::new(
         core,

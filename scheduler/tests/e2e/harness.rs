@@ -455,6 +455,13 @@ impl Pcq {
     /// Starts pcq with `config`, in its own state directory and on free
     /// ports.
     pub async fn start(config: &PcqConfig) -> Pcq {
+        let mut pcq = Pcq::prepare(config);
+        pcq.spawn().await;
+        pcq
+    }
+
+    /// A pcq's directory, configuration and client; not running yet.
+    fn prepare(config: &PcqConfig) -> Pcq {
         let dir = tempfile::tempdir().expect("tmp dir");
         let (port, admin) = (free_port(), free_port());
         let config_file = dir.path().join("pcq.toml");
@@ -484,7 +491,7 @@ impl Pcq {
             bearer.parse().expect("header value"),
         );
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut pcq = Pcq {
+        Pcq {
             log: dir.path().join("pcq.log"),
             dir,
             api: format!("http://127.0.0.1:{admin}"),
@@ -501,63 +508,21 @@ impl Pcq {
             token_file,
             nofile: config.nofile,
             nodes: std::sync::Mutex::new(std::collections::HashMap::new()),
-        };
-        pcq.spawn().await;
+        }
+    }
+
+    /// Starts pcq with `config` (its own state directory and ports)
+    /// without waiting for it to answer: a standby, while another pcq
+    /// leads the queue on the same database.
+    pub async fn start_standby(config: &PcqConfig) -> Pcq {
+        let mut pcq = Pcq::prepare(config);
+        pcq.spawn_child();
         pcq
     }
 
-    /// Starts pcq with `config` (its own state directory and ports) where
-    /// it must refuse to run: what it said, once it exited non-zero within
-    /// 30 s (panics if it ran on, or exited 0).
-    pub async fn start_refused(config: &PcqConfig) -> String {
-        let dir = tempfile::tempdir().expect("tmp dir");
-        let token_file = dir.path().join("admin.token");
-        scheduler::private_file::write(&token_file, ADMIN_TOKEN.as_bytes()).expect("token file");
-        let text = config
-            .clone()
-            .set(
-                "state_dir",
-                &quoted(&dir.path().join("state").display().to_string()),
-            )
-            .set("api.listen", &quoted(&format!("127.0.0.1:{}", free_port())))
-            .set(
-                "api.admin_listen",
-                &quoted(&format!("127.0.0.1:{}", free_port())),
-            )
-            .set(
-                "api.admin_token_file",
-                &quoted(&token_file.display().to_string()),
-            )
-            .set(
-                "api.admin_socket",
-                &quoted(&dir.path().join("admin.sock").display().to_string()),
-            )
-            .toml();
-        let config_file = dir.path().join("pcq.toml");
-        std::fs::write(&config_file, text).expect("config");
-        let log = dir.path().join("pcq.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pcq"))
-            .args(["serve", "--config"])
-            .arg(&config_file)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("pcq starts");
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(30) {
-            if let Some(status) = child.try_wait().expect("wait") {
-                let said = std::fs::read_to_string(&log).unwrap_or_default();
-                assert!(!status.success(), "pcq exited 0:\n{said}");
-                return said;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "pcq ran on where it must refuse:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+    /// Starts a killed pcq again without waiting for it to answer.
+    pub fn restart_standby(&mut self) {
+        self.spawn_child();
     }
 
     /// Starts pcq with `config` once `names` have signed certificates (made
@@ -652,6 +617,20 @@ impl Pcq {
     }
 
     async fn spawn(&mut self) {
+        self.spawn_child();
+        let ready = self
+            .wait(Duration::from_secs(20), || async {
+                self.http
+                    .get(format!("{}/healthz", self.api))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            })
+            .await;
+        assert!(ready, "pcq did not become ready:\n{}", self.log_text());
+    }
+
+    fn spawn_child(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -676,16 +655,6 @@ impl Pcq {
             .spawn()
             .expect("pcq starts");
         self.child = Some(child);
-        let ready = self
-            .wait(Duration::from_secs(20), || async {
-                self.http
-                    .get(format!("{}/healthz", self.api))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            })
-            .await;
-        assert!(ready, "pcq did not become ready:\n{}", self.log_text());
     }
 
     pub fn log_text(&self) -> String {

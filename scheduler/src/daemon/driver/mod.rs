@@ -200,6 +200,13 @@ impl Driver {
         }
     }
 
+    /// Does this daemon lead (its lease holds by its own clock)? A leader
+    /// paused past its lease starts nothing until a commit proves it still
+    /// leads.
+    fn leads(&self) -> bool {
+        self.parts.lease.as_ref().is_none_or(|lease| lease.holds())
+    }
+
     fn sleep_for(&mut self) -> Duration {
         let cap = Duration::from_secs(5);
         if self.draining.is_some() {
@@ -210,7 +217,9 @@ impl Driver {
         let core = self.core.next_wakeup().map(|w| w.since(t));
         // writes the store's full queue handed back are offered again soon
         let unwritten = (!self.pending_writes.is_empty()).then(|| Duration::from_millis(20));
-        [Some(cap), delayed, core, unwritten]
+        // a lapsed lease is looked at again soon (a renewal brings it back)
+        let lapsed = (!self.leads()).then(|| Duration::from_millis(250));
+        [Some(cap), delayed, core, unwritten, lapsed]
             .into_iter()
             .flatten()
             .min()
@@ -635,7 +644,7 @@ impl Driver {
 
     /// Starts every compile the core allows.
     fn pump(&mut self) {
-        if self.draining.is_some() {
+        if self.draining.is_some() || !self.leads() {
             return;
         }
         let t = now();
@@ -675,6 +684,7 @@ impl Driver {
         self.dirty.insert(start.node);
         self.running.insert(start.node, (m, t));
         self.parts.metrics.started(start.reason.name());
+        tracing::debug!(certname = %info.certname, reason = start.reason.name(), "compile started");
         self.router.ensure_analysed(&environment);
         let tx = self.tx.clone();
         tokio::spawn(async move {

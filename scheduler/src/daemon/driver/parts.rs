@@ -10,7 +10,7 @@ use crate::daemon::dependencies::Dependencies;
 use crate::daemon::last_good::LastGood;
 use crate::daemon::metrics::Metrics;
 use crate::daemon::notify::Notifier;
-use crate::daemon::store::StoreHandle;
+use crate::daemon::store::{Lease, StoreHandle};
 
 use super::intake::Absence;
 
@@ -36,4 +36,7 @@ pub struct Parts {
     pub deps: Arc<Dependencies>,
     /// Exported resources.
     pub exports: ExportsConfig,
+    /// The leader's lease, with a shared store: no compile starts while
+    /// it does not hold (`None`: this daemon alone, always leading).
+    pub lease: Option<Arc<Lease>>,
 }

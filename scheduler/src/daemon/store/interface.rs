@@ -111,10 +111,42 @@ pub enum StoreError {
     /// retried): try again in a moment.
     #[error("store: the database is unavailable ({0}); try again shortly")]
     Unavailable(String),
-    /// Another daemon took the database's queue lock: this one must not
-    /// write again.
+    /// Another daemon leads now (this one's lease lapsed and the epoch
+    /// moved on): this one must not write again.
     #[error("store: {0}")]
     Deposed(String),
+    /// Another daemon leads and its lease runs: this one stands by.
+    #[error("store: {0}")]
+    Standby(String),
+}
+
+/// How long this daemon may still act as the leader, by its own clock:
+/// renewed by each commit that extended the lease in the database, counted
+/// from before that commit was sent, less a margin. A leader paused past
+/// it (SIGSTOP, a stalled VM) finds it lapsed when it runs again and
+/// starts nothing until a commit proves it still leads, which it cannot
+/// once another took over.
+#[derive(Debug, Default)]
+pub struct Lease {
+    until: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Lease {
+    /// The lease holds until `until`.
+    pub fn hold_until(&self, until: std::time::Instant) {
+        if let Ok(mut u) = self.until.lock() {
+            *u = Some(until);
+        }
+    }
+
+    /// Does the lease hold now?
+    pub fn holds(&self) -> bool {
+        self.until
+            .lock()
+            .ok()
+            .and_then(|u| *u)
+            .is_some_and(|u| std::time::Instant::now() < u)
+    }
 }
 
 /// A place to keep the state. Implementations run on one thread; they need
@@ -136,5 +168,19 @@ pub trait Store: Send {
     /// local disk that fails is not: the default is no.
     fn outage_passes(&self) -> bool {
         false
+    }
+    /// The leader's lease, for a store shared by several daemons (`None`:
+    /// this daemon alone writes it, and always leads).
+    fn lease(&self) -> Option<std::sync::Arc<Lease>> {
+        None
+    }
+    /// Extends the lease (the store thread calls it when no commit did
+    /// for a while); [`StoreError::Deposed`] when another leads now.
+    fn renew(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The epoch this daemon leads in (0: alone on its store).
+    fn epoch(&self) -> i64 {
+        0
     }
 }

@@ -28,7 +28,7 @@ pub mod postgresql;
 pub mod row;
 pub mod sqlite;
 
-pub use interface::{Store, StoreError, StoredNode, Write};
+pub use interface::{Lease, Store, StoreError, StoredNode, Write};
 
 use std::sync::mpsc::{self, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -245,7 +245,25 @@ fn run(
     retries: &[Duration],
     trouble: &Mutex<Option<String>>,
 ) -> Result<(), String> {
-    while let Ok(first) = rx.recv() {
+    // a shared store's lease is renewed whenever no commit did for a while
+    let renews = store.store.lease().is_some();
+    let mut renewal_failed = false;
+    loop {
+        let first = if renews {
+            match rx.recv_timeout(postgresql::RENEW_EVERY) {
+                Ok(first) => first,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    renew(store.store, &mut renewal_failed)?;
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(first) => first,
+                Err(_) => break,
+            }
+        };
         let mut parts: Vec<Part> = Vec::new();
         let mut pending = vec![first];
         pending.extend(rx.try_iter().take(4096));
@@ -276,6 +294,30 @@ fn run(
         }
     }
     Ok(())
+}
+
+/// Renews the lease: another leading ends the store (and the daemon);
+/// anything else (PostgreSQL out of reach) lets the lease lapse, said once.
+fn renew(store: &mut dyn Store, failed: &mut bool) -> Result<(), String> {
+    match store.renew() {
+        Ok(()) => {
+            if std::mem::take(failed) {
+                tracing::info!("the leader's lease is renewed again");
+            }
+            Ok(())
+        }
+        Err(e @ StoreError::Deposed(_)) => {
+            let e = e.to_string();
+            tracing::error!("{e}");
+            Err(e)
+        }
+        Err(e) => {
+            if !std::mem::replace(failed, true) {
+                tracing::warn!("renewing the leader's lease: {e}; no compile starts until it is");
+            }
+            Ok(())
+        }
+    }
 }
 
 /// One batch, retried after each of `retries` while it fails; the store is

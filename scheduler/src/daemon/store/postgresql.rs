@@ -5,13 +5,21 @@
 //! state where it already runs PuppetDB's: backed up, replicated and
 //! monitored the way it already is.
 //!
-//! **One scheduler per database.** The daemon that opens the store takes
-//! a session advisory lock ([`QUEUE_LOCK`]) and keeps it for as long as
-//! its connection lives; a second `pcq serve` on the same database is
-//! refused at start. When the connection breaks (PostgreSQL restarted),
-//! the next write reconnects and takes the lock again before it writes
-//! anything; if another daemon holds it by then, the write fails and this
-//! daemon stops, so two schedulers never write one queue.
+//! **One scheduler per database, elected.** The daemon that opens the
+//! store takes the lead: the one row of `pcq_leader`, when its lease has
+//! lapsed, gets a new epoch, this daemon's name and a lease of [`LEASE`]
+//! on the database's clock. Another `pcq serve` finds the lease running
+//! and stands by ([`StoreError::Standby`]), trying again until it lapses.
+//! **Fencing:** every transaction the leader commits first extends the
+//! lease where the epoch is still its own, and is refused (rolled back,
+//! [`StoreError::Deposed`]) where it is not; when idle the store thread
+//! renews it every [`RENEW_EVERY`]. Each successful renewal also tells the
+//! daemon, by its own monotonic clock, how long it may act ([`Lease`]):
+//! a leader paused past its lease (SIGSTOP) starts nothing when it runs
+//! again, and its next commit finds the epoch moved on, so it stops. A
+//! daemon stopping cleanly gives the lease up at once. A connection that
+//! breaks (PostgreSQL restarted) is made again; the epoch decides whether
+//! this daemon still leads.
 //!
 //! **Migrations** are SQL files in `store/migrations/`, numbered, embedded
 //! in the binary, and applied in order in one transaction under a
@@ -30,19 +38,29 @@ use std::str::FromStr;
 use postgres::{Client, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::interface::{Store, StoreError, StoredNode, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::interface::{Lease, Store, StoreError, StoredNode, Write};
 use super::row::{micros, pending_text, state_text, NodeRow, NODE_COLUMNS};
 use crate::daemon::catalog::Export;
 
-/// The session advisory lock the scheduling daemon holds ("pcq" in ASCII).
-pub const QUEUE_LOCK: i64 = 0x0070_6371;
+/// How long a leader's lease runs past its last commit or renewal.
+pub const LEASE: Duration = Duration::from_secs(5);
+/// How often an idle leader renews its lease.
+pub const RENEW_EVERY: Duration = Duration::from_secs(1);
+/// How much sooner than the database the leader counts its own lease as
+/// lapsed (hosts' clocks run at slightly different rates, and a renewal is
+/// counted from before it was sent).
+const MARGIN: Duration = Duration::from_secs(1);
 /// The transaction advisory lock migrations take.
 const MIGRATION_LOCK: i64 = 0x0070_6372;
 
 /// The migrations, in order: (version, name, SQL).
-const MIGRATIONS: [(i32, &str, &str); 2] = [
+const MIGRATIONS: [(i32, &str, &str); 3] = [
     (1, "nodes", include_str!("migrations/0001_nodes.sql")),
     (2, "catalogs", include_str!("migrations/0002_catalogs.sql")),
+    (3, "leader", include_str!("migrations/0003_leader.sql")),
 ];
 
 /// Where the database is, and how to trust it.
@@ -76,10 +94,18 @@ pub struct PostgresStore {
     /// The connection failed in a way that ends it (the server went away,
     /// or ended the session): connect again before the next use.
     broken: bool,
+    /// This daemon's epoch as the leader.
+    epoch: i64,
+    /// How long the lease runs.
+    lease_length: Duration,
+    /// How long this daemon may act, by its own clock.
+    lease: Arc<Lease>,
 }
 
 /// The writes' statements, prepared on the connection.
 struct Statements {
+    /// Extends the lease where the epoch is still this daemon's.
+    fence: Statement,
     node: Statement,
     facts: Statement,
     /// A run of uploads' facts in one statement each (group commit hands
@@ -199,20 +225,34 @@ pub(super) fn tls(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, StoreErro
 }
 
 impl PostgresStore {
-    /// Connects, migrates the schema, and takes the queue's lock: refused
-    /// when another `pcq serve` holds it.
+    /// Connects, migrates the schema, and takes the lead:
+    /// [`StoreError::Standby`] while another `pcq serve`'s lease runs.
     pub fn open(connection: &Connection) -> Result<PostgresStore, StoreError> {
+        PostgresStore::open_with(connection, LEASE)
+    }
+
+    /// [`PostgresStore::open`] with a lease of `lease_length` (tests).
+    pub fn open_with(
+        connection: &Connection,
+        lease_length: Duration,
+    ) -> Result<PostgresStore, StoreError> {
         let mut db = connect(connection)?;
-        // the lock first: a pcq refused here must not have migrated the
-        // schema under the one running
-        lock(&mut db)?;
+        // (migrations only add: one run by a standby leaves the leader's
+        // tables as they were)
         migrate(&mut db)?;
+        let sent = Instant::now();
+        let epoch = take_lead(&mut db, lease_length)?;
+        let lease = Arc::new(Lease::default());
+        lease.hold_until(sent + lease_length.saturating_sub(MARGIN));
         let statements = Statements::prepare(&mut db)?;
         Ok(PostgresStore {
             connection: connection.clone(),
             db,
             statements,
             broken: false,
+            epoch,
+            lease_length,
+            lease,
         })
     }
 
@@ -232,11 +272,11 @@ impl PostgresStore {
                 return Err(e);
             }
         };
-        lock(&mut db)?;
         self.statements = Statements::prepare(&mut db)?;
         self.db = db;
         self.broken = false;
-        tracing::info!("connected to PostgreSQL again, holding the queue's lock");
+        // whether this daemon still leads, its next commit's fence says
+        tracing::info!("connected to PostgreSQL again");
         Ok(())
     }
 }
@@ -266,18 +306,51 @@ fn connect(connection: &Connection) -> Result<Client, StoreError> {
         .map_err(connect_err)
 }
 
-fn lock(db: &mut Client) -> Result<(), StoreError> {
+/// This daemon's name in `pcq_leader`: host and process.
+fn holder() -> String {
+    format!(
+        "{} pid {}",
+        crate::puppet_conf::hostname(),
+        std::process::id()
+    )
+}
+
+/// Who leads, as a sentence.
+fn leader_text(db: &mut Client) -> String {
+    match db.query_one(
+        "SELECT holder, epoch, to_char(since, 'YYYY-MM-DD HH24:MI:SS TZ') FROM pcq_leader",
+        &[],
+    ) {
+        Ok(row) => format!(
+            "{} (epoch {}, since {})",
+            row.get::<_, String>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, String>(2)
+        ),
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
+/// Takes the lead if the lease has lapsed: the new epoch.
+fn take_lead(db: &mut Client, lease: Duration) -> Result<i64, StoreError> {
     let row = db
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&QUEUE_LOCK])
+        .query_opt(
+            "UPDATE pcq_leader SET epoch = epoch + 1, holder = $1, since = now(),
+                    lease_until = now() + make_interval(secs => $2)
+             WHERE id = 1 AND lease_until < now() RETURNING epoch",
+            &[&holder(), &lease.as_secs_f64()],
+        )
         .map_err(db_err)?;
-    if row.get::<_, bool>(0) {
-        Ok(())
-    } else {
-        Err(StoreError::Deposed(
-            "another pcq serve runs the queue on this database (it holds the queue's lock); \
-             one scheduler per database"
-                .into(),
-        ))
+    match row {
+        Some(row) => {
+            let epoch: i64 = row.get(0);
+            tracing::info!("this pcq leads the queue (epoch {epoch})");
+            Ok(epoch)
+        }
+        None => Err(StoreError::Standby(format!(
+            "another pcq serve leads the queue on this database: {}; standing by",
+            leader_text(db)
+        ))),
     }
 }
 
@@ -325,6 +398,10 @@ impl Statements {
     fn prepare(db: &mut Client) -> Result<Statements, StoreError> {
         let mut p = |sql: &str| db.prepare(sql).map_err(db_err);
         Ok(Statements {
+            fence: p(
+                "UPDATE pcq_leader SET lease_until = now() + make_interval(secs => $2)
+                      WHERE id = 1 AND epoch = $1",
+            )?,
             node: p(
                 "INSERT INTO nodes (certname, environment, state, reason, since_us, pending,
                                         pending_since_us, last_compile_us, failures)
@@ -461,6 +538,32 @@ impl Store for PostgresStore {
     fn outage_passes(&self) -> bool {
         self.broken
     }
+
+    fn lease(&self) -> Option<Arc<Lease>> {
+        Some(self.lease.clone())
+    }
+
+    fn renew(&mut self) -> Result<(), StoreError> {
+        self.using(Self::renew_now)
+    }
+
+    fn epoch(&self) -> i64 {
+        self.epoch
+    }
+}
+
+impl Drop for PostgresStore {
+    /// A daemon stopping gives up the lead at once: a standby need not
+    /// wait out the lease.
+    fn drop(&mut self) {
+        if self.broken || self.db.is_closed() {
+            return;
+        }
+        let _ = self.db.execute(
+            "UPDATE pcq_leader SET lease_until = '-infinity' WHERE id = 1 AND epoch = $1",
+            &[&self.epoch],
+        );
+    }
 }
 
 impl PostgresStore {
@@ -512,7 +615,14 @@ impl PostgresStore {
 
     fn write_now(&mut self, batch: &[Write]) -> Result<(), Failure> {
         let s = &self.statements;
+        let sent = Instant::now();
         let mut tx = self.db.transaction()?;
+        // the fence: nothing is written once another leads
+        let lease = self.lease_length.as_secs_f64();
+        if tx.execute(&s.fence, &[&self.epoch, &lease])? == 0 {
+            drop(tx);
+            return Err(Failure::Store(self.deposed()));
+        }
         let mut rest = batch;
         while let Some(w) = rest.first() {
             // consecutive facts uploads go in at once: they touch one
@@ -598,7 +708,41 @@ impl PostgresStore {
                 }
             }
         }
-        Ok(tx.commit()?)
+        tx.commit()?;
+        self.held_since(sent);
+        Ok(())
+    }
+
+    /// The lease, extended by a commit sent at `sent`, holds locally
+    /// until then plus its length, less the margin.
+    fn held_since(&self, sent: Instant) {
+        let until = sent + self.lease_length.saturating_sub(MARGIN);
+        self.lease.hold_until(until);
+    }
+
+    fn renew_now(&mut self) -> Result<(), Failure> {
+        let sent = Instant::now();
+        let lease = self.lease_length.as_secs_f64();
+        if self
+            .db
+            .execute(&self.statements.fence, &[&self.epoch, &lease])?
+            == 0
+        {
+            return Err(Failure::Store(self.deposed()));
+        }
+        self.held_since(sent);
+        Ok(())
+    }
+
+    /// Another leads: what to say, and no more acting.
+    fn deposed(&mut self) -> StoreError {
+        self.lease.hold_until(Instant::now());
+        StoreError::Deposed(format!(
+            "another pcq serve leads the queue now: {}; this one (epoch {}) was paused or \
+             cut off past its lease, and stops without writing",
+            leader_text(&mut self.db),
+            self.epoch
+        ))
     }
 
     fn facts_now(&mut self, certname: &str) -> Result<Option<Vec<u8>>, Failure> {
