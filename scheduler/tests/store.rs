@@ -15,13 +15,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use harness::{metric, metric_sum, with_role, Pcq, PcqConfig};
+use serde_json::Value;
 
 use scheduler::core::{
     BumpReason, Lane, MasterId, NodeId, NodeState, NodeView, Pending, Reason, Time,
 };
 use scheduler::daemon::catalog::Export;
-use scheduler::daemon::store::catalog_reads::{compress, CatalogReads, StoredCatalog};
 use scheduler::daemon::store::postgresql::{Connection, PostgresStore};
+use scheduler::daemon::store::shared::{compress, Shared, StoredCatalog};
 use scheduler::daemon::store::sqlite::SqliteStore;
 use scheduler::daemon::store::{Store, StoreError, Write};
 
@@ -269,7 +270,7 @@ fn the_same_writes_give_the_same_state_in_sqlite_and_postgresql_body() {
     let mut pg = PostgresStore::open(&db.connection()).expect("reopened");
     assert_eq!(snapshot(&mut pg), a);
     // the catalogs: the last one of a, none of c (lost) or b (never had one)
-    let reads = CatalogReads::new(&db.connection()).expect("reads");
+    let reads = Shared::new(&db.connection()).expect("reads");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let read = |n: &str| runtime.block_on(reads.read(n)).expect("read");
     assert_eq!(
@@ -465,7 +466,7 @@ fn migrations_run_once_and_a_newer_schema_is_refused_body() {
         .query_one("SELECT count(*) FROM pcq_schema", &[])
         .expect("schema")
         .get(0);
-    assert_eq!(versions, 3, "nodes, catalogs, leader");
+    assert_eq!(versions, 4, "nodes, catalogs, leader, inbox");
     client
         .batch_execute("INSERT INTO pcq_schema (version, name) VALUES (999, 'future')")
         .expect("a newer pcq's");
@@ -512,6 +513,11 @@ fn rows_once(db: &Database) -> (i64, i64, i64) {
     })
 }
 
+/// The epoch a pcq says it leads in (0: it stands by).
+async fn leads(pcq: &Pcq) -> i64 {
+    metric(&pcq.metrics().await, "pcq_leader_epoch") as i64
+}
+
 /// Lines of a pcq's log that say a compile started.
 fn starts_logged(pcq: &Pcq) -> usize {
     pcq.log_text().matches("compile started").count()
@@ -535,18 +541,18 @@ async fn the_leader_killed_during_compiles_fails_over_to_a_standby() {
         "no SQLite beside PostgreSQL"
     );
     // a second daemon (its own state directory and ports) on the same
-    // database stands by, serving nothing, while the first leads
-    let second = Pcq::start_standby(&config).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(!second.healthy().await, "a standby answered as a leader");
-    assert!(
-        second
-            .log_text()
-            .contains("another pcq serve leads the queue"),
-        "{}",
-        second.log_text()
-    );
-    assert!(first.healthy().await);
+    // database stands by while the first leads
+    let second = Pcq::start(&config).await;
+    assert_eq!(leads(&second).await, 0, "a standby leads");
+    let said = second
+        .wait(Duration::from_secs(10), || async {
+            second
+                .log_text()
+                .contains("another pcq serve leads the queue")
+        })
+        .await;
+    assert!(said, "{}", second.log_text());
+    assert_eq!(leads(&first).await, 1);
 
     let mut daemons = [first, second];
     let mut failovers = Vec::new();
@@ -579,11 +585,13 @@ async fn the_leader_killed_during_compiles_fails_over_to_a_standby() {
         assert_eq!(now, epoch + 1, "round {round}");
         let next = &daemons[standing];
         let up = next
-            .wait(Duration::from_secs(20), || async { next.healthy().await })
+            .wait(Duration::from_secs(20), || async {
+                leads(next).await == now
+            })
             .await;
         assert!(
             up,
-            "round {round}: the new leader never answered:\n{}",
+            "round {round}: the new leader never led:\n{}",
             next.log_text()
         );
         failovers.push(took);
@@ -612,7 +620,7 @@ async fn the_leader_killed_during_compiles_fails_over_to_a_standby() {
             "round {round}"
         );
         // the dead one comes back as the standby
-        daemons[leading].restart_standby();
+        daemons[leading].restart().await;
     }
     eprintln!("failover after kill -9 (the new leader's epoch taken): {failovers:?}");
     // a node's facts reach the database: a catalog it can fetch
@@ -635,7 +643,7 @@ async fn a_leader_paused_past_its_lease_starts_nothing_and_steps_down() {
     );
     let (mut first, _) =
         Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(180)).await;
-    let second = Pcq::start_standby(&config).await;
+    let second = Pcq::start(&config).await;
     let epoch = apart(|| leader(&db).0);
     let pid = first.pid().to_string();
     let signal = |sig: &str| {
@@ -656,9 +664,11 @@ async fn a_leader_paused_past_its_lease_starts_nothing_and_steps_down() {
         );
     };
     let up = second
-        .wait(Duration::from_secs(20), || async { second.healthy().await })
+        .wait(Duration::from_secs(20), || async {
+            leads(&second).await == now
+        })
         .await;
-    assert!(up, "the new leader never answered:\n{}", second.log_text());
+    assert!(up, "the new leader never led:\n{}", second.log_text());
     // the paused leader wakes past its lease: it starts nothing, writes
     // nothing, and stops
     signal("-CONT");
@@ -680,6 +690,114 @@ async fn a_leader_paused_past_its_lease_starts_nothing_and_steps_down() {
     let (rows, distinct, _) = rows_once(&db);
     assert_eq!((rows, distinct), (6, 6));
     eprintln!("a new leader {took:?} after the first was stopped");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_serves_nodes_and_hands_their_uploads_to_the_leader() {
+    let _serial = harness::serial().await;
+    let db = Database::new();
+    let names: Vec<String> = (1..=3)
+        .map(|i| format!("pgsb-{i:02}.example.com"))
+        .collect();
+    let config = on_postgresql(PcqConfig::puppetserver().cycle_off(), &db);
+    let (leader_pcq, _) =
+        Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(180)).await;
+    let standby = Pcq::start(&config).await;
+    assert_eq!(leads(&standby).await, 0);
+
+    // status and catalogs from the standby: the leader's, same ETags, 304s
+    for n in &names {
+        let (a, b) = (
+            leader_pcq.status(n).await.expect("status"),
+            standby.status(n).await.expect("the standby's status"),
+        );
+        assert_eq!(a["catalog_hash"], b["catalog_hash"], "{n}");
+        assert_eq!(a["state"], b["state"], "{n}");
+        let (status, etag, json) = leader_pcq.catalog_etag(n, None).await;
+        assert_eq!(status, 200);
+        let (status, tag, body) = standby.catalog_etag(n, None).await;
+        assert_eq!((status, &tag, &body), (200, &etag, &json), "{n}");
+        let (status, _, _) = standby.catalog_etag(n, etag.as_deref()).await;
+        assert_eq!(status, 304, "{n}");
+    }
+    assert!(standby.status("nobody.example.com").await.is_none());
+    // what only the leader knows is refused, saying who leads
+    assert_eq!(standby.http_status("/v1/queue").await, Some(503));
+    let (status, text) = standby
+        .request(
+            harness::Via::Admin,
+            reqwest::Method::POST,
+            &format!("/v1/nodes/{}/bump", names[2]),
+            b"",
+        )
+        .await;
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        text.contains("stands by") && text.contains("epoch 1"),
+        "{text}"
+    );
+
+    // a used fact's change uploaded to the standby reaches a compile as
+    // fast as one uploaded to the leader
+    let role_db =
+        |c: Option<Value>| c.is_some_and(|c| c.to_string().contains("This node's role: db"));
+    let (db0, db1) = (
+        harness::facts_body(&names[0], "db", 1),
+        harness::facts_body(&names[1], "db", 1),
+    );
+    let t = std::time::Instant::now();
+    let (via_standby, via_leader) = tokio::join!(
+        standby.put_facts(&names[0], &db0),
+        leader_pcq.put_facts(&names[1], &db1),
+    );
+    assert_eq!(via_standby.0, 200, "{:?}", via_standby.1);
+    assert_eq!(via_leader.0, 200, "{:?}", via_leader.1);
+    let (mut standby_took, mut leader_took) = (None, None);
+    while t.elapsed() < Duration::from_secs(90) && (standby_took.is_none() || leader_took.is_none())
+    {
+        if standby_took.is_none() && role_db(leader_pcq.catalog(&names[0]).await) {
+            standby_took = Some(t.elapsed());
+        }
+        if leader_took.is_none() && role_db(leader_pcq.catalog(&names[1]).await) {
+            leader_took = Some(t.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (Some(standby_took), Some(leader_took)) = (standby_took, leader_took) else {
+        panic!(
+            "not compiled: via the standby {standby_took:?}, via the leader {leader_took:?}\n{}",
+            leader_pcq.log_text()
+        );
+    };
+    let metrics = leader_pcq.metrics().await;
+    let compile = metric_sum(&metrics, "pcq_compile_duration_seconds_sum")
+        / metric_sum(&metrics, "pcq_compile_duration_seconds_count").max(1.0);
+    eprintln!(
+        "a used fact's change to a catalog: via the standby {standby_took:?}, via the leader \
+         {leader_took:?} (a compile: {compile:.2} s)"
+    );
+    assert!(
+        standby_took.as_secs_f64() <= leader_took.as_secs_f64() + compile.max(0.5) + 0.5,
+        "via the standby {standby_took:?}, via the leader {leader_took:?}, a compile {compile:.2} s"
+    );
+    // the standby's copy of the new catalog: the same ETag as the leader's
+    let (_, etag, _) = leader_pcq.catalog_etag(&names[0], None).await;
+    let (_, tag, _) = standby.catalog_etag(&names[0], None).await;
+    assert_eq!(tag, etag);
+    // the handed-in upload is gone from the inbox once acted on
+    let left: i64 = apart(|| {
+        db.client()
+            .query_one("SELECT count(*) FROM pcq_inbox", &[])
+            .expect("inbox")
+            .get(0)
+    });
+    assert_eq!(left, 0, "the inbox keeps an upload acted on");
+    assert!(
+        metric(
+            &standby.metrics().await,
+            "pcq_facts_uploads_total{result=\"handed_in\"}"
+        ) >= 1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -24,7 +24,7 @@ fn open(dir: &std::path::Path) -> Result<Box<dyn Store>, StoreError> {
 /// A small catalog of the node, compressed as the store keeps it.
 fn body(certname: &str) -> Vec<u8> {
     let json = format!(r#"{{"name":"{certname}","version":1,"resources":[],"edges":[]}}"#);
-    scheduler::daemon::store::catalog_reads::compress(json.as_bytes()).unwrap_or_default()
+    scheduler::daemon::store::shared::compress(json.as_bytes()).unwrap_or_default()
 }
 
 fn main() {

@@ -23,6 +23,19 @@ pub fn queue(q: &QueueView) -> String {
         q.blocked,
         q.cycle_time_seconds.map_or("-".into(), age)
     );
+    if let Some(l) = &q.leader {
+        let since =
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(l.since_unix.max(0.0));
+        out.insert_str(
+            out.len() - 1,
+            &format!(
+                "leader: this pcq ({}), epoch {}, since {}\n",
+                l.holder,
+                l.epoch,
+                humantime::format_rfc3339_seconds(since)
+            ),
+        );
+    }
     let mut lanes = vec![vec!["lane".to_string(), "depth".into(), "oldest".into()]];
     for l in &q.lanes {
         lanes.push(vec![
@@ -199,8 +212,23 @@ mod tests {
                 jrubies_free: Some(0),
             }],
             waiting_for_facts: 4,
+            leader: None,
         };
         let text = queue(&q);
+        let led = queue(&QueueView {
+            leader: Some(crate::daemon::driver::LeaderView {
+                holder: "pcq1 pid 7".into(),
+                epoch: 3,
+                since_unix: 1_700_000_000.0,
+            }),
+            ..q.clone()
+        });
+        assert!(
+            led.contains(
+                "\nleader: this pcq (pcq1 pid 7), epoch 3, since 2023-11-14T22:13:20Z\n\n"
+            ),
+            "{led}"
+        );
         assert!(text
             .starts_with("20 nodes, 4 waiting for facts; blocked: concurrency; cycle time: -\n"));
         // columns as wide as their widest cell, aligned with the header

@@ -58,8 +58,9 @@ pub struct ApiState {
     pub ignore: Arc<Ignore>,
     /// What each node's catalog depends on.
     pub deps: Arc<Dependencies>,
-    /// The store (for `/healthz`).
-    pub store: StoreHandle,
+    /// The store (for `/healthz`), once this pcq leads (a standby has
+    /// none).
+    pub store: Arc<std::sync::OnceLock<StoreHandle>>,
 }
 
 /// The API's routes.
@@ -255,15 +256,14 @@ async fn put_facts(
             upload.name
         )));
     }
-    let hash = state.ignore.relevant_hash(&upload.values);
-    let used = state.deps.used_hash(&certname, &upload.values, &hash);
     let values = serde_json::to_vec(&upload.values).map_err(|e| Refusal::bad(e.to_string()))?;
-    let upload = FactsUpload {
+    let upload = FactsUpload::of(
         certname,
-        environment: query.environment,
-        hash,
-        used,
-    };
+        query.environment,
+        &upload.values,
+        &state.ignore,
+        &state.deps,
+    );
     let outcome = ask(&state, |reply| Command::Facts {
         upload,
         values,
@@ -424,9 +424,11 @@ async fn get_metrics(
     Extension(caller): Extension<Caller>,
 ) -> Answer {
     admin(&caller, "metrics")?;
-    let (stats, waiting) = ask(&state, |reply| Command::Stats { reply }).await?;
-    state.metrics.update(&stats);
-    state.metrics.set_waiting_for_facts(waiting);
+    // a standby has no queue: its queue's gauges stay unset
+    if let Some((stats, waiting)) = ask(&state, |reply| Command::Stats { reply }).await? {
+        state.metrics.update(&stats);
+        state.metrics.set_waiting_for_facts(waiting);
+    }
     state.metrics.set_analyses(&state.deps.states());
     Ok((
         [(
@@ -442,9 +444,10 @@ async fn get_metrics(
 /// the reason otherwise.
 async fn healthz(State(state): State<ApiState>) -> Answer {
     ask(&state, |reply| Command::Stats { reply }).await?;
-    state
-        .store
-        .health()
-        .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    if let Some(store) = state.store.get() {
+        store
+            .health()
+            .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    }
     Ok((StatusCode::OK, "ok\n").into_response())
 }

@@ -359,7 +359,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn uploads_hash_only_what_the_catalog_reads() {
+    fn uploads_hash_only_what_the_shared() {
         let ignore = Arc::new(Ignore::new(&Facts::default().ignore).expect("globs"));
         let d = Dependencies::new(&config::Analysis::default(), ignore);
         let n = Certname::parse("web01.example.com").expect("certname");

@@ -4,7 +4,7 @@
 //! Beside SQLite (one master) each catalog is a file in the state
 //! directory ([`CatalogFiles`]): staged by the compile, renamed into place
 //! by the driver, its hash committed after the directory's sync. With the
-//! PostgreSQL store it is a row ([`CatalogReads`]): compressed by the
+//! PostgreSQL store it is a row ([`Shared`]): compressed by the
 //! compile, committed with the node's hash in one transaction, and read
 //! by any daemon on the database. The driver, the API and the start-up
 //! check go through [`LastGood`] and need not know which.
@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use super::catalog::CatalogFiles;
 use super::certname::Certname;
-use super::store::catalog_reads::{self, CatalogReads};
+use super::store::shared::{self, Shared};
 use super::store::StoreError;
 use crate::private_file::Staged;
 
@@ -24,7 +24,7 @@ pub enum LastGood {
     /// One file per node in the state directory.
     Files(CatalogFiles),
     /// The `catalogs` table of the PostgreSQL store.
-    Database(Arc<CatalogReads>),
+    Database(Arc<Shared>),
 }
 
 /// A changed catalog on its way to being kept: it takes the current one's
@@ -77,7 +77,7 @@ impl LastGood {
     pub fn keep(&self, certname: &Certname, json: &[u8]) -> io::Result<Kept> {
         match self {
             LastGood::Files(files) => files.stage(certname, json).map(Kept::Staged),
-            LastGood::Database(_) => catalog_reads::compress(json).map(Kept::Compressed),
+            LastGood::Database(_) => shared::compress(json).map(Kept::Compressed),
         }
     }
 

@@ -192,7 +192,7 @@ impl Metrics {
         let facts_uploads = Family::<ResultLabel, Counter>::default();
         registry.register(
             "facts_uploads",
-            "Facts uploads by result: changed (a fact the catalog reads changed: bumped), unused (only facts the catalog does not read changed), unchanged",
+            "Facts uploads by result: changed (a fact the catalog reads changed: bumped), unused (only facts the catalog does not read changed), unchanged, handed_in (taken by a standby for the leader)",
             facts_uploads.clone(),
         );
         let ca_listings = Family::<ResultLabel, Counter>::default();

@@ -35,6 +35,7 @@ pub mod dependencies;
 pub mod driver;
 pub mod facts;
 pub mod identity;
+pub mod inbox;
 pub mod last_good;
 pub mod listener;
 pub mod load;
@@ -42,6 +43,7 @@ pub mod master_status;
 pub mod metrics;
 pub mod notify;
 pub mod reserve;
+pub mod standby;
 pub mod store;
 pub mod tasks;
 
@@ -68,8 +70,8 @@ use facts::Ignore;
 use last_good::LastGood;
 use metrics::Metrics;
 use notify::Notifier;
-use store::catalog_reads::CatalogReads;
 use store::postgresql::{self, PostgresStore};
+use store::shared::Shared;
 use store::sqlite::SqliteStore;
 use store::{Store, StoreError, StoreHandle};
 use tasks::{Ends, Tasks};
@@ -229,7 +231,10 @@ async fn jruby_pools(servers: &[PuppetServer]) -> Vec<Result<u32, String>> {
 /// PostgreSQL (migrated, the lead taken: while another `pcq serve` leads,
 /// this one stands by until its lease lapses, then rebuilds the queue
 /// from the store exactly as a restart does).
-fn open_store(config: &Config) -> Result<Box<dyn Store>, ServeError> {
+fn open_store(
+    config: &Config,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<Box<dyn Store>, ServeError> {
     Ok(match (config.store.kind, &config.store.url) {
         (StoreKind::Postgresql, Some(url)) => {
             let connection = postgresql::Connection {
@@ -244,6 +249,9 @@ fn open_store(config: &Config) -> Result<Box<dyn Store>, ServeError> {
                             tracing::info!("{why}");
                         }
                         std::thread::sleep(postgresql::RENEW_EVERY);
+                        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                            return Err(ServeError::Fatal("stopped while standing by".into()));
+                        }
                     }
                     other => break other?,
                 }
@@ -270,7 +278,7 @@ fn last_good(config: &Config) -> Result<LastGood, ServeError> {
                 url: url.clone(),
                 ca_file: config.store.ca_file.clone(),
             };
-            LastGood::Database(Arc::new(CatalogReads::new(&connection)?))
+            LastGood::Database(Arc::new(Shared::new(&connection)?))
         }
         _ => LastGood::Files(
             CatalogFiles::open(&config.state_dir.join("catalogs"))
@@ -289,30 +297,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .map_err(|e| io(&dir.display().to_string(), e))?;
     let _lock = lock_state_dir(dir)?;
 
-    let started = std::time::Instant::now();
-    // (before the store: a PostgreSQL client must not be dropped on the
-    // runtime, as an error here would)
     let catalogs = last_good(&config)?;
-    // (the PostgreSQL client blocks: it runs off the runtime, here and on
-    // the store's own thread)
-    let opening = config.clone();
-    let (db, stored, owners, stored_exports) = tokio::task::spawn_blocking(move || {
-        let mut db = open_store(&opening)?;
-        let stored = db.load()?;
-        let owners = db.facts_owners()?;
-        let stored_exports = db.exports()?;
-        Ok::<_, ServeError>((db, stored, owners, stored_exports))
-    })
-    .await
-    .map_err(|e| ServeError::Config(format!("opening the store: {e}")))??;
-    let (lease, epoch) = (db.lease(), db.epoch());
-    let (store, store_died) = StoreHandle::spawn(db, catalogs.files().cloned())?;
     let metrics = Arc::new(Metrics::new());
-    metrics.leader_epoch.set(epoch);
-    metrics
-        .leader_since
-        .set(driver::now().as_micros() as f64 / 1e6);
-    let notifier = Notifier::spawn(config.notify.clone(), metrics.clone());
     let ignore = Arc::new(
         Ignore::new(&config.facts.ignore)
             .map_err(|e| ServeError::Config(format!("facts.ignore: {e}")))?,
@@ -321,71 +307,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let deps = Arc::new(
         Dependencies::new(&config.analysis, ignore.clone()).keep_baselines_in(&config.state_dir),
     );
-
-    let seed = driver::now().as_micros();
-    let core = Core::new(config.core.clone(), seed)?;
-    let (tx, rx) = mpsc::channel::<Command>(1 << 16);
+    let (tx, mut rx) = mpsc::channel::<Command>(1 << 16);
     let poll_ca = config.ca.poll_interval.filter(|_| ca_client.is_some());
-    let parts = Parts {
-        store: store.clone(),
-        catalogs: catalogs.clone(),
-        notifier,
-        metrics: metrics.clone(),
-        join_on_facts: poll_ca.is_none(),
-        exclude: config.ca.exclude.iter().cloned().collect::<HashSet<_>>(),
-        absence: driver::Absence {
-            listings: config.ca.remove_after_listings,
-            max_share: config.ca.max_removal_share,
-        },
-        default_environment: config.default_environment.clone(),
-        deps: deps.clone(),
-        exports: config.exports.clone(),
-        lease,
-    };
-    let driver = Driver::new(
-        core,
-        slots,
-        stored,
-        stored_exports,
-        owners,
-        parts,
-        tx.clone(),
-    )?;
-    tracing::info!(
-        "{} nodes restored from {} in {:.0?}",
-        driver.node_count(),
-        dir.display(),
-        started.elapsed()
-    );
+    // the store's handle once this pcq leads (a standby has none)
+    let store_cell = Arc::new(std::sync::OnceLock::new());
     let mut tasks = Tasks::default();
-    tasks.spawn("the scheduler", Ends::Cleanly, driver.run(rx));
-    tasks.spawn("the store", Ends::Never, async move {
-        if let Ok(why) = store_died.await {
-            tracing::error!("the store stopped: {why}");
-        }
-    });
-
-    let load_tx = tx.clone();
-    tasks.spawn("the load sampler", Ends::Never, async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            if load_tx.send(Command::Load(load::sample())).await.is_err() {
-                return;
-            }
-        }
-    });
-
-    if let (Backend::Puppetserver(p), false) = (&config.backend, servers.is_empty()) {
-        if let Some(every) = p.status_interval {
-            let status_tx = tx.clone();
-            tasks.spawn(
-                "the master status poller",
-                Ends::Never,
-                master_status::poll(servers, every, status_tx),
-            );
-        }
-    }
 
     // the API: mutual TLS with Puppet's CA (and its CRL), plus an optional
     // plain admin listener on loopback
@@ -413,11 +339,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     );
     let state = api::ApiState {
         driver: tx.clone(),
-        catalogs,
+        catalogs: catalogs.clone(),
         metrics: metrics.clone(),
-        ignore,
-        deps,
-        store,
+        ignore: ignore.clone(),
+        deps: deps.clone(),
+        store: store_cell.clone(),
     };
     let limits = listener::Limits {
         max_connections: config.api.max_connections,
@@ -447,13 +373,6 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             metrics.clone(),
         ),
     );
-    if let (Some(every), Some(server)) = (poll_ca, ca_client) {
-        tasks.spawn(
-            "the CA poller",
-            Ends::Never,
-            ca::poll(server, every, tx.clone(), metrics.clone()),
-        );
-    }
 
     let grace = config.shutdown.grace;
     let stop = tx.clone();
@@ -517,6 +436,128 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             listener::serve_plain(listener, app, limits, metrics.clone()),
         );
     }
+
+    // the lead: at once with SQLite; with PostgreSQL once no other pcq
+    // leads, answering nodes from the database meanwhile (a standby)
+    let stop_standing_by = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (opening, stop) = (config.clone(), stop_standing_by.clone());
+    // (the PostgreSQL client blocks: it runs off the runtime, here and on
+    // the store's own thread)
+    let lead = tokio::task::spawn_blocking(move || {
+        let mut db = open_store(&opening, &stop)?;
+        let stored = db.load()?;
+        let owners = db.facts_owners()?;
+        let stored_exports = db.exports()?;
+        Ok::<_, ServeError>((db, stored, owners, stored_exports))
+    });
+    let opened = match &catalogs {
+        LastGood::Database(shared) => {
+            match standby::serve(&mut rx, shared.clone(), metrics.clone(), lead).await {
+                Some(opened) => opened,
+                None => {
+                    stop_standing_by.store(true, std::sync::atomic::Ordering::SeqCst);
+                    tracing::info!("stopped while standing by");
+                    return Ok(());
+                }
+            }
+        }
+        LastGood::Files(_) => lead.await,
+    };
+    let started = std::time::Instant::now();
+    let (db, stored, owners, stored_exports) =
+        opened.map_err(|e| ServeError::Config(format!("opening the store: {e}")))??;
+    let (lease, epoch) = (db.lease(), db.epoch());
+    let (store, store_died) = StoreHandle::spawn(db, catalogs.files().cloned())?;
+    let _ = store_cell.set(store.clone());
+
+    let leader = (epoch > 0).then(|| driver::LeaderView {
+        holder: postgresql::holder(),
+        epoch,
+        since_unix: driver::now().as_micros() as f64 / 1e6,
+    });
+    metrics.leader_epoch.set(epoch);
+    metrics
+        .leader_since
+        .set(driver::now().as_micros() as f64 / 1e6);
+    let notifier = Notifier::spawn(config.notify.clone(), metrics.clone());
+
+    let seed = driver::now().as_micros();
+    let core = Core::new(config.core.clone(), seed)?;
+    let parts = Parts {
+        store: store.clone(),
+        catalogs: catalogs.clone(),
+        notifier,
+        metrics: metrics.clone(),
+        join_on_facts: poll_ca.is_none(),
+        exclude: config.ca.exclude.iter().cloned().collect::<HashSet<_>>(),
+        absence: driver::Absence {
+            listings: config.ca.remove_after_listings,
+            max_share: config.ca.max_removal_share,
+        },
+        default_environment: config.default_environment.clone(),
+        deps: deps.clone(),
+        exports: config.exports.clone(),
+        lease,
+        leader,
+    };
+    let driver = Driver::new(
+        core,
+        slots,
+        stored,
+        stored_exports,
+        owners,
+        parts,
+        tx.clone(),
+    )?;
+    tracing::info!(
+        "{} nodes restored from {} in {:.0?}",
+        driver.node_count(),
+        dir.display(),
+        started.elapsed()
+    );
+    tasks.spawn("the scheduler", Ends::Cleanly, driver.run(rx));
+    tasks.spawn("the store", Ends::Never, async move {
+        if let Ok(why) = store_died.await {
+            tracing::error!("the store stopped: {why}");
+        }
+    });
+
+    let load_tx = tx.clone();
+    tasks.spawn("the load sampler", Ends::Never, async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            if load_tx.send(Command::Load(load::sample())).await.is_err() {
+                return;
+            }
+        }
+    });
+
+    if let (Backend::Puppetserver(p), false) = (&config.backend, servers.is_empty()) {
+        if let Some(every) = p.status_interval {
+            let status_tx = tx.clone();
+            tasks.spawn(
+                "the master status poller",
+                Ends::Never,
+                master_status::poll(servers, every, status_tx),
+            );
+        }
+    }
+    if let (Some(every), Some(server)) = (poll_ca, ca_client) {
+        tasks.spawn(
+            "the CA poller",
+            Ends::Never,
+            ca::poll(server, every, tx.clone(), metrics.clone()),
+        );
+    }
+    if let LastGood::Database(shared) = &catalogs {
+        tasks.spawn(
+            "the inbox of handed-in uploads",
+            Ends::Never,
+            inbox::drain(shared.clone(), tx.clone(), ignore, deps),
+        );
+    }
+
     drop(tx);
     // The driver ends after a shutdown (signal) has drained the compiles
     // and its last writes are committed; anything else that ends first is

@@ -511,20 +511,6 @@ impl Pcq {
         }
     }
 
-    /// Starts pcq with `config` (its own state directory and ports)
-    /// without waiting for it to answer: a standby, while another pcq
-    /// leads the queue on the same database.
-    pub async fn start_standby(config: &PcqConfig) -> Pcq {
-        let mut pcq = Pcq::prepare(config);
-        pcq.spawn_child();
-        pcq
-    }
-
-    /// Starts a killed pcq again without waiting for it to answer.
-    pub fn restart_standby(&mut self) {
-        self.spawn_child();
-    }
-
     /// Starts pcq with `config` once `names` have signed certificates (made
     /// if missing), and waits up to 20 s until the CA poll has listed them
     /// all (each known and waiting for its facts); whether it did.

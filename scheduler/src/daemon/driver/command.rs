@@ -15,7 +15,8 @@ use crate::core::{Bumped, LoadSample, Stats, Time};
 use crate::daemon::analyze::Analysis;
 use crate::daemon::backend::puppetserver::GateStatus;
 use crate::daemon::certname::Certname;
-use crate::daemon::dependencies::UsedHash;
+use crate::daemon::dependencies::{Dependencies, UsedHash};
+use crate::daemon::facts::Ignore;
 use crate::daemon::store::StoreError;
 
 use super::compile::Compiled;
@@ -35,6 +36,27 @@ pub struct FactsUpload {
     pub hash: String,
     /// The hash of just the facts the node's catalog reads, if known.
     pub used: Option<UsedHash>,
+}
+
+impl FactsUpload {
+    /// An upload of `values` for `certname`: the hashes of its relevant
+    /// facts and of the facts its catalog uses.
+    pub fn of(
+        certname: Certname,
+        environment: Option<String>,
+        values: &serde_json::Map<String, serde_json::Value>,
+        ignore: &Ignore,
+        deps: &Dependencies,
+    ) -> FactsUpload {
+        let hash = ignore.relevant_hash(values);
+        let used = deps.used_hash(&certname, values, &hash);
+        FactsUpload {
+            certname,
+            environment,
+            hash,
+            used,
+        }
+    }
 }
 
 /// A request to the driver.
@@ -146,8 +168,8 @@ pub enum Command {
     /// The core's stats.
     Stats {
         /// The answer: the core's, and the nodes waiting for their first
-        /// facts.
-        reply: oneshot::Sender<(Stats, usize)>,
+        /// facts; `None` from a standby (no queue of its own).
+        reply: oneshot::Sender<Option<(Stats, usize)>>,
     },
     /// Stop starting compiles; end when running ones are done or `grace`
     /// has passed.

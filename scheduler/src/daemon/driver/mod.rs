@@ -60,7 +60,9 @@ pub use command::{ApiError, Command, FactsOutcome, FactsUpload, Reply};
 pub use masters::MasterSlot;
 pub use parts::Parts;
 pub use restore::RestoreError;
-pub use view::{DeployReport, LaneView, MasterView, NodeStatus, QueueView, RunningView};
+pub use view::{
+    DeployReport, LaneView, LeaderView, MasterView, NodeStatus, QueueView, RunningView,
+};
 
 use compile::{CompileJob, Compiled};
 use deploys::Deploys;
@@ -349,7 +351,7 @@ impl Driver {
                 let _ = reply.send(self.site());
             }
             Command::Stats { reply } => {
-                let _ = reply.send((self.core.stats(now()), self.intake.waiting()));
+                let _ = reply.send(Some((self.core.stats(now()), self.intake.waiting())));
             }
             Command::Shutdown { grace } => {
                 tracing::info!(
@@ -996,6 +998,8 @@ impl Driver {
         let t = now();
         let stats = self.core.stats(t);
         let running = view::running(&self.running, &self.nodes, &self.masters, t);
-        view::queue_view(&stats, running, self.masters.all(), self.intake.waiting())
+        let mut view = view::queue_view(&stats, running, self.masters.all(), self.intake.waiting());
+        view.leader = self.parts.leader.clone();
+        view
     }
 }

@@ -39,4 +39,6 @@ pub struct Parts {
     /// The leader's lease, with a shared store: no compile starts while
     /// it does not hold (`None`: this daemon alone, always leading).
     pub lease: Option<Arc<Lease>>,
+    /// This pcq as the leader of a shared store (`None`: SQLite, alone).
+    pub leader: Option<super::view::LeaderView>,
 }

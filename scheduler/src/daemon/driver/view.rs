@@ -94,6 +94,21 @@ pub struct QueueView {
     pub masters: Vec<MasterView>,
     /// Signed nodes waiting for their first facts.
     pub waiting_for_facts: usize,
+    /// Who leads, on a shared (PostgreSQL) store: this pcq (a standby
+    /// answers no queue).
+    #[serde(default)]
+    pub leader: Option<LeaderView>,
+}
+
+/// The leader of a shared store's queue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LeaderView {
+    /// Host and process.
+    pub holder: String,
+    /// Its epoch (raised by each new leader).
+    pub epoch: i64,
+    /// When it took the lead (Unix seconds).
+    pub since_unix: f64,
 }
 
 /// One lane.
@@ -254,5 +269,6 @@ pub fn queue_view(
             })
             .collect(),
         waiting_for_facts,
+        leader: None,
     }
 }

@@ -9,7 +9,7 @@
 //!
 //! [`Store`] is the interface a backend implements: SQLite (the default,
 //! one master) and PostgreSQL (shared; it keeps the catalogs too, read by
-//! [`catalog_reads`]).
+//! [`shared`]).
 //! [`StoreHandle`] runs a store on its own thread and batches writes into
 //! one transaction (group commit): a facts upload waits for its commit, and
 //! thousands of them a second share a handful of commits.
@@ -22,10 +22,10 @@
 //! bounded: when it is full, uploads are refused (503, retry later) instead
 //! of growing memory without end.
 
-pub mod catalog_reads;
 pub mod interface;
 pub mod postgresql;
 pub mod row;
+pub mod shared;
 pub mod sqlite;
 
 pub use interface::{Lease, Store, StoreError, StoredNode, Write};

@@ -57,10 +57,11 @@ const MARGIN: Duration = Duration::from_secs(1);
 const MIGRATION_LOCK: i64 = 0x0070_6372;
 
 /// The migrations, in order: (version, name, SQL).
-const MIGRATIONS: [(i32, &str, &str); 3] = [
+const MIGRATIONS: [(i32, &str, &str); 4] = [
     (1, "nodes", include_str!("migrations/0001_nodes.sql")),
     (2, "catalogs", include_str!("migrations/0002_catalogs.sql")),
     (3, "leader", include_str!("migrations/0003_leader.sql")),
+    (4, "inbox", include_str!("migrations/0004_inbox.sql")),
 ];
 
 /// Where the database is, and how to trust it.
@@ -307,7 +308,7 @@ fn connect(connection: &Connection) -> Result<Client, StoreError> {
 }
 
 /// This daemon's name in `pcq_leader`: host and process.
-fn holder() -> String {
+pub fn holder() -> String {
     format!(
         "{} pid {}",
         crate::puppet_conf::hostname(),
@@ -315,17 +316,22 @@ fn holder() -> String {
     )
 }
 
+/// What `pcq_leader` says, as a sentence (its query: [`LEADER`]).
+pub fn leader_sentence(holder: &str, epoch: i64, since: &str) -> String {
+    format!("{holder} (epoch {epoch}, since {since})")
+}
+
+/// Who leads: holder, epoch, since (text).
+pub const LEADER: &str =
+    "SELECT holder, epoch, to_char(since, 'YYYY-MM-DD HH24:MI:SS TZ') FROM pcq_leader";
+
 /// Who leads, as a sentence.
 fn leader_text(db: &mut Client) -> String {
-    match db.query_one(
-        "SELECT holder, epoch, to_char(since, 'YYYY-MM-DD HH24:MI:SS TZ') FROM pcq_leader",
-        &[],
-    ) {
-        Ok(row) => format!(
-            "{} (epoch {}, since {})",
-            row.get::<_, String>(0),
-            row.get::<_, i64>(1),
-            row.get::<_, String>(2)
+    match db.query_one(LEADER, &[]) {
+        Ok(row) => leader_sentence(
+            &row.get::<_, String>(0),
+            row.get(1),
+            &row.get::<_, String>(2),
         ),
         Err(e) => format!("unknown ({e})"),
     }

@@ -1,0 +1,138 @@
+//! The leader's side of `pcq_inbox`: facts uploads a standby took.
+//!
+//! The leader listens for `NOTIFY pcq_inbox` (and looks every second
+//! besides, should a notification be lost with its connection), takes the
+//! oldest rows, and puts each through the very path an upload to it takes
+//! ([`Command::Facts`]: the facts stored, the node bumped if a fact its
+//! catalog uses changed). A row goes only once that path has committed,
+//! so a leader that dies in between acts on it again (the same facts:
+//! unchanged) rather than lose it. A row that cannot be an upload (an
+//! invalid certname, values that are not a JSON object) is dropped, said
+//! once, as the API would have refused it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::certname::Certname;
+use super::dependencies::Dependencies;
+use super::driver::{ApiError, Command, FactsUpload};
+use super::facts::Ignore;
+use super::store::shared::{HandedIn, Shared};
+
+/// How often the inbox is looked at without a notification.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// Drains the inbox into the driver until the driver is gone.
+pub async fn drain(
+    shared: Arc<Shared>,
+    driver: mpsc::Sender<Command>,
+    ignore: Arc<Ignore>,
+    deps: Arc<Dependencies>,
+) {
+    let mut listening = None;
+    loop {
+        if listening.is_none() {
+            match shared.listen().await {
+                Ok(l) => listening = Some(l),
+                Err(e) => tracing::warn!("listening for handed-in uploads: {e}"),
+            }
+        }
+        let woken = async {
+            match listening.as_mut() {
+                Some(l) => l.woken.recv().await.is_some(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            alive = woken => if !alive { listening = None },
+            _ = tokio::time::sleep(LOOK_EVERY) => {}
+        }
+        loop {
+            let rows = match shared.inbox().await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!("reading handed-in uploads: {e}");
+                    break;
+                }
+            };
+            let full = rows.len() >= 256;
+            for row in rows {
+                match act(row.clone(), &driver, &ignore, &deps).await {
+                    Acted::Done | Acted::Refused => {
+                        if let Err(e) = shared.taken(row.id).await {
+                            tracing::warn!("clearing a handed-in upload: {e}");
+                        }
+                    }
+                    Acted::Later => break,
+                    Acted::DriverGone => return,
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+    }
+}
+
+enum Acted {
+    /// Committed by the driver.
+    Done,
+    /// Not an upload: dropped.
+    Refused,
+    /// The driver or the store is busy: try again later.
+    Later,
+    /// The daemon is stopping.
+    DriverGone,
+}
+
+async fn act(
+    row: HandedIn,
+    driver: &mpsc::Sender<Command>,
+    ignore: &Ignore,
+    deps: &Dependencies,
+) -> Acted {
+    let Ok(certname) = Certname::parse(&row.certname) else {
+        tracing::warn!(
+            "a handed-in upload for the invalid certname {:?}: dropped",
+            row.certname
+        );
+        return Acted::Refused;
+    };
+    let values: serde_json::Map<String, serde_json::Value> = match serde_json::from_slice(
+        &row.values,
+    ) {
+        Ok(values) => values,
+        Err(e) => {
+            tracing::warn!(%certname, "a handed-in upload is not a facts object ({e}): dropped");
+            return Acted::Refused;
+        }
+    };
+    let upload = FactsUpload::of(certname.clone(), row.environment, &values, ignore, deps);
+    let (reply, answer) = oneshot::channel();
+    let command = Command::Facts {
+        upload,
+        values: row.values,
+        reply,
+    };
+    if driver.send(command).await.is_err() {
+        return Acted::DriverGone;
+    }
+    match answer.await {
+        Ok(Ok(_)) => Acted::Done,
+        Ok(Err(ApiError::BadRequest(why) | ApiError::UnknownEnvironment(why))) => {
+            tracing::warn!(%certname, "a handed-in upload refused ({why}): dropped");
+            Acted::Refused
+        }
+        Ok(Err(ApiError::UnknownNode(_))) => {
+            tracing::warn!(%certname, "a handed-in upload of a node pcq does not schedule: dropped");
+            Acted::Refused
+        }
+        Ok(Err(ApiError::ShuttingDown)) | Err(_) => Acted::DriverGone,
+        Ok(Err(e)) => {
+            tracing::warn!(%certname, "a handed-in upload waits: {e}");
+            Acted::Later
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! A standby: a `pcq serve` on a shared (PostgreSQL) store while another
+//! leads. It schedules nothing and starts no compile; it serves nodes from
+//! the database, so that every master's pcq answers its nodes:
+//!
+//! - a node's status, from its row;
+//! - its catalog (with ETag and 304), from `catalogs` ([`super::last_good`]);
+//! - its facts uploads, handed to the leader through `pcq_inbox`
+//!   ([`Shared::hand_in`]): acknowledged once committed, acted on by the
+//!   leader at once ([`super::inbox`]).
+//!
+//! What only the scheduler knows (the queue, bumps, deploys, the site) is
+//! refused with 503 and who leads. The standby answers the driver's
+//! commands in the driver's place until it takes the lead; then the same
+//! channel goes to the driver it builds.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::certname::Certname;
+use super::driver::nodes::NodeInfo;
+use super::driver::view::node_status;
+use super::driver::{now, ApiError, Command, FactsOutcome, NodeStatus};
+use super::metrics::Metrics;
+use super::store::shared::Shared;
+use super::store::StoreError;
+
+/// Answers `rx` from the database until `lead` resolves (this pcq took
+/// the lead: its result is returned, and `rx` goes on to the driver) or a
+/// shutdown comes (`None`).
+pub async fn serve<T>(
+    rx: &mut mpsc::Receiver<Command>,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    lead: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::pin!(lead);
+    loop {
+        tokio::select! {
+            led = &mut lead => return Some(led),
+            command = rx.recv() => match command {
+                None | Some(Command::Shutdown { .. }) => return None,
+                Some(command) => {
+                    // each answer waits on the database: one at a time
+                    // would queue every node behind the slowest
+                    let (shared, metrics) = (shared.clone(), metrics.clone());
+                    tokio::spawn(answer(command, shared, metrics));
+                }
+            },
+        }
+    }
+}
+
+/// Why the standby does not do it.
+async fn standing_by(shared: &Shared) -> String {
+    let leader = shared
+        .leader()
+        .await
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    format!("this pcq stands by; the queue is led by {leader}: ask it")
+}
+
+async fn answer(command: Command, shared: Arc<Shared>, metrics: Arc<Metrics>) {
+    match command {
+        Command::Facts {
+            upload,
+            values,
+            reply,
+        } => {
+            let result = shared
+                .hand_in(
+                    upload.certname.as_str(),
+                    upload.environment.as_deref(),
+                    &values,
+                    now(),
+                )
+                .await;
+            if result.is_ok() {
+                // (refusals are counted by the API)
+                Metrics::count(&metrics.facts_uploads, "handed_in");
+            }
+            let _ = reply.send(result.map(|()| FactsOutcome::Stored).map_err(refused));
+        }
+        Command::Status { certname, reply } => {
+            // an unreachable database drops the question: 503, not "unknown"
+            if let Ok(status) = status(&shared, &certname).await {
+                let _ = reply.send(status);
+            }
+        }
+        Command::Stats { reply } => {
+            // alive, with no queue of its own
+            let _ = reply.send(None);
+        }
+        Command::Bump { reply, .. } => {
+            let _ = reply.send(Err(ApiError::Busy(standing_by(&shared).await)));
+        }
+        Command::Deploy { reply, .. } => {
+            let _ = reply.send(Err(ApiError::Busy(standing_by(&shared).await)));
+        }
+        // the queue and the site are the leader's: the question is dropped
+        // (503); nothing else is sent to a standby
+        _ => {}
+    }
+}
+
+fn refused(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Unavailable(why) => ApiError::Busy(why),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+async fn status(shared: &Shared, certname: &Certname) -> Result<Option<NodeStatus>, StoreError> {
+    let Some(stored) = shared.node(certname.as_str()).await? else {
+        return Ok(None);
+    };
+    let info = NodeInfo {
+        catalog_hash: stored.catalog_hash,
+        catalog_changed_at: stored.catalog_changed_at,
+        facts_hash: stored.facts_hash,
+        last_error: stored.last_error,
+        ..NodeInfo::new(certname.clone())
+    };
+    Ok(Some(node_status(stored.view, &info)))
+}
