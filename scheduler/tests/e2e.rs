@@ -1079,7 +1079,7 @@ async fn catalog_files_that_disagree_with_the_database_are_compiled_again() {
     );
     assert!(pcq
         .log_text()
-        .contains("4 catalog files checked, 3 disagree"));
+        .contains("4 stored catalogs checked, 3 disagree"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,11 +4,14 @@
 //! speaks TLS with this host's Puppet certificate (pcq's admin, which may
 //! upload any node's facts).
 //!
-//! `facts-load https://HOST:PORT N [--connections C] [--seconds T] [--prefix P] [--change] [--facts FILE]`
+//! `facts-load https://HOST:PORT N [--connections C] [--seconds T] [--prefix P] [--change] [--facts FILE] [--not-modified]`
 //!
 //! Without `--change` each node uploads the same facts over and over (the
 //! common case: nothing that matters changed); with it every upload changes
-//! a used fact (each one is stored durably and bumps the node).
+//! a used fact (each one is stored durably and bumps the node). With
+//! `--not-modified` it uploads nothing: it GETs the nodes' catalogs, each
+//! with the ETag its first GET gave, and counts the 304s (what agents
+//! polling an unchanged catalog cost).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,6 +39,9 @@ struct Args {
     /// A facter JSON file for the values.
     #[arg(long)]
     facts: Option<String>,
+    /// GET catalogs with If-None-Match instead of uploading facts.
+    #[arg(long)]
+    not_modified: bool,
 }
 
 fn values(file: Option<&str>) -> serde_json::Map<String, Value> {
@@ -108,18 +114,41 @@ async fn main() {
     let mut tasks = Vec::new();
     for c in 0..args.connections {
         let (client, ok, failed, base) = (client.clone(), ok.clone(), failed.clone(), base.clone());
-        let (url, prefix, nodes, change) = (
+        let (url, prefix, nodes, change, not_modified) = (
             args.url.clone(),
             args.prefix.clone(),
             args.nodes,
             args.change,
+            args.not_modified,
         );
         tasks.push(tokio::spawn(async move {
             let mut i = c as u64;
+            let mut etags = std::collections::HashMap::new();
             while Instant::now() < deadline {
                 i = i.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 let node = (i >> 33) as usize % nodes;
                 let certname = format!("{prefix}{node:06}.example.com");
+                if not_modified {
+                    let mut req = client.get(format!("{url}/v1/nodes/{certname}/catalog"));
+                    if let Some(etag) = etags.get(&node) {
+                        req = req.header("if-none-match", etag);
+                    }
+                    match req.send().await {
+                        Ok(r) if r.status() == reqwest::StatusCode::NOT_MODIFIED => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) if r.status().is_success() => {
+                            if let Some(etag) = r.headers().get("etag").cloned() {
+                                etags.insert(node, etag);
+                            }
+                            let _ = r.bytes().await;
+                        }
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    continue;
+                }
                 // the body spliced from the facts serialized once: the load
                 // generator shares the machine with pcq, so it must be cheap
                 let role = if change {
@@ -152,12 +181,19 @@ async fn main() {
     }
     let secs = started.elapsed().as_secs_f64();
     let n = ok.load(Ordering::Relaxed);
+    let what = if args.not_modified {
+        "catalog GETs answered 304"
+    } else {
+        "uploads"
+    };
     println!(
-        "{n} uploads in {secs:.1} s over {} connections: {:.0} requests/s ({} failed){}",
+        "{n} {what} in {secs:.1} s over {} connections: {:.0} requests/s ({} failed){}",
         args.connections,
         n as f64 / secs,
         failed.load(Ordering::Relaxed),
-        if args.change {
+        if args.not_modified {
+            ""
+        } else if args.change {
             ", every upload a change"
         } else {
             ", facts unchanged"

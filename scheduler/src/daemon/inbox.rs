@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::certname::Certname;
 use super::dependencies::Dependencies;
-use super::driver::{ApiError, Command, FactsUpload};
+use super::driver::{ApiError, Command, FactsOutcome, FactsUpload};
 use super::facts::Ignore;
 use super::store::shared::{HandedIn, Shared};
 
@@ -58,18 +58,31 @@ pub async fn drain(
                 }
             };
             let full = rows.len() >= 256;
+            // all of them to the driver at once (their facts share its
+            // group commits), then the answers in order
+            let mut asked = Vec::with_capacity(rows.len());
             for row in rows {
-                match act(row.clone(), &driver, &ignore, &deps).await {
-                    Acted::Done | Acted::Refused => {
-                        if let Err(e) = shared.taken(row.id).await {
-                            tracing::warn!("clearing a handed-in upload: {e}");
-                        }
-                    }
-                    Acted::Later => break,
+                let id = row.id;
+                match ask(row, &driver, &ignore, &deps).await {
+                    Ok(answer) => asked.push((id, answer)),
+                    Err(Acted::Refused) => asked.push((id, None)),
+                    Err(_) => return, // the daemon is stopping
+                }
+            }
+            let mut done = Vec::with_capacity(asked.len());
+            let mut later = false;
+            for (id, answer) in asked {
+                match answered(answer).await {
+                    Acted::Done | Acted::Refused => done.push(id),
+                    Acted::Later => later = true,
                     Acted::DriverGone => return,
                 }
             }
-            if !full {
+            if let Err(e) = shared.taken(&done).await {
+                tracing::warn!("clearing handed-in uploads: {e}");
+                break;
+            }
+            if !full || later {
                 break;
             }
         }
@@ -87,18 +100,23 @@ enum Acted {
     DriverGone,
 }
 
-async fn act(
+/// The driver's answer to come, for a row it was sent (`None`: the row
+/// is not an upload and is dropped).
+type Answer = Option<(Certname, oneshot::Receiver<Result<FactsOutcome, ApiError>>)>;
+
+/// Sends one row to the driver as an upload.
+async fn ask(
     row: HandedIn,
     driver: &mpsc::Sender<Command>,
     ignore: &Ignore,
     deps: &Dependencies,
-) -> Acted {
+) -> Result<Answer, Acted> {
     let Ok(certname) = Certname::parse(&row.certname) else {
         tracing::warn!(
             "a handed-in upload for the invalid certname {:?}: dropped",
             row.certname
         );
-        return Acted::Refused;
+        return Err(Acted::Refused);
     };
     let values: serde_json::Map<String, serde_json::Value> = match serde_json::from_slice(
         &row.values,
@@ -106,7 +124,7 @@ async fn act(
         Ok(values) => values,
         Err(e) => {
             tracing::warn!(%certname, "a handed-in upload is not a facts object ({e}): dropped");
-            return Acted::Refused;
+            return Err(Acted::Refused);
         }
     };
     let upload = FactsUpload::of(certname.clone(), row.environment, &values, ignore, deps);
@@ -117,8 +135,16 @@ async fn act(
         reply,
     };
     if driver.send(command).await.is_err() {
-        return Acted::DriverGone;
+        return Err(Acted::DriverGone);
     }
+    Ok(Some((certname, answer)))
+}
+
+/// What the driver's answer means for the row.
+async fn answered(answer: Answer) -> Acted {
+    let Some((certname, answer)) = answer else {
+        return Acted::Refused;
+    };
     match answer.await {
         Ok(Ok(_)) => Acted::Done,
         Ok(Err(ApiError::BadRequest(why) | ApiError::UnknownEnvironment(why))) => {

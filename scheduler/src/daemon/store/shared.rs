@@ -62,7 +62,7 @@ const HAND_IN: &str =
                        SELECT pg_notify('pcq_inbox', '') FROM i";
 const INBOX: &str =
     "SELECT id, certname, environment, values_json FROM pcq_inbox ORDER BY id LIMIT 256";
-const TAKEN: &str = "DELETE FROM pcq_inbox WHERE id = $1";
+const TAKEN: &str = "DELETE FROM pcq_inbox WHERE id = ANY($1)";
 
 /// The statements, prepared once per connection.
 struct Prepared {
@@ -192,9 +192,12 @@ impl Shared {
             .collect())
     }
 
-    /// An upload handed in is acted on: its row goes.
-    pub async fn taken(&self, id: i64) -> Result<(), StoreError> {
-        self.query(|s| &s.taken, &[&id]).await.map(drop)
+    /// Uploads handed in are acted on: their rows go.
+    pub async fn taken(&self, ids: &[i64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.query(|s| &s.taken, &[&ids]).await.map(drop)
     }
 
     /// Wakes for each `NOTIFY pcq_inbox`, on a connection of its own; the
