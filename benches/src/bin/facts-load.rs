@@ -109,11 +109,14 @@ async fn main() {
     };
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
+    // each node's ETag, learnt from its first GET (--not-modified)
+    let etags = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..args.connections {
         let (client, ok, failed, base) = (client.clone(), ok.clone(), failed.clone(), base.clone());
+        let etags = etags.clone();
         let (url, prefix, nodes, change, not_modified) = (
             args.url.clone(),
             args.prefix.clone(),
@@ -123,14 +126,14 @@ async fn main() {
         );
         tasks.push(tokio::spawn(async move {
             let mut i = c as u64;
-            let mut etags = std::collections::HashMap::new();
             while Instant::now() < deadline {
                 i = i.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 let node = (i >> 33) as usize % nodes;
                 let certname = format!("{prefix}{node:06}.example.com");
                 if not_modified {
                     let mut req = client.get(format!("{url}/v1/nodes/{certname}/catalog"));
-                    if let Some(etag) = etags.get(&node) {
+                    let known = etags.lock().ok().and_then(|e| e.get(&node).cloned());
+                    if let Some(etag) = known {
                         req = req.header("if-none-match", etag);
                     }
                     match req.send().await {
@@ -138,7 +141,9 @@ async fn main() {
                             ok.fetch_add(1, Ordering::Relaxed);
                         }
                         Ok(r) if r.status().is_success() => {
-                            if let Some(etag) = r.headers().get("etag").cloned() {
+                            if let (Some(etag), Ok(mut etags)) =
+                                (r.headers().get("etag").cloned(), etags.lock())
+                            {
                                 etags.insert(node, etag);
                             }
                             let _ = r.bytes().await;

@@ -71,7 +71,7 @@ async fn answer(command: Command, shared: Arc<Shared>, metrics: Arc<Metrics>) {
                 .hand_in(
                     upload.certname.as_str(),
                     upload.environment.as_deref(),
-                    &values,
+                    values,
                     now(),
                 )
                 .await;
@@ -106,6 +106,7 @@ async fn answer(command: Command, shared: Arc<Shared>, metrics: Arc<Metrics>) {
 fn refused(e: StoreError) -> ApiError {
     match e {
         StoreError::Unavailable(why) => ApiError::Busy(why),
+        StoreError::Busy => ApiError::Busy(e.to_string()),
         other => ApiError::Internal(other.to_string()),
     }
 }

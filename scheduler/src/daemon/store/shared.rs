@@ -46,6 +46,99 @@ pub struct Shared {
     tls: MakeRustlsConnect,
     idle: Mutex<Vec<(Client, Prepared)>>,
     permits: Semaphore,
+    /// The queue of uploads to hand in (its task starts with the first).
+    hand_ins: std::sync::OnceLock<tokio::sync::mpsc::Sender<HandIn>>,
+}
+
+/// Uploads that may wait to be handed in; beyond, 503 (busy).
+const HAND_IN_QUEUE: usize = 8192;
+/// The most uploads one statement hands in.
+const HAND_IN_BATCH: usize = 2048;
+/// The most facts bytes one statement carries.
+const HAND_IN_BYTES: usize = 32 << 20;
+
+/// One upload on its way to `pcq_inbox`, and who waits for its commit.
+struct HandIn {
+    certname: String,
+    environment: Option<String>,
+    values: Vec<u8>,
+    at: i64,
+    reply: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+}
+
+const HAND_IN: &str = "WITH i AS (
+        INSERT INTO pcq_inbox (certname, environment, values_json, received_us)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bigint[])
+        RETURNING 1)
+    SELECT pg_notify('pcq_inbox', '') FROM (SELECT 1 FROM i LIMIT 1) AS one";
+
+/// Hands in the uploads queued on `rx`: whatever waits goes in one
+/// statement (one commit, one notification), on a connection of its own,
+/// made again after a failure; every upload of a failed statement is
+/// answered with the failure (it was not written).
+async fn hand_in_batches(
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    mut rx: tokio::sync::mpsc::Receiver<HandIn>,
+) {
+    let mut connection: Option<(Client, Statement)> = None;
+    while let Some(first) = rx.recv().await {
+        let mut bytes = first.values.len();
+        let mut batch = vec![first];
+        while batch.len() < HAND_IN_BATCH && bytes < HAND_IN_BYTES {
+            match rx.try_recv() {
+                Ok(upload) => {
+                    bytes += upload.values.len();
+                    batch.push(upload);
+                }
+                Err(_) => break,
+            }
+        }
+        if connection.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+            connection = match connect_for_hand_ins(&config, &tls).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    for upload in batch {
+                        let _ = upload.reply.send(Err(e.clone()));
+                    }
+                    continue;
+                }
+            };
+        }
+        let Some((client, statement)) = connection.as_ref() else {
+            continue;
+        };
+        let certnames: Vec<&str> = batch.iter().map(|u| u.certname.as_str()).collect();
+        let environments: Vec<Option<&str>> =
+            batch.iter().map(|u| u.environment.as_deref()).collect();
+        let values: Vec<&[u8]> = batch.iter().map(|u| u.values.as_slice()).collect();
+        let ats: Vec<i64> = batch.iter().map(|u| u.at).collect();
+        let result = client
+            .query(statement, &[&certnames, &environments, &values, &ats])
+            .await
+            .map(drop)
+            .map_err(read_err);
+        if result.is_err() {
+            connection = None;
+        }
+        for upload in batch {
+            let _ = upload.reply.send(result.clone());
+        }
+    }
+}
+
+async fn connect_for_hand_ins(
+    config: &tokio_postgres::Config,
+    tls: &MakeRustlsConnect,
+) -> Result<(Client, Statement), StoreError> {
+    let (client, connection) = config.connect(tls.clone()).await.map_err(connect_err)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("the hand-in connection to PostgreSQL ended: {e}");
+        }
+    });
+    let statement = client.prepare(HAND_IN).await.map_err(read_err)?;
+    Ok((client, statement))
 }
 
 impl std::fmt::Debug for Shared {
@@ -56,10 +149,6 @@ impl std::fmt::Debug for Shared {
 
 const READ: &str = "SELECT hash, body FROM catalogs WHERE certname = $1";
 const HASHES: &str = "SELECT certname, hash FROM catalogs";
-const HAND_IN: &str =
-    "WITH i AS (INSERT INTO pcq_inbox (certname, environment, values_json, received_us)
-                                  VALUES ($1, $2, $3, $4) RETURNING id)
-                       SELECT pg_notify('pcq_inbox', '') FROM i";
 const INBOX: &str =
     "SELECT id, certname, environment, values_json FROM pcq_inbox ORDER BY id LIMIT 256";
 const TAKEN: &str = "DELETE FROM pcq_inbox WHERE id = ANY($1)";
@@ -69,7 +158,6 @@ struct Prepared {
     read: Statement,
     hashes: Statement,
     node: Statement,
-    hand_in: Statement,
     inbox: Statement,
     taken: Statement,
     leader: Statement,
@@ -109,6 +197,7 @@ impl Shared {
             tls: tls(connection.ca_file.as_deref())?,
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(CONNECTIONS),
+            hand_ins: std::sync::OnceLock::new(),
         })
     }
 
@@ -162,20 +251,30 @@ impl Shared {
     }
 
     /// Hands a facts upload to the leader: committed (then it may be
-    /// acknowledged), and the leader woken.
+    /// acknowledged), and the leader woken. Uploads arriving together
+    /// share one statement and one commit ([`hand_in_batches`]).
     pub async fn hand_in(
         &self,
         certname: &str,
         environment: Option<&str>,
-        values: &[u8],
+        values: Vec<u8>,
         at: Time,
     ) -> Result<(), StoreError> {
-        self.query(
-            |s| &s.hand_in,
-            &[&certname, &environment, &values, &micros(at)],
-        )
-        .await
-        .map(drop)
+        let batches = self.hand_ins.get_or_init(|| {
+            let (tx, rx) = tokio::sync::mpsc::channel(HAND_IN_QUEUE);
+            tokio::spawn(hand_in_batches(self.config.clone(), self.tls.clone(), rx));
+            tx
+        });
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let upload = HandIn {
+            certname: certname.to_string(),
+            environment: environment.map(String::from),
+            values,
+            at: micros(at),
+            reply,
+        };
+        batches.try_send(upload).map_err(|_| StoreError::Busy)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     /// The oldest uploads handed in (at most 256).
@@ -290,7 +389,6 @@ impl Shared {
             read: client.prepare(READ).await.map_err(read_err)?,
             hashes: client.prepare(HASHES).await.map_err(read_err)?,
             node: client.prepare(&node).await.map_err(read_err)?,
-            hand_in: client.prepare(HAND_IN).await.map_err(read_err)?,
             inbox: client.prepare(INBOX).await.map_err(read_err)?,
             taken: client.prepare(TAKEN).await.map_err(read_err)?,
             leader: client.prepare(LEADER).await.map_err(read_err)?,
