@@ -404,6 +404,15 @@ fn a_leader_paused_past_its_lease_is_fenced_out_body() {
     // and its end does not give away the new one's lead
     drop(old);
     assert_eq!(leader(&db).0, new.epoch());
+    let running: bool = db
+        .client()
+        .query_one("SELECT lease_until > now() FROM pcq_leader", &[])
+        .expect("lease")
+        .get(0);
+    assert!(
+        running,
+        "the deposed leader's end released the new one's lease"
+    );
     new.write(&history()[1]).expect("the new leader writes");
 }
 

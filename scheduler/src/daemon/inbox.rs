@@ -58,9 +58,13 @@ pub async fn drain(
                 }
             };
             let full = rows.len() >= 256;
+            // a node's newest upload only: its older ones are superseded
+            // (sent at once, their commits could land in any order)
+            let (rows, superseded) = newest_per_node(rows);
             // all of them to the driver at once (their facts share its
             // group commits), then the answers in order
-            let mut asked = Vec::with_capacity(rows.len());
+            let mut asked: Vec<(i64, Answer)> =
+                superseded.into_iter().map(|id| (id, None)).collect();
             for row in rows {
                 let id = row.id;
                 match ask(row, &driver, &ignore, &deps).await {
@@ -87,6 +91,25 @@ pub async fn drain(
             }
         }
     }
+}
+
+/// The newest row of each node (rows come oldest first), and the ids of
+/// the older ones.
+fn newest_per_node(rows: Vec<HandedIn>) -> (Vec<HandedIn>, Vec<i64>) {
+    let mut newest = std::collections::HashMap::new();
+    for (i, row) in rows.iter().enumerate() {
+        newest.insert(row.certname.clone(), i);
+    }
+    let mut superseded = Vec::new();
+    let mut kept = Vec::with_capacity(newest.len());
+    for (i, row) in rows.into_iter().enumerate() {
+        if newest.get(&row.certname) == Some(&i) {
+            kept.push(row);
+        } else {
+            superseded.push(row.id);
+        }
+    }
+    (kept, superseded)
 }
 
 enum Acted {
@@ -160,5 +183,28 @@ async fn answered(answer: Answer) -> Acted {
             tracing::warn!(%certname, "a handed-in upload waits: {e}");
             Acted::Later
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, certname: &str) -> HandedIn {
+        HandedIn {
+            id,
+            certname: certname.into(),
+            environment: None,
+            values: b"{}".to_vec(),
+        }
+    }
+
+    #[test]
+    fn only_a_nodes_newest_upload_is_acted_on() {
+        let (kept, superseded) =
+            newest_per_node(vec![row(1, "a"), row(2, "b"), row(3, "a"), row(4, "a")]);
+        let ids: Vec<i64> = kept.iter().map(|r| r.id).collect();
+        assert_eq!(ids, vec![2, 4]);
+        assert_eq!(superseded, vec![1, 3]);
     }
 }

@@ -241,12 +241,16 @@ fn open_store(
                 url: url.clone(),
                 ca_file: config.store.ca_file.clone(),
             };
-            let mut said = false;
+            let mut said = None;
             let store = loop {
                 match PostgresStore::open(&connection) {
-                    Err(StoreError::Standby(why)) => {
-                        if !std::mem::replace(&mut said, true) {
+                    // another leads, or the database is out of reach for
+                    // now: a standby waits either out
+                    Err(e @ (StoreError::Standby(_) | StoreError::Unavailable(_))) => {
+                        let why = e.to_string();
+                        if said.as_ref() != Some(&why) {
                             tracing::info!("{why}");
+                            said = Some(why);
                         }
                         std::thread::sleep(postgresql::RENEW_EVERY);
                         if stop.load(std::sync::atomic::Ordering::SeqCst) {
@@ -445,9 +449,14 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // the store's own thread)
     let lead = tokio::task::spawn_blocking(move || {
         let mut db = open_store(&opening, &stop)?;
+        // (a shared store's lease renewed between the reads: the store
+        // thread that renews it starts after them)
         let stored = db.load()?;
+        db.renew()?;
         let owners = db.facts_owners()?;
+        db.renew()?;
         let stored_exports = db.exports()?;
+        db.renew()?;
         Ok::<_, ServeError>((db, stored, owners, stored_exports))
     });
     let opened = match &catalogs {

@@ -126,16 +126,35 @@ pub enum StoreError {
 /// it (SIGSTOP, a stalled VM) finds it lapsed when it runs again and
 /// starts nothing until a commit proves it still leads, which it cannot
 /// once another took over.
+///
+/// Both the monotonic clock and the wall clock must say it holds: the
+/// monotonic one runs on through SIGSTOP but may stop while a machine is
+/// suspended or its VM paused, when the wall clock (and the database's)
+/// runs on.
 #[derive(Debug, Default)]
 pub struct Lease {
-    until: std::sync::Mutex<Option<std::time::Instant>>,
+    until: std::sync::Mutex<Option<(std::time::Instant, std::time::SystemTime)>>,
 }
 
 impl Lease {
-    /// The lease holds until `until`.
+    /// The lease holds for `left` from now.
+    pub fn hold_for(&self, left: std::time::Duration) {
+        self.hold_until(std::time::Instant::now() + left);
+    }
+
+    /// The lease holds until `until` (the wall clock's deadline as far
+    /// from now).
     pub fn hold_until(&self, until: std::time::Instant) {
+        let left = until.saturating_duration_since(std::time::Instant::now());
         if let Ok(mut u) = self.until.lock() {
-            *u = Some(until);
+            *u = Some((until, std::time::SystemTime::now() + left));
+        }
+    }
+
+    /// The lease no longer holds (deposed, or the store gone).
+    pub fn lapse(&self) {
+        if let Ok(mut u) = self.until.lock() {
+            *u = None;
         }
     }
 
@@ -145,7 +164,7 @@ impl Lease {
             .lock()
             .ok()
             .and_then(|u| *u)
-            .is_some_and(|u| std::time::Instant::now() < u)
+            .is_some_and(|(i, s)| std::time::Instant::now() < i && std::time::SystemTime::now() < s)
     }
 }
 

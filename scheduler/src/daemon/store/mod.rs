@@ -129,6 +129,11 @@ impl StoreHandle {
                     catalogs,
                 };
                 last_word.why = run(&mut store, rx, retries, &health).err();
+                // no compile starts once the store is gone (a standby may
+                // take the lead as soon as this one's is given up)
+                if let Some(lease) = store.store.lease() {
+                    lease.lapse();
+                }
                 drop(last_word);
             })
             .map_err(|e| StoreError::Database(format!("cannot start the store thread: {e}")))?;

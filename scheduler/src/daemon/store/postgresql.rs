@@ -562,6 +562,8 @@ impl Drop for PostgresStore {
     /// A daemon stopping gives up the lead at once: a standby need not
     /// wait out the lease.
     fn drop(&mut self) {
+        // the driver starts nothing more before the lead is given up
+        self.lease.lapse();
         if self.broken || self.db.is_closed() {
             return;
         }
@@ -742,7 +744,7 @@ impl PostgresStore {
 
     /// Another leads: what to say, and no more acting.
     fn deposed(&mut self) -> StoreError {
-        self.lease.hold_until(Instant::now());
+        self.lease.lapse();
         StoreError::Deposed(format!(
             "another pcq serve leads the queue now: {}; this one (epoch {}) was paused or \
              cut off past its lease, and stops without writing",
