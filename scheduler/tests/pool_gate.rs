@@ -91,6 +91,10 @@ async fn starts_wait_while_other_traffic_holds_the_pool_and_resume_when_it_frees
         .set("backend.status_interval", "\"500ms\"");
     let names: Vec<String> = (1..=3).map(|i| format!("pool-{i}.example.com")).collect();
     let warm = vec!["pool-warm.example.com".to_string()];
+    // their certificates before pcq starts: its first CA listing has them,
+    // so their uploads join them at once (a certificate signed later
+    // waits for the next listing, ca.poll_interval away)
+    ensure_certs(&names);
     let (pcq, _) =
         Pcq::start_compiled(&config, &warm, with_role("web"), Duration::from_secs(120)).await;
     let text = pcq.metrics().await;
@@ -129,7 +133,6 @@ async fn starts_wait_while_other_traffic_holds_the_pool_and_resume_when_it_frees
     );
 
     // nodes arrive: they wait, and nothing starts
-    ensure_certs(&names);
     let before = harness::metric_sum(&pcq.metrics().await, "pcq_compiles_started_total");
     pcq.upload_all(&names, with_role("web")).await;
     let watch_from = Instant::now();
