@@ -136,6 +136,10 @@ impl From<ApiError> for Refusal {
 
 type Answer = Result<Response, Refusal>;
 
+/// How many times (100 ms apart) a catalog the driver has recorded is
+/// looked for in the store before the node is told there is none.
+const CATALOG_COMMIT_WAITS: usize = 30;
+
 /// What every 503 says in `Retry-After`.
 const RETRY_AFTER_SECONDS: &str = "2";
 
@@ -307,20 +311,26 @@ async fn get_catalog(
         let etag = format!("\"{hash}\"");
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
-    let served = state
-        .catalogs
-        .read(&certname)
-        .await
-        .map_err(|e| match e {
+    // the database gets a new catalog with the driver's next group commit,
+    // a few milliseconds after the driver knows its hash: a node told of
+    // its first catalog at once waits for it rather than get a 404
+    let mut served = None;
+    for attempt in 0..CATALOG_COMMIT_WAITS {
+        served = state.catalogs.read(&certname).await.map_err(|e| match e {
             ReadError::Unavailable(e) => Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e),
             ReadError::Failed(e) => Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e),
-        })?
-        .ok_or_else(|| {
-            Refusal::new(
-                StatusCode::NOT_FOUND,
-                format!("no catalog stored for {certname}"),
-            )
         })?;
+        if served.is_some() || attempt + 1 == CATALOG_COMMIT_WAITS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let served = served.ok_or_else(|| {
+        Refusal::new(
+            StatusCode::NOT_FOUND,
+            format!("no catalog stored for {certname}"),
+        )
+    })?;
     // the database keeps each catalog with its hash: what it holds is
     // what is served, under its own ETag (the driver's may be a commit
     // ahead)
