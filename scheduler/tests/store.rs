@@ -486,6 +486,23 @@ fn migrations_run_once_and_a_newer_schema_is_refused_body() {
     }
 }
 
+/// `count` certnames `prefix-01.example.com`, ...
+fn certnames(prefix: &str, count: usize) -> Vec<String> {
+    (1..=count)
+        .map(|i| format!("{prefix}-{i:02}.example.com"))
+        .collect()
+}
+
+/// `pcq serve` on `db`, cycling as fast as 2 compiles at a time allow.
+fn cycling_on_postgresql(db: &Database) -> PcqConfig {
+    on_postgresql(
+        PcqConfig::puppetserver()
+            .cycle_every(Duration::ZERO)
+            .max_concurrency(2),
+        db,
+    )
+}
+
 /// `pcq serve` keeps its state in `db`.
 fn on_postgresql(config: PcqConfig, db: &Database) -> PcqConfig {
     config
@@ -536,13 +553,8 @@ fn starts_logged(pcq: &Pcq) -> usize {
 async fn the_leader_killed_during_compiles_fails_over_to_a_standby() {
     let _serial = harness::serial().await;
     let db = Database::new();
-    let names: Vec<String> = (1..=12).map(|i| format!("pg-{i:02}.example.com")).collect();
-    let config = on_postgresql(
-        PcqConfig::puppetserver()
-            .cycle_every(Duration::ZERO)
-            .max_concurrency(2),
-        &db,
-    );
+    let names = certnames("pg", 12);
+    let config = cycling_on_postgresql(&db);
     let (first, _) =
         Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(180)).await;
     assert!(
@@ -641,15 +653,8 @@ async fn the_leader_killed_during_compiles_fails_over_to_a_standby() {
 async fn a_leader_paused_past_its_lease_starts_nothing_and_steps_down() {
     let _serial = harness::serial().await;
     let db = Database::new();
-    let names: Vec<String> = (1..=6)
-        .map(|i| format!("pgstop-{i:02}.example.com"))
-        .collect();
-    let config = on_postgresql(
-        PcqConfig::puppetserver()
-            .cycle_every(Duration::ZERO)
-            .max_concurrency(2),
-        &db,
-    );
+    let names = certnames("pgstop", 6);
+    let config = cycling_on_postgresql(&db);
     let (mut first, _) =
         Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(180)).await;
     let second = Pcq::start(&config).await;
@@ -911,15 +916,8 @@ impl Drop for StartAgain {
 async fn postgresql_restarted_for_30_s_refuses_uploads_meanwhile_and_resumes() {
     let _serial = harness::serial().await;
     let db = Database::new();
-    let names: Vec<String> = (1..=4)
-        .map(|i| format!("pgdown-{i:02}.example.com"))
-        .collect();
-    let config = on_postgresql(
-        PcqConfig::puppetserver()
-            .cycle_every(Duration::ZERO)
-            .max_concurrency(2),
-        &db,
-    );
+    let names = certnames("pgdown", 4);
+    let config = cycling_on_postgresql(&db);
     let (mut pcq, _) =
         Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(180)).await;
     let _start_again = StartAgain;

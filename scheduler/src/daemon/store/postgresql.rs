@@ -462,6 +462,25 @@ impl Statements {
     }
 }
 
+/// A node's row as [`NODE_COLUMNS`] selects it.
+pub(super) fn node_row(r: &postgres::Row) -> NodeRow {
+    NodeRow {
+        certname: r.get(0),
+        environment: r.get(1),
+        state: r.get(2),
+        reason: r.get(3),
+        since_us: r.get(4),
+        pending: r.get(5),
+        pending_since_us: r.get(6),
+        last_compile_us: r.get(7),
+        failures: r.get(8),
+        catalog_hash: r.get(9),
+        catalog_changed_us: r.get(10),
+        facts_hash: r.get(11),
+        last_error: r.get(12),
+    }
+}
+
 /// The most facts bytes one statement carries.
 const FACTS_BYTES: usize = 64 << 20;
 
@@ -599,25 +618,7 @@ impl PostgresStore {
             &[],
         )?;
         rows.into_iter()
-            .map(|r| {
-                NodeRow {
-                    certname: r.get(0),
-                    environment: r.get(1),
-                    state: r.get(2),
-                    reason: r.get(3),
-                    since_us: r.get(4),
-                    pending: r.get(5),
-                    pending_since_us: r.get(6),
-                    last_compile_us: r.get(7),
-                    failures: r.get(8),
-                    catalog_hash: r.get(9),
-                    catalog_changed_us: r.get(10),
-                    facts_hash: r.get(11),
-                    last_error: r.get(12),
-                }
-                .decode()
-                .map_err(Failure::Store)
-            })
+            .map(|r| node_row(&r).decode().map_err(Failure::Store))
             .collect()
     }
 

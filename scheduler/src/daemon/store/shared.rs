@@ -23,9 +23,10 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::interface::{StoreError, StoredNode};
 use super::postgresql::{
-    connect_err, db_err, ends_connection, leader_sentence, settings, tls, Connection, LEADER,
+    connect_err, db_err, ends_connection, leader_sentence, node_row, settings, tls, Connection,
+    LEADER,
 };
-use super::row::{micros, NodeRow, NODE_COLUMNS};
+use super::row::{micros, NODE_COLUMNS};
 use crate::core::Time;
 
 /// Connections reads may hold at once.
@@ -231,23 +232,7 @@ impl Shared {
         let Some(r) = rows.into_iter().next() else {
             return Ok(None);
         };
-        NodeRow {
-            certname: r.get(0),
-            environment: r.get(1),
-            state: r.get(2),
-            reason: r.get(3),
-            since_us: r.get(4),
-            pending: r.get(5),
-            pending_since_us: r.get(6),
-            last_compile_us: r.get(7),
-            failures: r.get(8),
-            catalog_hash: r.get(9),
-            catalog_changed_us: r.get(10),
-            facts_hash: r.get(11),
-            last_error: r.get(12),
-        }
-        .decode()
-        .map(Some)
+        node_row(&r).decode().map(Some)
     }
 
     /// Hands a facts upload to the leader: committed (then it may be
