@@ -627,6 +627,7 @@ async fn compile(
         environment: env.to_string(),
         facts: facts.clone(),
         timeout: Duration::from_secs(120),
+        leader_epoch: None,
     };
     let bytes = server.compile(job).await.map_err(|e| e.to_string())?;
     catalog::read(&bytes).map_err(|e| e.to_string())

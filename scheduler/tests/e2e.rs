@@ -13,8 +13,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use harness::{
-    ensure_certs, facts_body, metric, serial, with_role, FakeServer, Mode, Notes, Pcq, PcqConfig,
-    Via, ADMIN_TOKEN,
+    ensure_certs, facts_body, metric, serial, server_compiles, server_concurrency, server_log_time,
+    with_role, FakeServer, Mode, Notes, Pcq, PcqConfig, Via, ADMIN_TOKEN,
 };
 use reqwest::Method;
 use serde_json::Value;
@@ -503,78 +503,6 @@ async fn puppet_server_stopped_for_30s_pauses_then_resumes_without_failures() {
     assert_eq!(failed, 0.0, "no node blamed after the return:\n{m}");
 }
 
-/// How much of a request's end in the access log may overlap the next
-/// request's start without counting as concurrency. The log stamps a request
-/// when Jetty completes it, on another thread, after the client has read the
-/// last byte; pcq may have sent its next request by then, and both stamps are
-/// rounded to the millisecond. A CI run saw such an overlap count as a third
-/// compile. A real third compile overlaps by most of a compile (hundreds of
-/// milliseconds at least), far more than this.
-const LOG_STAMP_SLACK_MS: i64 = 50;
-
-/// `[end - duration, end - slack]` of each v4 catalog request in Puppet
-/// Server's access log after `since` (logback-access stamps a request when it
-/// is logged, at its end; puppet-setup makes the stamps millisecond ones);
-/// returns the most that overlapped.
-fn server_concurrency(since: &str) -> usize {
-    let log = std::fs::read_to_string("/var/log/puppetserver/puppetserver-access.log")
-        .unwrap_or_default();
-    let mut events = Vec::new();
-    for line in log
-        .lines()
-        .filter(|l| l.contains("POST /puppet/v4/catalog"))
-    {
-        let Some(ts) = line.split('[').nth(1).and_then(|r| r.split(']').next()) else {
-            continue;
-        };
-        if ts < since {
-            continue;
-        }
-        let ms = |t: &str| -> Option<i64> {
-            let (_, time) = t.split_once(' ')?;
-            let mut p = time.split([':', '.']);
-            let (h, m, s, f): (i64, i64, i64, i64) = (
-                p.next()?.parse().ok()?,
-                p.next()?.parse().ok()?,
-                p.next()?.parse().ok()?,
-                p.next()?.parse().ok()?,
-            );
-            Some(((h * 60 + m) * 60 + s) * 1000 + f)
-        };
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        // ... "%r" %s %b "%i{Referer}" "%i{User-Agent}" %D %i{Content-Length} borrow
-        let Some(duration) = fields
-            .iter()
-            .rev()
-            .nth(2)
-            .and_then(|d| d.parse::<i64>().ok())
-        else {
-            continue;
-        };
-        if let Some(end) = ms(ts) {
-            // an end sorts before a start at the same millisecond
-            let start = end - duration;
-            events.push((start, 1i32));
-            events.push(((end - LOG_STAMP_SLACK_MS).max(start), -1));
-        }
-    }
-    events.sort();
-    let (mut now, mut max) = (0i32, 0i32);
-    for (_, d) in events {
-        now += d;
-        max = max.max(now);
-    }
-    max as usize
-}
-
-fn server_log_time() -> String {
-    let out = std::process::Command::new("date")
-        .arg("+%Y-%m-%d %H:%M:%S.%3N")
-        .output()
-        .expect("date");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn max_concurrency_2_is_all_the_server_ever_sees() {
     let _serial = serial().await;
@@ -598,6 +526,15 @@ async fn max_concurrency_2_is_all_the_server_ever_sees() {
         seen, 2,
         "Puppet Server saw {seen} concurrent compiles since {since}"
     );
+    // the access log names each compile's node (pcq's user agent), and no
+    // leader's epoch with SQLite
+    let compiles = server_compiles(&since);
+    assert!(compiles.len() >= 20, "{compiles:?}");
+    for c in &compiles {
+        let node = c.node().unwrap_or_default();
+        assert!(names.iter().any(|n| n == node), "{c:?}");
+        assert_eq!(c.epoch(), None, "{c:?}");
+    }
 
     // the stand-in server counts requests itself
     let fake = FakeServer::start(Duration::from_millis(200)).await;

@@ -110,6 +110,7 @@ impl CatalogLoops {
                         environment: "production".into(),
                         facts: harness::base_facts(),
                         timeout: Duration::from_secs(600),
+                        leader_epoch: None,
                     };
                     let t = Instant::now();
                     server.compile(job).await.expect("a catalog");

@@ -39,6 +39,7 @@ fn hold_one(server: &Arc<PuppetServer>, i: usize) -> tokio::task::JoinHandle<Dur
             environment: "pcq_hold".into(),
             facts,
             timeout: Duration::from_secs(600),
+            leader_epoch: None,
         };
         let t = Instant::now();
         server.compile(job).await.expect("the held compile");

@@ -11,6 +11,7 @@
 #[allow(dead_code)] // each test binary uses part of it
 mod harness;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -171,6 +172,14 @@ fn history() -> Vec<Vec<Write>> {
                 certname: "b".into(),
                 error: Some("Evaluation Error: boom".into()),
             },
+            Write::Baseline {
+                environment: "production".into(),
+                snapshot: Some(b"p1".to_vec()),
+            },
+            Write::Baseline {
+                environment: "staging".into(),
+                snapshot: Some(b"s1".to_vec()),
+            },
         ],
         vec![
             // the node moves on, its catalog changes, its exports shrink
@@ -214,6 +223,16 @@ fn history() -> Vec<Vec<Write>> {
             Write::Remove {
                 certname: "stranger".into(),
             },
+            // a deploy replaces one baseline; code changed without one
+            // forgets the other
+            Write::Baseline {
+                environment: "production".into(),
+                snapshot: Some(b"p2".to_vec()),
+            },
+            Write::Baseline {
+                environment: "staging".into(),
+                snapshot: None,
+            },
         ],
     ]
 }
@@ -227,7 +246,8 @@ fn snapshot(s: &mut dyn Store) -> String {
         .iter()
         .map(|n| s.facts(n).expect("facts"))
         .collect();
-    format!("{nodes:#?}\n{exports:#?}\n{owners:?}\n{facts:?}")
+    let baselines = s.baselines().expect("baselines");
+    format!("{nodes:#?}\n{exports:#?}\n{owners:?}\n{facts:?}\n{baselines:?}")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -265,6 +285,11 @@ fn the_same_writes_give_the_same_state_in_sqlite_and_postgresql_body() {
         "the last upload of a run wins"
     );
     assert_eq!(nodes[0].facts_hash.as_deref(), Some("h3"));
+    assert_eq!(
+        pg.baselines().expect("baselines"),
+        [("production".to_string(), b"p2".to_vec())],
+        "the last deploy's baseline; none where code changed without one"
+    );
     // a store opened again reads the same (the state survives the process)
     drop(pg);
     let mut pg = PostgresStore::open(&db.connection()).expect("reopened");
@@ -475,7 +500,7 @@ fn migrations_run_once_and_a_newer_schema_is_refused_body() {
         .query_one("SELECT count(*) FROM pcq_schema", &[])
         .expect("schema")
         .get(0);
-    assert_eq!(versions, 4, "nodes, catalogs, leader, inbox");
+    assert_eq!(versions, 5, "nodes, catalogs, leader, inbox, baselines");
     client
         .batch_execute("INSERT INTO pcq_schema (version, name) VALUES (999, 'future')")
         .expect("a newer pcq's");
@@ -549,12 +574,43 @@ fn starts_logged(pcq: &Pcq) -> usize {
     pcq.log_text().matches("compile started").count()
 }
 
+/// The compiles pcq's logs say they started, by node.
+fn starts_by_node(logs: &[String]) -> BTreeMap<String, usize> {
+    let mut by_node = BTreeMap::new();
+    for line in logs
+        .iter()
+        .flat_map(|l| l.lines())
+        .filter(|l| l.contains("compile started"))
+    {
+        let node = line
+            .split_once("certname=")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no certname in {line:?}"));
+        *by_node.entry(node.to_string()).or_insert(0) += 1;
+    }
+    by_node
+}
+
+/// The nodes the database holds as compiling.
+fn compiling(db: &Database) -> BTreeSet<String> {
+    apart(|| {
+        db.client()
+            .query("SELECT certname FROM nodes WHERE state = 'compiling'", &[])
+            .expect("compiling")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    })
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_leader_killed_during_compiles_fails_over_to_a_standby() {
     let _serial = harness::serial().await;
     let db = Database::new();
     let names = certnames("pg", 12);
     let config = cycling_on_postgresql(&db);
+    harness::wait_server_idle().await;
+    let since = harness::server_log_time();
     let (first, _) =
         Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(180)).await;
     assert!(
@@ -577,6 +633,8 @@ async fn the_leader_killed_during_compiles_fails_over_to_a_standby() {
 
     let mut daemons = [first, second];
     let mut failovers = Vec::new();
+    // each killed leader's epoch and the nodes it was compiling
+    let mut interrupted = Vec::new();
     for round in 0..2 {
         let (leading, standing) = (round % 2, (round + 1) % 2);
         let epoch = apart(|| leader(&db).0);
@@ -590,12 +648,13 @@ async fn the_leader_killed_during_compiles_fails_over_to_a_standby() {
         assert!(busy, "round {round}: nothing compiling");
         daemons[leading].kill9();
         // the database right after the crash: every node exactly once
-        let (rows, distinct, compiling) = rows_once(&db);
+        let (rows, distinct, running) = rows_once(&db);
         assert_eq!((rows, distinct), (12, 12), "round {round}");
         assert!(
-            compiling >= 1,
+            running >= 1,
             "round {round}: the running compiles are recorded"
         );
+        interrupted.push((epoch, compiling(&db)));
         // the standby takes the lead once the dead one's lease lapses
         let Some((took, now)) = new_leader(&db, epoch, Duration::from_secs(10)).await else {
             panic!(
@@ -647,6 +706,97 @@ async fn the_leader_killed_during_compiles_fails_over_to_a_standby() {
     // a node's facts reach the database: a catalog it can fetch
     let catalog = daemons[0].catalog(&names[0]).await.expect("a catalog");
     assert_eq!(catalog["name"], names[0].as_str());
+
+    // Puppet Server's access log and pcq's records agree
+    // the standby first: stopped first, the leader would hand it the lead
+    assert_eq!(leads(&daemons[1]).await, 0, "the second stands by");
+    daemons[1].terminate(Duration::from_secs(30));
+    daemons[0].terminate(Duration::from_secs(30));
+    harness::wait_server_idle().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let logs: Vec<String> = daemons.iter().map(Pcq::log_text).collect();
+    let served: Vec<_> = harness::server_compiles(&since)
+        .into_iter()
+        .filter(|c| c.node().is_some_and(|n| names.iter().any(|x| x == n)))
+        .collect();
+    agree_with_the_access_log(&served, &starts_by_node(&logs), &interrupted);
+}
+
+/// The compiles Puppet Server logged for a cluster's nodes (`served`) and
+/// those pcq logged as started agree, across leaders killed in turn
+/// (`interrupted`: each killed leader's epoch and the nodes it was
+/// compiling):
+/// - no two leaders compiled at once: every compile of an epoch started
+///   before the first of the next;
+/// - a killed leader's interrupted compiles were the next leader's first;
+/// - the server compiled nothing pcq did not start; of what pcq started,
+///   only a compile whose request had not left when its leader was killed
+///   (at most `max_concurrency`, 2, per kill) never reached the server.
+fn agree_with_the_access_log(
+    served: &[harness::ServerCompile],
+    started: &BTreeMap<String, usize>,
+    interrupted: &[(i64, BTreeSet<String>)],
+) {
+    let mut by_epoch: BTreeMap<i64, Vec<&harness::ServerCompile>> = BTreeMap::new();
+    for c in served {
+        let epoch = c
+            .epoch()
+            .unwrap_or_else(|| panic!("no leader epoch: {c:?}"));
+        by_epoch.entry(epoch).or_default().push(c);
+    }
+    for list in by_epoch.values_mut() {
+        list.sort_by_key(|c| c.start_ms);
+    }
+    let epochs: Vec<i64> = by_epoch.keys().copied().collect();
+    assert_eq!(epochs, [1, 2, 3], "the leaders that compiled");
+    for pair in epochs.windows(2) {
+        let last = by_epoch[&pair[0]].iter().map(|c| c.start_ms).max();
+        let next = by_epoch[&pair[1]].first().map(|c| c.start_ms);
+        assert!(
+            last < next,
+            "epoch {} started a compile at {last:?} ms, after epoch {} started one at {next:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+    for (epoch, nodes) in interrupted {
+        let first: BTreeSet<&str> = by_epoch[&(epoch + 1)]
+            .iter()
+            .take(2)
+            .filter_map(|c| c.node())
+            .collect();
+        for n in nodes {
+            assert!(
+                first.contains(n.as_str()),
+                "{n}, interrupted in epoch {epoch}, was not among epoch {}'s first compiles {first:?}",
+                epoch + 1
+            );
+        }
+    }
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for c in served {
+        *seen.entry(c.node().unwrap_or_default()).or_insert(0) += 1;
+    }
+    let mut missing = 0;
+    for (node, n) in &seen {
+        let s = started.get(*node).copied().unwrap_or(0);
+        assert!(
+            *n <= s,
+            "Puppet Server compiled {node} {n} times, pcq started it {s} times"
+        );
+    }
+    for (node, s) in started {
+        missing += s - seen.get(node.as_str()).copied().unwrap_or(0).min(*s);
+    }
+    assert!(
+        missing <= 2 * interrupted.len(),
+        "{missing} compiles pcq started never reached Puppet Server: started {started:?}, served {seen:?}"
+    );
+    eprintln!(
+        "access log: {} compiles in epochs {epochs:?}; pcq logged {}; {missing} never sent",
+        served.len(),
+        started.values().sum::<usize>()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -704,6 +854,79 @@ async fn a_leader_paused_past_its_lease_starts_nothing_and_steps_down() {
     let (rows, distinct, _) = rows_once(&db);
     assert_eq!((rows, distinct), (6, 6));
     eprintln!("a new leader {took:?} after the first was stopped");
+}
+
+/// A deploy of `production` through `pcq`'s admin API: its report.
+async fn deploy_production(pcq: &Pcq) -> Value {
+    let (status, text) = pcq
+        .request(
+            harness::Via::Admin,
+            reqwest::Method::POST,
+            "/v1/deploys",
+            br#"{"environment": "production"}"#,
+        )
+        .await;
+    assert_eq!(status, 202, "{text}");
+    serde_json::from_str(&text).expect("a deploy report")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_leader_diffs_a_deploy_against_the_baseline_the_last_one_stored() {
+    let _serial = harness::serial().await;
+    let db = Database::new();
+    let names = certnames("pgbase", 3);
+    let config = on_postgresql(
+        PcqConfig::puppetserver()
+            .cycle_every(Duration::from_secs(3600))
+            .no_load_gate(),
+        &db,
+    );
+    let (mut first, _) =
+        Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(180)).await;
+    let second = Pcq::start(&config).await;
+    // the first deploy has nothing to diff against: every node
+    let report = deploy_production(&first).await;
+    assert_eq!(report["narrowed"], false, "{report}");
+    assert_eq!(report["affected"], 3, "{report}");
+    // its baseline reaches the database with the nodes it moved
+    let stored = first
+        .wait(Duration::from_secs(10), || async {
+            apart(|| {
+                db.client()
+                    .query_one(
+                        "SELECT count(*) FROM baselines WHERE environment = 'production'",
+                        &[],
+                    )
+                    .map(|r| r.get::<_, i64>(0))
+                    .unwrap_or(0)
+            }) == 1
+        })
+        .await;
+    assert!(stored, "no baseline stored:\n{}", first.log_text());
+    // the first stops; the second leads, with the first's baseline: the
+    // same code again moves nobody
+    let (_, clean) = first.terminate(Duration::from_secs(30));
+    assert!(clean, "{}", first.log_text());
+    let up = second
+        .wait(Duration::from_secs(20), || async {
+            leads(&second).await > 0
+        })
+        .await;
+    assert!(up, "the second never led:\n{}", second.log_text());
+    let report = deploy_production(&second).await;
+    assert_eq!(
+        (
+            report["narrowed"].clone(),
+            report["affected"].clone(),
+            report["changed_files"].clone()
+        ),
+        (
+            serde_json::json!(true),
+            serde_json::json!(0),
+            serde_json::json!(0)
+        ),
+        "the new leader did not diff against the stored baseline: {report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -77,6 +77,7 @@ async fn main() {
                     environment: "production".into(),
                     facts: facts.clone(),
                     timeout: Duration::from_secs(120),
+                    leader_epoch: None,
                 };
                 match server.compile(job).await {
                     Ok(_) => done.fetch_add(1, Ordering::Relaxed),

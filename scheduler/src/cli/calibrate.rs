@@ -210,6 +210,7 @@ impl Load {
             environment: self.environment.clone(),
             facts,
             timeout: self.timeout,
+            leader_epoch: None,
         })
     }
 

@@ -14,13 +14,14 @@
 //! Each analysis carries a [`Snapshot`] of the code it read. The snapshot a
 //! deploy was decided on is the environment's *baseline*: the code every
 //! catalog reflects once the nodes that deploy moved have recompiled. The
-//! next deploy is diffed against it. Baselines are kept in the state
-//! directory (`code/<environment>.json`), so that a restart does not lose
-//! track of what the catalogs were built from; without one, a deploy moves
-//! every node.
+//! next deploy is diffed against it. Baselines are kept in the store
+//! (written in the same commit as the nodes the deploy moved, as
+//! [`encode_baseline`] gives them), so that a restart, or another pcq
+//! taking the lead, does not lose track of what the catalogs were built
+//! from; without one, a deploy moves every node.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -69,9 +70,7 @@ pub struct Dependencies {
     ignore: Arc<Ignore>,
     environments: RwLock<HashMap<String, EnvAnalysis>>,
     nodes: RwLock<HashMap<Certname, Arc<NodeDeps>>>,
-    /// Where baselines are kept (None: in memory only).
-    baselines_dir: Option<PathBuf>,
-    baselines: RwLock<HashMap<String, Option<Arc<Snapshot>>>>,
+    baselines: RwLock<HashMap<String, Arc<Snapshot>>>,
 }
 
 #[derive(Clone, Debug)]
@@ -98,15 +97,8 @@ impl Dependencies {
             ignore,
             environments: RwLock::new(HashMap::new()),
             nodes: RwLock::new(HashMap::new()),
-            baselines_dir: None,
             baselines: RwLock::new(HashMap::new()),
         }
-    }
-
-    /// Keeps baselines in `state_dir/code`.
-    pub fn keep_baselines_in(mut self, state_dir: &Path) -> Dependencies {
-        self.baselines_dir = Some(state_dir.join("code"));
-        self
     }
 
     /// Analysis is on.
@@ -203,90 +195,36 @@ impl Dependencies {
     }
 
     /// The code `environment`'s catalogs reflect, as of its last deploy
-    /// (None: no deploy decided since the state directory was created, or
-    /// the last one could not snapshot the code).
+    /// (None: no deploy decided on it is stored, or the last one could
+    /// not snapshot the code).
     pub fn baseline(&self, environment: &str) -> Option<Arc<Snapshot>> {
-        if let Some(known) = self.baselines.read().ok()?.get(environment) {
-            return known.clone();
-        }
-        let path = self.baseline_file(environment)?;
-        let loaded = match std::fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice::<Snapshot>(&bytes) {
-                Ok(s) => Some(Arc::new(s)),
-                Err(e) => {
-                    tracing::warn!(
-                        "baseline {} unreadable ({e}): the next deploy of {environment} moves every node",
-                        path.display()
-                    );
-                    None
-                }
-            },
-            Err(_) => None,
-        };
-        if let Ok(mut b) = self.baselines.write() {
-            b.insert(environment.to_string(), loaded.clone());
-        }
-        loaded
+        self.baselines.read().ok()?.get(environment).cloned()
     }
 
     /// Records the code `environment`'s catalogs reflect after a deploy
-    /// (None: not known; the next deploy moves every node). The file is
-    /// removed at once and written again by [`Dependencies::persist_baseline`]
-    /// once the nodes the deploy moved are stored: a crash in between
-    /// leaves no baseline, never one the stored queue does not match.
+    /// (None: not known; the next deploy moves every node). The driver
+    /// stores it with the nodes the deploy moved.
     pub fn set_baseline(&self, environment: &str, snapshot: Option<Arc<Snapshot>>) {
-        if let Some(path) = self.baseline_file(environment) {
-            if let Err(e) = std::fs::remove_file(&path) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::error!(
-                        "stale baseline {} not removed ({e}): a restart may trust it",
-                        path.display()
-                    );
-                }
+        if let Ok(mut b) = self.baselines.write() {
+            match snapshot {
+                Some(s) => b.insert(environment.to_string(), s),
+                None => b.remove(environment),
+            };
+        }
+    }
+
+    /// The baselines the store holds (environment, [`encode_baseline`]'s
+    /// bytes), at start. One that cannot be read is left out, said once:
+    /// the next deploy of its environment moves every node.
+    pub fn restore_baselines(&self, stored: Vec<(String, Vec<u8>)>) {
+        for (environment, bytes) in stored {
+            match decode_baseline(&bytes) {
+                Ok(snapshot) => self.set_baseline(&environment, Some(Arc::new(snapshot))),
+                Err(e) => tracing::warn!(
+                    "the stored baseline of {environment} is unreadable ({e}): its next deploy moves every node"
+                ),
             }
         }
-        if let Ok(mut b) = self.baselines.write() {
-            b.insert(environment.to_string(), snapshot);
-        }
-    }
-
-    /// Writes `snapshot` as `environment`'s baseline file, if it is still
-    /// the baseline (a later deploy may have replaced it meanwhile).
-    pub fn persist_baseline(&self, environment: &str, snapshot: &Arc<Snapshot>) {
-        let current = self
-            .baselines
-            .read()
-            .ok()
-            .and_then(|b| b.get(environment).cloned().flatten());
-        if !current.is_some_and(|c| Arc::ptr_eq(&c, snapshot)) {
-            return;
-        }
-        let Some(path) = self.baseline_file(environment) else {
-            return;
-        };
-        let written = serde_json::to_vec(snapshot.as_ref())
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| {
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                crate::private_file::write(&path, &bytes)
-            });
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&path);
-            tracing::error!(
-                "baseline {} not written ({e}): after a restart the next deploy of {environment} moves every node",
-                path.display()
-            );
-        }
-    }
-
-    fn baseline_file(&self, environment: &str) -> Option<PathBuf> {
-        Some(
-            self.baselines_dir
-                .as_ref()?
-                .join(format!("{environment}.json")),
-        )
     }
 
     /// Records the outcome of an analysis.
@@ -352,11 +290,52 @@ impl Dependencies {
     }
 }
 
+/// A baseline as the store keeps it: the snapshot's JSON, compressed
+/// (zstd).
+pub fn encode_baseline(snapshot: &Snapshot) -> std::io::Result<Vec<u8>> {
+    let json = serde_json::to_vec(snapshot).map_err(std::io::Error::other)?;
+    zstd::encode_all(json.as_slice(), 3)
+}
+
+/// A baseline the store kept.
+pub fn decode_baseline(bytes: &[u8]) -> std::io::Result<Snapshot> {
+    let json = zstd::decode_all(bytes)?;
+    serde_json::from_slice(&json).map_err(std::io::Error::other)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::analyze::snapshot::FileEntry;
     use crate::daemon::config::Facts;
     use serde_json::json;
+
+    #[test]
+    fn baselines_come_back_from_the_store_as_they_went_in() {
+        let ignore = Arc::new(Ignore::new(&Facts::default().ignore).expect("globs"));
+        let d = Dependencies::new(&config::Analysis::default(), ignore);
+        let mut snapshot = Snapshot::default();
+        snapshot.files.insert(
+            "modules/ntp/manifests/init.pp".into(),
+            FileEntry {
+                sha256: "ab".repeat(32),
+                gives: vec!["class:ntp".into()],
+            },
+        );
+        snapshot
+            .modules
+            .insert("ntp".into(), "/etc/puppet/code/modules/ntp".into());
+        let bytes = encode_baseline(&snapshot).expect("encoded");
+        d.restore_baselines(vec![
+            ("production".into(), bytes),
+            ("broken".into(), b"not zstd".to_vec()),
+        ]);
+        assert_eq!(d.baseline("production").as_deref(), Some(&snapshot));
+        // unreadable: none, so the next deploy moves every node
+        assert!(d.baseline("broken").is_none());
+        d.set_baseline("production", None);
+        assert!(d.baseline("production").is_none());
+    }
 
     #[test]
     fn uploads_hash_only_what_the_shared() {

@@ -308,9 +308,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             .map_err(|e| ServeError::Config(format!("facts.ignore: {e}")))?,
     );
     let (slots, ca_client, servers) = masters(&config).await?;
-    let deps = Arc::new(
-        Dependencies::new(&config.analysis, ignore.clone()).keep_baselines_in(&config.state_dir),
-    );
+    let deps = Arc::new(Dependencies::new(&config.analysis, ignore.clone()));
     let (tx, mut rx) = mpsc::channel::<Command>(1 << 16);
     let poll_ca = config.ca.poll_interval.filter(|_| ca_client.is_some());
     // the store's handle once this pcq leads (a standby has none)
@@ -457,7 +455,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         db.renew()?;
         let stored_exports = db.exports()?;
         db.renew()?;
-        Ok::<_, ServeError>((db, stored, owners, stored_exports))
+        let baselines = db.baselines()?;
+        db.renew()?;
+        Ok::<_, ServeError>((db, stored, owners, stored_exports, baselines))
     });
     let opened = match &catalogs {
         LastGood::Database(shared) => {
@@ -473,8 +473,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         LastGood::Files(_) => lead.await,
     };
     let started = std::time::Instant::now();
-    let (db, stored, owners, stored_exports) =
+    let (db, stored, owners, stored_exports, baselines) =
         opened.map_err(|e| ServeError::Config(format!("opening the store: {e}")))??;
+    deps.restore_baselines(baselines);
     let (lease, epoch) = (db.lease(), db.epoch());
     let (store, store_died) = StoreHandle::spawn(db, catalogs.files().cloned())?;
     let _ = store_cell.set(store.clone());

@@ -125,6 +125,124 @@ pub async fn wait_server_idle() {
     panic!("Puppet Server stayed busy");
 }
 
+/// How much of a request's end in the access log may overlap the next
+/// request's start without counting as concurrency. The log stamps a request
+/// when Jetty completes it, on another thread, after the client has read the
+/// last byte; pcq may have sent its next request by then, and both stamps are
+/// rounded to the millisecond. A CI run saw such an overlap count as a third
+/// compile. A real third compile overlaps by most of a compile (hundreds of
+/// milliseconds at least), far more than this.
+pub const LOG_STAMP_SLACK_MS: i64 = 50;
+
+/// Puppet Server's access log (`scripts/puppet-setup` makes its stamps
+/// millisecond ones).
+const ACCESS_LOG: &str = "/var/log/puppetserver/puppetserver-access.log";
+
+/// Now, as the access log stamps requests.
+pub fn server_log_time() -> String {
+    let out = Command::new("date")
+        .arg("+%Y-%m-%d %H:%M:%S.%3N")
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// One `POST /puppet/v4/catalog` in Puppet Server's access log.
+#[derive(Clone, Debug)]
+pub struct ServerCompile {
+    /// When it arrived, milliseconds since the Unix epoch (its logged end
+    /// less its logged duration).
+    pub start_ms: i64,
+    /// When it was logged (at its end).
+    pub end_ms: i64,
+    /// Its user agent: pcq's names the node and the leader's epoch.
+    pub user_agent: String,
+}
+
+impl ServerCompile {
+    /// The node pcq asked for: `pcq/V (node NAME; leader epoch E)`.
+    pub fn node(&self) -> Option<&str> {
+        let rest = self.user_agent.split_once("(node ")?.1;
+        rest.split([';', ')']).next()
+    }
+
+    /// The epoch of the leader that asked.
+    pub fn epoch(&self) -> Option<i64> {
+        let rest = self.user_agent.split_once("leader epoch ")?.1;
+        rest.split(')').next()?.parse().ok()
+    }
+}
+
+/// Every v4 catalog request the access log stamped at or after `since`
+/// (a [`server_log_time`]), in the log's order.
+pub fn server_compiles(since: &str) -> Vec<ServerCompile> {
+    let log = std::fs::read_to_string(ACCESS_LOG).unwrap_or_default();
+    let mut compiles = Vec::new();
+    for line in log
+        .lines()
+        .filter(|l| l.contains("POST /puppet/v4/catalog"))
+    {
+        let Some(ts) = line.split('[').nth(1).and_then(|r| r.split(']').next()) else {
+            continue;
+        };
+        if ts < since {
+            continue;
+        }
+        // ... "%r" %s %b "%i{Referer}" "%i{User-Agent}" %D %i{Content-Length} borrow
+        let user_agent = line.split('"').nth(5).unwrap_or_default().to_string();
+        let duration = line
+            .split_whitespace()
+            .rev()
+            .nth(2)
+            .and_then(|d| d.parse::<i64>().ok());
+        if let (Some(end_ms), Some(duration)) = (log_stamp_ms(ts), duration) {
+            compiles.push(ServerCompile {
+                start_ms: end_ms - duration,
+                end_ms,
+                user_agent,
+            });
+        }
+    }
+    compiles
+}
+
+/// `YYYY-MM-DD HH:MM:SS.mmm` (the host's local time, UTC here) as
+/// milliseconds since the Unix epoch.
+fn log_stamp_ms(ts: &str) -> Option<i64> {
+    let (date, time) = ts.split_once(' ')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split([':', '.']).map(|x| x.parse::<i64>().ok());
+    let (h, min, s, ms) = (t.next()??, t.next()??, t.next()??, t.next()??);
+    // days from the civil date (Howard Hinnant's algorithm)
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((((days * 24 + h) * 60 + min) * 60 + s) * 1000 + ms)
+}
+
+/// The most v4 catalog requests Puppet Server worked on at once since
+/// `since` (an end overlapping the next start by up to
+/// [`LOG_STAMP_SLACK_MS`] does not count).
+pub fn server_concurrency(since: &str) -> usize {
+    let mut events = Vec::new();
+    for c in server_compiles(since) {
+        // an end sorts before a start at the same millisecond
+        events.push((c.start_ms, 1i32));
+        events.push(((c.end_ms - LOG_STAMP_SLACK_MS).max(c.start_ms), -1));
+    }
+    events.sort();
+    let (mut now, mut max) = (0i32, 0i32);
+    for (_, d) in events {
+        now += d;
+        max = max.max(now);
+    }
+    max as usize
+}
+
 /// This host's facts (facter), as a base for test nodes.
 pub fn base_facts() -> serde_json::Map<String, Value> {
     static FACTS: OnceLock<serde_json::Map<String, Value>> = OnceLock::new();

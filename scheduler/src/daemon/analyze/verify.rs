@@ -150,6 +150,7 @@ impl<'a> Runner<'a> {
             environment: self.environment.to_string(),
             facts: values.clone(),
             timeout: Duration::from_secs(300),
+            leader_epoch: None,
         };
         let bytes = self
             .compiler

@@ -23,6 +23,10 @@ pub struct Job {
     pub facts: serde_json::Map<String, serde_json::Value>,
     /// How long the compile may take.
     pub timeout: Duration,
+    /// The epoch of the leader that sends it (`None`: pcq alone on its
+    /// store, or no daemon at all). Puppet Server's access log shows it
+    /// in the user agent, beside the certname the v4 endpoint hides.
+    pub leader_epoch: Option<i64>,
 }
 
 /// Why a compile produced no catalog.

@@ -164,6 +164,7 @@ impl PuppetServer {
         let response = self
             .client
             .post(format!("{}/puppet/v4/catalog", self.url))
+            .header(reqwest::header::USER_AGENT, user_agent(job))
             .timeout(timeout)
             .json(&self.body(job, trusted))
             .send()
@@ -188,6 +189,22 @@ impl PuppetServer {
         } else {
             Err(classify(status, &String::from_utf8_lossy(&body)))
         }
+    }
+}
+
+/// The user agent of a compile request: `pcq/VERSION (node CERTNAME;
+/// leader epoch E)`. The v4 endpoint carries the certname in the body, so
+/// without it Puppet Server's access log could not say whose catalog pcq
+/// asked for, nor which leader asked (a certname holds no space, quote or
+/// parenthesis).
+fn user_agent(job: &Job) -> String {
+    let version = env!("CARGO_PKG_VERSION");
+    match job.leader_epoch {
+        Some(epoch) => format!(
+            "pcq/{version} (node {}; leader epoch {epoch})",
+            job.certname
+        ),
+        None => format!("pcq/{version} (node {})", job.certname),
     }
 }
 
@@ -338,6 +355,28 @@ pub fn why(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::certname::Certname;
+
+    #[test]
+    fn the_user_agent_names_the_node_and_the_leader() {
+        let mut job = Job {
+            certname: Certname::parse("web-01.example.com").expect("a certname"),
+            environment: "production".into(),
+            facts: serde_json::Map::new(),
+            timeout: Duration::from_secs(1),
+            leader_epoch: Some(7),
+        };
+        let v = env!("CARGO_PKG_VERSION");
+        assert_eq!(
+            user_agent(&job),
+            format!("pcq/{v} (node web-01.example.com; leader epoch 7)")
+        );
+        job.leader_epoch = None;
+        assert_eq!(
+            user_agent(&job),
+            format!("pcq/{v} (node web-01.example.com)")
+        );
+    }
 
     #[test]
     fn statuses_blame_the_node_or_the_server() {

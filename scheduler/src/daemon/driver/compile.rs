@@ -49,6 +49,9 @@ pub struct CompileJob {
     pub catalogs: LastGood,
     /// The environment's analysis (read when the compile ends).
     pub deps: Arc<Dependencies>,
+    /// The epoch this daemon leads in, for the request it sends (`None`:
+    /// alone on its store).
+    pub leader_epoch: Option<i64>,
 }
 
 /// A compile's report to the driver.
@@ -95,6 +98,7 @@ pub async fn run(job: CompileJob) -> Compiled {
                 environment: job.environment.clone(),
                 facts,
                 timeout: job.timeout,
+                leader_epoch: job.leader_epoch,
             };
             job.compiler.compile(request).await
         }

@@ -42,14 +42,17 @@ pub mod upload;
 pub mod view;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
 use crate::core::{BumpReason, Core, Finished, NodeId, Outcome, Poll, Start, Time};
+use crate::daemon::analyze::Snapshot;
 use crate::daemon::backend::Failure;
 use crate::daemon::catalog::Export;
 use crate::daemon::certname::Certname;
+use crate::daemon::dependencies::encode_baseline;
 use crate::daemon::last_good::Kept;
 use crate::daemon::metrics::Metrics;
 use crate::daemon::notify::Notice;
@@ -371,7 +374,7 @@ impl Driver {
     fn code_changed_without_deploy(
         &mut self,
         environment: &str,
-        result: &Result<std::sync::Arc<crate::daemon::analyze::Analysis>, String>,
+        result: &Result<Arc<crate::daemon::analyze::Analysis>, String>,
     ) {
         let Some(baseline) = self.parts.deps.baseline(environment) else {
             return;
@@ -389,7 +392,28 @@ impl Driver {
             change.files.first().map(|f| f.path.as_str()).unwrap_or("?")
         );
         self.parts.metrics.set_code_unannounced(environment, true);
-        self.parts.deps.set_baseline(environment, None);
+        self.set_baseline(environment, None);
+    }
+
+    /// Records `environment`'s baseline, and stores it with the next batch
+    /// (with the nodes a deploy moved: the same commit). A baseline that
+    /// cannot be encoded is stored as none: the next deploy moves every
+    /// node.
+    fn set_baseline(&mut self, environment: &str, snapshot: Option<Arc<Snapshot>>) {
+        let bytes = snapshot.as_deref().and_then(|s| {
+            encode_baseline(s)
+                .map_err(|e| {
+                    tracing::error!(
+                        "the baseline of {environment} not stored ({e}): its next deploy moves every node"
+                    )
+                })
+                .ok()
+        });
+        self.parts.deps.set_baseline(environment, snapshot);
+        self.pending_writes.push(Write::Baseline {
+            environment: environment.to_string(),
+            snapshot: bytes,
+        });
     }
 
     /// Moves the nodes of `environment` the new code (analysed as
@@ -419,36 +443,8 @@ impl Driver {
             .core
             .deploy_to(now(), environment, |id| moves.contains(&id));
         self.dirty.extend(moves.iter().copied());
-        self.parts
-            .deps
-            .set_baseline(environment, decision.baseline.clone());
+        self.set_baseline(environment, decision.baseline.clone());
         self.parts.metrics.set_code_unannounced(environment, false);
-        // the baseline file follows once the moved nodes are stored
-        let rows: Vec<Write> = moves
-            .iter()
-            .filter_map(|&id| {
-                Some(Write::Node {
-                    certname: self.nodes.get(id)?.certname.to_string(),
-                    view: self.core.view(id)?,
-                })
-            })
-            .collect();
-        if let Some(snapshot) = decision.baseline.clone() {
-            let (store, deps) = (self.parts.store.clone(), self.parts.deps.clone());
-            let env = environment.to_string();
-            tokio::spawn(async move {
-                let stored = match rows.is_empty() {
-                    true => Ok(()),
-                    false => store.write_finally(rows).await,
-                };
-                match stored {
-                    Ok(()) => deps.persist_baseline(&env, &snapshot),
-                    Err(e) => tracing::error!(
-                        "deploy of {env}: the moved nodes were not stored ({e}); no baseline kept, the next deploy moves every node"
-                    ),
-                }
-            });
-        }
         let mut report = decision.report;
         report.nodes = n;
         let metrics = &self.parts.metrics;
@@ -682,6 +678,7 @@ impl Driver {
             store: self.parts.store.clone(),
             catalogs: self.parts.catalogs.clone(),
             deps: self.parts.deps.clone(),
+            leader_epoch: self.parts.leader.as_ref().map(|l| l.epoch),
         };
         self.dirty.insert(start.node);
         self.running.insert(start.node, (m, t));

@@ -85,6 +85,16 @@ pub enum Write {
         /// The node.
         certname: String,
     },
+    /// An environment's code baseline: the snapshot its last deploy was
+    /// decided on, which the next deploy is diffed against. Written in
+    /// the same batch as the nodes that deploy moved.
+    Baseline {
+        /// The environment.
+        environment: String,
+        /// The snapshot (`dependencies::encode_baseline`); `None`: no
+        /// baseline, the next deploy moves every node.
+        snapshot: Option<Vec<u8>>,
+    },
 }
 
 /// A store failed.
@@ -181,6 +191,8 @@ pub trait Store: Send {
     fn exports(&mut self) -> Result<Vec<(String, Export)>, StoreError>;
     /// Certnames that have stored facts (nodes or not).
     fn facts_owners(&mut self) -> Result<Vec<String>, StoreError>;
+    /// Every environment's code baseline (environment, snapshot bytes).
+    fn baselines(&mut self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Is the last failure an outage that ends by itself (a database
     /// server restarting, unreachable for a while)? The store thread then
     /// retries without end, saying so, instead of ending the daemon. A

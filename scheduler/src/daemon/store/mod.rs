@@ -451,6 +451,9 @@ mod tests {
         fn facts_owners(&mut self) -> Result<Vec<String>, StoreError> {
             Ok(Vec::new())
         }
+        fn baselines(&mut self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+            Ok(Vec::new())
+        }
         fn outage_passes(&self) -> bool {
             self.passes
         }

@@ -57,11 +57,16 @@ const MARGIN: Duration = Duration::from_secs(1);
 const MIGRATION_LOCK: i64 = 0x0070_6372;
 
 /// The migrations, in order: (version, name, SQL).
-const MIGRATIONS: [(i32, &str, &str); 4] = [
+const MIGRATIONS: [(i32, &str, &str); 5] = [
     (1, "nodes", include_str!("migrations/0001_nodes.sql")),
     (2, "catalogs", include_str!("migrations/0002_catalogs.sql")),
     (3, "leader", include_str!("migrations/0003_leader.sql")),
     (4, "inbox", include_str!("migrations/0004_inbox.sql")),
+    (
+        5,
+        "baselines",
+        include_str!("migrations/0005_baselines.sql"),
+    ),
 ];
 
 /// Where the database is, and how to trust it.
@@ -558,6 +563,16 @@ impl Store for PostgresStore {
         self.using(Self::facts_owners_now)
     }
 
+    fn baselines(&mut self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.using(|s| {
+            let rows = s.db.query(
+                "SELECT environment, snapshot FROM baselines ORDER BY environment",
+                &[],
+            )?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
     /// The connection broke or cannot be made: PostgreSQL restarting, or
     /// out of reach for a while.
     fn outage_passes(&self) -> bool {
@@ -714,6 +729,25 @@ impl PostgresStore {
                     for statement in &s.catalog_lost {
                         tx.execute(statement, &[certname])?;
                     }
+                }
+                Write::Baseline {
+                    environment,
+                    snapshot: Some(snapshot),
+                } => {
+                    tx.execute(
+                        "INSERT INTO baselines (environment, snapshot) VALUES ($1, $2)
+                         ON CONFLICT (environment) DO UPDATE SET snapshot = EXCLUDED.snapshot",
+                        &[&text(environment).as_ref(), snapshot],
+                    )?;
+                }
+                Write::Baseline {
+                    environment,
+                    snapshot: None,
+                } => {
+                    tx.execute(
+                        "DELETE FROM baselines WHERE environment = $1",
+                        &[&text(environment).as_ref()],
+                    )?;
                 }
             }
         }

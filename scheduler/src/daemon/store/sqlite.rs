@@ -44,6 +44,10 @@ CREATE TABLE IF NOT EXISTS exports (
     parameters_hash TEXT NOT NULL,
     PRIMARY KEY (certname, type, title)
 );
+CREATE TABLE IF NOT EXISTS baselines (
+    environment TEXT PRIMARY KEY,
+    snapshot    BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -225,6 +229,26 @@ impl Store for SqliteStore {
                         .and_then(|mut s| s.execute(params![certname]))
                         .map_err(db_err)?;
                 }
+                Write::Baseline {
+                    environment,
+                    snapshot: Some(snapshot),
+                } => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO baselines (environment, snapshot) VALUES (?1, ?2)",
+                        params![environment, snapshot],
+                    )
+                    .map_err(db_err)?;
+                }
+                Write::Baseline {
+                    environment,
+                    snapshot: None,
+                } => {
+                    tx.execute(
+                        "DELETE FROM baselines WHERE environment = ?1",
+                        [environment],
+                    )
+                    .map_err(db_err)?;
+                }
             }
         }
         tx.commit().map_err(db_err)
@@ -247,6 +271,19 @@ impl Store for SqliteStore {
             .map_err(db_err)?;
         let rows = stmt
             .query_map([], |r| r.get::<_, String>(0))
+            .map_err(db_err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+    }
+
+    fn baselines(&mut self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut stmt = self
+            .db
+            .prepare("SELECT environment, snapshot FROM baselines ORDER BY environment")
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
             .map_err(db_err)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
     }
