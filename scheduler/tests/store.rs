@@ -936,7 +936,10 @@ async fn a_standby_serves_nodes_and_hands_their_uploads_to_the_leader() {
     let names: Vec<String> = (1..=3)
         .map(|i| format!("pgsb-{i:02}.example.com"))
         .collect();
-    let config = on_postgresql(PcqConfig::puppetserver().cycle_off(), &db);
+    let excluded = "pgsb-excluded.example.com";
+    harness::ensure_certs(&[excluded.to_string()]);
+    let config = on_postgresql(PcqConfig::puppetserver().cycle_off(), &db)
+        .set("ca.exclude", &format!("[\"{excluded}\"]"));
     let (leader_pcq, _) =
         Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(180)).await;
     let standby = Pcq::start(&config).await;
@@ -973,6 +976,24 @@ async fn a_standby_serves_nodes_and_hands_their_uploads_to_the_leader() {
         text.contains("stands by") && text.contains("epoch 1"),
         "{text}"
     );
+    // an excluded certname's upload is refused by both, as the leader
+    // alone would refuse it: never acknowledged, then dropped
+    let body = harness::facts_body(excluded, "db", 1);
+    for pcq in [&standby, &leader_pcq] {
+        let (status, text, _) = pcq.put_facts_raw(excluded, &body).await;
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains("ca.exclude"), "{text}");
+    }
+    let handed_in: i64 = apart(|| {
+        db.client()
+            .query_one(
+                "SELECT count(*) FROM pcq_inbox WHERE certname = $1",
+                &[&excluded],
+            )
+            .expect("inbox")
+            .get(0)
+    });
+    assert_eq!(handed_in, 0, "an excluded upload was handed in");
 
     // a used fact's change uploaded to the standby reaches a compile as
     // fast as one uploaded to the leader

@@ -63,6 +63,13 @@ pub struct ApiState {
     pub store: Arc<std::sync::OnceLock<StoreHandle>>,
 }
 
+impl ApiState {
+    /// Does this pcq stand by (on a shared store, while another leads)?
+    fn standing_by(&self) -> bool {
+        matches!(self.catalogs, LastGood::Database(_)) && self.store.get().is_none()
+    }
+}
+
 /// The API's routes.
 pub fn router(state: ApiState, max_body: usize) -> Router {
     let metrics = state.metrics.clone();
@@ -260,20 +267,35 @@ async fn put_facts(
             upload.name
         )));
     }
-    let values = serde_json::to_vec(&upload.values).map_err(|e| Refusal::bad(e.to_string()))?;
-    let upload = FactsUpload::of(
-        certname,
-        query.environment,
-        &upload.values,
-        &state.ignore,
-        &state.deps,
-    );
-    let outcome = ask(&state, |reply| Command::Facts {
-        upload,
-        values,
-        reply,
-    })
-    .await??;
+    let values = upload
+        .object()
+        .ok_or_else(|| Refusal::bad("facts body: \"values\" is not an object"))?;
+    let outcome = if state.standing_by() {
+        // handed to the leader as they came: it hashes them
+        ask(&state, |reply| Command::HandIn {
+            certname,
+            environment: query.environment,
+            values: values.to_vec(),
+            reply,
+        })
+        .await??
+    } else {
+        let tree: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(values)
+            .map_err(|e| Refusal::bad(format!("facts body: \"values\": {e}")))?;
+        let upload = FactsUpload::of(
+            certname,
+            query.environment,
+            &tree,
+            &state.ignore,
+            &state.deps,
+        );
+        ask(&state, |reply| Command::Facts {
+            upload,
+            values: values.to_vec(),
+            reply,
+        })
+        .await??
+    };
     Ok(Json(json!({ "result": outcome })).into_response())
 }
 

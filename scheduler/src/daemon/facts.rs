@@ -14,19 +14,27 @@ use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// The body of a facts upload.
+/// The body of a facts upload as the API first reads it: well-formed
+/// JSON, with `name` and `values` found but `values` not built into a tree.
+/// A standby hands the bytes on as they came; the leader builds the tree
+/// to hash the facts.
 #[derive(Debug, Deserialize)]
-pub struct Upload {
+pub struct Upload<'a> {
     /// The certname the facts are for.
     pub name: String,
-    /// The facts.
-    pub values: serde_json::Map<String, Value>,
-    /// When facter ran (kept as sent).
-    #[serde(default)]
-    pub timestamp: Option<Value>,
-    /// Until when Puppet considers the facts fresh (kept as sent).
-    #[serde(default)]
-    pub expiration: Option<Value>,
+    /// The facts, as sent.
+    #[serde(borrow)]
+    pub values: &'a serde_json::value::RawValue,
+}
+
+impl Upload<'_> {
+    /// `values`, if it is a JSON object (its bytes, as sent).
+    pub fn object(&self) -> Option<&[u8]> {
+        let text = self.values.get();
+        text.trim_start()
+            .starts_with('{')
+            .then_some(text.as_bytes())
+    }
 }
 
 /// Fact paths that never count as a change.
@@ -164,6 +172,26 @@ fn feed_str(s: &str, h: &mut Sha256) {
 mod tests {
     use super::*;
     use crate::daemon::config::Facts;
+
+    #[test]
+    fn an_upload_is_checked_but_its_values_are_kept_as_sent() {
+        let body = br#"{"name": "a.example.com", "values": { "x" : [1, 2] }, "timestamp": "t"}"#;
+        let upload: Upload = serde_json::from_slice(body).expect("an upload");
+        assert_eq!(upload.name, "a.example.com");
+        assert_eq!(upload.object(), Some(&br#"{ "x" : [1, 2] }"#[..]));
+        for not_an_object in [r#"[1]"#, r#""x""#, "null", "1"] {
+            let body = format!(r#"{{"name": "a", "values": {not_an_object}}}"#);
+            let upload: Upload = serde_json::from_str(&body).expect("well-formed");
+            assert_eq!(upload.object(), None, "{not_an_object}");
+        }
+        for bad in [
+            r#"{"name": "a", "values": {"x": }}"#,
+            r#"{"name": "a"}"#,
+            r#"{"values": {}}"#,
+        ] {
+            assert!(serde_json::from_str::<Upload>(bad).is_err(), "{bad}");
+        }
+    }
 
     fn values(json: &str) -> serde_json::Map<String, Value> {
         match serde_json::from_str(json) {

@@ -461,7 +461,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     });
     let opened = match &catalogs {
         LastGood::Database(shared) => {
-            match standby::serve(&mut rx, shared.clone(), metrics.clone(), lead).await {
+            let exclude = Arc::new(config.ca.exclude.iter().cloned().collect());
+            match standby::serve(&mut rx, shared.clone(), metrics.clone(), exclude, lead).await {
                 Some(opened) => opened,
                 None => {
                     stop_standing_by.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -6,13 +6,15 @@
 //! - its catalog (with ETag and 304), from `catalogs` ([`super::last_good`]);
 //! - its facts uploads, handed to the leader through `pcq_inbox`
 //!   ([`Shared::hand_in`]): acknowledged once committed, acted on by the
-//!   leader at once ([`super::inbox`]).
+//!   leader at once ([`super::inbox`]); refused, as the leader refuses
+//!   them, from a certname `ca.exclude` names.
 //!
 //! What only the scheduler knows (the queue, bumps, deploys, the site) is
 //! refused with 503 and who leads. The standby answers the driver's
 //! commands in the driver's place until it takes the lead; then the same
 //! channel goes to the driver it builds.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -32,6 +34,7 @@ pub async fn serve<T>(
     rx: &mut mpsc::Receiver<Command>,
     shared: Arc<Shared>,
     metrics: Arc<Metrics>,
+    exclude: Arc<HashSet<String>>,
     lead: impl std::future::Future<Output = T>,
 ) -> Option<T> {
     tokio::pin!(lead);
@@ -44,7 +47,7 @@ pub async fn serve<T>(
                     // each answer waits on the database: one at a time
                     // would queue every node behind the slowest
                     let (shared, metrics) = (shared.clone(), metrics.clone());
-                    tokio::spawn(answer(command, shared, metrics));
+                    tokio::spawn(answer(command, shared, metrics, exclude.clone()));
                 }
             },
         }
@@ -60,26 +63,31 @@ async fn standing_by(shared: &Shared) -> String {
     format!("this pcq stands by; the queue is led by {leader}: ask it")
 }
 
-async fn answer(command: Command, shared: Arc<Shared>, metrics: Arc<Metrics>) {
+async fn answer(
+    command: Command,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    exclude: Arc<HashSet<String>>,
+) {
     match command {
+        Command::HandIn {
+            certname,
+            environment,
+            values,
+            reply,
+        } => {
+            let _ = reply
+                .send(hand_in(&shared, &metrics, &exclude, &certname, environment, values).await);
+        }
+        // (an upload the API took just before this pcq stood by)
         Command::Facts {
             upload,
             values,
             reply,
         } => {
-            let result = shared
-                .hand_in(
-                    upload.certname.as_str(),
-                    upload.environment.as_deref(),
-                    values,
-                    now(),
-                )
-                .await;
-            if result.is_ok() {
-                // (refusals are counted by the API)
-                Metrics::count(&metrics.facts_uploads, "handed_in");
-            }
-            let _ = reply.send(result.map(|()| FactsOutcome::Stored).map_err(refused));
+            let (certname, environment) = (upload.certname, upload.environment);
+            let _ = reply
+                .send(hand_in(&shared, &metrics, &exclude, &certname, environment, values).await);
         }
         Command::Status { certname, reply } => {
             // an unreachable database drops the question: 503, not "unknown"
@@ -101,6 +109,28 @@ async fn answer(command: Command, shared: Arc<Shared>, metrics: Arc<Metrics>) {
         // (503); nothing else is sent to a standby
         _ => {}
     }
+}
+
+/// A facts upload into `pcq_inbox`, unless `ca.exclude` names the node
+/// (refused, as the leader refuses it).
+async fn hand_in(
+    shared: &Shared,
+    metrics: &Metrics,
+    exclude: &HashSet<String>,
+    certname: &Certname,
+    environment: Option<String>,
+    values: Vec<u8>,
+) -> Result<FactsOutcome, ApiError> {
+    if exclude.contains(certname.as_str()) {
+        return Err(ApiError::excluded(certname));
+    }
+    shared
+        .hand_in(certname.as_str(), environment.as_deref(), values, now())
+        .await
+        .map_err(refused)?;
+    // (refusals are counted by the API)
+    Metrics::count(&metrics.facts_uploads, "handed_in");
+    Ok(FactsOutcome::Stored)
 }
 
 fn refused(e: StoreError) -> ApiError {

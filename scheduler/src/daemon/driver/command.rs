@@ -70,6 +70,18 @@ pub enum Command {
         /// The answer.
         reply: Reply<FactsOutcome>,
     },
+    /// A facts upload a standby took: checked, not hashed (the standby
+    /// hands it to the leader through the inbox as it came).
+    HandIn {
+        /// The node.
+        certname: Certname,
+        /// The environment it asked for.
+        environment: Option<String>,
+        /// The `values` object, as sent.
+        values: Vec<u8>,
+        /// The answer.
+        reply: Reply<FactsOutcome>,
+    },
     /// An upload's facts were committed to the store (or not).
     FactsStored {
         /// The upload.
@@ -212,4 +224,14 @@ pub enum ApiError {
     /// Too much at once (the store's queue is full): retry in a moment.
     #[error("{0}")]
     Busy(String),
+}
+
+impl ApiError {
+    /// A facts upload from a certname `ca.exclude` names: refused by the
+    /// leader and a standby alike, never acknowledged and then dropped.
+    pub fn excluded(certname: &Certname) -> ApiError {
+        ApiError::BadRequest(format!(
+            "{certname} is excluded from scheduling (ca.exclude)"
+        ))
+    }
 }

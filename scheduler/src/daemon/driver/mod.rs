@@ -238,6 +238,13 @@ impl Driver {
                 values,
                 reply,
             } => self.facts(upload, values, reply),
+            Command::HandIn { reply, .. } => {
+                // taken by the API a moment before this pcq took the lead,
+                // unhashed: the node uploads again (503, Retry-After)
+                let _ = reply.send(Err(ApiError::Busy(
+                    "this pcq took the lead just now: upload again".into(),
+                )));
+            }
             Command::FactsStored {
                 upload,
                 baseline,
@@ -493,10 +500,7 @@ impl Driver {
             return;
         }
         if self.intake.excluded(&upload.certname) {
-            let _ = reply.send(Err(ApiError::BadRequest(format!(
-                "{} is excluded from scheduling (ca.exclude)",
-                upload.certname
-            ))));
+            let _ = reply.send(Err(ApiError::excluded(&upload.certname)));
             return;
         }
         let id = self.nodes.id(&upload.certname);
