@@ -500,7 +500,10 @@ fn migrations_run_once_and_a_newer_schema_is_refused_body() {
         .query_one("SELECT count(*) FROM pcq_schema", &[])
         .expect("schema")
         .get(0);
-    assert_eq!(versions, 5, "nodes, catalogs, leader, inbox, baselines");
+    assert_eq!(
+        versions, 6,
+        "nodes, catalogs, leader, inbox, baselines, requests"
+    );
     client
         .batch_execute("INSERT INTO pcq_schema (version, name) VALUES (999, 'future')")
         .expect("a newer pcq's");
@@ -805,6 +808,7 @@ async fn a_leader_paused_past_its_lease_starts_nothing_and_steps_down() {
     let db = Database::new();
     let names = certnames("pgstop", 6);
     let config = cycling_on_postgresql(&db);
+    let since = harness::server_log_time();
     let (mut first, _) =
         Pcq::start_compiled(&config, &names, with_role("web"), Duration::from_secs(180)).await;
     let second = Pcq::start(&config).await;
@@ -835,6 +839,7 @@ async fn a_leader_paused_past_its_lease_starts_nothing_and_steps_down() {
     assert!(up, "the new leader never led:\n{}", second.log_text());
     // the paused leader wakes past its lease: it starts nothing, writes
     // nothing, and stops
+    let woke_ms = harness::server_now_ms();
     signal("-CONT");
     let Some(status) = first.exited(Duration::from_secs(15)) else {
         panic!("the deposed leader ran on:\n{}", first.log_text());
@@ -853,19 +858,29 @@ async fn a_leader_paused_past_its_lease_starts_nothing_and_steps_down() {
     assert_eq!(apart(|| leader(&db).0), now, "the new leader still leads");
     let (rows, distinct, _) = rows_once(&db);
     assert_eq!((rows, distinct), (6, 6));
+    // and Puppet Server agrees: no compile of the old epoch arrived after
+    // it woke
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let late: Vec<_> = harness::server_compiles(&since)
+        .into_iter()
+        .filter(|c| c.epoch() == Some(epoch) && c.start_ms >= woke_ms)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "the deposed leader compiled after it woke: {late:?}"
+    );
     eprintln!("a new leader {took:?} after the first was stopped");
+}
+
+/// A POST to `pcq`'s admin API: status and text.
+async fn admin_post(pcq: &Pcq, path: &str, body: &[u8]) -> (u16, String) {
+    pcq.request(harness::Via::Admin, reqwest::Method::POST, path, body)
+        .await
 }
 
 /// A deploy of `production` through `pcq`'s admin API: its report.
 async fn deploy_production(pcq: &Pcq) -> Value {
-    let (status, text) = pcq
-        .request(
-            harness::Via::Admin,
-            reqwest::Method::POST,
-            "/v1/deploys",
-            br#"{"environment": "production"}"#,
-        )
-        .await;
+    let (status, text) = admin_post(pcq, "/v1/deploys", br#"{"environment": "production"}"#).await;
     assert_eq!(status, 202, "{text}");
     serde_json::from_str(&text).expect("a deploy report")
 }
@@ -961,21 +976,44 @@ async fn a_standby_serves_nodes_and_hands_their_uploads_to_the_leader() {
         assert_eq!(status, 304, "{n}");
     }
     assert!(standby.status("nobody.example.com").await.is_none());
-    // what only the leader knows is refused, saying who leads
+    // the queue is the leader's alone
     assert_eq!(standby.http_status("/v1/queue").await, Some(503));
-    let (status, text) = standby
-        .request(
-            harness::Via::Admin,
-            reqwest::Method::POST,
-            &format!("/v1/nodes/{}/bump", names[2]),
-            b"",
-        )
+    // bumps and deploys through the standby get the leader's own answers
+    let compiled_before = leader_pcq.status(&names[2]).await.expect("status")["last_compile"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let bump = format!("/v1/nodes/{}/bump", names[2]);
+    let (status, text) = admin_post(&standby, &bump, b"").await;
+    assert_eq!(status, 202, "{text}");
+    assert!(text.contains("\"result\""), "{text}");
+    let recompiled = leader_pcq
+        .wait(Duration::from_secs(60), || async {
+            leader_pcq.status(&names[2]).await.expect("status")["last_compile"]
+                .as_f64()
+                .is_some_and(|t| t > compiled_before)
+        })
         .await;
-    assert_eq!(status, 503, "{text}");
-    assert!(
-        text.contains("stands by") && text.contains("epoch 1"),
-        "{text}"
-    );
+    assert!(recompiled, "the bump through the standby compiled nothing");
+    let (status, text) = admin_post(&standby, "/v1/nodes/nobody.example.com/bump", b"").await;
+    assert_eq!(status, 404, "the leader's refusal: {text}");
+    let report = deploy_production(&standby).await;
+    assert_eq!(report["environment"], "production", "{report}");
+    assert_eq!(report["members"], 3, "{report}");
+    let (status, text) = admin_post(
+        &standby,
+        "/v1/deploys",
+        br#"{"environment": "no_such_environment"}"#,
+    )
+    .await;
+    assert_eq!(status, 404, "the leader's refusal: {text}");
+    assert!(text.contains("unknown environment"), "{text}");
+    let left: i64 = apart(|| {
+        db.client()
+            .query_one("SELECT count(*) FROM pcq_requests", &[])
+            .expect("requests")
+            .get(0)
+    });
+    assert_eq!(left, 0, "answered requests are forgotten");
     // an excluded certname's upload is refused by both, as the leader
     // alone would refuse it: never acknowledged, then dropped
     let body = harness::facts_body(excluded, "db", 1);

@@ -9,17 +9,24 @@
 //! unchanged) rather than lose it. A row that cannot be an upload (an
 //! invalid certname, values that are not a JSON object) is dropped, said
 //! once, as the API would have refused it.
+//!
+//! Bumps and deploys a standby took (`pcq_requests`) go to the driver as
+//! the API's own do; the driver's answer (a bump's result, a deploy's
+//! report, a refusal) is written to the row, where the standby waits for
+//! it.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::certname::Certname;
 use super::dependencies::Dependencies;
-use super::driver::{ApiError, Command, FactsOutcome, FactsUpload};
+use super::driver::{now, ApiError, Command, FactsOutcome, FactsUpload};
 use super::facts::Ignore;
-use super::store::shared::{HandedIn, Shared};
+use super::store::shared::{HandedIn, Request, RequestKind, Shared};
+use crate::core::{Bumped, Time};
 
 /// How often the inbox is looked at without a notification.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
@@ -32,6 +39,7 @@ pub async fn drain(
     deps: Arc<Dependencies>,
 ) {
     let mut listening = None;
+    let mut requests = Requests::default();
     loop {
         if listening.is_none() {
             match shared.listen().await {
@@ -49,6 +57,7 @@ pub async fn drain(
             alive = woken => if !alive { listening = None },
             _ = tokio::time::sleep(LOOK_EVERY) => {}
         }
+        requests.look(&shared, &driver).await;
         loop {
             let rows = match shared.inbox().await {
                 Ok(rows) => rows,
@@ -91,6 +100,104 @@ pub async fn drain(
             }
         }
     }
+}
+
+/// How long an answered request is kept for a standby that stopped
+/// waiting for it.
+const ANSWERS_KEPT: Duration = Duration::from_secs(3600);
+
+/// The bumps and deploys standbys handed in (`pcq_requests`): each sent
+/// to the driver as the API sends its own, once, and its answer written
+/// to its row, where the standby that took it waits.
+#[derive(Default)]
+struct Requests {
+    /// Rows sent to the driver and not answered yet (a deploy waits for
+    /// its analysis): not sent again meanwhile.
+    acting: Arc<Mutex<HashSet<i64>>>,
+    swept: Option<Instant>,
+}
+
+impl Requests {
+    async fn look(&mut self, shared: &Arc<Shared>, driver: &mpsc::Sender<Command>) {
+        if self
+            .swept
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+        {
+            self.swept = Some(Instant::now());
+            let before = Time::from_micros(
+                now()
+                    .as_micros()
+                    .saturating_sub(ANSWERS_KEPT.as_micros() as u64),
+            );
+            if let Err(e) = shared.sweep(before).await {
+                tracing::debug!("sweeping answered requests: {e}");
+            }
+        }
+        let rows = match shared.requests().await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!("reading handed-in bumps and deploys: {e}");
+                return;
+            }
+        };
+        for request in rows {
+            if !self.acting.lock().is_ok_and(|mut a| a.insert(request.id)) {
+                continue;
+            }
+            let (shared, driver, acting) = (shared.clone(), driver.clone(), self.acting.clone());
+            tokio::spawn(async move {
+                let id = request.id;
+                if let Some(answer) = act(request, &driver).await {
+                    if let Err(e) = shared.answer(id, &answer).await {
+                        tracing::warn!("answering handed-in request {id}: {e}");
+                    }
+                }
+                if let Ok(mut a) = acting.lock() {
+                    a.remove(&id);
+                }
+            });
+        }
+    }
+}
+
+/// Sends a request to the driver: its answer as JSON (`None`: the daemon
+/// is stopping; the row waits for the next leader).
+async fn act(request: Request, driver: &mpsc::Sender<Command>) -> Option<String> {
+    tracing::info!(
+        "a standby handed in a {:?} of {}",
+        request.kind,
+        request.target
+    );
+    let answer = match request.kind {
+        RequestKind::Bump => match Certname::parse(&request.target) {
+            Ok(certname) => {
+                let (reply, answer) = oneshot::channel();
+                driver.send(Command::Bump { certname, reply }).await.ok()?;
+                encode(answer.await.ok()?)
+            }
+            Err(e) => encode::<Bumped>(Err(ApiError::BadRequest(e.to_string()))),
+        },
+        RequestKind::Deploy => {
+            let (reply, answer) = oneshot::channel();
+            let deploy = Command::Deploy {
+                environment: request.target,
+                new: request.new,
+                reply,
+            };
+            driver.send(deploy).await.ok()?;
+            encode(answer.await.ok()?)
+        }
+    };
+    answer
+}
+
+/// A driver's answer as a request's row keeps it; `None` for "shutting
+/// down" (not an answer: the next leader acts on the request).
+fn encode<T: serde::Serialize>(answer: Result<T, ApiError>) -> Option<String> {
+    if matches!(answer, Err(ApiError::ShuttingDown)) {
+        return None;
+    }
+    serde_json::to_string(&answer).ok()
 }
 
 /// The newest row of each node (rows come oldest first), and the ids of

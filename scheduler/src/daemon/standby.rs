@@ -9,8 +9,10 @@
 //!   leader at once ([`super::inbox`]); refused, as the leader refuses
 //!   them, from a certname `ca.exclude` names.
 //!
-//! What only the scheduler knows (the queue, bumps, deploys, the site) is
-//! refused with 503 and who leads. The standby answers the driver's
+//! Bumps and deploys are handed to the leader too (`pcq_requests`): the
+//! standby waits for the leader's answer and gives it, so a deploy hook
+//! may run on any master. What only the scheduler knows (the queue, the
+//! site) is refused with 503 and who leads. The standby answers the driver's
 //! commands in the driver's place until it takes the lead; then the same
 //! channel goes to the driver it builds.
 
@@ -24,7 +26,7 @@ use super::driver::nodes::NodeInfo;
 use super::driver::view::node_status;
 use super::driver::{now, ApiError, Command, FactsOutcome, NodeStatus};
 use super::metrics::Metrics;
-use super::store::shared::Shared;
+use super::store::shared::{RequestKind, Shared};
 use super::store::StoreError;
 
 /// Answers `rx` from the database until `lead` resolves (this pcq took
@@ -52,15 +54,6 @@ pub async fn serve<T>(
             },
         }
     }
-}
-
-/// Why the standby does not do it.
-async fn standing_by(shared: &Shared) -> String {
-    let leader = shared
-        .leader()
-        .await
-        .unwrap_or_else(|e| format!("unknown ({e})"));
-    format!("this pcq stands by; the queue is led by {leader}: ask it")
 }
 
 async fn answer(
@@ -99,11 +92,18 @@ async fn answer(
             // alive, with no queue of its own
             let _ = reply.send(None);
         }
-        Command::Bump { reply, .. } => {
-            let _ = reply.send(Err(ApiError::Busy(standing_by(&shared).await)));
+        Command::Bump { certname, reply } => {
+            let target = certname.to_string();
+            let answer = ask_leader(&shared, RequestKind::Bump, &target, false, &reply).await;
+            let _ = reply.send(answer);
         }
-        Command::Deploy { reply, .. } => {
-            let _ = reply.send(Err(ApiError::Busy(standing_by(&shared).await)));
+        Command::Deploy {
+            environment,
+            new,
+            reply,
+        } => {
+            let answer = ask_leader(&shared, RequestKind::Deploy, &environment, new, &reply).await;
+            let _ = reply.send(answer);
         }
         // the queue and the site are the leader's: the question is dropped
         // (503); nothing else is sent to a standby
@@ -131,6 +131,43 @@ async fn hand_in(
     // (refusals are counted by the API)
     Metrics::count(&metrics.facts_uploads, "handed_in");
     Ok(FactsOutcome::Stored)
+}
+
+/// How often a standby looks for the leader's answer to a request.
+const ANSWER_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Hands a bump or a deploy to the leader and waits for its answer (the
+/// one it gives its own callers), for as long as the caller waits. A
+/// request the caller stopped waiting for stays: the leader acts on it.
+async fn ask_leader<T: serde::de::DeserializeOwned>(
+    shared: &Shared,
+    kind: RequestKind,
+    target: &str,
+    new: bool,
+    reply: &tokio::sync::oneshot::Sender<Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let id = shared
+        .request(kind, target, new, now())
+        .await
+        .map_err(refused)?;
+    loop {
+        if reply.is_closed() {
+            return Err(ApiError::ShuttingDown);
+        }
+        tokio::time::sleep(ANSWER_POLL).await;
+        let Some(answer) = shared.answer_of(id).await.map_err(refused)? else {
+            continue;
+        };
+        if let Err(e) = shared.forget(id).await {
+            tracing::debug!("forgetting answered request {id}: {e}");
+        }
+        return serde_json::from_str::<Result<T, ApiError>>(&answer).unwrap_or_else(|e| {
+            Err(ApiError::Internal(format!(
+                "the leader's answer cannot be read ({e}): {standing}",
+                standing = answer.chars().take(200).collect::<String>()
+            )))
+        });
+    }
 }
 
 fn refused(e: StoreError) -> ApiError {

@@ -147,6 +147,11 @@ pub fn server_log_time() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Now, in the access log's milliseconds since the Unix epoch.
+pub fn server_now_ms() -> i64 {
+    log_stamp_ms(&server_log_time()).expect("a log stamp")
+}
+
 /// One `POST /puppet/v4/catalog` in Puppet Server's access log.
 #[derive(Clone, Debug)]
 pub struct ServerCompile {

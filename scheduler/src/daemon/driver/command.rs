@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::core::{Bumped, LoadSample, Stats, Time};
@@ -203,8 +203,9 @@ pub enum FactsOutcome {
     Stored,
 }
 
-/// An API-level refusal.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+/// An API-level refusal. (Serialized when the leader answers a request
+/// a standby handed in.)
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum ApiError {
     /// The node is not known.
     #[error("unknown node {0}")]

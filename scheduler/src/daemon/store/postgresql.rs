@@ -57,7 +57,7 @@ const MARGIN: Duration = Duration::from_secs(1);
 const MIGRATION_LOCK: i64 = 0x0070_6372;
 
 /// The migrations, in order: (version, name, SQL).
-const MIGRATIONS: [(i32, &str, &str); 5] = [
+const MIGRATIONS: [(i32, &str, &str); 6] = [
     (1, "nodes", include_str!("migrations/0001_nodes.sql")),
     (2, "catalogs", include_str!("migrations/0002_catalogs.sql")),
     (3, "leader", include_str!("migrations/0003_leader.sql")),
@@ -67,6 +67,7 @@ const MIGRATIONS: [(i32, &str, &str); 5] = [
         "baselines",
         include_str!("migrations/0005_baselines.sql"),
     ),
+    (6, "requests", include_str!("migrations/0006_requests.sql")),
 ];
 
 /// Where the database is, and how to trust it.

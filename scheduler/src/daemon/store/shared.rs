@@ -153,6 +153,16 @@ const HASHES: &str = "SELECT certname, hash FROM catalogs";
 const INBOX: &str =
     "SELECT id, certname, environment, values_json FROM pcq_inbox ORDER BY id LIMIT 256";
 const TAKEN: &str = "DELETE FROM pcq_inbox WHERE id = ANY($1)";
+const REQUEST: &str = "WITH r AS (
+        INSERT INTO pcq_requests (kind, target, new, received_us) VALUES ($1, $2, $3, $4)
+        RETURNING id)
+    SELECT id, pg_notify('pcq_inbox', '') FROM r";
+const ANSWER_OF: &str = "SELECT answer FROM pcq_requests WHERE id = $1";
+const FORGET: &str = "DELETE FROM pcq_requests WHERE id = $1";
+const REQUESTS: &str = "SELECT id, kind, target, new FROM pcq_requests
+    WHERE answer IS NULL ORDER BY id LIMIT 64";
+const ANSWER: &str = "UPDATE pcq_requests SET answer = $2 WHERE id = $1";
+const SWEEP: &str = "DELETE FROM pcq_requests WHERE answer IS NOT NULL AND received_us < $1";
 
 /// The statements, prepared once per connection.
 struct Prepared {
@@ -162,6 +172,43 @@ struct Prepared {
     inbox: Statement,
     taken: Statement,
     leader: Statement,
+    request: Statement,
+    answer_of: Statement,
+    forget: Statement,
+    requests: Statement,
+    answer: Statement,
+    sweep: Statement,
+}
+
+/// A bump or a deploy a standby took, for the leader to act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// Its row.
+    pub id: i64,
+    /// What to do.
+    pub kind: RequestKind,
+    /// The node (bump) or the environment (deploy).
+    pub target: String,
+    /// A deploy of an environment announced as new.
+    pub new: bool,
+}
+
+/// What a [`Request`] asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestKind {
+    /// `POST /v1/nodes/NODE/bump`.
+    Bump,
+    /// `POST /v1/deploys`.
+    Deploy,
+}
+
+impl RequestKind {
+    fn name(self) -> &'static str {
+        match self {
+            RequestKind::Bump => "bump",
+            RequestKind::Deploy => "deploy",
+        }
+    }
 }
 
 /// A connection listening for `NOTIFY pcq_inbox`.
@@ -284,6 +331,67 @@ impl Shared {
         self.query(|s| &s.taken, &[&ids]).await.map(drop)
     }
 
+    /// Hands a bump or a deploy to the leader (committed, the leader
+    /// woken): its row's id, to wait for the answer with
+    /// [`Shared::answer_of`].
+    pub async fn request(
+        &self,
+        kind: RequestKind,
+        target: &str,
+        new: bool,
+        at: Time,
+    ) -> Result<i64, StoreError> {
+        let rows = self
+            .query(|s| &s.request, &[&kind.name(), &target, &new, &micros(at)])
+            .await?;
+        rows.first()
+            .map(|r| r.get(0))
+            .ok_or_else(|| StoreError::Database("a request was not recorded".into()))
+    }
+
+    /// The leader's answer to a request (JSON), once it has given one.
+    pub async fn answer_of(&self, id: i64) -> Result<Option<String>, StoreError> {
+        let rows = self.query(|s| &s.answer_of, &[&id]).await?;
+        Ok(rows.first().and_then(|r| r.get(0)))
+    }
+
+    /// A request's answer was read: its row goes.
+    pub async fn forget(&self, id: i64) -> Result<(), StoreError> {
+        self.query(|s| &s.forget, &[&id]).await.map(drop)
+    }
+
+    /// The oldest requests not answered yet (at most 64).
+    pub async fn requests(&self) -> Result<Vec<Request>, StoreError> {
+        let rows = self.query(|s| &s.requests, &[]).await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                let kind = match r.get::<_, &str>(1) {
+                    "bump" => RequestKind::Bump,
+                    "deploy" => RequestKind::Deploy,
+                    _ => return None,
+                };
+                Some(Request {
+                    id: r.get(0),
+                    kind,
+                    target: r.get(2),
+                    new: r.get(3),
+                })
+            })
+            .collect())
+    }
+
+    /// The leader's answer to a request (JSON).
+    pub async fn answer(&self, id: i64, answer: &str) -> Result<(), StoreError> {
+        self.query(|s| &s.answer, &[&id, &answer]).await.map(drop)
+    }
+
+    /// Answered requests received before `before` go (their standby
+    /// stopped waiting).
+    pub async fn sweep(&self, before: Time) -> Result<(), StoreError> {
+        self.query(|s| &s.sweep, &[&micros(before)]).await.map(drop)
+    }
+
     /// Wakes for each `NOTIFY pcq_inbox`, on a connection of its own; the
     /// wake-ups end when the connection does.
     pub async fn listen(&self) -> Result<Listening, StoreError> {
@@ -377,6 +485,12 @@ impl Shared {
             inbox: client.prepare(INBOX).await.map_err(read_err)?,
             taken: client.prepare(TAKEN).await.map_err(read_err)?,
             leader: client.prepare(LEADER).await.map_err(read_err)?,
+            request: client.prepare(REQUEST).await.map_err(read_err)?,
+            answer_of: client.prepare(ANSWER_OF).await.map_err(read_err)?,
+            forget: client.prepare(FORGET).await.map_err(read_err)?,
+            requests: client.prepare(REQUESTS).await.map_err(read_err)?,
+            answer: client.prepare(ANSWER).await.map_err(read_err)?,
+            sweep: client.prepare(SWEEP).await.map_err(read_err)?,
         };
         Ok((client, prepared))
     }
