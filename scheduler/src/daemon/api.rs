@@ -39,7 +39,7 @@ use super::config::valid_environment;
 use super::dependencies::Dependencies;
 use super::driver::router::ANALYSIS_LIMIT;
 use super::driver::{ApiError, Command, FactsUpload};
-use super::facts::{Ignore, Upload};
+use super::facts::{check_values, Ignore, Upload};
 use super::identity::Caller;
 use super::last_good::{LastGood, ReadError};
 use super::metrics::Metrics;
@@ -271,7 +271,9 @@ async fn put_facts(
         .object()
         .ok_or_else(|| Refusal::bad("facts body: \"values\" is not an object"))?;
     let outcome = if state.standing_by() {
-        // handed to the leader as they came: it hashes them
+        // handed to the leader as they came (it hashes them), once they
+        // are known to parse as the leader will parse them
+        check_values(values).map_err(|e| Refusal::bad(format!("facts body: \"values\": {e}")))?;
         ask(&state, |reply| Command::HandIn {
             certname,
             environment: query.environment,

@@ -14,6 +14,59 @@ use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+/// Checks that `values` (JSON text) would parse into a tree, without
+/// building one: numbers in range, escapes valid, nesting within serde_json's
+/// limit. A standby hands uploads in unparsed, and must not acknowledge one
+/// the leader will refuse.
+pub fn check_values(values: &[u8]) -> Result<(), serde_json::Error> {
+    serde_json::from_slice::<Checked>(values).map(drop)
+}
+
+/// Any JSON value, visited and dropped.
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Checked, D::Error> {
+        d.deserialize_any(CheckedVisitor)
+    }
+}
+
+struct CheckedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CheckedVisitor {
+    type Value = Checked;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_unit<E>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        while map.next_entry::<Checked, Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+}
+
 /// The body of a facts upload as the API first reads it: well-formed
 /// JSON, with `name` and `values` found but `values` not built into a tree.
 /// A standby hands the bytes on as they came; the leader builds the tree
@@ -172,6 +225,25 @@ fn feed_str(s: &str, h: &mut Sha256) {
 mod tests {
     use super::*;
     use crate::daemon::config::Facts;
+
+    #[test]
+    fn values_a_tree_would_refuse_are_refused_unbuilt() {
+        for good in [
+            r#"{"x": [1, -2, 3.5, "\u00e9", null, true, {"y": {}}]}"#,
+            "{}",
+        ] {
+            assert!(check_values(good.as_bytes()).is_ok(), "{good}");
+            assert!(serde_json::from_str::<Value>(good).is_ok(), "{good}");
+        }
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        for bad in [r#"{"x": 1e400}"#, r#"{"x": "\ud800"}"#, deep.as_str()] {
+            assert!(
+                serde_json::from_str::<Value>(bad).is_err(),
+                "a tree takes {bad}"
+            );
+            assert!(check_values(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn an_upload_is_checked_but_its_values_are_kept_as_sent() {

@@ -16,7 +16,7 @@
 //! it.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -40,6 +40,10 @@ pub async fn drain(
 ) {
     let mut listening = None;
     let mut requests = Requests::default();
+    // a deploy a standby took while no one led goes to the driver before
+    // its first analysis ends (or that analysis would find the code moved
+    // without a deploy, and forget the stored baseline)
+    requests.look(&shared, &driver).await;
     loop {
         if listening.is_none() {
             match shared.listen().await {
@@ -111,9 +115,9 @@ const ANSWERS_KEPT: Duration = Duration::from_secs(3600);
 /// to its row, where the standby that took it waits.
 #[derive(Default)]
 struct Requests {
-    /// Rows sent to the driver and not answered yet (a deploy waits for
-    /// its analysis): not sent again meanwhile.
-    acting: Arc<Mutex<HashSet<i64>>>,
+    /// Rows sent to the driver whose answer is not committed yet (a
+    /// deploy waits for its analysis): not sent again meanwhile.
+    acting: HashSet<i64>,
     swept: Option<Instant>,
 }
 
@@ -140,20 +144,18 @@ impl Requests {
                 return;
             }
         };
+        // a row answered (committed) is no longer listed: forgotten here
+        self.acting.retain(|id| rows.iter().any(|r| r.id == *id));
         for request in rows {
-            if !self.acting.lock().is_ok_and(|mut a| a.insert(request.id)) {
+            if !self.acting.insert(request.id) {
                 continue;
             }
-            let (shared, driver, acting) = (shared.clone(), driver.clone(), self.acting.clone());
+            let driver = driver.clone();
             tokio::spawn(async move {
                 let id = request.id;
                 if let Some(answer) = act(request, &driver).await {
-                    if let Err(e) = shared.answer(id, &answer).await {
-                        tracing::warn!("answering handed-in request {id}: {e}");
-                    }
-                }
-                if let Ok(mut a) = acting.lock() {
-                    a.remove(&id);
+                    // stored by the driver with its next writes, fenced
+                    let _ = driver.send(Command::Answered { id, answer }).await;
                 }
             });
         }

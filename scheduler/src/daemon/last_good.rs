@@ -71,6 +71,9 @@ impl std::fmt::Display for ReadError {
     }
 }
 
+/// Catalog rows read per round trip by [`LastGood::read_many_blocking`].
+const READ_MANY: usize = 500;
+
 impl LastGood {
     /// Prepares a changed catalog to be kept (off the driver: compressing
     /// and writing take time).
@@ -99,17 +102,43 @@ impl LastGood {
         }
     }
 
-    /// [`LastGood::read`] from a blocking thread (`spawn_blocking`).
-    pub fn read_blocking(&self, certname: &Certname) -> Result<Option<Vec<u8>>, ReadError> {
+    /// The catalogs of `certnames` that are kept and readable, from a
+    /// blocking thread: files one by one, rows [`READ_MANY`] at a time (one
+    /// round trip each). What cannot be read is left out, said once.
+    pub fn read_many_blocking(&self, certnames: &[Certname]) -> Vec<(Certname, Vec<u8>)> {
+        let mut read = Vec::with_capacity(certnames.len());
         match self {
-            LastGood::Files(files) => files
-                .read(certname)
-                .map_err(|e| ReadError::Failed(format!("reading the catalog: {e}"))),
-            LastGood::Database(_) => {
+            LastGood::Files(files) => {
+                for c in certnames {
+                    if let Ok(Some(json)) = files.read(c) {
+                        read.push((c.clone(), json));
+                    }
+                }
+            }
+            LastGood::Database(rows) => {
                 let handle = tokio::runtime::Handle::current();
-                Ok(handle.block_on(self.read(certname))?.map(|s| s.json))
+                for chunk in certnames.chunks(READ_MANY) {
+                    let names: Vec<&str> = chunk.iter().map(Certname::as_str).collect();
+                    let found = match handle.block_on(rows.read_many(&names)) {
+                        Ok(found) => found,
+                        Err(e) => {
+                            tracing::warn!("reading {} catalogs: {e}", chunk.len());
+                            continue;
+                        }
+                    };
+                    let by_name: std::collections::HashMap<&str, &Certname> =
+                        chunk.iter().map(|c| (c.as_str(), c)).collect();
+                    for (name, catalog) in found {
+                        match (by_name.get(name.as_str()), catalog) {
+                            (Some(c), Ok(catalog)) => read.push(((*c).clone(), catalog.json)),
+                            (_, Err(e)) => tracing::warn!("{e}"),
+                            (None, Ok(_)) => {}
+                        }
+                    }
+                }
             }
         }
+        read
     }
 
     /// The node is gone: its file goes (its row goes with the node's).

@@ -128,6 +128,15 @@ pub enum Command {
         /// The analysis, or why there is none.
         result: Result<Arc<Analysis>, String>,
     },
+    /// The answer to a bump or deploy a standby handed in
+    /// (`pcq_requests`), to be stored with the driver's next writes: after
+    /// what the request changed, fenced like them.
+    Answered {
+        /// The request's row.
+        id: i64,
+        /// The answer, as JSON.
+        answer: String,
+    },
     /// Nodes' dependencies, worked out from their catalog files after an
     /// analysis; `done` names the environment whose reload this ends.
     Reloaded {

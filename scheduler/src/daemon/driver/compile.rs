@@ -23,7 +23,7 @@ use crate::daemon::catalog::{self, Export};
 use crate::daemon::certname::Certname;
 use crate::daemon::dependencies::Dependencies;
 use crate::daemon::last_good::{Kept, LastGood};
-use crate::daemon::store::StoreHandle;
+use crate::daemon::store::{Lease, StoreHandle};
 
 use super::links::Links;
 
@@ -52,6 +52,9 @@ pub struct CompileJob {
     /// The epoch this daemon leads in, for the request it sends (`None`:
     /// alone on its store).
     pub leader_epoch: Option<i64>,
+    /// The lead it is started under (a shared store), checked again just
+    /// before the request is sent.
+    pub lease: Option<Arc<Lease>>,
 }
 
 /// A compile's report to the driver.
@@ -92,6 +95,10 @@ pub async fn run(job: CompileJob) -> Compiled {
     let facts = facts_of(job.store.facts(certname.as_str()).await);
     let result = match facts {
         Err(f) => Err(f),
+        // paused (or cut off) since the start: another may lead now
+        Ok(_) if job.lease.as_ref().is_some_and(|l| !l.holds()) => Err(Failure::Input(
+            "this pcq's lead lapsed before the request was sent".into(),
+        )),
         Ok(facts) => {
             let request = Job {
                 certname: certname.clone(),

@@ -79,22 +79,26 @@ pub fn reload(
     mut emit: impl FnMut(Vec<Reloaded>) -> bool,
 ) -> Option<Vec<Reloaded>> {
     let mut batch = Vec::new();
-    for (certname, hash) in nodes {
-        let Ok(Some(bytes)) = catalogs.read_blocking(&certname) else {
-            continue;
-        };
-        let Ok(mut compiled) = catalog::read(&bytes) else {
-            continue;
-        };
-        if compiled.hash != hash {
-            continue; // replaced meanwhile; its compile set its links
+    for chunk in nodes.chunks(1000) {
+        let names: Vec<Certname> = chunk.iter().map(|(c, _)| c.clone()).collect();
+        let hashes: HashMap<&Certname, &String> = chunk.iter().map(|(c, h)| (c, h)).collect();
+        for (certname, bytes) in catalogs.read_many_blocking(&names) {
+            let Ok(mut compiled) = catalog::read(&bytes) else {
+                continue;
+            };
+            let Some(&hash) = hashes.get(&certname) else {
+                continue;
+            };
+            if &compiled.hash != hash {
+                continue; // replaced meanwhile; its compile set its links
+            }
+            let links = Links::of(&mut compiled, Some(analysis));
+            batch.push(Reloaded {
+                certname,
+                catalog_hash: hash.clone(),
+                links,
+            });
         }
-        let links = Links::of(&mut compiled, Some(analysis));
-        batch.push(Reloaded {
-            certname,
-            catalog_hash: hash,
-            links,
-        });
         if batch.len() >= 1000 && !emit(std::mem::take(&mut batch)) {
             return None;
         }

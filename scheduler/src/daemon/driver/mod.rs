@@ -339,6 +339,9 @@ impl Driver {
                     self.waiting_deploys.covered(&environment);
                 }
             }
+            Command::Answered { id, answer } => {
+                self.pending_writes.push(Write::Answer { id, answer });
+            }
             Command::Reloaded { batch, done } => {
                 self.router
                     .reloaded(&self.core, &mut self.nodes, batch, done, now());
@@ -683,6 +686,7 @@ impl Driver {
             catalogs: self.parts.catalogs.clone(),
             deps: self.parts.deps.clone(),
             leader_epoch: self.parts.leader.as_ref().map(|l| l.epoch),
+            lease: self.parts.lease.clone(),
         };
         self.dirty.insert(start.node);
         self.running.insert(start.node, (m, t));

@@ -85,6 +85,17 @@ pub enum Write {
         /// The node.
         certname: String,
     },
+    /// The leader's answer to a request a standby handed in
+    /// (`pcq_requests`, PostgreSQL only), committed with (or after) what
+    /// the request changed, so that an answered request was carried out
+    /// by a leader that still led. A request answered already keeps its
+    /// answer.
+    Answer {
+        /// The request's row.
+        id: i64,
+        /// The answer, as JSON.
+        answer: String,
+    },
     /// An environment's code baseline: the snapshot its last deploy was
     /// decided on, which the next deploy is diffed against. Written in
     /// the same batch as the nodes that deploy moved.

@@ -741,6 +741,12 @@ impl PostgresStore {
                         &[&text(environment).as_ref(), snapshot],
                     )?;
                 }
+                Write::Answer { id, answer } => {
+                    tx.execute(
+                        "UPDATE pcq_requests SET answer = $2 WHERE id = $1 AND answer IS NULL",
+                        &[id, &text(answer).as_ref()],
+                    )?;
+                }
                 Write::Baseline {
                     environment,
                     snapshot: None,

@@ -149,6 +149,7 @@ impl std::fmt::Debug for Shared {
 }
 
 const READ: &str = "SELECT hash, body FROM catalogs WHERE certname = $1";
+const READ_MANY: &str = "SELECT certname, hash, body FROM catalogs WHERE certname = ANY($1)";
 const HASHES: &str = "SELECT certname, hash FROM catalogs";
 const INBOX: &str =
     "SELECT id, certname, environment, values_json FROM pcq_inbox ORDER BY id LIMIT 256";
@@ -161,12 +162,12 @@ const ANSWER_OF: &str = "SELECT answer FROM pcq_requests WHERE id = $1";
 const FORGET: &str = "DELETE FROM pcq_requests WHERE id = $1";
 const REQUESTS: &str = "SELECT id, kind, target, new FROM pcq_requests
     WHERE answer IS NULL ORDER BY id LIMIT 64";
-const ANSWER: &str = "UPDATE pcq_requests SET answer = $2 WHERE id = $1";
 const SWEEP: &str = "DELETE FROM pcq_requests WHERE answer IS NOT NULL AND received_us < $1";
 
 /// The statements, prepared once per connection.
 struct Prepared {
     read: Statement,
+    read_many: Statement,
     hashes: Statement,
     node: Statement,
     inbox: Statement,
@@ -176,7 +177,6 @@ struct Prepared {
     answer_of: Statement,
     forget: Statement,
     requests: Statement,
-    answer: Statement,
     sweep: Statement,
 }
 
@@ -237,6 +237,15 @@ pub fn compress(json: &[u8]) -> std::io::Result<Vec<u8>> {
     zstd::encode_all(json, 3)
 }
 
+/// A catalog row decompressed.
+fn stored(certname: &str, hash: String, body: Vec<u8>) -> Result<StoredCatalog, StoreError> {
+    let json = zstd::decode_all(body.as_slice()).map_err(|e| StoreError::Corrupt {
+        certname: certname.to_string(),
+        why: format!("the stored catalog does not decompress: {e}"),
+    })?;
+    Ok(StoredCatalog { hash, json })
+}
+
 impl Shared {
     /// Reads from the database `connection` names; connects on first use.
     pub fn new(connection: &Connection) -> Result<Shared, StoreError> {
@@ -252,18 +261,27 @@ impl Shared {
     /// The node's catalog, if the database holds one.
     pub async fn read(&self, certname: &str) -> Result<Option<StoredCatalog>, StoreError> {
         let rows = self.query(|s| &s.read, &[&certname]).await?;
-        let Some(row) = rows.into_iter().next() else {
-            return Ok(None);
-        };
-        let body: Vec<u8> = row.get(1);
-        let json = zstd::decode_all(body.as_slice()).map_err(|e| StoreError::Corrupt {
-            certname: certname.to_string(),
-            why: format!("the stored catalog does not decompress: {e}"),
-        })?;
-        Ok(Some(StoredCatalog {
-            hash: row.get(0),
-            json,
-        }))
+        rows.into_iter()
+            .next()
+            .map(|row| stored(certname, row.get(0), row.get(1)))
+            .transpose()
+    }
+
+    /// The catalogs of `certnames` the database holds, in one round trip
+    /// (certname, catalog or why it cannot be read).
+    pub async fn read_many(
+        &self,
+        certnames: &[&str],
+    ) -> Result<Vec<(String, Result<StoredCatalog, StoreError>)>, StoreError> {
+        let rows = self.query(|s| &s.read_many, &[&certnames]).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let certname: String = row.get(0);
+                let catalog = stored(&certname, row.get(1), row.get(2));
+                (certname, catalog)
+            })
+            .collect())
     }
 
     /// Every stored catalog's (certname, hash), for checking them against
@@ -381,11 +399,6 @@ impl Shared {
             .collect())
     }
 
-    /// The leader's answer to a request (JSON).
-    pub async fn answer(&self, id: i64, answer: &str) -> Result<(), StoreError> {
-        self.query(|s| &s.answer, &[&id, &answer]).await.map(drop)
-    }
-
     /// Answered requests received before `before` go (their standby
     /// stopped waiting).
     pub async fn sweep(&self, before: Time) -> Result<(), StoreError> {
@@ -480,6 +493,7 @@ impl Shared {
         let node = format!("SELECT {NODE_COLUMNS} FROM nodes WHERE certname = $1");
         let prepared = Prepared {
             read: client.prepare(READ).await.map_err(read_err)?,
+            read_many: client.prepare(READ_MANY).await.map_err(read_err)?,
             hashes: client.prepare(HASHES).await.map_err(read_err)?,
             node: client.prepare(&node).await.map_err(read_err)?,
             inbox: client.prepare(INBOX).await.map_err(read_err)?,
@@ -489,7 +503,6 @@ impl Shared {
             answer_of: client.prepare(ANSWER_OF).await.map_err(read_err)?,
             forget: client.prepare(FORGET).await.map_err(read_err)?,
             requests: client.prepare(REQUESTS).await.map_err(read_err)?,
-            answer: client.prepare(ANSWER).await.map_err(read_err)?,
             sweep: client.prepare(SWEEP).await.map_err(read_err)?,
         };
         Ok((client, prepared))

@@ -239,6 +239,8 @@ impl Store for SqliteStore {
                     )
                     .map_err(db_err)?;
                 }
+                // (no standby hands requests to a pcq on SQLite)
+                Write::Answer { .. } => {}
                 Write::Baseline {
                     environment,
                     snapshot: None,
