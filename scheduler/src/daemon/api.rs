@@ -270,10 +270,11 @@ async fn put_facts(
     let values = upload
         .object()
         .ok_or_else(|| Refusal::bad("facts body: \"values\" is not an object"))?;
+    let unparsable = |e: serde_json::Error| Refusal::bad(format!("facts body: \"values\": {e}"));
     let outcome = if state.standing_by() {
         // handed to the leader as they came (it hashes them), once they
         // are known to parse as the leader will parse them
-        check_values(values).map_err(|e| Refusal::bad(format!("facts body: \"values\": {e}")))?;
+        check_values(values).map_err(unparsable)?;
         ask(&state, |reply| Command::HandIn {
             certname,
             environment: query.environment,
@@ -282,8 +283,8 @@ async fn put_facts(
         })
         .await??
     } else {
-        let tree: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(values)
-            .map_err(|e| Refusal::bad(format!("facts body: \"values\": {e}")))?;
+        let tree: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(values).map_err(unparsable)?;
         let upload = FactsUpload::of(
             certname,
             query.environment,

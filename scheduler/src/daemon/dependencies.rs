@@ -32,6 +32,7 @@ use super::certname::Certname;
 use super::config;
 use super::facts::Ignore;
 use super::metrics::AnalysisState;
+use super::store::shared::compress;
 
 /// An environment's analysis.
 #[derive(Clone, Debug)]
@@ -294,7 +295,7 @@ impl Dependencies {
 /// (zstd).
 pub fn encode_baseline(snapshot: &Snapshot) -> std::io::Result<Vec<u8>> {
     let json = serde_json::to_vec(snapshot).map_err(std::io::Error::other)?;
-    zstd::encode_all(json.as_slice(), 3)
+    compress(&json)
 }
 
 /// A baseline the store kept.

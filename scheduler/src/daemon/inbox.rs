@@ -170,7 +170,7 @@ async fn act(request: Request, driver: &mpsc::Sender<Command>) -> Option<String>
         request.kind,
         request.target
     );
-    let answer = match request.kind {
+    match request.kind {
         RequestKind::Bump => match Certname::parse(&request.target) {
             Ok(certname) => {
                 let (reply, answer) = oneshot::channel();
@@ -189,8 +189,7 @@ async fn act(request: Request, driver: &mpsc::Sender<Command>) -> Option<String>
             driver.send(deploy).await.ok()?;
             encode(answer.await.ok()?)
         }
-    };
-    answer
+    }
 }
 
 /// A driver's answer as a request's row keeps it; `None` for "shutting

@@ -12,7 +12,7 @@
 //! Bumps and deploys are handed to the leader too (`pcq_requests`): the
 //! standby waits for the leader's answer and gives it, so a deploy hook
 //! may run on any master. What only the scheduler knows (the queue, the
-//! site) is refused with 503 and who leads. The standby answers the driver's
+//! site) is refused with 503. The standby answers the driver's
 //! commands in the driver's place until it takes the lead; then the same
 //! channel goes to the driver it builds.
 

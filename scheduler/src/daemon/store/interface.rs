@@ -158,11 +158,6 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// The lease holds for `left` from now.
-    pub fn hold_for(&self, left: std::time::Duration) {
-        self.hold_until(std::time::Instant::now() + left);
-    }
-
     /// The lease holds until `until` (the wall clock's deadline as far
     /// from now).
     pub fn hold_until(&self, until: std::time::Instant) {

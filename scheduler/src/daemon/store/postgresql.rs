@@ -323,12 +323,12 @@ pub fn holder() -> String {
 }
 
 /// What `pcq_leader` says, as a sentence (its query: [`LEADER`]).
-pub fn leader_sentence(holder: &str, epoch: i64, since: &str) -> String {
+fn leader_sentence(holder: &str, epoch: i64, since: &str) -> String {
     format!("{holder} (epoch {epoch}, since {since})")
 }
 
 /// Who leads: holder, epoch, since (text).
-pub const LEADER: &str =
+const LEADER: &str =
     "SELECT holder, epoch, to_char(since, 'YYYY-MM-DD HH24:MI:SS TZ') FROM pcq_leader";
 
 /// Who leads, as a sentence.

@@ -23,8 +23,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::interface::{StoreError, StoredNode};
 use super::postgresql::{
-    connect_err, db_err, ends_connection, leader_sentence, node_row, settings, tls, Connection,
-    LEADER,
+    connect_err, db_err, ends_connection, node_row, settings, tls, Connection,
 };
 use super::row::{micros, NODE_COLUMNS};
 use crate::core::Time;
@@ -172,7 +171,6 @@ struct Prepared {
     node: Statement,
     inbox: Statement,
     taken: Statement,
-    leader: Statement,
     request: Statement,
     answer_of: Statement,
     forget: Statement,
@@ -232,7 +230,8 @@ pub struct HandedIn {
     pub values: Vec<u8>,
 }
 
-/// Compresses a catalog for [`super::Write::Catalog`]'s `body`.
+/// Compresses a catalog for [`super::Write::Catalog`]'s `body` (and a
+/// code baseline for [`super::Write::Baseline`]).
 pub fn compress(json: &[u8]) -> std::io::Result<Vec<u8>> {
     zstd::encode_all(json, 3)
 }
@@ -440,15 +439,6 @@ impl Shared {
         })
     }
 
-    /// Who leads, as a sentence.
-    pub async fn leader(&self) -> Result<String, StoreError> {
-        let rows = self.query(|s| &s.leader, &[]).await?;
-        Ok(rows.into_iter().next().map_or_else(
-            || "nobody".to_string(),
-            |r| leader_sentence(&r.get::<_, String>(0), r.get(1), &r.get::<_, String>(2)),
-        ))
-    }
-
     /// Runs one of the prepared statements on a pooled connection; the
     /// connection goes back to the pool unless it failed.
     async fn query(
@@ -498,7 +488,6 @@ impl Shared {
             node: client.prepare(&node).await.map_err(read_err)?,
             inbox: client.prepare(INBOX).await.map_err(read_err)?,
             taken: client.prepare(TAKEN).await.map_err(read_err)?,
-            leader: client.prepare(LEADER).await.map_err(read_err)?,
             request: client.prepare(REQUEST).await.map_err(read_err)?,
             answer_of: client.prepare(ANSWER_OF).await.map_err(read_err)?,
             forget: client.prepare(FORGET).await.map_err(read_err)?,
